@@ -1,0 +1,28 @@
+# Two entry points for a fresh machine: `make demo` and `make test`. Both (re)create .venv/ when
+# pyproject.toml changed, install supersub into it, then run.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.supersub-installed
+
+.PHONY: demo test venv bench-protocol clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip >/dev/null
+	$(PY) -m pip install -e ".[test]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/supersub demo --out runs/demo --overwrite
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench-protocol: $(STAMP)
+	$(PY) benchmarks/protocol.py --variant tin --seed 0
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,199 @@
+"""The ``supersub`` command line: parses options, calls :mod:`supersub.api`, prints with rich.
+
+Every :class:`SupersubError` becomes one line on stderr and exit code 2; nothing else happens here.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from .errors import SupersubError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Hierarchical open-set image classification.")
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: the built-in synthetic one.")
+app.add_typer(data_app, name="data")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.INFO if not verbose else logging.DEBUG,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
+        force=True,
+    )
+
+
+def _parse_sets(sets: list[str]) -> dict[str, Any]:
+    """``--set optim.lr=0.001`` style overrides; values are parsed as YAML scalars/lists."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in sets:
+        if "=" not in item:
+            raise SupersubError(f"--set {item!r}: expected KEY=VALUE, e.g. optim.lr=0.001")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _print_metrics(metrics: dict[str, Any], title: str) -> None:
+    from .metrics import metrics_rich_table
+
+    console.print(metrics_rich_table(metrics, title=title))
+
+
+@data_app.command("synth")
+def data_synth(
+    out_dir: Path = typer.Argument(..., help="folder to create (must not exist or be empty)"),
+    seed: int = typer.Option(0, help="random seed: the same seed gives byte-identical files"),
+) -> None:
+    """Write the built-in procedural dataset in the competition layout (train/test/novel pools)."""
+    from . import api
+
+    counts = api.synth(out_dir, seed=seed)
+    console.print(f"wrote {out_dir}: {counts}")
+
+
+@app.command()
+def train(
+    data: Path = typer.Option(..., "--data", help="competition layout (train_data.csv ...) or root/<super>/<sub>/*.jpg"),
+    out: Path = typer.Option(..., "--out", help="run directory to create"),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML experiment file; flags override it"),
+    epochs: Optional[int] = typer.Option(None, help="training epochs"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    lr: Optional[float] = typer.Option(None, help="learning rate"),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay"),
+    seed: Optional[int] = typer.Option(None, help="random seed (default 0)"),
+    backbone: Optional[str] = typer.Option(None, help="'cnn' (from scratch) or a timm model name"),
+    image_size: Optional[int] = typer.Option(None, "--image-size"),
+    alpha: Optional[float] = typer.Option(None, help="weight of the KL interaction loss"),
+    temperature: Optional[float] = typer.Option(None, help="temperature of the KL interaction loss"),
+    tau_super: Optional[float] = typer.Option(None, "--tau-super", help="hand-set superclass threshold"),
+    tau_sub: Optional[float] = typer.Option(None, "--tau-sub", help="hand-set subclass threshold"),
+    holdout_fraction: Optional[float] = typer.Option(None, "--holdout-fraction", help="pseudo-novel share of subclasses"),
+    val_fraction: Optional[float] = typer.Option(None, "--val-fraction"),
+    accelerator: Optional[str] = typer.Option(None, help="Lightning accelerator: auto, cpu, gpu, mps"),
+    devices: Optional[str] = typer.Option(None, help="Lightning devices: auto, 1, 2, '0,1'"),
+    strategy: Optional[str] = typer.Option(None, help="Lightning strategy: auto, ddp, ..."),
+    precision: Optional[str] = typer.Option(None, help="Lightning precision: 32-true, 16-mixed, bf16-mixed"),
+    skip_bad_images: bool = typer.Option(False, "--skip-bad-images", help="warn and skip unreadable images"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run directory"),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its last checkpoints"),
+    no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars (logs only)"),
+    set_: list[str] = typer.Option([], "--set", help="any config key, e.g. --set model.width=64 (repeatable)"),
+) -> None:
+    """Train a two-headed model, calibrate the novelty thresholds, save everything in OUT."""
+    from . import api
+
+    overrides: dict[str, Any] = {
+        "optim.epochs": epochs, "optim.batch_size": batch_size, "optim.lr": lr, "optim.weight_decay": weight_decay,
+        "seed": seed, "model.backbone": backbone, "data.image_size": image_size, "loss.alpha": alpha,
+        "loss.temperature": temperature, "novelty.tau_super": tau_super, "novelty.tau_sub": tau_sub,
+        "data.holdout_fraction": holdout_fraction, "data.val_fraction": val_fraction,
+        "trainer.accelerator": accelerator, "trainer.devices": devices, "trainer.strategy": strategy,
+        "trainer.precision": precision,
+    }
+    if skip_bad_images:
+        overrides["data.skip_bad_images"] = True
+    if no_progress:
+        overrides["trainer.progress"] = False
+    overrides.update(_parse_sets(set_))
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    summary = api.train(data, out, config, overwrite=overwrite, resume=resume, **overrides)
+    t = summary["thresholds"]
+    console.print(
+        f"[bold green]trained[/] {out} in {summary['seconds']}s: tau_super={t['tau_super']:.4f} "
+        f"tau_sub={t['tau_sub']:.4f}; final {summary['final']}"
+    )
+
+
+@app.command()
+def predict(
+    run_dir: Path = typer.Argument(..., help="a run directory made by 'supersub train'"),
+    images_dir: Path = typer.Argument(..., help="folder of images to classify"),
+    out: Path = typer.Option(..., "--out", help="predictions CSV to write"),
+    probs: bool = typer.Option(False, "--probs", help="also write super_prob_<i> and sub_prob_<j> columns"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing predictions file"),
+    skip_bad_images: bool = typer.Option(False, "--skip-bad-images", help="warn and skip unreadable images"),
+) -> None:
+    """Write image,superclass_index,subclass_index for every image (novel = last index)."""
+    from . import api
+
+    df = api.predict(run_dir, images_dir, out, probs=probs, overwrite=overwrite, skip_bad=skip_bad_images)
+    console.print(f"wrote {out}: {len(df)} images")
+
+
+@app.command()
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="a run directory made by 'supersub train'"),
+    images: Path = typer.Option(..., "--images", help="folder of the labelled images"),
+    labels: Path = typer.Option(..., "--labels", help="CSV: image,superclass_index,subclass_index[,kind]"),
+    skip_bad_images: bool = typer.Option(False, "--skip-bad-images"),
+) -> None:
+    """Print the competition metric table (CE and accuracy overall/seen/unseen per level)."""
+    from . import api
+
+    metrics = api.evaluate(run_dir, images, labels, skip_bad=skip_bad_images)
+    _print_metrics(metrics, f"{run_dir} on {labels}")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="where data, run and predictions go"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a previous demo in OUT"),
+    epochs: Optional[int] = typer.Option(None, help="training epochs (default 12)"),
+    seed: int = typer.Option(0),
+    no_progress: bool = typer.Option(False, "--no-progress"),
+) -> None:
+    """Synthesise the built-in dataset, train, calibrate, evaluate on its test folder, print the table."""
+    from . import api
+
+    overrides: dict[str, Any] = {}
+    if epochs is not None:
+        overrides["optim.epochs"] = epochs
+    if no_progress:
+        overrides["trainer.progress"] = False
+    result = api.demo(out, overwrite=overwrite, seed=seed, **overrides)
+    _print_metrics(result["test"], f"built-in test set ({out / 'data' / 'test_truth.csv'})")
+    t = result["train"]["thresholds"]
+    console.print(
+        f"tau_super={t['tau_super']:.4f} tau_sub={t['tau_sub']:.4f}; run in {out / 'run'}; "
+        f"predictions in {out / 'predictions.csv'}; {result['seconds']}s in all"
+    )
+
+
+def main() -> None:
+    """Console-script entry point: user errors are one line and exit code 2, never a traceback."""
+    _setup_logging()
+    try:
+        app(standalone_mode=False)
+    except SupersubError as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except Exception as e:  # click usage errors arrive here in standalone_mode=False
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

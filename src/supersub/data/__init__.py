@@ -1,0 +1,1 @@
+"""Data layer: readers, the decoded-image cache, the built-in dataset, splits and augmentation."""

@@ -1,0 +1,376 @@
+"""Readers that turn the supported on-disk layouts into a :class:`Dataset`.
+
+Layouts: the competition layout (``train_data.csv`` + mapping CSVs + an image folder), a nested folder
+tree ``root/<superclass>/<subclass>/<image>``, a flat folder of unlabelled images, and a labelled
+evaluation CSV whose labels may be "novel". CSVs are parsed with the ``csv`` module and every cell is
+validated by hand, so a malformed file fails with the file, row and column at fault instead of being
+coerced into plausible garbage. Records are always sorted by name, so the same files give the same order.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import SupersubError
+from ..taxonomy import Taxonomy
+from .images import IMAGE_EXTENSIONS, is_image_file
+from .records import Dataset, ImageRecord
+
+COMPETITION_CSV = "train_data.csv"
+SUPER_MAPPING_CSV = "superclass_mapping.csv"
+SUB_MAPPING_CSV = "subclass_mapping.csv"
+
+LABEL_COLUMNS = ("image", "superclass_index", "subclass_index")
+OPTIONAL_LABEL_COLUMNS = ("description", "kind")
+MAPPING_COLUMNS = ("index", "class")
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+_LAYOUTS_HELP = (
+    f"expected either a competition folder (containing {COMPETITION_CSV}, {SUPER_MAPPING_CSV}, "
+    f"{SUB_MAPPING_CSV} and an image folder) or a nested folder <superclass>/<subclass>/<images>"
+)
+
+
+# ---- CSV plumbing ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Row:
+    """One CSV data row; ``number`` is 1-based and counts data rows (the header is not row 1)."""
+
+    number: int
+    cells: dict[str, str]
+
+
+def _read_csv(path: Path, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> list[_Row]:
+    """Parse ``path`` strictly: known columns only, same field count on every row, at least one row."""
+    table = _csv_table(path)
+    if not table:
+        raise SupersubError(f"{path}: empty file (expected a header row: {','.join(required)})")
+    header = [name.strip() for name in table[0]]
+    _check_header(path, header, required, optional)
+    rows: list[_Row] = []
+    for number, fields in enumerate(table[1:], 1):
+        if not fields:  # a blank line
+            continue
+        if len(fields) != len(header):
+            raise SupersubError(f"{path}: row {number} has {len(fields)} fields but the header has {len(header)}")
+        rows.append(_Row(number, dict(zip(header, fields))))
+    if not rows:
+        raise SupersubError(f"{path}: no data rows after the header")
+    return rows
+
+
+def _csv_table(path: Path) -> list[list[str]]:
+    if not path.is_file():
+        raise SupersubError(f"{path}: file not found")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh, strict=True)
+            try:
+                return list(reader)
+            except csv.Error as e:
+                raise SupersubError(f"{path}: malformed CSV at line {reader.line_num} ({e})") from None
+    except UnicodeDecodeError as e:
+        raise SupersubError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except OSError as e:
+        raise SupersubError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def _check_header(path: Path, header: list[str], required: tuple[str, ...], optional: tuple[str, ...]) -> None:
+    for name in header:
+        if header.count(name) > 1:
+            raise SupersubError(f"{path}: column {name!r} appears twice in the header")
+        if name not in required and name not in optional:
+            allowed = ", ".join(required + optional)
+            raise SupersubError(f"{path}: unexpected column {name!r} (allowed columns: {allowed})")
+    for name in required:
+        if name not in header:
+            raise SupersubError(f"{path}: missing required column {name!r} (header: {','.join(header)})")
+
+
+def _cell_error(path: Path, row: _Row, column: str, problem: str) -> SupersubError:
+    return SupersubError(f"{path}: row {row.number}, column {column!r}: {problem}")
+
+
+def _int_cell(path: Path, row: _Row, column: str) -> int:
+    """An integer cell; "3.0", "", "three" are errors rather than being coerced."""
+    value = row.cells[column].strip()
+    if not _INTEGER.fullmatch(value):
+        raise _cell_error(path, row, column, f"{value!r} is not an integer")
+    return int(value)
+
+
+# ---- mapping CSVs ----------------------------------------------------------------------------------
+def read_mapping(csv_path: Path) -> list[str]:
+    """Seen class names of a competition mapping CSV (``index,class``; indices 0..n, index n is "novel")."""
+    path = Path(csv_path)
+    names: dict[int, tuple[_Row, str]] = {}
+    for row in _read_csv(path, MAPPING_COLUMNS):
+        index = _int_cell(path, row, "index")
+        if index in names:
+            raise _cell_error(path, row, "index", f"index {index} already used on row {names[index][0].number}")
+        name = row.cells["class"].strip()
+        if not name:
+            raise _cell_error(path, row, "class", "empty class name")
+        names[index] = (row, name)
+    last = len(names) - 1
+    for index, (row, _) in names.items():
+        if not 0 <= index <= last:
+            raise _cell_error(path, row, "index", f"index {index} is outside 0..{last} (indices must be 0..n)")
+    novel_row, novel_name = names[last]
+    if novel_name.lower() != "novel":
+        raise _cell_error(path, novel_row, "class", f"the last index ({last}) must be 'novel', found {novel_name!r}")
+    if last == 0:
+        raise SupersubError(f"{path}: no seen classes (only 'novel')")
+    _check_unique_names(path, [names[i] for i in range(last)])
+    return [names[i][1] for i in range(last)]
+
+
+def _check_unique_names(path: Path, rows: list[tuple[_Row, str]]) -> None:
+    first: dict[str, _Row] = {}
+    for row, name in rows:
+        if name.lower() == "novel":
+            raise _cell_error(path, row, "class", "'novel' may only be the last index")
+        if name in first:
+            raise _cell_error(path, row, "class", f"class {name!r} already named on row {first[name].number}")
+        first[name] = row
+
+
+# ---- labelled image CSVs ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Labelled:
+    row: _Row
+    name: str
+    path: Path
+    super_index: int
+    sub_index: int
+
+
+def _read_labelled(csv_path: Path, images_dir: Path, max_super: int, max_sub: int, why: str) -> list[_Labelled]:
+    """Rows of an ``image,superclass_index,subclass_index`` CSV, indices checked against 0..max_*."""
+    path = Path(csv_path)
+    rows = _read_csv(path, LABEL_COLUMNS, OPTIONAL_LABEL_COLUMNS)
+    first_row: dict[str, _Row] = {}
+    out: list[_Labelled] = []
+    for row in rows:
+        name = _image_cell(path, row)
+        if name in first_row:
+            raise _cell_error(path, row, "image", f"{name!r} already listed on row {first_row[name].number}")
+        first_row[name] = row
+        k = _index_cell(path, row, "superclass_index", max_super, why)
+        j = _index_cell(path, row, "subclass_index", max_sub, why)
+        out.append(_Labelled(row, name, Path(images_dir) / name, k, j))
+    _check_files_exist(path, out)
+    return out
+
+
+def _image_cell(path: Path, row: _Row) -> str:
+    name = row.cells["image"].strip()
+    if not name:
+        raise _cell_error(path, row, "image", "empty image name")
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise _cell_error(path, row, "image", f"{name!r} must be a path inside the image folder")
+    return name
+
+
+def _index_cell(path: Path, row: _Row, column: str, maximum: int, why: str) -> int:
+    index = _int_cell(path, row, column)
+    if not 0 <= index <= maximum:
+        raise _cell_error(path, row, column, f"index {index} is outside 0..{maximum} ({why})")
+    return index
+
+
+def _check_files_exist(csv_path: Path, items: list[_Labelled]) -> None:
+    missing = [item for item in items if not item.path.is_file()]
+    if missing:
+        first = missing[0]
+        raise _cell_error(
+            csv_path, first.row, "image", f"image file {first.path} not found ({len(missing)} missing in total)"
+        )
+
+
+def _records(items: list[_Labelled]) -> list[ImageRecord]:
+    return sorted(
+        (ImageRecord(item.path, item.name, item.super_index, item.sub_index) for item in items),
+        key=lambda r: r.name,
+    )
+
+
+def _check_one_superclass_per_subclass(csv_path: Path, items: list[_Labelled]) -> None:
+    """Name the offending rows here; Taxonomy.from_pairs would only name the subclass."""
+    owner: dict[int, _Labelled] = {}
+    for item in items:
+        first = owner.setdefault(item.sub_index, item)
+        if first.super_index != item.super_index:
+            raise _cell_error(
+                csv_path,
+                item.row,
+                "superclass_index",
+                f"subclass {item.sub_index} is labelled superclass {item.super_index} here "
+                f"but superclass {first.super_index} on row {first.row.number}",
+            )
+
+
+def read_competition(
+    root: Path, csv_name: str = COMPETITION_CSV, images_dir: str = "train_images"
+) -> Dataset:
+    """The competition training layout; the taxonomy comes from the mapping CSVs plus the labelled pairs."""
+    root = Path(root)
+    if not root.is_dir():
+        raise SupersubError(f"{root}: not a folder")
+    super_names = read_mapping(root / SUPER_MAPPING_CSV)
+    sub_names = read_mapping(root / SUB_MAPPING_CSV)
+    csv_path = root / csv_name
+    why = "a training set may only use seen classes; the last mapping index is 'novel'"
+    items = _read_labelled(csv_path, root / images_dir, len(super_names) - 1, len(sub_names) - 1, why)
+    _check_one_superclass_per_subclass(csv_path, items)
+    pairs = [(item.super_index, item.sub_index) for item in items]
+    taxonomy = Taxonomy.from_pairs(super_names, sub_names, pairs, source=str(csv_path))
+    return Dataset(_records(items), taxonomy, source=str(csv_path))
+
+
+def read_labels(csv_path: Path, images_dir: Path, taxonomy: Taxonomy) -> Dataset:
+    """A labelled evaluation CSV in ``taxonomy``'s index space, where the novel indices are allowed."""
+    path = Path(csv_path)
+    why = "seen classes or the novel index"
+    items = _read_labelled(path, Path(images_dir), taxonomy.novel_super, taxonomy.novel_sub, why)
+    for item in items:
+        _check_label_pair(path, item, taxonomy)
+    return Dataset(_records(items), taxonomy, source=str(path))
+
+
+def _check_label_pair(csv_path: Path, item: _Labelled, taxonomy: Taxonomy) -> None:
+    k, j = item.super_index, item.sub_index
+    if k == taxonomy.novel_super and j != taxonomy.novel_sub:
+        raise _cell_error(
+            csv_path, item.row, "subclass_index",
+            f"superclass is novel ({k}) so the subclass must be novel ({taxonomy.novel_sub}), found {j}",
+        )
+    if j != taxonomy.novel_sub and taxonomy.sub_to_super[j] != k:
+        raise _cell_error(
+            csv_path, item.row, "superclass_index",
+            f"subclass {j} ({taxonomy.sub_names[j]!r}) belongs to superclass {taxonomy.sub_to_super[j]} "
+            f"({taxonomy.super_names[taxonomy.sub_to_super[j]]!r}), not {k}",
+        )
+
+
+# ---- folders ---------------------------------------------------------------------------------------
+def _visible(folder: Path) -> Iterator[Path]:
+    """Entries of ``folder`` in name order; hidden entries (".DS_Store", "._x.jpg", ".git") are ignored."""
+    return (p for p in sorted(folder.iterdir(), key=lambda p: p.name) if not p.name.startswith("."))
+
+
+def _require_folder(root: Path) -> Path:
+    root = Path(root)
+    if not root.exists():
+        raise SupersubError(f"{root}: no such file or folder")
+    if not root.is_dir():
+        raise SupersubError(f"{root}: not a folder")
+    return root
+
+
+def _split_images(folder: Path, root: Path) -> tuple[list[Path], list[str]]:
+    """Image files directly in ``folder``, and every other entry (relative to ``root``) as skipped."""
+    images: list[Path] = []
+    skipped: list[str] = []
+    for p in _visible(folder):
+        if p.is_file() and is_image_file(p):
+            images.append(p)
+        else:
+            skipped.append(_relative(p, root))
+    return images, skipped
+
+
+def _relative(p: Path, root: Path) -> str:
+    """POSIX path relative to ``root``; folders end in "/" so skipped lists show what was a folder."""
+    return p.relative_to(root).as_posix() + ("/" if p.is_dir() else "")
+
+
+def read_flat(root: Path) -> Dataset:
+    """Unlabelled images directly in ``root`` (not recursive); other entries are listed in ``skipped``."""
+    root = _require_folder(root)
+    images, skipped = _split_images(root, root)
+    if not images:
+        extensions = " ".join(sorted(IMAGE_EXTENSIONS))
+        raise SupersubError(f"{root}: no image files in this folder (extensions: {extensions})")
+    return Dataset([ImageRecord(p, p.name) for p in images], None, source=str(root), skipped=skipped)
+
+
+def _scan_nested(root: Path) -> tuple[dict[tuple[str, str], list[Path]], list[str]]:
+    """Images per (superclass, subclass) folder pair; stray files and image-less folders are skipped."""
+    classes: dict[tuple[str, str], list[Path]] = {}
+    skipped: list[str] = []
+    for sup in _visible(root):
+        if not sup.is_dir():
+            skipped.append(_relative(sup, root))
+            continue
+        for sub in _visible(sup):
+            if not sub.is_dir():
+                skipped.append(_relative(sub, root))
+                continue
+            images, other = _split_images(sub, root)
+            skipped.extend(other)
+            if images:
+                classes[(sup.name, sub.name)] = images
+            else:
+                skipped.append(_relative(sub, root))
+        if not any(key[0] == sup.name for key in classes):
+            skipped.append(_relative(sup, root))
+    return classes, skipped
+
+
+def _check_unique_subclass_names(root: Path, keys: list[tuple[str, str]]) -> None:
+    owner: dict[str, str] = {}
+    for sup, sub in keys:
+        first = owner.setdefault(sub, sup)
+        if first != sup:
+            raise SupersubError(
+                f"{root}: subclass folder {sub!r} appears under both {first!r} and {sup!r}; "
+                "subclass names must be unique across superclasses"
+            )
+
+
+def read_nested(root: Path) -> Dataset:
+    """``root/<superclass>/<subclass>/<image>``; indices follow sorted names, subclasses numbered globally."""
+    root = _require_folder(root)
+    classes, skipped = _scan_nested(root)
+    if not classes:
+        raise SupersubError(f"{root}: no images found in <superclass>/<subclass>/ folders")
+    keys = sorted(classes)
+    _check_unique_subclass_names(root, keys)
+    super_names = sorted({sup for sup, _ in keys})
+    sub_to_super = [super_names.index(sup) for sup, _ in keys]
+    taxonomy = Taxonomy(tuple(super_names), tuple(sub for _, sub in keys), tuple(sub_to_super), source=str(root))
+    records = [
+        ImageRecord(p, p.relative_to(root).as_posix(), sub_to_super[j], j)
+        for j, key in enumerate(keys)
+        for p in classes[key]
+    ]
+    return Dataset(sorted(records, key=lambda r: r.name), taxonomy, source=str(root), skipped=skipped)
+
+
+def _looks_nested(root: Path) -> bool:
+    return any(
+        f.is_file() and is_image_file(f)
+        for sup in _visible(root)
+        if sup.is_dir()
+        for sub in _visible(sup)
+        if sub.is_dir()
+        for f in _visible(sub)
+    )
+
+
+def read_dataset(path: Path) -> Dataset:
+    """Read a labelled training set, detecting its layout (competition CSV or nested folders)."""
+    root = Path(path)
+    if not root.exists():
+        raise SupersubError(f"{root}: no such file or folder")
+    if root.is_dir() and (root / COMPETITION_CSV).is_file():
+        return read_competition(root)
+    if root.is_dir() and _looks_nested(root):
+        return read_nested(root)
+    raise SupersubError(f"{root}: unrecognised dataset layout; {_LAYOUTS_HELP}")

@@ -1,0 +1,50 @@
+"""LightningDataModule over in-memory uint8 image tensors (decoded once, never re-decoded)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+
+class TensorDataModule(L.LightningDataModule):
+    """Serves (uint8 images, super label, sub label) batches from index subsets of one decoded tensor."""
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        y_super: torch.Tensor,
+        y_sub: torch.Tensor,
+        train_idx: Sequence[int],
+        val_idx: Sequence[int],
+        batch_size: int,
+        seed: int,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.images, self.y_super, self.y_sub = images, y_super, y_sub
+        self.train_idx = torch.as_tensor(list(train_idx), dtype=torch.long)
+        self.val_idx = torch.as_tensor(list(val_idx), dtype=torch.long)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.num_workers = num_workers
+
+    def _subset(self, idx: torch.Tensor) -> TensorDataset:
+        return TensorDataset(self.images[idx], self.y_super[idx], self.y_sub[idx])
+
+    def train_dataloader(self) -> DataLoader:
+        g = torch.Generator().manual_seed(self.seed)
+        ds = self._subset(self.train_idx)
+        # drop_last keeps BatchNorm away from a final batch of one image
+        drop_last = len(ds) > self.batch_size
+        return DataLoader(
+            ds, batch_size=self.batch_size, shuffle=True, generator=g, drop_last=drop_last,
+            num_workers=self.num_workers,
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        if len(self.val_idx) == 0:
+            return []
+        return DataLoader(self._subset(self.val_idx), batch_size=self.batch_size * 2, num_workers=self.num_workers)

@@ -1,0 +1,48 @@
+"""Splits: a stratified validation split and the pseudo-novel subclass holdout of seed 001."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..taxonomy import Taxonomy
+
+
+def holdout_subclasses(taxonomy: Taxonomy, fraction: float, seed: int) -> list[int]:
+    """Pick ``fraction`` of each superclass's subclasses (at least one, never all) as pseudo-novel.
+
+    A superclass with a single subclass keeps it: holding it out would leave nothing to learn from.
+    """
+    if fraction <= 0:
+        return []
+    rng = np.random.default_rng(seed)
+    held: list[int] = []
+    for k in range(taxonomy.n_super):
+        subs = taxonomy.subs_of(k)
+        if len(subs) < 2:
+            continue
+        n = min(len(subs) - 1, max(1, round(fraction * len(subs))))
+        held += sorted(int(j) for j in rng.choice(subs, size=n, replace=False))
+    return sorted(held)
+
+
+def stratified_split(labels: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices (train, val) with ``fraction`` of every label in val; a label with one item stays in train."""
+    if fraction <= 0:
+        return list(range(len(labels))), []
+    rng = np.random.default_rng(seed)
+    by_label: dict[int, list[int]] = defaultdict(list)
+    for i, y in enumerate(labels):
+        by_label[int(y)].append(i)
+    train: list[int] = []
+    val: list[int] = []
+    for y in sorted(by_label):
+        idx = np.array(by_label[y])
+        rng.shuffle(idx)
+        n_val = int(round(fraction * len(idx))) if len(idx) > 1 else 0
+        n_val = min(n_val, len(idx) - 1)
+        val += idx[:n_val].tolist()
+        train += idx[n_val:].tolist()
+    return sorted(train), sorted(val)

@@ -1,0 +1,50 @@
+"""Batched forward passes of a trained classifier: images in, per-level probabilities out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .models.model import HierarchicalClassifier
+
+
+@dataclass
+class Outputs:
+    super_logits: torch.Tensor
+    sub_logits: torch.Tensor
+    features: torch.Tensor
+
+    @property
+    def super_probs(self) -> torch.Tensor:
+        return self.super_logits.softmax(dim=1)
+
+    @property
+    def sub_probs(self) -> torch.Tensor:
+        return self.sub_logits.softmax(dim=1)
+
+
+def pick_device(accelerator: str = "auto") -> torch.device:
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda")
+    if accelerator == "mps" and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def run_model(
+    model: HierarchicalClassifier, images: torch.Tensor, batch_size: int = 256, device: torch.device | None = None
+) -> Outputs:
+    """Evaluate ``model`` on uint8 (N,3,H,W) images in eval mode; results on the CPU."""
+    device = device or pick_device()
+    model = model.to(device).eval()
+    sup, sub, feat = [], [], []
+    for start in range(0, len(images), batch_size):
+        s, b, f = model(images[start : start + batch_size].to(device))
+        sup.append(s.float().cpu())
+        sub.append(b.float().cpu())
+        feat.append(f.float().cpu())
+    if not sup:
+        raise ValueError("run_model needs at least one image")
+    return Outputs(torch.cat(sup), torch.cat(sub), torch.cat(feat))

@@ -1,0 +1,54 @@
+"""Atomic file output: write to a temporary file in the same folder, then rename over the target.
+
+A crash or SIGKILL mid-write therefore leaves either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+
+@contextmanager
+def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; on success it is renamed onto ``target``."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_atomic(target: str | os.PathLike[str], writer: Callable[[IO[str]], None]) -> None:
+    """Call ``writer(fh)`` on a text handle whose content replaces ``target`` atomically."""
+    with atomic_path(target) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer(fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def write_text_atomic(target: str | os.PathLike[str], text: str) -> None:
+    write_atomic(target, lambda fh: fh.write(text))
+
+
+def write_json_atomic(target: str | os.PathLike[str], obj: Any) -> None:
+    write_text_atomic(target, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def torch_save_atomic(obj: Any, target: str | os.PathLike[str]) -> None:
+    """``torch.save`` through a temporary file, so a checkpoint is never half-written."""
+    with atomic_path(target) as tmp:
+        torch.save(obj, tmp)
