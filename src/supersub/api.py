@@ -22,7 +22,7 @@ import torch
 
 from .config import TrainConfig, build_config, load_config
 from .data.cache import decode_images
-from .data.formats import read_dataset, read_flat, read_labels
+from .data.formats import read_dataset, read_flat, read_image_list, read_labels
 from .data.records import Dataset
 from .data.splits import holdout_subclasses, stratified_split
 from .data.synth import write_synth
@@ -36,6 +36,7 @@ from .novelty.holdout import calibrate_thresholds, save_calibration
 from .novelty.probs import novel_probability, with_novel_column
 from .run import RunDir, Thresholds
 from .taxonomy import Taxonomy
+from .losses import OUTLIER
 from .training.fit import fit_stage
 
 log = logging.getLogger("supersub")
@@ -66,6 +67,29 @@ def load_labelled(path: str | Path, cfg: TrainConfig) -> LabelledImages:
     y_super = torch.tensor([r.super_index for r in records], dtype=torch.long)
     y_sub = torch.tensor([r.sub_index for r in records], dtype=torch.long)
     return LabelledImages(ds, decoded.images, y_super, y_sub)
+
+
+def load_novel_images(path: str | Path, cfg: TrainConfig) -> torch.Tensor:
+    """Outlier-exposure images (novel at both levels) as uint8 tensors, a seeded sample of ``novel_count``.
+
+    ``path`` is a flat folder of images, or a CSV with an ``image`` column whose files sit beside it or in
+    the sibling folder named as the competition does (``novel_data.csv`` -> ``novel_images/``).
+    """
+    path = Path(path)
+    if path.is_file():
+        ds = read_image_list(path)
+    else:
+        ds = read_flat(path)
+    records = ds.records
+    if cfg.data.novel_count is not None and cfg.data.novel_count < len(records):
+        pick = np.random.default_rng(cfg.seed).choice(len(records), size=cfg.data.novel_count, replace=False)
+        records = [records[i] for i in sorted(pick.tolist())]
+    decoded = decode_images(records, cfg.data.image_size, skip_bad=cfg.data.skip_bad_images, cache_dir=cfg.data.cache_dir)
+    if decoded.bad:
+        log.warning("skipped %d unreadable novel image(s), e.g. %s", len(decoded.bad), decoded.bad[0])
+    if len(decoded.kept) == 0:
+        raise SupersubError(f"{path}: no readable novel images")
+    return decoded.images
 
 
 def _config(config: TrainConfig | dict[str, Any] | str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
@@ -118,17 +142,30 @@ def train(
     log.info("%s: %d images, %d superclasses, %d subclasses", data, len(data_.dataset), taxonomy.n_super, taxonomy.n_sub)
 
     summary: dict[str, Any] = {"data": str(data), "n_images": len(data_.dataset)}
+    n_labelled = len(data_.dataset)
+    n_novel_cal = 0
+    if cfg.data.novel_data is not None:
+        novel = load_novel_images(cfg.data.novel_data, cfg)
+        n_novel_cal = int(round(cfg.data.novel_calibration_fraction * len(novel)))
+        data_ = _with_outliers(data_, novel)
+        summary["n_novel_images"] = len(novel)
+        log.info("outlier exposure: %d novel images (%d kept for calibration)", len(novel), n_novel_cal)
+    novel_idx = list(range(n_labelled, len(data_.images)))
+    labelled = data_.y_sub[:n_labelled].tolist()
     if cfg.novelty.tau_super is not None and cfg.novelty.tau_sub is not None:
         thresholds = Thresholds(cfg.novelty.tau_super, cfg.novelty.tau_sub)
         summary["calibration"] = {"hand_set": True}
     else:
-        thresholds, summary["calibration"] = _calibration_stage(data_, taxonomy, cfg, run, resume)
+        thresholds, summary["calibration"] = _calibration_stage(
+            data_, n_labelled, novel_idx[n_novel_cal:], novel_idx[:n_novel_cal], taxonomy, cfg, run, resume
+        )
     run.save_thresholds(thresholds)
 
-    train_idx, val_idx = stratified_split(data_.y_sub.tolist(), cfg.data.val_fraction, cfg.seed)
-    log.info("final model: %d train / %d validation images", len(train_idx), len(val_idx))
+    train_idx, val_idx = stratified_split(labelled, cfg.data.val_fraction, cfg.seed)
+    log.info("final model: %d train (+%d novel) / %d validation images", len(train_idx), len(novel_idx), len(val_idx))
     result = fit_stage(
-        data_.images, data_.y_super, data_.y_sub, train_idx, val_idx, taxonomy, cfg, run.path, "final", resume=resume
+        data_.images, data_.y_super, data_.y_sub, train_idx + novel_idx, val_idx, taxonomy, cfg, run.path, "final",
+        resume=resume,
     )
     run.save_model(result.model, cfg, taxonomy)
     summary["final"] = {"epochs_run": result.epochs_run, result.monitor: result.best_score}
@@ -143,8 +180,17 @@ def train(
     return summary
 
 
+def _with_outliers(data_: LabelledImages, novel: torch.Tensor) -> LabelledImages:
+    """Append outlier-exposure images labelled :data:`OUTLIER` at both levels."""
+    fill = torch.full((len(novel),), OUTLIER, dtype=torch.long)
+    return LabelledImages(
+        data_.dataset, torch.cat([data_.images, novel]), torch.cat([data_.y_super, fill]), torch.cat([data_.y_sub, fill])
+    )
+
+
 def _calibration_stage(
-    data_: LabelledImages, taxonomy: Taxonomy, cfg: TrainConfig, run: RunDir, resume: bool
+    data_: LabelledImages, n_labelled: int, novel_train: list[int], novel_cal: list[int], taxonomy: Taxonomy,
+    cfg: TrainConfig, run: RunDir, resume: bool,
 ) -> tuple[Thresholds, dict[str, Any]]:
     held = holdout_subclasses(taxonomy, cfg.data.holdout_fraction, cfg.seed)
     if not held or cfg.data.val_fraction <= 0:
@@ -155,7 +201,7 @@ def _calibration_stage(
     held_set = set(held)
     keep = [j for j in range(taxonomy.n_sub) if j not in held_set]
     cal_tax, remap = taxonomy.subset(keep)
-    is_held = torch.tensor([int(j) in held_set for j in data_.y_sub.tolist()])
+    is_held = torch.tensor([int(j) in held_set for j in data_.y_sub[:n_labelled].tolist()])
     seen_idx = torch.nonzero(~is_held).flatten()
     held_idx = torch.nonzero(is_held).flatten()
     y_sub_cal = data_.y_sub.clone()
@@ -167,13 +213,16 @@ def _calibration_stage(
         len(held), len(held_idx), len(train_idx), len(val_idx),
     )
     result = fit_stage(
-        data_.images, data_.y_super, y_sub_cal, train_idx, val_idx, cal_tax, cfg, run.path, "calibration",
-        epochs=cfg.novelty.calibration_epochs, resume=resume,
+        data_.images, data_.y_super, y_sub_cal, train_idx + novel_train, val_idx, cal_tax, cfg, run.path,
+        "calibration", epochs=cfg.novelty.calibration_epochs, resume=resume,
     )
     device = pick_device(cfg.trainer.accelerator)
     seen_out = run_model(result.model, data_.images[val_idx], device=device)
     held_out = run_model(result.model, data_.images[held_idx], device=device)
-    cal = calibrate_thresholds(seen_out, y_sub_cal[val_idx], held_out, cal_tax, cfg.novelty)
+    novel_out = run_model(result.model, data_.images[novel_cal], device=device) if novel_cal else None
+    cal = calibrate_thresholds(
+        seen_out, data_.y_super[val_idx], y_sub_cal[val_idx], held_out, novel_out, cal_tax, cfg.novelty
+    )
     save_calibration(cal, run.calibration_dir)
     info = {
         "held_out_subclasses": [taxonomy.sub_names[j] for j in held],
@@ -292,7 +341,9 @@ def demo(out: str | Path = "runs/demo", *, overwrite: bool = False, seed: int = 
     t0 = time.perf_counter()
     counts = synth(out / "data", seed=seed)
     log.info("built-in dataset: %s (%.1fs)", counts, time.perf_counter() - t0)
-    summary = train(out / "data", out / "run", None, **{**DEMO_CONFIG, "seed": seed, **overrides})
+    # the built-in data ships an outlier pool of another unseen family: the recommended recipe uses it
+    novel = {"data.novel_data": str(out / "data" / "novel_images")}
+    summary = train(out / "data", out / "run", None, **{**DEMO_CONFIG, **novel, "seed": seed, **overrides})
     metrics = evaluate(out / "run", out / "data" / "test_images", out / "data" / "test_truth.csv")
     predict(out / "run", out / "data" / "test_images", out / "predictions.csv", probs=True)
     return {"train": summary, "test": metrics, "seconds": round(time.perf_counter() - t0, 1)}

@@ -80,6 +80,10 @@ def train(
     tau_super: Optional[float] = typer.Option(None, "--tau-super", help="hand-set superclass threshold"),
     tau_sub: Optional[float] = typer.Option(None, "--tau-sub", help="hand-set subclass threshold"),
     holdout_fraction: Optional[float] = typer.Option(None, "--holdout-fraction", help="pseudo-novel share of subclasses"),
+    novel_data: Optional[Path] = typer.Option(
+        None, "--novel-data", help="outlier-exposure images labelled novel: a flat folder or a CSV (image column)"
+    ),
+    novel_count: Optional[int] = typer.Option(None, "--novel-count", help="use at most N novel-data images"),
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction"),
     accelerator: Optional[str] = typer.Option(None, help="Lightning accelerator: auto, cpu, gpu, mps"),
     devices: Optional[str] = typer.Option(None, help="Lightning devices: auto, 1, 2, '0,1'"),
@@ -99,6 +103,7 @@ def train(
         "seed": seed, "model.backbone": backbone, "data.image_size": image_size, "loss.alpha": alpha,
         "loss.temperature": temperature, "novelty.tau_super": tau_super, "novelty.tau_sub": tau_sub,
         "data.holdout_fraction": holdout_fraction, "data.val_fraction": val_fraction,
+        "data.novel_data": str(novel_data) if novel_data else None, "data.novel_count": novel_count,
         "trainer.accelerator": accelerator, "trainer.devices": devices, "trainer.strategy": strategy,
         "trainer.precision": precision,
     }

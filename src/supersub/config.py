@@ -30,6 +30,13 @@ class DataConfig(_Strict):
     skip_bad_images: bool = Field(False, description="drop unreadable images with a warning instead of failing")
     cache_dir: Path | None = Field(None, description="where decoded image tensors are cached between runs")
     num_workers: int = Field(0, ge=0, description="DataLoader workers (tensors are in memory: 0 is usually best)")
+    novel_data: Path | None = Field(
+        None, description="outlier-exposure images (novel at both levels): a flat folder, or a CSV beside its images"
+    )
+    novel_count: int | None = Field(None, ge=1, description="use at most this many novel_data images (seeded sample)")
+    novel_calibration_fraction: float = Field(
+        0.2, ge=0.0, lt=1.0, description="share of novel_data kept out of training to calibrate tau_super"
+    )
 
 
 class ModelConfig(_Strict):
@@ -58,6 +65,9 @@ class LossConfig(_Strict):
         "implied||head", description="KL(p_implied || p_super_head) as in the seed, or the opposite"
     )
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    outlier_weight: float = Field(
+        0.5, ge=0.0, description="weight of the uniform-target outlier-exposure loss (used with novel_data)"
+    )
 
 
 class OptimConfig(_Strict):
@@ -96,7 +106,8 @@ class NoveltyConfig(_Strict):
         "balanced", description="how tau_sub is chosen from held-out subclasses"
     )
     super_recall: float = Field(
-        0.95, gt=0.0, le=1.0, description="tau_super keeps this share of seen validation images"
+        0.95, gt=0.0, le=1.0,
+        description="without novel_data, tau_super keeps this share of seen validation images",
     )
     calibration_epochs: int | None = Field(None, ge=1, description="epochs of the calibration run (default: epochs)")
 

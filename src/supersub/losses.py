@@ -9,6 +9,8 @@ import torch.nn.functional as F
 
 from .config import LossConfig
 
+OUTLIER = -1  # label of an outlier-exposure image at both levels
+
 
 def implied_super_log_probs(sub_logits: torch.Tensor, membership: torch.Tensor, temperature: float) -> torch.Tensor:
     """log p_hat_super[k] = log sum_{i in S_k} p_sub[i], computed stably with logsumexp.
@@ -45,16 +47,31 @@ def interaction_kl(
     return terms.sum(dim=1).mean()
 
 
+def uniform_outlier_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Outlier exposure (Hendrycks et al., ICLR 2019): cross-entropy from the logits to the uniform target.
+
+    Minimal when an outlier's softmax is flat, so max-softmax confidence drops on unseen kinds of images.
+    """
+    if logits.shape[0] == 0:
+        return logits.new_zeros(())
+    return -F.log_softmax(logits, dim=1).mean(dim=1).mean()
+
+
 @dataclass
 class LossParts:
     total: torch.Tensor
     ce_super: torch.Tensor
     ce_sub: torch.Tensor
     kl: torch.Tensor
+    outlier: torch.Tensor
 
 
 class HierarchicalLoss(torch.nn.Module):
-    """CE_super + CE_sub + alpha * KL, the composed objective of approach A."""
+    """CE_super + CE_sub + alpha * KL (approach A) + outlier_weight * uniform-target OE on outliers.
+
+    Rows whose labels are negative (:data:`OUTLIER`) are outlier-exposure images: they take no part in the
+    cross-entropy or KL terms, only in the outlier term at both levels.
+    """
 
     def __init__(self, cfg: LossConfig, membership: torch.Tensor) -> None:
         super().__init__()
@@ -65,11 +82,18 @@ class HierarchicalLoss(torch.nn.Module):
         self, super_logits: torch.Tensor, sub_logits: torch.Tensor, y_super: torch.Tensor, y_sub: torch.Tensor
     ) -> LossParts:
         ls = self.cfg.label_smoothing
-        ce_super = F.cross_entropy(super_logits, y_super, label_smoothing=ls)
-        ce_sub = F.cross_entropy(sub_logits, y_sub, label_smoothing=ls)
-        kl = super_logits.new_zeros(())
-        if self.cfg.alpha > 0:
-            kl = interaction_kl(
-                super_logits, sub_logits, self.membership, self.cfg.temperature, self.cfg.kl_direction
-            )
-        return LossParts(ce_super + ce_sub + self.cfg.alpha * kl, ce_super, ce_sub, kl)
+        known = y_super >= 0
+        zero = super_logits.new_zeros(())
+        ce_super = ce_sub = kl = outlier = zero
+        if known.any():
+            ce_super = F.cross_entropy(super_logits[known], y_super[known], label_smoothing=ls)
+            ce_sub = F.cross_entropy(sub_logits[known], y_sub[known], label_smoothing=ls)
+            if self.cfg.alpha > 0:
+                kl = interaction_kl(
+                    super_logits[known], sub_logits[known], self.membership, self.cfg.temperature,
+                    self.cfg.kl_direction,
+                )
+        if (~known).any():
+            outlier = uniform_outlier_loss(super_logits[~known]) + uniform_outlier_loss(sub_logits[~known])
+        total = ce_super + ce_sub + self.cfg.alpha * kl + self.cfg.outlier_weight * outlier
+        return LossParts(total, ce_super, ce_sub, kl, outlier)

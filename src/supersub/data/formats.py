@@ -374,3 +374,39 @@ def read_dataset(path: Path) -> Dataset:
     if root.is_dir() and _looks_nested(root):
         return read_nested(root)
     raise SupersubError(f"{root}: unrecognised dataset layout; {_LAYOUTS_HELP}")
+
+
+def images_folder_for(csv_path: Path) -> Path:
+    """The competition's pairing of a CSV with its images: ``X_data.csv`` -> ``X_images/`` beside it.
+
+    Falls back to the CSV's own folder when no such sibling folder exists.
+    """
+    csv_path = Path(csv_path)
+    stem = csv_path.stem[: -len("_data")] if csv_path.stem.endswith("_data") else csv_path.stem
+    sibling = csv_path.parent / f"{stem}_images"
+    return sibling if sibling.is_dir() else csv_path.parent
+
+
+def read_image_list(csv_path: Path) -> Dataset:
+    """Unlabelled images named in the ``image`` column of a CSV (other columns are ignored).
+
+    Used for outlier-exposure pools such as make_protocol's ``novel_data.csv``; the images are looked up
+    with :func:`images_folder_for`.
+    """
+    path = Path(csv_path)
+    table = _csv_table(path)
+    if not table:
+        raise SupersubError(f"{path}: empty file (expected a header row with an 'image' column)")
+    header = [name.strip() for name in table[0]]
+    _check_header(path, header, ("image",), tuple(h for h in header if h != "image"))
+    folder = images_folder_for(path)
+    rows = [_Row(n, dict(zip(header, fields))) for n, fields in enumerate(table[1:], 1) if fields]
+    if not rows:
+        raise SupersubError(f"{path}: no data rows after the header")
+    records: list[ImageRecord] = []
+    for row in rows:
+        name = _image_cell(path, row)
+        if not (folder / name).is_file():
+            raise _cell_error(path, row, "image", f"image file {folder / name} not found")
+        records.append(ImageRecord(folder / name, name))
+    return Dataset(records, None, source=str(path))

@@ -1,8 +1,9 @@
 """Seed 001's threshold calibration: thresholds chosen on a model that never saw some subclasses.
 
 tau_sub separates validation images of seen subclasses from images of the held-out (pseudo-novel)
-subclasses; tau_super keeps a target share (default 95%) of seen validation images, since a held-out
-subclass still belongs to a known superclass and so cannot stand in for a novel superclass.
+subclasses. tau_super separates validation images from held-back outlier-exposure images when the user
+gave some (``--novel-data``); otherwise it keeps a target share (default 95%) of seen validation images,
+since a held-out subclass still belongs to a known superclass and cannot stand in for a novel superclass.
 """
 
 from __future__ import annotations
@@ -35,8 +36,10 @@ class Calibration:
 
 def calibrate_thresholds(
     seen: Outputs,
+    seen_y_super: torch.Tensor,
     seen_y_sub: torch.Tensor,
     held: Outputs,
+    novel: Outputs | None,
     taxonomy: Taxonomy,
     cfg: NoveltyConfig,
 ) -> Calibration:
@@ -44,11 +47,21 @@ def calibrate_thresholds(
     sub_to_super = list(taxonomy.sub_to_super)
     d_seen = decide(seen.super_probs, seen.sub_probs, sub_to_super, 0.0, 0.0)
     d_held = decide(held.super_probs, held.sub_probs, sub_to_super, 0.0, 0.0)
+    d_novel = decide(novel.super_probs, novel.sub_probs, sub_to_super, 0.0, 0.0) if novel is not None else None
     correct_sub = (d_seen.sub_pred == seen_y_sub).float()
+    correct_super = (d_seen.super_pred == seen_y_super).float()
 
     tau_super = cfg.tau_super
-    if tau_super is None:
+    slope_super = DEFAULT_SLOPE
+    if tau_super is None and d_novel is not None:
+        tau_super = choose_threshold(
+            d_seen.super_conf, d_novel.super_conf, objective=cfg.objective, correct_seen=correct_super,
+            target_recall=cfg.super_recall,
+        )
+    elif tau_super is None:
         tau_super = choose_threshold(d_seen.super_conf, None, objective="recall", target_recall=cfg.super_recall)
+    if d_novel is not None:
+        slope_super = fit_slope(d_seen.super_conf, d_novel.super_conf, tau_super)
     tau_sub = cfg.tau_sub
     if tau_sub is None:
         tau_sub = choose_threshold(
@@ -57,10 +70,11 @@ def calibrate_thresholds(
         )
     slope_sub = fit_slope(d_seen.sub_conf, d_held.sub_conf, tau_sub) if len(d_held.sub_conf) else DEFAULT_SLOPE
     thresholds = Thresholds(
-        tau_super=float(tau_super), tau_sub=float(tau_sub), slope_super=DEFAULT_SLOPE, slope_sub=float(slope_sub)
+        tau_super=float(tau_super), tau_sub=float(tau_sub), slope_super=float(slope_super), slope_sub=float(slope_sub)
     )
     sweep_sub = sweep(d_seen.sub_conf, d_held.sub_conf, correct_seen=correct_sub)
-    sweep_super = sweep(d_seen.super_conf, d_held.super_conf)
+    super_novel = d_novel.super_conf if d_novel is not None else d_held.super_conf
+    sweep_super = sweep(d_seen.super_conf, super_novel, correct_seen=correct_super)
     kept_seen = float((d_seen.sub_conf >= tau_sub).float().mul(correct_sub).mean())
     flagged_held = float((d_held.sub_conf < tau_sub).float().mean())
     summary = {
@@ -70,6 +84,9 @@ def calibrate_thresholds(
         "sub_unseen_acc_at_tau": round(100 * flagged_held, 2),
         "super_seen_kept_at_tau": round(100 * float((d_seen.super_conf >= tau_super).float().mean()), 2),
     }
+    if d_novel is not None:
+        summary["n_novel_calibration"] = int(len(d_novel.super_conf))
+        summary["super_unseen_acc_at_tau"] = round(100 * float((d_novel.super_conf < tau_super).float().mean()), 2)
     return Calibration(thresholds, sweep_sub, sweep_super, summary)
 
 
@@ -78,4 +95,4 @@ def save_calibration(cal: Calibration, folder: Path) -> None:
     save_sweep(cal.sweep_sub, folder / "sweep_sub.csv", folder / "sweep_sub.png",
                f"subclass: seen vs held-out subclasses (tau_sub = {t.tau_sub:.3f})", t.tau_sub)
     save_sweep(cal.sweep_super, folder / "sweep_super.csv", folder / "sweep_super.png",
-               f"superclass: seen validation vs held-out subclasses (tau_super = {t.tau_super:.3f})", t.tau_super)
+               f"superclass: seen validation vs novel (tau_super = {t.tau_super:.3f})", t.tau_super)

@@ -46,7 +46,8 @@ class HierarchicalModule(L.LightningModule):
         bs = images.shape[0]
         self.log("train_loss", parts.total, prog_bar=True, on_step=False, on_epoch=True, batch_size=bs)
         self.log_dict(
-            {"train_ce_super": parts.ce_super, "train_ce_sub": parts.ce_sub, "train_kl": parts.kl},
+            {"train_ce_super": parts.ce_super, "train_ce_sub": parts.ce_sub, "train_kl": parts.kl,
+             "train_outlier": parts.outlier},
             on_step=False, on_epoch=True, batch_size=bs,
         )
         return parts.total
@@ -55,8 +56,9 @@ class HierarchicalModule(L.LightningModule):
         images, y_super, y_sub = batch
         super_logits, sub_logits, _ = self.model(images)
         parts = self.loss(super_logits, sub_logits, y_super, y_sub)
-        self.val_acc_super(super_logits, y_super)
-        self.val_acc_sub(sub_logits, y_sub)
+        known = y_super >= 0
+        self.val_acc_super(super_logits[known], y_super[known])
+        self.val_acc_sub(sub_logits[known], y_sub[known])
         bs = images.shape[0]
         self.log("val_loss", parts.total, prog_bar=True, on_epoch=True, batch_size=bs, sync_dist=True)
         self.log_dict(

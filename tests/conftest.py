@@ -1,0 +1,51 @@
+"""Shared fixtures: a tiny built-in dataset and a tiny trained run, made once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# tiny models, tiny images: the whole suite must stay fast on 2 CPU cores
+TINY_TRAIN_ARGS = [
+    "--epochs", "2", "--image-size", "24", "--batch-size", "16", "--no-progress",
+    "--set", "model.width=8", "--set", "model.depth=[1]",
+]
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from supersub.data.synth import write_synth
+
+    out = tmp_path_factory.mktemp("synth") / "data"
+    write_synth(out, seed=0, train_per_class=8, test_per_class=3)
+    return out
+
+
+def run_cli(args: list[str]) -> int:
+    """Run ``supersub ARGS`` in-process through the real entry point; returns the exit code."""
+    import sys
+
+    from supersub.cli import main
+
+    old = sys.argv
+    sys.argv = ["supersub", *args]
+    try:
+        main()
+    except SystemExit as e:
+        return int(e.code or 0)
+    finally:
+        sys.argv = old
+    return 0
+
+
+@pytest.fixture(scope="session")
+def trained_run(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "run"
+    code = run_cli(["train", "--data", str(synth_dir), "--out", str(run),
+                    "--novel-data", str(synth_dir / "novel_images"), *TINY_TRAIN_ARGS])
+    assert code == 0
+    return run
