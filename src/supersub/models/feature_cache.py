@@ -1,0 +1,141 @@
+"""Frozen-backbone features (seed 003): run the backbone once over every image, then train heads on the rows.
+
+With the backbone frozen, its features never change between epochs, so extracting them once turns each
+epoch into a few matrix products. The optional disk cache makes that once per (weights, images, input
+size, normalisation) rather than once per run: the key hashes the actual tensors, so changing a single
+weight or pixel is a miss, never a stale hit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import SupersubError
+from ..io import torch_save_atomic
+
+FEATURES_FORMAT = "supersub-features-1"
+log = logging.getLogger(__name__)
+
+Normalize = Callable[[torch.Tensor], torch.Tensor]
+
+
+def extract_features(
+    backbone: nn.Module,
+    images: torch.Tensor,
+    normalize: Normalize,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    input_size: int | None = None,
+    cache_dir: Path | None = None,
+) -> torch.Tensor:
+    """(N, 3, H, W) uint8 images -> (N, D) float32 CPU features of ``backbone`` in eval mode.
+
+    ``normalize`` receives each uint8 batch on ``device`` and returns the float input the backbone
+    expects (e.g. ``HierarchicalClassifier.normalize``); batches are then resized to ``input_size``
+    (bilinear, antialiased) when given. The backbone's mode and device are restored afterwards.
+    """
+    _check_images(images)
+    if batch_size < 1:
+        raise SupersubError(f"feature extraction: batch_size must be >= 1, got {batch_size}")
+    if cache_dir is None:
+        return _compute(backbone, images, normalize, batch_size, torch.device(device), input_size)
+    key = cache_key(backbone, images, normalize, input_size)
+    target = Path(cache_dir) / f"features-{key[:32]}.pt"
+    cached = _load(target, key, len(images))
+    if cached is not None:
+        return cached
+    features = _compute(backbone, images, normalize, batch_size, torch.device(device), input_size)
+    _save(target, key, features)
+    return features
+
+
+def cache_key(backbone: nn.Module, images: torch.Tensor, normalize: Normalize, input_size: int | None) -> str:
+    """sha256 of everything the features depend on: architecture, weights, pixels, size, normalisation.
+
+    ``normalize`` cannot be hashed as code, so its output on a fixed probe batch is hashed instead:
+    different mean/std give different bytes.
+    """
+    h = hashlib.sha256(f"{FEATURES_FORMAT}\0{input_size}\0{backbone!r}".encode())
+    for name, tensor in backbone.state_dict().items():
+        h.update(f"\0{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        h.update(_tensor_bytes(tensor))
+    h.update(f"\0images\0{tuple(images.shape)}\0".encode())
+    h.update(_tensor_bytes(images))
+    probe = torch.arange(3 * 2 * 2, dtype=torch.uint8).mul_(21).view(1, 3, 2, 2)
+    h.update(_tensor_bytes(normalize(probe.to(_device_of(backbone))).float()))
+    return h.hexdigest()
+
+
+def _check_images(images: torch.Tensor) -> None:
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
+        got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
+        raise SupersubError(f"feature extraction: images must be a uint8 (N, C, H, W) tensor, got {got}")
+    if len(images) == 0:
+        raise SupersubError("feature extraction: no images given")
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    """Raw bytes of any dtype (bfloat16 included) by viewing the memory as uint8."""
+    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    first = next(module.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+@contextmanager
+def _evaluating(module: nn.Module, device: torch.device) -> Iterator[nn.Module]:
+    """Eval mode on ``device`` for the duration, then the caller's mode and device again."""
+    was_training, home = module.training, _device_of(module)
+    module.eval().to(device)
+    try:
+        yield module
+    finally:
+        module.train(was_training).to(home)
+
+
+def _compute(backbone: nn.Module, images: torch.Tensor, normalize: Normalize, batch_size: int,
+             device: torch.device, input_size: int | None) -> torch.Tensor:
+    chunks: list[torch.Tensor] = []
+    with _evaluating(backbone, device), torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            x = normalize(images[start : start + batch_size].to(device))
+            if input_size is not None and tuple(x.shape[-2:]) != (input_size, input_size):
+                x = F.interpolate(x, size=(input_size, input_size), mode="bilinear", align_corners=False,
+                                  antialias=True)
+            chunks.append(backbone(x).float().cpu())
+    return torch.cat(chunks)
+
+
+def _load(target: Path, key: str, n_rows: int) -> torch.Tensor | None:
+    """The cached features if the file is intact and made for ``key``; anything else is a miss."""
+    if not target.is_file():
+        return None
+    try:
+        payload: Any = torch.load(target, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a corrupt or foreign cache file is recomputed, never fatal
+        log.warning("%s: unreadable feature cache, recomputing (%s)", target, type(e).__name__)
+        return None
+    if not isinstance(payload, dict) or payload.get("key") != key:
+        return None
+    features = payload.get("features")
+    if not isinstance(features, torch.Tensor) or features.ndim != 2 or len(features) != n_rows:
+        return None
+    return features
+
+
+def _save(target: Path, key: str, features: torch.Tensor) -> None:
+    try:
+        torch_save_atomic({"format": FEATURES_FORMAT, "key": key, "features": features}, target)
+    except OSError as e:
+        raise SupersubError(f"{target}: cannot write the feature cache ({e.strerror or e})") from None

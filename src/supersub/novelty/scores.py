@@ -1,0 +1,432 @@
+"""Novelty detectors on precomputed logits and features, one small class per score, and their registry.
+
+Sign convention (the only place it is stated): every ``confidence`` is "higher = more seen", the
+orientation of :mod:`supersub.novelty.decide` (seen iff ``conf >= tau``). pytorch-ood's detectors return
+outlier scores (higher = more novel), so where we reuse them we return the *negative* of their score.
+
+Each detector works on one level (superclass or subclass): fit it with that level's logits, the shared
+features and that level's labels. Rows with a negative label (:data:`supersub.losses.OUTLIER`,
+outlier-exposure images) are ignored when fitting, since the detectors model the seen classes only.
+All confidences are float32 tensors of shape ``(N,)`` on the CPU. A fitted detector's ``state_dict()``
+holds only its name, plain numbers and tensors, so it reloads with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from pytorch_ood.detector import GEN, EnergyBased, Entropy, MaxLogit, MaxSoftmax
+from sklearn.covariance import LedoitWolf
+
+from ..errors import SupersubError
+
+D = TypeVar("D", bound="Detector")
+Tensor = torch.Tensor
+OptTensor = Tensor | None
+_CHUNK = 1024  # rows per block when comparing against the kNN bank, to bound memory
+
+
+class Detector:
+    """Common interface: ``fit`` on in-distribution training outputs, then ``confidence``.
+
+    Subclasses list their constructor options in ``params`` (plain numbers) and their fitted tensors in
+    ``fitted``; ``state_dict``/``from_state`` are built from those two lists.
+    """
+
+    name: ClassVar[str]
+    params: ClassVar[tuple[str, ...]] = ()
+    fitted: ClassVar[tuple[str, ...]] = ()
+    needs_features: ClassVar[bool] = False
+
+    @property
+    def is_fitted(self) -> bool:
+        return all(getattr(self, key, None) is not None for key in self.fitted)
+
+    def fit(
+        self: D,
+        logits: Tensor,
+        features: OptTensor = None,
+        labels: OptTensor = None,
+        *,
+        head_weight: OptTensor = None,
+        head_bias: OptTensor = None,
+    ) -> D:
+        """Fit on the training rows; only ``vim`` uses the head, but every score takes the same arguments."""
+        _check_logits(self.name, logits)
+        self._fit(logits, features, labels, head_weight, head_bias)
+        return self
+
+    def _fit(self, logits: Tensor, features: OptTensor, labels: OptTensor, weight: OptTensor, bias: OptTensor) -> None:
+        """Logit scores need no fitting."""
+
+    def confidence(self, logits: Tensor, features: OptTensor = None) -> Tensor:
+        """``(N,)`` float32, higher = more seen."""
+        _check_logits(self.name, logits)
+        if not self.is_fitted:
+            raise SupersubError(f"score '{self.name}': not fitted (call fit on training outputs first)")
+        if self.needs_features:
+            _check_features(self.name, features, logits.shape[0])
+        return self._confidence(logits, features).float().cpu()
+
+    def _confidence(self, logits: Tensor, features: OptTensor) -> Tensor:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        if not self.is_fitted:
+            raise SupersubError(f"score '{self.name}': cannot save a detector that was never fitted")
+        state: dict[str, Any] = {"name": self.name}
+        state.update({key: getattr(self, key) for key in self.params})
+        state.update({key: getattr(self, key).detach().cpu() for key in self.fitted})
+        return state
+
+    @classmethod
+    def from_state(cls: type[D], state: dict[str, Any]) -> D:
+        """Rebuild a detector saved by :meth:`state_dict` (checks its name and keys)."""
+        if not isinstance(state, dict) or state.get("name") != cls.name:
+            found = state.get("name") if isinstance(state, dict) else type(state).__name__
+            raise SupersubError(f"detector state: expected score '{cls.name}', found {found!r}")
+        missing = [key for key in (*cls.params, *cls.fitted) if key not in state]
+        if missing:
+            raise SupersubError(f"detector state for '{cls.name}': missing key(s) {', '.join(missing)}")
+        bad = [key for key in cls.fitted if not isinstance(state[key], Tensor)]
+        if bad:
+            raise SupersubError(f"detector state for '{cls.name}': {bad[0]} is not a tensor")
+        detector = cls(**{key: state[key] for key in cls.params})
+        for key in cls.fitted:
+            setattr(detector, key, state[key])
+        return detector
+
+
+# ---- input checks -------------------------------------------------------------------------------
+
+
+def _positive(score: str, option: str, value: Any, integer: bool = False) -> Any:
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0:
+        kind = "a positive integer" if integer else "a positive number"
+        raise SupersubError(f"score '{score}': option {option} must be {kind}, got {value!r}")
+    return int(value) if integer else float(value)
+
+
+def _check_logits(score: str, logits: Tensor) -> None:
+    if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[1] == 0:
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise SupersubError(f"score '{score}': logits must have shape (N, C), got {shape}")
+    if not torch.isfinite(logits).all():
+        raise SupersubError(f"score '{score}': logits contain a non-finite value")
+
+
+def _check_features(score: str, features: OptTensor, n: int) -> Tensor:
+    if features is None:
+        raise SupersubError(f"score '{score}': needs the model's features, got none")
+    if features.ndim != 2 or features.shape[0] != n:
+        raise SupersubError(f"score '{score}': features have shape {tuple(features.shape)}, expected ({n}, D)")
+    if not torch.isfinite(features).all():
+        raise SupersubError(f"score '{score}': features contain a non-finite value")
+    return features
+
+
+def _seen_rows(
+    score: str, features: OptTensor, labels: OptTensor, n: int, need_labels: bool
+) -> tuple[Tensor, OptTensor]:
+    """float64 CPU features (and labels) of the in-distribution rows: negative labels are dropped."""
+    x = _check_features(score, features, n).detach().cpu().double()
+    y = None
+    if labels is None and need_labels:
+        raise SupersubError(f"score '{score}': fitting needs the class labels, got none")
+    if labels is not None:
+        if labels.shape != (n,) or labels.is_floating_point():
+            raise SupersubError(f"score '{score}': labels must be {n} integers, got shape {tuple(labels.shape)}")
+        y = labels.detach().cpu().long()
+        x, y = x[y >= 0], y[y >= 0]
+    if len(x) < 2:
+        raise SupersubError(f"score '{score}': fitting needs at least 2 seen-class samples, got {len(x)}")
+    return x, y
+
+
+def _unit(x: Tensor) -> Tensor:
+    return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+# ---- logit scores --------------------------------------------------------------------------------
+
+
+class MSPScore(Detector):
+    """Maximum softmax probability of ``logits / temperature``.
+
+    Hendrycks & Gimpel, "A Baseline for Detecting Misclassified and Out-of-Distribution Examples in
+    Neural Networks", ICLR 2017. Via pytorch-ood ``MaxSoftmax.score``.
+    """
+
+    name = "msp"
+    params = ("temperature",)
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        self.temperature = _positive(self.name, "temperature", temperature)
+
+    def _confidence(self, logits: Tensor, features: OptTensor) -> Tensor:
+        return -MaxSoftmax.score(logits.float(), t=self.temperature)
+
+
+class MaxLogitScore(Detector):
+    """The largest logit.
+
+    Hendrycks et al., "Scaling Out-of-Distribution Detection for Real-World Settings", ICML 2022.
+    Via pytorch-ood ``MaxLogit.score``.
+    """
+
+    name = "maxlogit"
+
+    def _confidence(self, logits: Tensor, features: OptTensor) -> Tensor:
+        return -MaxLogit.score(logits.float())
+
+
+class EnergyScore(Detector):
+    """Negative free energy ``T * logsumexp(logits / T)``.
+
+    Liu et al., "Energy-based Out-of-distribution Detection", NeurIPS 2020. Via pytorch-ood
+    ``EnergyBased.score`` (which returns the energy ``-T * logsumexp(logits / T)``).
+    """
+
+    name = "energy"
+    params = ("temperature",)
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        self.temperature = _positive(self.name, "temperature", temperature)
+
+    def _confidence(self, logits: Tensor, features: OptTensor) -> Tensor:
+        return -EnergyBased.score(logits.float(), t=self.temperature)
+
+
+class EntropyScore(Detector):
+    """Negative Shannon entropy of the softmax, ``sum_i p_i log p_i`` (peaked = seen).
+
+    As used by Chan et al., "Entropy Maximization and Meta Classification for Out-of-Distribution
+    Detection in Semantic Segmentation", ICCV 2021. Via pytorch-ood ``Entropy.score``.
+    """
+
+    name = "entropy"
+
+    def _confidence(self, logits: Tensor, features: OptTensor) -> Tensor:
+        return -Entropy.score(logits.float())
+
+
+class GENScore(Detector):
+    """Negative generalized entropy ``-mean_{j in top-M} p_j^gamma (1 - p_j)^gamma``.
+
+    Liu et al., "GEN: Pushing the Limits of Softmax-Based Out-of-Distribution Detection", CVPR 2023
+    (gamma = 0.1, M = 100 in the paper; M is capped by the number of classes). The paper sums over the
+    top M; pytorch-ood's ``GEN.score`` (used here) averages, which only rescales by 1/M, keeps the
+    ranking and bounds the confidence in [-0.5^(2 gamma), 0].
+    """
+
+    name = "gen"
+    params = ("gamma", "top_m")
+
+    def __init__(self, gamma: float = 0.1, top_m: int = 100) -> None:
+        self.gamma = _positive(self.name, "gamma", gamma)
+        self.top_m = _positive(self.name, "top_m", top_m, integer=True)
+
+    def _confidence(self, logits: Tensor, features: OptTensor) -> Tensor:
+        return -GEN.score(logits.float(), gamma=self.gamma, M=min(self.top_m, logits.shape[1]))
+
+
+# ---- feature scores ------------------------------------------------------------------------------
+
+
+class MahalanobisScore(Detector):
+    """Negative squared Mahalanobis distance to the nearest class mean, shared (tied) covariance.
+
+    Lee et al., "A Simple Unified Framework for Detecting Out-of-Distribution Samples and Adversarial
+    Attacks", NeurIPS 2018: ``max_c -(f - mu_c)^T Sigma^-1 (f - mu_c)`` on the penultimate features.
+    Implemented directly rather than with pytorch-ood's ``Mahalanobis``, whose covariance is an
+    unnormalised scatter matrix with a 1e-6 ridge and becomes singular when there are fewer training
+    images than feature dimensions; here ``Sigma`` is the Ledoit-Wolf shrinkage estimate of the pooled
+    within-class covariance, which stays well conditioned with few samples.
+    """
+
+    name = "mahalanobis"
+    fitted = ("means", "precision")
+    needs_features = True
+
+    def __init__(self) -> None:
+        self.means: OptTensor = None
+        self.precision: OptTensor = None
+
+    def _fit(self, logits: Tensor, features: OptTensor, labels: OptTensor, weight: OptTensor, bias: OptTensor) -> None:
+        x, y = _seen_rows(self.name, features, labels, logits.shape[0], need_labels=True)
+        assert y is not None
+        classes, index = torch.unique(y, return_inverse=True)
+        means = torch.zeros(len(classes), x.shape[1], dtype=x.dtype).index_add_(0, index, x)
+        means /= torch.bincount(index, minlength=len(classes)).unsqueeze(1).to(x.dtype)
+        centered = x - means[index]
+        if not centered.abs().max() > 0:
+            raise SupersubError(f"score '{self.name}': the training features have no within-class variance")
+        precision = torch.from_numpy(LedoitWolf(assume_centered=True).fit(centered.numpy()).precision_)
+        if not torch.isfinite(precision).all():
+            raise SupersubError(f"score '{self.name}': the feature covariance could not be inverted")
+        self.means, self.precision = means, precision
+
+    def _confidence(self, logits: Tensor, features: OptTensor) -> Tensor:
+        assert features is not None and self.means is not None and self.precision is not None
+        _check_dim(self.name, features, self.precision.shape[0])
+        x = features.detach().cpu().double()
+        xp = x @ self.precision
+        # (x - m)^T P (x - m) = x^T P x - 2 x^T P m + m^T P m, for every class mean m at once
+        d2 = (xp * x).sum(1, keepdim=True) - 2 * xp @ self.means.T + ((self.means @ self.precision) * self.means).sum(1)
+        return -d2.clamp_min(0).min(dim=1).values
+
+
+class KNNScore(Detector):
+    """Negative distance of the L2-normalised feature to its k-th nearest normalised training feature.
+
+    Sun et al., "Out-of-Distribution Detection with Deep Nearest Neighbors", ICML 2022:
+    ``-||z - z_(k)||`` with ``z = f / ||f||``, i.e. ``-sqrt(2 * cosine distance)`` to the k-th neighbour.
+    Same math as pytorch-ood's ``KNN``, done with a matrix product in torch so the fitted state is one
+    tensor (the normalised training bank) rather than a scikit-learn index. ``k`` is capped by the bank
+    size. Score images that are not in the bank (a bank image is its own nearest neighbour).
+    """
+
+    name = "knn"
+    params = ("k",)
+    fitted = ("bank",)
+    needs_features = True
+
+    def __init__(self, k: int = 10) -> None:
+        self.k = _positive(self.name, "k", k, integer=True)
+        self.bank: OptTensor = None
+
+    def _fit(self, logits: Tensor, features: OptTensor, labels: OptTensor, weight: OptTensor, bias: OptTensor) -> None:
+        x, _ = _seen_rows(self.name, features, labels, logits.shape[0], need_labels=False)
+        self.bank = _unit(x).float()
+
+    def _confidence(self, logits: Tensor, features: OptTensor) -> Tensor:
+        assert features is not None and self.bank is not None
+        _check_dim(self.name, features, self.bank.shape[1])
+        z = _unit(features.detach().cpu().float())
+        k = min(self.k, self.bank.shape[0])
+        kth = torch.cat([(c @ self.bank.T).topk(k, dim=1).values[:, -1] for c in z.split(_CHUNK)])
+        return -(2 - 2 * kth).clamp_min(0).sqrt()
+
+
+class ViMScore(Detector):
+    """Virtual-logit matching: ``logsumexp(logits) - alpha * ||x^{P-perp}||``.
+
+    Wang et al., "ViM: Out-Of-Distribution with Virtual-logit Matching", CVPR 2022. Features are
+    centred at the origin ``u = -pinv(W) b`` of the final linear layer (logits = W f + b); ``P`` is the
+    span of the top ``dim`` eigenvectors of the centred training features' second-moment matrix and
+    ``x^{P-perp}`` the residual outside it; ``alpha = mean max-logit / mean residual norm`` on the
+    training data, so the virtual logit is on the scale of the real ones. Same math as pytorch-ood's
+    ``ViM``, implemented here because that class recomputes logits from W and b and needs them up front.
+
+    Pass the level's head as ``fit(..., head_weight=W (C, D), head_bias=b (C,))``. Without them W and b
+    are recovered by least squares from the training logits and features, which is exact when the
+    logits are an affine function of the features and there are more training rows than dimensions.
+    ``dim`` defaults to the reference code's rule (1000 if D >= 2048, 512 if D >= 768, else D // 2)
+    and is capped at ``N - 1`` so training images keep a non-zero residual.
+    """
+
+    name = "vim"
+    params = ("dim",)
+    fitted = ("origin", "basis", "alpha")
+    needs_features = True
+
+    def __init__(self, dim: int | None = None) -> None:
+        self.dim = None if dim is None else _positive(self.name, "dim", dim, integer=True)
+        self.origin: OptTensor = None
+        self.basis: OptTensor = None
+        self.alpha: OptTensor = None
+
+    def _fit(self, logits: Tensor, features: OptTensor, labels: OptTensor, weight: OptTensor, bias: OptTensor) -> None:
+        x, _ = _seen_rows(self.name, features, labels, logits.shape[0], need_labels=False)
+        seen_logits = logits.detach().cpu().double()
+        if labels is not None:
+            seen_logits = seen_logits[labels.detach().cpu() >= 0]
+        weight, bias = self._head(weight, bias, x, seen_logits)
+        origin = -(torch.linalg.pinv(weight) @ bias)
+        centered = x - origin
+        dim = self._principal_dim(x.shape)
+        _, vectors = torch.linalg.eigh(centered.T @ centered / len(centered))  # ascending eigenvalues
+        basis = vectors[:, -dim:]
+        residual = _residual_norm(centered, basis).mean()
+        if not residual > 1e-12 * centered.norm(dim=1).mean():
+            raise SupersubError(f"score '{self.name}': training features have no residual outside {dim} dimensions")
+        self.dim, self.origin, self.basis = dim, origin, basis
+        self.alpha = seen_logits.max(dim=1).values.mean() / residual
+
+    def _head(
+        self, weight: OptTensor, bias: OptTensor, x: Tensor, logits: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The given head (checked), or the least-squares affine map from features to logits."""
+        n_classes, n_dim = logits.shape[1], x.shape[1]
+        if (weight is None) != (bias is None):
+            raise SupersubError(f"score '{self.name}': pass both head_weight and head_bias, or neither")
+        if weight is None or bias is None:
+            solution = torch.linalg.pinv(torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)) @ logits
+            return solution[:-1].T, solution[-1]
+        if tuple(weight.shape) != (n_classes, n_dim) or tuple(bias.shape) != (n_classes,):
+            raise SupersubError(
+                f"score '{self.name}': head_weight {tuple(weight.shape)} / head_bias {tuple(bias.shape)} do not "
+                f"match {n_classes} logits and {n_dim} features"
+            )
+        return weight.detach().cpu().double(), bias.detach().cpu().double()
+
+    def _principal_dim(self, shape: torch.Size) -> int:
+        n, n_dim = shape
+        if self.dim is not None and self.dim >= n_dim:
+            raise SupersubError(f"score '{self.name}': dim must be below the feature dimension {n_dim}, got {self.dim}")
+        default = 1000 if n_dim >= 2048 else 512 if n_dim >= 768 else n_dim // 2
+        dim = min(self.dim or default, n - 1)
+        if dim < 1:
+            raise SupersubError(f"score '{self.name}': needs at least 2 feature dimensions, got {n_dim}")
+        return dim
+
+    def _confidence(self, logits: Tensor, features: OptTensor) -> Tensor:
+        assert features is not None and self.origin is not None and self.basis is not None
+        _check_dim(self.name, features, self.origin.shape[0])
+        residual = _residual_norm(features.detach().cpu().double() - self.origin, self.basis)
+        return logits.detach().cpu().double().logsumexp(dim=1) - self.alpha * residual
+
+
+def _residual_norm(centered: Tensor, basis: Tensor) -> Tensor:
+    """Norm of each row after removing its projection on the orthonormal columns of ``basis``."""
+    return (centered - (centered @ basis) @ basis.T).norm(dim=1)
+
+
+def _check_dim(score: str, features: Tensor, n_dim: int) -> None:
+    if features.shape[1] != n_dim:
+        raise SupersubError(f"score '{score}': features have {features.shape[1]} dimensions, fitted on {n_dim}")
+
+
+# ---- registry -------------------------------------------------------------------------------------
+
+DETECTORS: dict[str, type[Detector]] = {
+    cls.name: cls
+    for cls in (
+        MSPScore, MaxLogitScore, EnergyScore, EntropyScore, GENScore, MahalanobisScore, KNNScore, ViMScore
+    )
+}
+
+
+def _detector_class(name: str) -> type[Detector]:
+    if name not in DETECTORS:
+        raise SupersubError(f"unknown score {name!r} (choose from {', '.join(DETECTORS)})")
+    return DETECTORS[name]
+
+
+def create_detector(name: str, **options: Any) -> Detector:
+    """A new detector by CLI name (``--score``), e.g. ``create_detector("knn", k=50)``."""
+    cls = _detector_class(name)
+    unknown = sorted(set(options) - set(cls.params))
+    if unknown:
+        allowed = ", ".join(cls.params) or "none"
+        raise SupersubError(f"score '{name}': unknown option(s) {', '.join(unknown)} (options: {allowed})")
+    return cls(**options)
+
+
+def detector_from_state(state: dict[str, Any]) -> Detector:
+    """Rebuild any detector from its :meth:`Detector.state_dict` (dispatches on ``state['name']``)."""
+    if not isinstance(state, dict) or not isinstance(state.get("name"), str):
+        raise SupersubError("detector state: not a dictionary with a score 'name'")
+    return _detector_class(state["name"]).from_state(state)

@@ -1,0 +1,249 @@
+"""Novelty detectors (supersub.novelty.scores) and open-set metrics, on small synthetic data with known answers."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pytorch_ood.detector import KNN, ViM
+
+from supersub.errors import SupersubError
+from supersub.novelty.ood_metrics import fpr_at_tpr, open_set_metrics
+from supersub.novelty.scores import DETECTORS, create_detector, detector_from_state
+
+N_DIM, N_CLASSES, PER_CLASS = 12, 3, 50
+LOGITS = torch.tensor([[2.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+
+
+class Clusters:
+    """Gaussian classes whose spread lives in dims 0..3, with an affine head that only reads dims 0..2.
+
+    Novel points are in-distribution points pushed 8 units along dims 4..11: the head cannot see the
+    push (identical logits), so only the feature-based scores can tell them apart.
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.means = torch.zeros(N_CLASSES, N_DIM)
+        self.means[torch.arange(N_CLASSES), torch.arange(N_CLASSES)] = 6.0
+        self.weight = self.means.clone()
+        self.bias = -0.5 * (self.means**2).sum(1)
+        self.x, self.y = self.sample(PER_CLASS, g)
+        self.x_test, _ = self.sample(20, g)
+        push = torch.zeros(len(self.x_test), N_DIM)
+        push[:, 4:] = torch.randn(len(self.x_test), N_DIM - 4, generator=g)
+        self.x_novel = self.x_test + 8.0 * push / push.norm(dim=1, keepdim=True)
+
+    def sample(self, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.arange(N_CLASSES).repeat_interleave(n)
+        scale = torch.cat([torch.ones(4), torch.full((N_DIM - 4,), 0.05)])
+        return self.means[y] + torch.randn(len(y), N_DIM, generator=g) * scale, y
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight.T + self.bias
+
+    def fit(self, name: str, **options: object):
+        det = create_detector(name, **options)
+        return det.fit(self.logits(self.x), self.x, self.y, head_weight=self.weight, head_bias=self.bias)
+
+    def confidences(self, det) -> tuple[torch.Tensor, torch.Tensor]:
+        return det.confidence(self.logits(self.x_test), self.x_test), det.confidence(
+            self.logits(self.x_novel), self.x_novel
+        )
+
+
+@pytest.fixture(scope="module")
+def data() -> Clusters:
+    return Clusters()
+
+
+# ---- logit scores against hand formulas -----------------------------------------------------------
+
+
+def _softmax_row0() -> tuple[float, float]:
+    z = math.exp(2) + 2
+    return math.exp(2) / z, 1 / z
+
+
+def test_msp_maxlogit_energy_match_hand_formulas() -> None:
+    a, _ = _softmax_row0()
+    msp = create_detector("msp").fit(LOGITS).confidence(LOGITS)
+    assert torch.allclose(msp, torch.tensor([a, 1 / 3]), atol=1e-6)
+    assert torch.equal(create_detector("maxlogit").fit(LOGITS).confidence(LOGITS), torch.tensor([2.0, 1.0]))
+    energy = create_detector("energy").confidence(LOGITS)
+    assert torch.allclose(energy, torch.tensor([math.log(math.exp(2) + 2), 1 + math.log(3)]), atol=1e-6)
+    energy_t2 = create_detector("energy", temperature=2.0).confidence(LOGITS)
+    assert torch.allclose(energy_t2, torch.tensor([2 * math.log(math.e + 2), 1 + 2 * math.log(3)]), atol=1e-6)
+    msp_t2 = create_detector("msp", temperature=2.0).confidence(LOGITS)
+    assert msp_t2[0].item() == pytest.approx(math.e / (math.e + 2), abs=1e-6)
+
+
+def test_entropy_and_gen_match_hand_formulas() -> None:
+    a, b = _softmax_row0()
+    entropy = create_detector("entropy").confidence(LOGITS)
+    assert torch.allclose(entropy, torch.tensor([a * math.log(a) + 2 * b * math.log(b), -math.log(3)]), atol=1e-6)
+
+    def g(p: float) -> float:
+        return p**0.1 * (1 - p) ** 0.1
+
+    gen = create_detector("gen").confidence(LOGITS)  # top_m = 100 is capped at the 3 classes
+    assert torch.allclose(gen, torch.tensor([-(g(a) + 2 * g(b)) / 3, -g(1 / 3)]), atol=1e-6)
+    gen2 = create_detector("gen", gamma=0.5, top_m=2).confidence(LOGITS)
+    assert gen2[0].item() == pytest.approx(-((a * (1 - a)) ** 0.5 + (b * (1 - b)) ** 0.5) / 2, abs=1e-6)
+
+
+def test_logit_scores_rank_a_peaked_row_above_a_flat_one() -> None:
+    for name in ("msp", "maxlogit", "energy", "entropy", "gen"):
+        conf = create_detector(name).confidence(LOGITS)
+        assert conf.shape == (2,) and conf.dtype == torch.float32
+        assert conf[0] > conf[1], name
+
+
+# ---- feature scores -------------------------------------------------------------------------------
+
+
+def test_mahalanobis_known_answer() -> None:
+    # each class's centred points are (+-1, 0), (0, +-1): covariance 0.5 I, which Ledoit-Wolf keeps
+    # (it shrinks towards trace/D * I = 0.5 I), so the precision is 2 I and d^2 = 2 |x - mu|^2
+    offsets = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    x = torch.cat([offsets, offsets + torch.tensor([10.0, 0.0])])
+    y = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    det = create_detector("mahalanobis").fit(torch.zeros(8, 2), x, y)
+    query = torch.tensor([[3.0, 4.0], [10.0, 0.0], [9.0, 1.0]])
+    conf = det.confidence(torch.zeros(3, 2), query)
+    assert torch.allclose(conf, torch.tensor([-50.0, 0.0, -4.0]), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["mahalanobis", "knn", "vim"])
+def test_feature_scores_flag_points_the_head_cannot_see(data: Clusters, name: str) -> None:
+    seen, novel = data.confidences(data.fit(name))
+    assert open_set_metrics(seen, novel)["auroc"] > 0.95
+    assert seen.dtype == torch.float32 and seen.shape == (len(data.x_test),)
+
+
+def test_logit_scores_are_blind_to_those_points(data: Clusters) -> None:
+    seen, novel = data.confidences(data.fit("energy"))
+    assert torch.allclose(seen, novel, atol=1e-4)
+
+
+def test_knn_matches_pytorch_ood(data: Clusters) -> None:
+    ours = data.fit("knn", k=5).confidence(data.logits(data.x_novel), data.x_novel)
+    ref = -KNN(None, k=5).fit_features(data.x, data.y).predict_features(data.x_novel)
+    assert torch.allclose(ours, ref.float(), atol=1e-5)
+
+
+def test_knn_k_is_capped_by_the_bank() -> None:
+    bank = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    det = create_detector("knn", k=10).fit(torch.zeros(2, 1), bank, torch.tensor([0, 0]))
+    # the 2nd (farthest) of two neighbours of (1, 0) is (0, 1): distance sqrt(2)
+    assert det.confidence(torch.zeros(1, 1), torch.tensor([[2.0, 0.0]])).item() == pytest.approx(-math.sqrt(2))
+
+
+def test_vim_matches_pytorch_ood(data: Clusters) -> None:
+    ours = data.fit("vim", dim=5).confidence(data.logits(data.x_novel), data.x_novel)
+    ref = ViM(None, d=5, w=data.weight, b=data.bias).fit_features(data.x, data.y)
+    assert torch.allclose(ours, -ref.predict_features(data.x_novel), rtol=1e-4, atol=1e-3)
+
+
+def test_vim_recovers_the_head_from_logits(data: Clusters) -> None:
+    with_head = data.fit("vim")
+    without = create_detector("vim").fit(data.logits(data.x), data.x, data.y)
+    assert with_head.dim == without.dim == N_DIM // 2
+    feats = torch.cat([data.x_test, data.x_novel])
+    a, b = with_head.confidence(data.logits(feats), feats), without.confidence(data.logits(feats), feats)
+    assert torch.allclose(a, b, rtol=1e-4, atol=1e-3)
+
+
+def test_outlier_rows_are_ignored_when_fitting(data: Clusters) -> None:
+    x = torch.cat([data.x, data.x_novel])
+    y = torch.cat([data.y, torch.full((len(data.x_novel),), -1)])
+    for name in ("mahalanobis", "knn"):
+        plain = data.fit(name)
+        mixed = create_detector(name).fit(data.logits(x), x, y)
+        feats = data.x_novel
+        assert torch.equal(plain.confidence(data.logits(feats), feats), mixed.confidence(data.logits(feats), feats))
+
+
+# ---- saving, registry and errors ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(DETECTORS))
+def test_state_round_trip_is_exact(data: Clusters, name: str, tmp_path: Path) -> None:
+    det = data.fit(name)
+    torch.save(det.state_dict(), tmp_path / "det.pt")
+    state = torch.load(tmp_path / "det.pt", weights_only=True)
+    again = detector_from_state(state)
+    assert type(again) is type(det)
+    feats = torch.cat([data.x_test, data.x_novel])
+    assert torch.equal(again.confidence(data.logits(feats), feats), det.confidence(data.logits(feats), feats))
+
+
+def test_options_survive_the_round_trip() -> None:
+    det = detector_from_state(create_detector("gen", gamma=0.3, top_m=7).state_dict())
+    assert (det.gamma, det.top_m) == (0.3, 7)
+
+
+def test_registry_names() -> None:
+    assert list(DETECTORS) == ["msp", "maxlogit", "energy", "entropy", "gen", "mahalanobis", "knn", "vim"]
+
+
+def test_unknown_score_and_options_are_one_line_errors() -> None:
+    with pytest.raises(SupersubError, match=r"unknown score 'x' \(choose from msp, maxlogit, .*vim\)"):
+        create_detector("x")
+    with pytest.raises(SupersubError, match="unknown option"):
+        create_detector("knn", kk=3)
+    with pytest.raises(SupersubError, match="k must be a positive integer"):
+        create_detector("knn", k=0)
+    with pytest.raises(SupersubError, match="unknown score"):
+        detector_from_state({"name": "nope"})
+    with pytest.raises(SupersubError, match="missing key"):
+        detector_from_state({"name": "knn", "k": 3})
+
+
+def test_misuse_raises_supersub_error(data: Clusters) -> None:
+    logits = data.logits(data.x)
+    with pytest.raises(SupersubError, match="not fitted"):
+        create_detector("knn").confidence(logits, data.x)
+    with pytest.raises(SupersubError, match="never fitted"):
+        create_detector("vim").state_dict()
+    with pytest.raises(SupersubError, match="needs the class labels"):
+        create_detector("mahalanobis").fit(logits, data.x)
+    with pytest.raises(SupersubError, match="needs the model's features"):
+        create_detector("knn").fit(logits)
+    with pytest.raises(SupersubError, match="fitted on 12"):
+        data.fit("mahalanobis").confidence(logits, data.x[:, :5])
+    with pytest.raises(SupersubError, match="head_weight"):
+        create_detector("vim").fit(logits, data.x, head_weight=data.weight[:, :5], head_bias=data.bias)
+    with pytest.raises(SupersubError, match=r"logits must have shape \(N, C\)"):
+        create_detector("msp").confidence(torch.zeros(3))
+
+
+# ---- open-set metrics -----------------------------------------------------------------------------
+
+
+def test_metrics_on_separated_scores() -> None:
+    m = open_set_metrics(np.linspace(1, 2, 100), np.linspace(-2, 0, 50))
+    assert (m["auroc"], m["fpr95"], m["aupr"]) == (1.0, 0.0, 1.0)
+    assert (m["n_seen"], m["n_novel"]) == (100, 50)
+
+
+def test_metrics_on_identical_scores() -> None:
+    scores = np.linspace(0, 1, 100)
+    m = open_set_metrics(scores, scores)
+    assert m["auroc"] == pytest.approx(0.5)
+    assert m["fpr95"] == pytest.approx(0.95)
+
+
+def test_metrics_on_reversed_scores_and_a_hand_case() -> None:
+    m = open_set_metrics([0.0, 0.1], [0.9, 1.0])
+    assert (m["auroc"], m["fpr95"]) == (0.0, 1.0)
+    # 20 seen 1..20: keeping 95% (19) puts tau at 2; novel 1.5 and 3 -> half accepted
+    assert fpr_at_tpr(np.arange(1.0, 21.0), np.array([1.5, 3.0])) == 0.5
+
+
+def test_metrics_reject_empty_input() -> None:
+    with pytest.raises(SupersubError, match="needs seen and novel"):
+        open_set_metrics([], [0.5])
