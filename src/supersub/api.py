@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -23,20 +24,26 @@ import torch
 from .config import TrainConfig, build_config, load_config
 from .data.cache import decode_images
 from .data.formats import read_dataset, read_flat, read_image_list, read_labels
-from .data.records import Dataset
-from .data.splits import holdout_subclasses, stratified_split
+from .data.records import Dataset, ImageRecord
 from .data.synth import write_synth
 from .errors import SupersubError
 from .inference import Outputs, pick_device, run_model
 from .io import write_atomic, write_json_atomic
-from .metrics import competition_metrics
+from .metrics import competition_metrics, open_set_report
 from .models.model import HierarchicalClassifier
 from .novelty.decide import decide
-from .novelty.holdout import calibrate_thresholds, save_calibration
-from .novelty.probs import novel_probability, with_novel_column
+from .novelty.exposure import read_novel_sub
+from .novelty.predict import apply_novelty
+from .novelty.scores import create_detector
+from .novelty.protocol import (
+    Evidence, Pool, Stage, calibrate_run, collect_evidence, load_scorer, load_split, load_stage_model,
+    needs_calibration_model, plan_stages, save_calibration, save_split, stage_labels,
+)
+from .novelty.scoring import NoveltyScorer, seen_view
 from .run import RunDir, Thresholds
 from .taxonomy import Taxonomy
-from .losses import OUTLIER
+from .losses import NOVEL_SUB, OUTLIER
+from .training.distributed import is_global_zero
 from .training.fit import fit_stage
 
 log = logging.getLogger("supersub")
@@ -80,16 +87,10 @@ def load_novel_images(path: str | Path, cfg: TrainConfig) -> torch.Tensor:
         ds = read_image_list(path)
     else:
         ds = read_flat(path)
-    records = ds.records
-    if cfg.data.novel_count is not None and cfg.data.novel_count < len(records):
-        pick = np.random.default_rng(cfg.seed).choice(len(records), size=cfg.data.novel_count, replace=False)
-        records = [records[i] for i in sorted(pick.tolist())]
-    decoded = decode_images(records, cfg.data.image_size, skip_bad=cfg.data.skip_bad_images, cache_dir=cfg.data.cache_dir)
-    if decoded.bad:
-        log.warning("skipped %d unreadable novel image(s), e.g. %s", len(decoded.bad), decoded.bad[0])
-    if len(decoded.kept) == 0:
+    images, kept = _decode_sample(ds.records, cfg, cfg.data.novel_count, "novel")
+    if not kept:
         raise SupersubError(f"{path}: no readable novel images")
-    return decoded.images
+    return images
 
 
 def _config(config: TrainConfig | dict[str, Any] | str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
@@ -133,115 +134,125 @@ def train(
     overrides = {short.get(k, k): v for k, v in overrides.items()}
     cfg = _config(config, overrides)
     t0 = time.perf_counter()
-    run = RunDir.open(out) if resume else RunDir.create(out, overwrite=overwrite)
+    # under DDP every rank runs train() (Lightning re-runs the command) and joins each fit; only rank 0 writes
+    lead = is_global_zero()
+    if lead and not resume:
+        RunDir.check_creatable(out, overwrite)  # fail before the slow decode, and touch nothing yet
+    # bad input (images, CSVs, novel data, split options) fails here, before a run directory exists
     data_ = load_labelled(data, cfg)
     taxonomy = data_.dataset.taxonomy
     assert taxonomy is not None
-    run.save_config(cfg)
-    run.save_taxonomy(taxonomy)
     log.info("%s: %d images, %d superclasses, %d subclasses", data, len(data_.dataset), taxonomy.n_super, taxonomy.n_sub)
-
     summary: dict[str, Any] = {"data": str(data), "n_images": len(data_.dataset)}
-    n_labelled = len(data_.dataset)
-    n_novel_cal = 0
-    if cfg.data.novel_data is not None:
-        novel = load_novel_images(cfg.data.novel_data, cfg)
-        n_novel_cal = int(round(cfg.data.novel_calibration_fraction * len(novel)))
-        data_ = _with_outliers(data_, novel)
-        summary["n_novel_images"] = len(novel)
-        log.info("outlier exposure: %d novel images (%d kept for calibration)", len(novel), n_novel_cal)
-    novel_idx = list(range(n_labelled, len(data_.images)))
-    labelled = data_.y_sub[:n_labelled].tolist()
-    if cfg.novelty.tau_super is not None and cfg.novelty.tau_sub is not None:
-        thresholds = Thresholds(cfg.novelty.tau_super, cfg.novelty.tau_sub)
-        summary["calibration"] = {"hand_set": True}
+    pool = _training_pool(data_, cfg, summary)
+    stages = plan_stages(pool, taxonomy, cfg)
+    run = RunDir(out) if not lead else RunDir.open(out) if resume else RunDir.create(out, overwrite=overwrite)
+    if lead:
+        run.save_config(cfg)
+        run.save_taxonomy(taxonomy)
+        save_split(run.calibration_dir, str(Path(data).resolve()), pool, stages)
+    evidence: dict[str, Evidence] = {}
+    for name, stage in sorted(stages.items(), key=lambda item: item[0] == "final"):  # final model last
+        result = _fit_stage(pool, taxonomy, stage, cfg, run, resume)
+        summary[name] = {"epochs_run": result.epochs_run, result.monitor: result.best_score,
+                         "seconds_per_epoch": result.seconds_per_epoch and round(result.seconds_per_epoch, 2)}
+        if name == "final" and lead:
+            run.save_model(result.model, cfg, stage_labels(pool, taxonomy, stage, cfg.novelty.oe)[0])
+        evidence[name] = collect_evidence(result.model, pool, taxonomy, stage, cfg.trainer.accelerator)
+    if not lead:
+        return summary  # a DDP worker's share (the fits) is done: rank 0 calibrates and writes the run
+    cal = _calibrate(run, cfg, evidence)
+    if "calibration" in stages:
+        held = [taxonomy.sub_names[j] for j in sorted(set(range(taxonomy.n_sub)) - set(stages["calibration"].keep_sub))]
+        summary["calibration"] = {"held_out_subclasses": held, **summary["calibration"], **cal.summary}
     else:
-        thresholds, summary["calibration"] = _calibration_stage(
-            data_, n_labelled, novel_idx[n_novel_cal:], novel_idx[:n_novel_cal], taxonomy, cfg, run, resume
-        )
-    run.save_thresholds(thresholds)
-
-    train_idx, val_idx = stratified_split(labelled, cfg.data.val_fraction, cfg.seed)
-    log.info("final model: %d train (+%d novel) / %d validation images", len(train_idx), len(novel_idx), len(val_idx))
-    result = fit_stage(
-        data_.images, data_.y_super, data_.y_sub, train_idx + novel_idx, val_idx, taxonomy, cfg, run.path, "final",
-        resume=resume,
-    )
-    run.save_model(result.model, cfg, taxonomy)
-    summary["final"] = {"epochs_run": result.epochs_run, result.monitor: result.best_score}
-    if val_idx:
-        out_val = run_model(result.model, data_.images[val_idx], device=pick_device(cfg.trainer.accelerator))
-        d = decide(out_val.super_probs, out_val.sub_probs, list(taxonomy.sub_to_super), 0.0, 0.0)
-        summary["final"]["val_acc_super"] = round(100 * float((d.super_pred == data_.y_super[val_idx]).float().mean()), 2)
-        summary["final"]["val_acc_sub"] = round(100 * float((d.sub_pred == data_.y_sub[val_idx]).float().mean()), 2)
-    summary["thresholds"] = thresholds.to_dict()
+        summary["calibration"] = {"hand_set": True}
+        summary["novelty"] = cal.summary
+    final_val = evidence["final"].val
+    if final_val is not None:
+        d = decide(final_val.outputs.super_probs, final_val.outputs.sub_probs, list(taxonomy.sub_to_super), 0.0, 0.0)
+        summary["final"]["val_acc_super"] = round(100 * float((d.super_pred == evidence["final"].val_y_super).float().mean()), 2)
+        summary["final"]["val_acc_sub"] = round(100 * float((d.sub_pred == evidence["final"].val_y_sub).float().mean()), 2)
+    summary["thresholds"] = cal.thresholds.to_dict()
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     run.save_metrics(summary)
     return summary
 
 
-def _with_outliers(data_: LabelledImages, novel: torch.Tensor) -> LabelledImages:
-    """Append outlier-exposure images labelled :data:`OUTLIER` at both levels."""
-    fill = torch.full((len(novel),), OUTLIER, dtype=torch.long)
-    return LabelledImages(
-        data_.dataset, torch.cat([data_.images, novel]), torch.cat([data_.y_super, fill]), torch.cat([data_.y_sub, fill])
-    )
+def _decode_sample(records: list[ImageRecord], cfg: TrainConfig, count: int | None, what: str) -> tuple[
+    torch.Tensor, list[ImageRecord]
+]:
+    """A seeded sample of at most ``count`` records, decoded; unreadable ones are skipped when allowed."""
+    if count is not None and count < len(records):
+        pick = np.random.default_rng(cfg.seed).choice(len(records), size=count, replace=False)
+        records = [records[i] for i in sorted(pick.tolist())]
+    decoded = decode_images(records, cfg.data.image_size, skip_bad=cfg.data.skip_bad_images, cache_dir=cfg.data.cache_dir)
+    if decoded.bad:
+        log.warning("skipped %d unreadable %s image(s), e.g. %s", len(decoded.bad), what, decoded.bad[0])
+    return decoded.images, [records[i] for i in decoded.kept]
 
 
-def _calibration_stage(
-    data_: LabelledImages, n_labelled: int, novel_train: list[int], novel_cal: list[int], taxonomy: Taxonomy,
-    cfg: TrainConfig, run: RunDir, resume: bool,
-) -> tuple[Thresholds, dict[str, Any]]:
-    held = holdout_subclasses(taxonomy, cfg.data.holdout_fraction, cfg.seed)
-    if not held or cfg.data.val_fraction <= 0:
-        raise SupersubError(
-            "novelty: calibration needs data.holdout_fraction > 0, data.val_fraction > 0 and a superclass with "
-            "two or more subclasses; otherwise set novelty.tau_super and novelty.tau_sub by hand"
-        )
-    held_set = set(held)
-    keep = [j for j in range(taxonomy.n_sub) if j not in held_set]
-    cal_tax, remap = taxonomy.subset(keep)
-    is_held = torch.tensor([int(j) in held_set for j in data_.y_sub[:n_labelled].tolist()])
-    seen_idx = torch.nonzero(~is_held).flatten()
-    held_idx = torch.nonzero(is_held).flatten()
-    y_sub_cal = data_.y_sub.clone()
-    y_sub_cal[seen_idx] = torch.tensor([remap[int(j)] for j in data_.y_sub[seen_idx].tolist()])
-    tr, va = stratified_split(y_sub_cal[seen_idx].tolist(), cfg.data.val_fraction, cfg.seed)
-    train_idx, val_idx = seen_idx[tr].tolist(), seen_idx[va].tolist()
-    log.info(
-        "calibration model: %d subclasses held out as pseudo-novel (%d images); %d train / %d validation",
-        len(held), len(held_idx), len(train_idx), len(val_idx),
-    )
-    result = fit_stage(
-        data_.images, data_.y_super, y_sub_cal, train_idx + novel_train, val_idx, cal_tax, cfg, run.path,
-        "calibration", epochs=cfg.novelty.calibration_epochs, resume=resume,
-    )
-    device = pick_device(cfg.trainer.accelerator)
-    seen_out = run_model(result.model, data_.images[val_idx], device=device)
-    held_out = run_model(result.model, data_.images[held_idx], device=device)
-    novel_out = run_model(result.model, data_.images[novel_cal], device=device) if novel_cal else None
-    cal = calibrate_thresholds(
-        seen_out, data_.y_super[val_idx], y_sub_cal[val_idx], held_out, novel_out, cal_tax, cfg.novelty
-    )
-    save_calibration(cal, run.calibration_dir)
-    info = {
-        "held_out_subclasses": [taxonomy.sub_names[j] for j in held],
-        "epochs_run": result.epochs_run,
-        **cal.summary,
-    }
-    log.info("thresholds: tau_super=%.4f tau_sub=%.4f", cal.thresholds.tau_super, cal.thresholds.tau_sub)
-    return cal.thresholds, info
+def load_novel_sub_images(path: str | Path, taxonomy: Taxonomy, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Novel-subclass exposure images and their (known) superclass labels; see :func:`read_novel_sub`."""
+    images, records = _decode_sample(read_novel_sub(Path(path), taxonomy).records, cfg, cfg.data.novel_sub_count,
+                                     "novel-subclass")
+    if not records:
+        raise SupersubError(f"{path}: no readable novel-subclass images")
+    return images, torch.tensor([r.super_index for r in records], dtype=torch.long)
+
+
+def _training_pool(data_: LabelledImages, cfg: TrainConfig, summary: dict[str, Any]) -> Pool:
+    """Labelled images, then outlier-exposure images (:data:`OUTLIER` at both levels), then novel-subclass
+    images (their superclass, :data:`NOVEL_SUB`)."""
+    images, y_super, y_sub = [data_.images], [data_.y_super], [data_.y_sub]
+    if cfg.data.novel_data is not None:
+        novel = load_novel_images(cfg.data.novel_data, cfg)
+        fill = torch.full((len(novel),), OUTLIER, dtype=torch.long)
+        images.append(novel), y_super.append(fill), y_sub.append(fill)
+        summary["n_novel_images"] = len(novel)
+        log.info("outlier exposure: %d novel images (%s)", len(novel), cfg.novelty.oe)
+    if cfg.data.novel_sub_data is not None:
+        assert data_.dataset.taxonomy is not None
+        sub_images, sub_super = load_novel_sub_images(cfg.data.novel_sub_data, data_.dataset.taxonomy, cfg)
+        images.append(sub_images), y_super.append(sub_super)
+        y_sub.append(torch.full((len(sub_images),), NOVEL_SUB, dtype=torch.long))
+        summary["n_novel_sub_images"] = len(sub_images)
+        log.info("novel-subclass exposure: %d images", len(sub_images))
+    return Pool(torch.cat(images), torch.cat(y_super), torch.cat(y_sub), len(data_.dataset))
+
+
+def _fit_stage(pool: Pool, taxonomy: Taxonomy, stage: Stage, cfg: TrainConfig, run: RunDir, resume: bool) -> Any:
+    """Train one stage's model (final, calibration or LOSO) on its share of the pool."""
+    tax, y_super, y_sub = stage_labels(pool, taxonomy, stage, cfg.novelty.oe)
+    log.info("%s model: %d subclasses, %d train / %d validation images", stage.name, len(stage.keep_sub),
+             len(stage.train), len(stage.val))
+    epochs = None if stage.name == "final" else cfg.novelty.calibration_epochs
+    return fit_stage(pool.images, y_super, y_sub, stage.train, stage.val, tax, cfg, run.path, stage.name,
+                     epochs=epochs, resume=resume)
+
+
+def _calibrate(run: RunDir, cfg: TrainConfig, evidence: dict[str, Evidence]) -> Any:
+    """Choose and save thresholds, detectors and sweeps from the stages' outputs."""
+    loso = [ev for name, ev in sorted(evidence.items()) if name.startswith("loso-")]
+    cal = calibrate_run(cfg.novelty.score, cfg.novelty, evidence["final"], evidence.get("calibration"), loso)
+    run.save_thresholds(cal.thresholds)
+    save_calibration(cal, run.path)
+    t = cal.thresholds
+    log.info("%s thresholds: tau_super=%.4g tau_sub=%.4g", t.score, t.tau_super, t.tau_sub)
+    return cal
 
 
 @dataclass
 class Prediction:
-    """Decisions and probabilities (with the novel column) for a set of images."""
+    """Decisions, probabilities (with the novel column) and the novelty confidences for a set of images."""
 
     names: list[str]
     super_pred: torch.Tensor
     sub_pred: torch.Tensor
     super_probs: torch.Tensor
     sub_probs: torch.Tensor
+    super_conf: torch.Tensor
+    sub_conf: torch.Tensor
 
     def to_frame(self, probs: bool = False) -> pd.DataFrame:
         df = pd.DataFrame(
@@ -256,29 +267,29 @@ class Prediction:
 
 def predict_tensors(
     model: HierarchicalClassifier, taxonomy: Taxonomy, thresholds: Thresholds, images: torch.Tensor,
-    names: list[str], accelerator: str = "auto",
+    names: list[str], accelerator: str = "auto", scorer: NoveltyScorer | None = None,
 ) -> Prediction:
-    """The decision rule and calibrated probabilities for decoded images."""
+    """The decision rule and calibrated probabilities for decoded images (``scorer`` None = max softmax)."""
     outputs: Outputs = run_model(model, images, device=pick_device(accelerator))
-    sub_to_super = list(taxonomy.sub_to_super)
-    d = decide(outputs.super_probs, outputs.sub_probs, sub_to_super, thresholds.tau_super, thresholds.tau_sub)
-    q_super = novel_probability(d.super_conf, thresholds.tau_super, thresholds.slope_super)
-    q_sub = novel_probability(d.sub_conf, thresholds.tau_sub, thresholds.slope_sub)
-    p_super, p_sub = with_novel_column(outputs.super_probs, outputs.sub_probs, d.super_pred, q_super, q_sub, sub_to_super)
-    return Prediction(names, d.super_pred, d.sub_pred, p_super, p_sub)
+    scorer = scorer or NoveltyScorer("msp", create_detector("msp"), create_detector("msp"))
+    a = apply_novelty(outputs, taxonomy, thresholds, scorer)
+    d = a.decision
+    return Prediction(names, d.super_pred, d.sub_pred, a.super_probs, a.sub_probs, d.super_conf, d.sub_conf)
 
 
 def _predict_dataset(run_dir: str | Path, ds: Dataset, skip_bad: bool) -> tuple[Prediction, Dataset]:
     run = RunDir.open(run_dir)
-    model, cfg, taxonomy = run.load_model()
+    model, cfg, _ = run.load_model()
     thresholds = run.load_thresholds()
+    taxonomy = run.load_taxonomy()  # the model's own may carry the extra class of novelty.oe: class
+    scorer = load_scorer(run.path, thresholds.score)
     decoded = decode_images(ds.records, cfg.data.image_size, skip_bad=skip_bad)
     if decoded.bad:
         log.warning("skipped %d unreadable image(s), e.g. %s", len(decoded.bad), decoded.bad[0])
     kept = Dataset([ds.records[i] for i in decoded.kept], ds.taxonomy, ds.source, ds.skipped + decoded.bad)
     if not kept.records:
         raise SupersubError(f"{ds.source}: no readable images")
-    pred = predict_tensors(model, taxonomy, thresholds, decoded.images, kept.names, cfg.trainer.accelerator)
+    pred = predict_tensors(model, taxonomy, thresholds, decoded.images, kept.names, cfg.trainer.accelerator, scorer)
     return pred, kept
 
 
@@ -309,13 +320,71 @@ def evaluate(
     taxonomy = run.load_taxonomy()
     ds = read_labels(Path(labels), Path(images), taxonomy)
     pred, kept = _predict_dataset(run_dir, ds, skip_bad)
+    truth_super, truth_sub = np.array(kept.super_labels), np.array(kept.sub_labels)
     metrics = competition_metrics(
-        np.array(kept.super_labels), np.array(kept.sub_labels), pred.super_pred.numpy(), pred.sub_pred.numpy(),
+        truth_super, truth_sub, pred.super_pred.numpy(), pred.sub_pred.numpy(),
         taxonomy.novel_super, taxonomy.novel_sub, pred.super_probs.numpy(), pred.sub_probs.numpy(),
     )
+    report = open_set_report(truth_super, truth_sub, pred.super_pred, pred.sub_pred, pred.super_probs,
+                             pred.sub_probs, pred.super_conf, pred.sub_conf, taxonomy)
+    metrics.update(report.metrics)
     if save:
-        write_json_atomic(run.path / "evaluations" / f"{Path(labels).stem}.json", {"labels": str(labels), **metrics})
+        folder = run.path / "evaluations"
+        write_json_atomic(folder / f"{Path(labels).stem}.json", {"labels": str(labels), **metrics})
+        report.save(folder, Path(labels).stem)
     return metrics
+
+
+def calibration_evidence(run_dir: str | Path, cfg: TrainConfig | None = None) -> dict[str, Evidence]:
+    """The outputs ``calibrate`` works from: every saved model of the run on its stage's images.
+
+    Re-reads the training data recorded in ``calibration/split.json`` and re-runs the final, calibration
+    and LOSO models (no training). Compute it once to try several scores (``calibrate(..., evidence=)``).
+    """
+    run = RunDir.open(run_dir)
+    cfg = cfg or run.load_config()
+    taxonomy = run.load_taxonomy()
+    data, n_images, n_labelled, stages = load_split(run.calibration_dir)
+    pool = _training_pool(load_labelled(data, cfg), cfg, {})
+    if (len(pool.y_super), pool.n_labelled) != (n_images, n_labelled):
+        raise SupersubError(
+            f"{data}: now gives {pool.n_labelled} labelled + {len(pool.y_super) - pool.n_labelled} exposure images, "
+            f"but the run was trained on {n_labelled} + {n_images - n_labelled}; the data changed since training"
+        )
+    wanted = {"final"} | ({"calibration"} if needs_calibration_model(cfg.novelty) else set())
+    if cfg.novelty.super_protocol == "loso" and cfg.novelty.tau_super is None:
+        wanted |= {name for name in stages if name.startswith("loso-")}
+    evidence: dict[str, Evidence] = {}
+    for name, stage in stages.items():
+        if name not in wanted:
+            continue
+        model = run.load_model()[0] if name == "final" else load_stage_model(run.path, name)
+        evidence[name] = collect_evidence(model, pool, taxonomy, stage, cfg.trainer.accelerator)
+    return evidence
+
+
+def calibrate(
+    run_dir: str | Path, *, evidence: dict[str, Evidence] | None = None, **novelty: Any
+) -> dict[str, Any]:
+    """Re-choose a trained run's novelty score and thresholds without retraining.
+
+    ``novelty`` are :class:`~supersub.config.NoveltyConfig` fields (``score``, ``objective``, ``transfer``,
+    ``super_protocol``, ``tau_super``, ``tau_sub``, ...); the others keep the run's values, except that
+    thresholds are re-calibrated unless given. Rewrites thresholds.json, detectors.pt, the sweeps and the
+    novelty section of config.yaml; returns the calibration summary (also stored in metrics.json).
+    """
+    run = RunDir.open(run_dir)
+    cfg = run.load_config()
+    current = {**cfg.novelty.model_dump(), "tau_super": None, "tau_sub": None}
+    cfg = build_config({**cfg.model_dump(mode="json"), "novelty": {**current, **novelty}}, "calibrate")
+    evidence = evidence if evidence is not None else calibration_evidence(run.path, cfg)
+    cal = _calibrate(run, cfg, evidence)
+    run.save_config(cfg)
+    metrics = json.loads(run.metrics_file.read_text(encoding="utf-8")) if run.metrics_file.is_file() else {}
+    metrics["novelty"] = cal.summary
+    metrics["thresholds"] = cal.thresholds.to_dict()
+    run.save_metrics(metrics)
+    return {**cal.summary, "thresholds": cal.thresholds.to_dict()}
 
 
 def synth(out: str | Path, seed: int = 0, **kwargs: Any) -> dict[str, Any]:
@@ -324,7 +393,8 @@ def synth(out: str | Path, seed: int = 0, **kwargs: Any) -> dict[str, Any]:
 
 
 DEMO_MARKER = ".supersub-demo"
-DEMO_CONFIG: dict[str, Any] = {"optim.epochs": 12}
+# sized to finish in a few minutes on a 2-core laptop CPU
+DEMO_CONFIG: dict[str, Any] = {"optim.epochs": 12, "novelty.calibration_epochs": 8, "model.width": 24}
 
 
 def demo(out: str | Path = "runs/demo", *, overwrite: bool = False, seed: int = 0, **overrides: Any) -> dict[str, Any]:

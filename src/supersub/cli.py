@@ -13,11 +13,12 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from .errors import SupersubError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Hierarchical open-set image classification.")
-data_app = typer.Typer(no_args_is_help=True, help="Datasets: the built-in synthetic one.")
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: the built-in synthetic one, exposure sets.")
 app.add_typer(data_app, name="data")
 console = Console()
 err_console = Console(stderr=True)
@@ -41,7 +42,10 @@ def _parse_sets(sets: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise SupersubError(f"--set {item!r}: expected KEY=VALUE, e.g. optim.lr=0.001")
         key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise SupersubError(f"--set {item!r}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
     return out
 
 
@@ -74,6 +78,12 @@ def train(
     weight_decay: Optional[float] = typer.Option(None, "--weight-decay"),
     seed: Optional[int] = typer.Option(None, help="random seed (default 0)"),
     backbone: Optional[str] = typer.Option(None, help="'cnn' (from scratch) or a timm model name"),
+    pretrained: bool = typer.Option(False, "--pretrained", help="start from the backbone's timm hub weights"),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="start from a local backbone state dict / model.pt"),
+    input_size: Optional[int] = typer.Option(None, "--input-size", help="resize images to this inside the model"),
+    approach: Optional[str] = typer.Option(None, help="two-heads (A), two-models (B), cosine (C) or sub-only"),
+    head: Optional[str] = typer.Option(None, help="head type: linear, cosine, mlp (mlp: --set model.bottleneck=N)"),
+    finetune: Optional[str] = typer.Option(None, help="frozen (cached features), full, discriminative, gradual"),
     image_size: Optional[int] = typer.Option(None, "--image-size"),
     alpha: Optional[float] = typer.Option(None, help="weight of the KL interaction loss"),
     temperature: Optional[float] = typer.Option(None, help="temperature of the KL interaction loss"),
@@ -84,6 +94,17 @@ def train(
         None, "--novel-data", help="outlier-exposure images labelled novel: a flat folder or a CSV (image column)"
     ),
     novel_count: Optional[int] = typer.Option(None, "--novel-count", help="use at most N novel-data images"),
+    novel_sub_data: Optional[Path] = typer.Option(
+        None, "--novel-sub-data",
+        help="images of unseen subclasses of known superclasses: DIR/<superclass name>/... or a CSV "
+        "(image,superclass_index)",
+    ),
+    novel_sub_count: Optional[int] = typer.Option(None, "--novel-sub-count", help="use at most N of them"),
+    score: Optional[str] = typer.Option(
+        None, help="novelty score: msp, maxlogit, energy, entropy, gen, mahalanobis, knn, vim"
+    ),
+    objective: Optional[str] = typer.Option(None, help="threshold objective: balanced, eer, recall"),
+    oe: Optional[str] = typer.Option(None, "--oe", help="outlier exposure: uniform (target loss) or class (extra output)"),
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction"),
     accelerator: Optional[str] = typer.Option(None, help="Lightning accelerator: auto, cpu, gpu, mps"),
     devices: Optional[str] = typer.Option(None, help="Lightning devices: auto, 1, 2, '0,1'"),
@@ -101,24 +122,89 @@ def train(
     overrides: dict[str, Any] = {
         "optim.epochs": epochs, "optim.batch_size": batch_size, "optim.lr": lr, "optim.weight_decay": weight_decay,
         "seed": seed, "model.backbone": backbone, "data.image_size": image_size, "loss.alpha": alpha,
+        "model.weights": str(weights) if weights else None, "model.input_size": input_size,
+        "model.approach": approach, "model.head": head, "optim.finetune": finetune,
         "loss.temperature": temperature, "novelty.tau_super": tau_super, "novelty.tau_sub": tau_sub,
         "data.holdout_fraction": holdout_fraction, "data.val_fraction": val_fraction,
         "data.novel_data": str(novel_data) if novel_data else None, "data.novel_count": novel_count,
+        "data.novel_sub_data": str(novel_sub_data) if novel_sub_data else None,
+        "data.novel_sub_count": novel_sub_count, "novelty.score": score, "novelty.objective": objective,
+        "novelty.oe": oe,
         "trainer.accelerator": accelerator, "trainer.devices": devices, "trainer.strategy": strategy,
         "trainer.precision": precision,
     }
     if skip_bad_images:
         overrides["data.skip_bad_images"] = True
+    if pretrained:
+        overrides["model.pretrained"] = True
     if no_progress:
         overrides["trainer.progress"] = False
     overrides.update(_parse_sets(set_))
     overrides = {k: v for k, v in overrides.items() if v is not None}
     summary = api.train(data, out, config, overwrite=overwrite, resume=resume, **overrides)
+    from .training.distributed import is_global_zero
+
+    if not is_global_zero():  # a DDP worker re-running this command: rank 0 reports
+        return
     t = summary["thresholds"]
     console.print(
-        f"[bold green]trained[/] {out} in {summary['seconds']}s: tau_super={t['tau_super']:.4f} "
-        f"tau_sub={t['tau_sub']:.4f}; final {summary['final']}"
+        f"[bold green]trained[/] {out} in {summary['seconds']}s: {t['score']} tau_super={t['tau_super']:.4g} "
+        f"tau_sub={t['tau_sub']:.4g}; final {summary['final']}"
     )
+
+
+@app.command()
+def calibrate(
+    run_dir: Path = typer.Argument(..., help="a run directory made by 'supersub train'"),
+    score: Optional[str] = typer.Option(None, help="novelty score (default: the run's)"),
+    objective: Optional[str] = typer.Option(None, help="balanced, eer or recall (default: the run's)"),
+    transfer: Optional[str] = typer.Option(None, help="quantile or absolute (default: the run's)"),
+    super_protocol: Optional[str] = typer.Option(
+        None, "--super-protocol", help="auto, recall, or loso (needs a run trained with loso)"
+    ),
+    tau_super: Optional[float] = typer.Option(None, "--tau-super", help="hand-set superclass threshold"),
+    tau_sub: Optional[float] = typer.Option(None, "--tau-sub", help="hand-set subclass threshold"),
+) -> None:
+    """Re-choose the novelty score and thresholds of a trained run, without retraining."""
+    from . import api
+
+    options = {"score": score, "objective": objective, "transfer": transfer, "super_protocol": super_protocol,
+               "tau_super": tau_super, "tau_sub": tau_sub}
+    result = api.calibrate(run_dir, **{k: v for k, v in options.items() if v is not None})
+    t = result["thresholds"]
+    console.print(
+        f"[bold green]calibrated[/] {run_dir}: {t['score']} tau_super={t['tau_super']:.4g} tau_sub={t['tau_sub']:.4g}"
+    )
+
+
+@data_app.command("tin-outliers")
+def data_tin_outliers(
+    tin_dir: Path = typer.Argument(..., help="Tiny-ImageNet folder (classes.csv, train/<wnid>/)"),
+    out: Path = typer.Argument(..., help="flat folder to create, for --novel-data"),
+    count: Optional[int] = typer.Option(None, help="a seeded sample of N images (default: all)"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Outlier-exposure images: Tiny-ImageNet classes that are no bird, dog or reptile (fish counts as novel)."""
+    from .novelty.exposure import write_tin_outliers
+
+    console.print(f"wrote {out}: {write_tin_outliers(tin_dir, out, count, seed)} images")
+
+
+@data_app.command("tin-novel-sub")
+def data_tin_novel_sub(
+    tin_dir: Path = typer.Argument(..., help="Tiny-ImageNet folder (classes.csv, train/<wnid>/)"),
+    out: Path = typer.Argument(..., help="folder to create, OUT/<superclass>/<wnid>/, for --novel-sub-data"),
+    superclasses: Optional[str] = typer.Option(
+        None, help="comma-separated superclasses to keep, e.g. bird,dog (default: all)"
+    ),
+    count: Optional[int] = typer.Option(None, help="a seeded sample of N images (default: all)"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Novel-subclass images: bird/dog/reptile classes of Tiny-ImageNet that the competition lacks."""
+    from .novelty.exposure import write_tin_novel_sub
+
+    keep = [s.strip() for s in superclasses.split(",") if s.strip()] if superclasses else None
+    console.print(f"wrote {out}: {write_tin_novel_sub(tin_dir, out, keep, count, seed)} images")
 
 
 @app.command()
@@ -182,7 +268,7 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except SupersubError as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         err_console.print("interrupted")

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator,
+)
 
 from .errors import SupersubError
 
@@ -37,22 +39,51 @@ class DataConfig(_Strict):
     novel_calibration_fraction: float = Field(
         0.2, ge=0.0, lt=1.0, description="share of novel_data kept out of training to calibrate tau_super"
     )
+    novel_sub_data: Path | None = Field(
+        None,
+        description="images of unseen subclasses of known superclasses: DIR/<superclass name>/.../*.jpg or a CSV "
+        "with image,superclass_index (superclass CE, uniform target on the subclass head)",
+    )
+    novel_sub_count: int | None = Field(None, ge=1, description="use at most this many novel_sub_data images")
 
 
 class ModelConfig(_Strict):
-    """Backbone and heads (seed 001, approach A: a shared backbone with two heads)."""
+    """Backbone, heads and approach (seed 001: A = two-heads, B = two-models, C = cosine)."""
 
-    backbone: str = Field("cnn", description="'cnn' = supersub's from-scratch residual CNN")
+    backbone: str = Field("cnn", description="'cnn' = supersub's from-scratch residual CNN, else any timm model name")
+    pretrained: bool = Field(False, description="start from the timm hub weights (local cache first, then network)")
+    weights: Path | None = Field(
+        None, description="start from a local state dict: timm/torchvision file, training checkpoint or model.pt"
+    )
+    input_size: int | None = Field(
+        None, ge=16, le=1024,
+        description="side the images are resized to inside the model before the backbone (None = the image size "
+        "for CNNs, the pretrained size for ViT-like backbones with a patch embedding)",
+    )
+    approach: Literal["two-heads", "two-models", "cosine", "sub-only"] = Field(
+        "two-heads",
+        description="two-heads: shared backbone + KL (A); two-models: one backbone per level, no KL (B); "
+        "cosine: B with a cosine subclass head (C); sub-only: one subclass network, superclass = summed subclasses",
+    )
+    head: Literal["linear", "cosine", "mlp"] = Field(
+        "linear", description="head type (approach cosine: the superclass head only; its subclass head is cosine)"
+    )
     width: int = Field(32, ge=4, le=512, description="channels of the first CNN stage (doubled per stage)")
     depth: list[int] = Field(default_factory=lambda: [1, 1, 1], description="residual blocks per CNN stage")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout before the heads")
     block_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout inside CNN residual blocks")
-    bottleneck: int = Field(0, ge=0, description="width of a linear bottleneck before the heads (0 = none)")
+    bottleneck: int = Field(
+        0, ge=0, description="head 'mlp': its hidden width; linear/cosine heads: a shared Linear-BN-ReLU neck (0 = none)"
+    )
 
     @model_validator(mode="after")
-    def _depth_positive(self) -> ModelConfig:
+    def _consistent(self) -> ModelConfig:
         if not self.depth or any(d < 1 for d in self.depth):
             raise ValueError("depth must be a non-empty list of positive block counts")
+        if self.pretrained and self.weights is not None:
+            raise ValueError("pretrained and weights: choose one source of starting weights")
+        if self.head == "mlp" and self.bottleneck < 1:
+            raise ValueError("head 'mlp' needs bottleneck >= 1 (its hidden width, e.g. 256)")
         return self
 
 
@@ -83,6 +114,21 @@ class OptimConfig(_Strict):
     batch_size: int = Field(64, ge=1)
     patience: int = Field(5, ge=1, description="early stopping: epochs without val-loss improvement")
     grad_clip: float | None = Field(None, gt=0.0)
+    finetune: Literal["frozen", "full", "discriminative", "gradual"] = Field(
+        "full",
+        description="frozen: backbone fixed, features cached once, heads trained on them (no augmentation); "
+        "full: everything at lr; discriminative: backbone at lr, new layers at head_lr_mult x lr; "
+        "gradual: backbone frozen until unfreeze_epoch, then trained at lr while new layers use head_lr_mult x lr",
+    )
+    head_lr_mult: float = Field(10.0, gt=0.0, description="LR multiplier of the new layers (discriminative, gradual)")
+    unfreeze_epoch: int = Field(3, ge=1, description="finetune=gradual: first epoch (0-based) that trains the backbone")
+
+    @model_validator(mode="after")
+    def _unfreeze_in_range(self) -> OptimConfig:
+        if self.finetune == "gradual" and self.unfreeze_epoch >= self.epochs:
+            raise ValueError(f"unfreeze_epoch ({self.unfreeze_epoch}) must be below epochs ({self.epochs}) "
+                             "for finetune=gradual")
+        return self
 
 
 class AugmentConfig(_Strict):
@@ -95,21 +141,66 @@ class AugmentConfig(_Strict):
     scale: tuple[float, float] = Field((1.0, 1.0), description="random zoom range (1,1 = off)")
     color_jitter: float = Field(0.0, ge=0.0, le=1.0, description="brightness/contrast/saturation strength")
     noise_std: float = Field(0.0, ge=0.0, le=1.0, description="Gaussian pixel noise (0..1 scale)")
+    crop_scale: tuple[float, float] = Field(
+        (1.0, 1.0), description="random resized crop: range of the kept area share ((1,1) = off), e.g. (0.6, 1)"
+    )
+    crop_ratio: tuple[float, float] = Field((0.75, 4 / 3), description="random resized crop: aspect-ratio range")
+    mixup_alpha: float = Field(0.0, ge=0.0, description="mixup Beta(a, a) parameter (0 = off); mixes both levels' labels")
+    cutmix_alpha: float = Field(0.0, ge=0.0, description="cutmix Beta(a, a) parameter (0 = off)")
+    mix_prob: float = Field(1.0, ge=0.0, le=1.0, description="share of batches mixed when mixup/cutmix is on")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> AugmentConfig:
+        for name in ("scale", "crop_scale", "crop_ratio"):
+            lo, hi = getattr(self, name)
+            if not 0.0 < lo <= hi:
+                raise ValueError(f"{name} must be a range (low, high) with 0 < low <= high, got ({lo}, {hi})")
+        if self.crop_scale[1] > 1.0:
+            raise ValueError(f"crop_scale is a share of the image area: at most 1, got {self.crop_scale[1]}")
+        return self
+
+
+ScoreName = Literal["msp", "maxlogit", "energy", "entropy", "gen", "mahalanobis", "knn", "vim"]
 
 
 class NoveltyConfig(_Strict):
-    """Max-softmax thresholds; ``None`` means: calibrate on held-out pseudo-novel subclasses."""
+    """Novelty score and thresholds; a ``None`` threshold is calibrated (see :mod:`supersub.novelty.protocol`)."""
 
-    tau_super: float | None = Field(None, ge=0.0, le=1.0)
-    tau_sub: float | None = Field(None, ge=0.0, le=1.0)
-    objective: Literal["balanced", "eer", "recall"] = Field(
-        "balanced", description="how tau_sub is chosen from held-out subclasses"
+    score: ScoreName = Field(
+        "msp", description="novelty score per level (supersub.novelty.scores); msp = max softmax"
     )
+    tau_super: float | None = Field(
+        None, allow_inf_nan=False, description="hand-set threshold in the score's units (msp: 0..1)"
+    )
+    tau_sub: float | None = Field(None, allow_inf_nan=False, description="hand-set subclass threshold")
+    objective: Literal["balanced", "eer", "recall"] = Field(
+        "balanced", description="how thresholds are chosen from seen vs (pseudo-)novel confidences"
+    )
+    super_protocol: Literal["auto", "loso", "recall"] = Field(
+        "auto",
+        description="tau_super from: held-back novel_data (auto, else recall), leave-one-superclass-out models "
+        "(loso: one extra model per superclass, expensive), or a recall target on seen images",
+    )
+    transfer: Literal["quantile", "absolute"] = Field(
+        "quantile",
+        description="calibration -> final model: keep the same share of validation images (quantile) or the raw tau",
+    )
+    oe: Literal["uniform", "class"] = Field(
+        "uniform", description="outlier exposure: uniform-target loss, or an explicit extra 'novel' class"
+    )
+    temperature_scaling: bool = Field(True, description="fit a softmax temperature per head on validation logits")
     super_recall: float = Field(
         0.95, gt=0.0, le=1.0,
-        description="without novel_data, tau_super keeps this share of seen validation images",
+        description="recall protocol/objective: the threshold keeps this share of seen validation images",
     )
     calibration_epochs: int | None = Field(None, ge=1, description="epochs of the calibration run (default: epochs)")
+
+    @field_validator("tau_super", "tau_sub")
+    @classmethod
+    def _msp_range(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is not None and info.data.get("score") == "msp" and not 0.0 <= value <= 1.0:
+            raise ValueError("a max-softmax threshold must lie in [0, 1]")
+        return value
 
 
 class TrainerConfig(_Strict):
@@ -121,6 +212,11 @@ class TrainerConfig(_Strict):
     precision: str = "32-true"
     deterministic: bool = True
     progress: bool = True
+    loggers: list[Literal["csv", "tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["csv"],
+        description="epoch loggers, all under RUN_DIR/logs: csv, tensorboard, wandb (offline unless WANDB_MODE "
+        "says otherwise), mlflow (local file store); the last three need the 'loggers' extra",
+    )
 
 
 class TrainConfig(_Strict):

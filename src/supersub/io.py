@@ -15,21 +15,45 @@ from typing import IO, Any
 
 import torch
 
+from .errors import SupersubError
+
 
 @contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to ``target``; on success it is renamed onto ``target``."""
+    """Yield a temporary path next to ``target``; on success it is renamed onto ``target``.
+
+    The temporary file is removed whatever happens, and any OS failure (a folder in the way, no
+    permission, disk full) is a one-line SupersubError naming ``target``.
+    """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    if target.is_dir():
+        raise SupersubError(f"{target}: is a folder, expected a file name")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SupersubError(f"{target}: cannot create its folder {target.parent} ({e.strerror or e})") from None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+    except OSError as e:
+        raise SupersubError(f"{target}: cannot write ({e.strerror or e})") from None
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, _new_file_mode())
         os.replace(tmp_path, target)
+    except OSError as e:
+        raise SupersubError(f"{target}: cannot write ({e.strerror or e})") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _new_file_mode() -> int:
+    """The mode ``open()`` would give a new file under the current umask (mkstemp's 0o600 is too private)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_atomic(target: str | os.PathLike[str], writer: Callable[[IO[str]], None]) -> None:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from .config import LossConfig
 
 OUTLIER = -1  # label of an outlier-exposure image at both levels
+NOVEL_SUB = -2  # subclass label of a novel-subclass image whose (known) superclass label is kept
 
 
 def implied_super_log_probs(sub_logits: torch.Tensor, membership: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -67,10 +68,12 @@ class LossParts:
 
 
 class HierarchicalLoss(torch.nn.Module):
-    """CE_super + CE_sub + alpha * KL (approach A) + outlier_weight * uniform-target OE on outliers.
+    """CE_super + CE_sub + alpha * KL (approach A) + outlier_weight * uniform-target outlier exposure.
 
-    Rows whose labels are negative (:data:`OUTLIER`) are outlier-exposure images: they take no part in the
-    cross-entropy or KL terms, only in the outlier term at both levels.
+    Negative labels mark exposure images: :data:`OUTLIER` at both levels (novel superclass) takes part only
+    in the uniform-target term of both heads; a known superclass with subclass :data:`NOVEL_SUB` (seed 000's
+    novel-subclass exposure) takes part in the superclass cross-entropy and in the uniform-target term of
+    the subclass head. The KL term only sees rows labelled at both levels.
     """
 
     def __init__(self, cfg: LossConfig, membership: torch.Tensor) -> None:
@@ -82,18 +85,19 @@ class HierarchicalLoss(torch.nn.Module):
         self, super_logits: torch.Tensor, sub_logits: torch.Tensor, y_super: torch.Tensor, y_sub: torch.Tensor
     ) -> LossParts:
         ls = self.cfg.label_smoothing
-        known = y_super >= 0
+        super_known = y_super >= 0
+        known = super_known & (y_sub >= 0)
         zero = super_logits.new_zeros(())
-        ce_super = ce_sub = kl = outlier = zero
+        ce_super = ce_sub = kl = zero
+        if super_known.any():
+            ce_super = F.cross_entropy(super_logits[super_known], y_super[super_known], label_smoothing=ls)
         if known.any():
-            ce_super = F.cross_entropy(super_logits[known], y_super[known], label_smoothing=ls)
             ce_sub = F.cross_entropy(sub_logits[known], y_sub[known], label_smoothing=ls)
             if self.cfg.alpha > 0:
                 kl = interaction_kl(
                     super_logits[known], sub_logits[known], self.membership, self.cfg.temperature,
                     self.cfg.kl_direction,
                 )
-        if (~known).any():
-            outlier = uniform_outlier_loss(super_logits[~known]) + uniform_outlier_loss(sub_logits[~known])
+        outlier = uniform_outlier_loss(super_logits[~super_known]) + uniform_outlier_loss(sub_logits[~known])
         total = ce_super + ce_sub + self.cfg.alpha * kl + self.cfg.outlier_weight * outlier
         return LossParts(total, ce_super, ce_sub, kl, outlier)

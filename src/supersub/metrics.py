@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from rich.table import Table
 
 from .errors import SupersubError
+from .io import atomic_path, write_atomic
+from .taxonomy import Taxonomy
 
 LEVELS = ("super", "sub")
 SUBSETS = ("overall", "seen", "unseen")
@@ -134,3 +139,103 @@ def metrics_rich_table(metrics: Metrics, title: str | None = None) -> Table:
             *(str(metrics[f"{level}_acc_{k}"]) for k in SUBSETS),
         )
     return table
+
+
+# ---- open-set report: threshold-free scores, calibration error, confusion including novel ------------
+
+
+@dataclass
+class OpenSetReport:
+    """Per-level AUROC / FPR95 / AUPR and expected calibration error, and confusion matrices with novel last."""
+
+    metrics: Metrics
+    confusion: dict[str, np.ndarray]
+    class_names: dict[str, list[str]]
+
+    def save(self, folder: Path, stem: str) -> None:
+        """``{stem}_confusion_{level}.csv`` (rows = truth, columns = prediction) and ``.png`` per level."""
+        for level in LEVELS:
+            names = self.class_names[level]
+            df = pd.DataFrame(self.confusion[level], index=pd.Index(names, name="truth"), columns=names)
+            write_atomic(folder / f"{stem}_confusion_{level}.csv", lambda fh, df=df: df.to_csv(fh))
+            _confusion_png(self.confusion[level], names, folder / f"{stem}_confusion_{level}.png", level)
+
+
+def _confusion_png(counts: np.ndarray, names: list[str], path: Path, level: str) -> None:
+    """Row-normalised confusion (share of each true class), class names shown when they fit."""
+    from matplotlib.figure import Figure
+
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    side = min(12.0, 3.0 + 0.25 * len(names))
+    fig = Figure(figsize=(side, side))
+    ax = fig.subplots()
+    image = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
+    if len(names) <= 30:
+        ax.set_xticks(range(len(names)), names, rotation=90, fontsize="small")
+        ax.set_yticks(range(len(names)), names, fontsize="small")
+    ax.set(xlabel="predicted (novel last)", ylabel="true (novel last)", title=f"{level}class confusion")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+
+
+def confusion_matrix(truth: ArrayLike, pred: ArrayLike, n_classes: int) -> np.ndarray:
+    """(n, n) counts, rows = truth, columns = prediction; labels outside 0..n-1 are an error."""
+    y, p = np.asarray(_labels(truth, "truth")), np.asarray(_labels(pred, "pred"))
+    if len(y) != len(p):
+        raise SupersubError(f"confusion_matrix: {len(y)} true labels but {len(p)} predictions")
+    if len(y) and (min(y.min(), p.min()) < 0 or max(y.max(), p.max()) >= n_classes):
+        raise SupersubError(f"confusion_matrix: labels must lie in 0..{n_classes - 1}")
+    counts = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(counts, (y, p), 1)
+    return counts
+
+
+def expected_calibration_error(probs: ArrayLike, truth: ArrayLike, n_bins: int = 15) -> float:
+    """Top-label expected calibration error (L1, equal-width bins) via torchmetrics' ``CalibrationError``."""
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    p = torch.as_tensor(np.asarray(probs, dtype=np.float64)).float()
+    y = torch.as_tensor(np.asarray(_labels(truth, "truth")), dtype=torch.long)
+    if p.ndim != 2 or len(p) != len(y) or len(y) == 0:
+        raise SupersubError(f"expected_calibration_error: {tuple(p.shape)} probabilities for {len(y)} labels")
+    return float(multiclass_calibration_error(p, y, num_classes=p.shape[1], n_bins=n_bins, norm="l1"))
+
+
+def _ranking(conf: np.ndarray, is_novel: np.ndarray) -> dict[str, float | None]:
+    from .novelty.ood_metrics import open_set_metrics
+
+    if is_novel.all() or not is_novel.any():
+        return {"auroc": None, "fpr95": None, "aupr": None}
+    m = open_set_metrics(conf[~is_novel], conf[is_novel])
+    return {k: round(m[k], 4) for k in ("auroc", "fpr95", "aupr")}
+
+
+def open_set_report(
+    true_super: ArrayLike, true_sub: ArrayLike, pred_super: ArrayLike, pred_sub: ArrayLike,
+    super_probs: ArrayLike, sub_probs: ArrayLike, super_conf: ArrayLike, sub_conf: ArrayLike, taxonomy: Taxonomy,
+) -> OpenSetReport:
+    """Threshold-free metrics of the novelty confidences and calibration of the probabilities.
+
+    ``super_*``: seen vs novel superclass over all images. ``sub_*``: seen vs novel subclass over images of
+    *seen* superclasses (a novel superclass is the superclass score's job; the rule makes its subclass
+    novel anyway). AUROC/AUPR/FPR95 are None when a level's labels have only one kind. ``*_ece`` is the
+    expected calibration error of the full distribution including the novel column.
+    """
+    ys, yb = np.asarray(_labels(true_super, "true_super")), np.asarray(_labels(true_sub, "true_sub"))
+    cs = np.asarray(torch.as_tensor(super_conf).double().cpu().numpy())
+    cb = np.asarray(torch.as_tensor(sub_conf).double().cpu().numpy())
+    known_super = ys != taxonomy.novel_super
+    out: Metrics = {}
+    ranks = {"super": _ranking(cs, ~known_super), "sub": _ranking(cb[known_super], yb[known_super] == taxonomy.novel_sub)}
+    for level, r in ranks.items():
+        out.update({f"{level}_{k}": v for k, v in r.items()})
+    out["super_ece"] = round(expected_calibration_error(super_probs, ys), 4)
+    out["sub_ece"] = round(expected_calibration_error(sub_probs, yb), 4)
+    confusion = {
+        "super": confusion_matrix(ys, pred_super, taxonomy.n_super + 1),
+        "sub": confusion_matrix(yb, pred_sub, taxonomy.n_sub + 1),
+    }
+    names = {"super": [*taxonomy.super_names, "novel"], "sub": [*taxonomy.sub_names, "novel"]}
+    return OpenSetReport(out, confusion, names)

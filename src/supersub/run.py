@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,19 +36,41 @@ MARKER = "supersub-run.json"
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Confidence thresholds (seen iff confidence >= tau) and the logistic slopes of the novel probability."""
+    """What turns a model's outputs into decisions and probabilities, beside the fitted detectors.
+
+    Thresholds are in the units of the run's novelty ``score`` on the final model (seen iff confidence
+    >= tau); the slopes are those of the logistic novel probability in the same units; the temperatures
+    scale each head's logits for the seen-class probabilities (they never change a decision).
+    """
 
     tau_super: float
     tau_sub: float
     slope_super: float = 20.0
     slope_sub: float = 20.0
     score: str = "msp"
+    temperature_super: float = 1.0
+    temperature_sub: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Thresholds:
+    def from_dict(cls, d: Any, source: str = "thresholds") -> Thresholds:
+        """Validate as well as build: a hand-edited thresholds.json must fail here, not inside the decision."""
+        if not isinstance(d, dict):
+            raise SupersubError(f"{source}: expected a JSON object with tau_super and tau_sub")
+        for key in ("tau_super", "tau_sub"):
+            if key not in d:
+                raise SupersubError(f"{source}: missing key {key!r}")
+        for key in ("tau_super", "tau_sub", "slope_super", "slope_sub", "temperature_super", "temperature_sub"):
+            value = d.get(key, 1.0)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise SupersubError(f"{source}: {key} must be a finite number, found {value!r}")
+        for key in ("temperature_super", "temperature_sub"):
+            if not d.get(key, 1.0) > 0:
+                raise SupersubError(f"{source}: {key} must be positive, found {d[key]!r}")
+        if not isinstance(d.get("score", ""), str):
+            raise SupersubError(f"{source}: score must be a string, found {d['score']!r}")
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
@@ -73,8 +97,19 @@ class RunDir:
         Even with ``overwrite`` only a folder that supersub created (it has the marker file) is cleared,
         so a mistyped path can never wipe a user's own files.
         """
+        cls.check_creatable(path, overwrite)
         run = cls(path)
         p = run.path
+        if p.exists() and any(p.iterdir()):
+            shutil.rmtree(p)
+        p.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(p / MARKER, {"supersub": __version__, "torch": torch.__version__})
+        return run
+
+    @staticmethod
+    def check_creatable(path: str | Path, overwrite: bool = False) -> None:
+        """Raise unless :meth:`create` would succeed, touching nothing: lets callers fail before slow work."""
+        p = Path(path)
         if p.exists() and not p.is_dir():
             raise SupersubError(f"{p}: exists and is not a directory")
         if p.exists() and any(p.iterdir()):
@@ -82,10 +117,6 @@ class RunDir:
                 raise SupersubError(f"{p}: run directory exists and is not empty (pass --overwrite to replace it)")
             if not (p / MARKER).is_file():
                 raise SupersubError(f"{p}: not a supersub run directory (no {MARKER}); refusing to delete it")
-            shutil.rmtree(p)
-        p.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(p / MARKER, {"supersub": __version__, "torch": torch.__version__})
-        return run
 
     @classmethod
     def open(cls, path: str | Path) -> RunDir:
@@ -99,15 +130,17 @@ class RunDir:
         write_text_atomic(self.config_file, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
     def load_config(self) -> TrainConfig:
-        return build_config(yaml.safe_load(self.config_file.read_text(encoding="utf-8")), str(self.config_file))
+        try:
+            data = yaml.safe_load(self.config_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            raise SupersubError(f"{self.config_file}: unreadable ({_first_line(e)})") from None
+        return build_config(data, str(self.config_file))
 
     def save_taxonomy(self, taxonomy: Taxonomy) -> None:
         write_json_atomic(self.taxonomy_file, taxonomy.to_dict())
 
     def load_taxonomy(self) -> Taxonomy:
-        import json
-
-        return Taxonomy.from_dict(json.loads(self.taxonomy_file.read_text(encoding="utf-8")), str(self.taxonomy_file))
+        return _taxonomy(_read_json(self.taxonomy_file), str(self.taxonomy_file))
 
     # ---- model -------------------------------------------------------------------------------
     def save_model(self, model: HierarchicalClassifier, cfg: TrainConfig, taxonomy: Taxonomy) -> None:
@@ -120,13 +153,21 @@ class RunDir:
         torch_save_atomic(payload, self.model_file)
 
     def load_model(self) -> tuple[HierarchicalClassifier, TrainConfig, Taxonomy]:
+        """Rebuild the model from the file's plain-data spec; every way the file can be wrong is one line."""
+        where = str(self.model_file)
         payload = load_checkpoint(self.model_file)
         if payload.get("format") != "supersub-model-1":
-            raise SupersubError(f"{self.model_file}: not a supersub model file")
-        cfg = build_config(payload["config"], str(self.model_file))
-        taxonomy = Taxonomy.from_dict(payload["taxonomy"], str(self.model_file))
+            raise SupersubError(f"{where}: not a supersub model file")
+        for key in ("config", "taxonomy", "state_dict"):
+            if key not in payload:
+                raise SupersubError(f"{where}: incomplete model file (no {key!r})")
+        cfg = build_config(payload["config"], where)
+        taxonomy = _taxonomy(payload["taxonomy"], where)
         model = build_model(cfg.model, taxonomy)
-        model.load_state_dict(payload["state_dict"])
+        try:
+            model.load_state_dict(payload["state_dict"])
+        except (RuntimeError, TypeError, AttributeError) as e:
+            raise SupersubError(f"{where}: weights do not fit the model the file describes ({_detail(e)})") from None
         return model.eval(), cfg, taxonomy
 
     # ---- thresholds / metrics ----------------------------------------------------------------
@@ -134,14 +175,63 @@ class RunDir:
         write_json_atomic(self.thresholds_file, t.to_dict())
 
     def load_thresholds(self) -> Thresholds:
-        import json
-
         if not self.thresholds_file.is_file():
             raise SupersubError(f"{self.thresholds_file}: missing (the run did not finish training)")
-        return Thresholds.from_dict(json.loads(self.thresholds_file.read_text(encoding="utf-8")))
+        return Thresholds.from_dict(_read_json(self.thresholds_file), str(self.thresholds_file))
 
     def save_metrics(self, metrics: dict[str, Any]) -> None:
         write_json_atomic(self.metrics_file, metrics)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _detail(error: Exception) -> str:
+    """The first specific line of a multi-line torch error ("size mismatch for sub_head.weight: ...")."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return (lines[1] if len(lines) > 1 else lines[0] if lines else type(error).__name__)[:300]
+
+
+def _read_json(path: Path) -> Any:
+    """A run-directory JSON file; a missing, truncated or hand-mangled file is a one-line error."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SupersubError(f"{path}: missing from the run directory") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SupersubError(f"{path}: not valid JSON ({_first_line(e)})") from None
+
+
+def _taxonomy(d: Any, source: str) -> Taxonomy:
+    """Taxonomy.from_dict after checking the JSON types, so a wrong type is named instead of crashing."""
+    keys = ("super_names", "sub_names", "sub_to_super")
+    ok = (
+        isinstance(d, dict)
+        and all(isinstance(d.get(k), list) for k in keys)
+        and all(isinstance(name, str) for name in d["super_names"] + d["sub_names"])
+        and all(isinstance(k, int) and not isinstance(k, bool) for k in d["sub_to_super"])
+    )
+    if not ok:
+        raise SupersubError(
+            f"{source}: malformed taxonomy (expected lists super_names and sub_names of names and "
+            "sub_to_super of integers)"
+        )
+    return Taxonomy.from_dict(d, source)
+
+
+def _refusal_reason(error: Exception) -> str:
+    """Why torch.load(weights_only=True) failed, without torch's advice to retry with weights_only=False.
+
+    For a file holding Python objects torch's first lines suggest exactly the unsafe retry; the line that
+    names the blocked object ("Trying to load unsupported GLOBAL posix.system ...") is the useful one.
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines or not lines[0].startswith("Weights only load failed"):
+        return f"not a readable checkpoint: {_first_line(error)[:200]}"
+    detail = next((ln for ln in lines[1:] if not ln.startswith("Check the documentation")), "unknown object")
+    return f"it holds Python objects, not just tensors and plain data: {detail[:200].rstrip('.')}"
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -152,8 +242,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a refusal, reported in one line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SupersubError(f"{path}: refused to load checkpoint (not plain tensors/data: {first[:200]})") from None
+        raise SupersubError(f"{path}: refused to load checkpoint ({_refusal_reason(e)})") from None
     if not isinstance(obj, dict):
         raise SupersubError(f"{path}: checkpoint is not a dictionary")
     return obj

@@ -7,6 +7,7 @@ exactly once per run; the disk cache makes that once per change of the files rat
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,8 @@ from .images import load_image
 from .records import ImageRecord
 
 CACHE_FORMAT = 1
+
+log = logging.getLogger("supersub")
 
 
 @dataclass
@@ -135,8 +138,9 @@ def _valid_payload(payload: Any, fingerprint: str, size: int) -> bool:
 
 
 def _save_cache(target: Path, fingerprint: str, decoded: DecodedImages) -> None:
+    """Best effort: the images are already decoded, so an unwritable cache only costs the next run time."""
     payload = {"fingerprint": fingerprint, "images": decoded.images, "kept": decoded.kept, "bad": decoded.bad}
     try:
         torch_save_atomic(payload, target)
-    except OSError as e:
-        raise SupersubError(f"{target}: cannot write the image cache ({e.strerror or e})") from None
+    except SupersubError as e:
+        log.warning("image cache not saved: %s", e)

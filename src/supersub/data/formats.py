@@ -10,6 +10,7 @@ coerced into plausible garbage. Records are always sorted by name, so the same f
 from __future__ import annotations
 
 import csv
+import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +30,12 @@ OPTIONAL_LABEL_COLUMNS = ("description", "kind")
 MAPPING_COLUMNS = ("index", "class")
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")
+# No class index needs more digits; int() itself refuses strings over 4,300 digits with a ValueError.
+_MAX_INDEX_DIGITS = 18
+_SHOWN_CHARS = 40
+_LISTED_ENTRIES = 5
+
+log = logging.getLogger("supersub")
 
 _LAYOUTS_HELP = (
     f"expected either a competition folder (containing {COMPETITION_CSV}, {SUPER_MAPPING_CSV}, "
@@ -45,13 +52,18 @@ class _Row:
     cells: dict[str, str]
 
 
-def _read_csv(path: Path, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> list[_Row]:
-    """Parse ``path`` strictly: known columns only, same field count on every row, at least one row."""
+def _read_csv(
+    path: Path, required: tuple[str, ...], optional: tuple[str, ...] = (), *, any_other_columns: bool = False
+) -> list[_Row]:
+    """Parse ``path`` strictly: known columns only, the same field count on every row, at least one row.
+
+    ``any_other_columns`` accepts unknown columns besides the required ones (they are carried, unchecked).
+    """
     table = _csv_table(path)
     if not table:
         raise SupersubError(f"{path}: empty file (expected a header row: {','.join(required)})")
     header = [name.strip() for name in table[0]]
-    _check_header(path, header, required, optional)
+    _check_header(path, header, required, tuple(header) if any_other_columns else optional)
     rows: list[_Row] = []
     for number, fields in enumerate(table[1:], 1):
         if not fields:  # a blank line
@@ -83,10 +95,10 @@ def _csv_table(path: Path) -> list[list[str]]:
 def _check_header(path: Path, header: list[str], required: tuple[str, ...], optional: tuple[str, ...]) -> None:
     for name in header:
         if header.count(name) > 1:
-            raise SupersubError(f"{path}: column {name!r} appears twice in the header")
+            raise SupersubError(f"{path}: column {_shown(name)} appears twice in the header")
         if name not in required and name not in optional:
             allowed = ", ".join(required + optional)
-            raise SupersubError(f"{path}: unexpected column {name!r} (allowed columns: {allowed})")
+            raise SupersubError(f"{path}: unexpected column {_shown(name)} (allowed columns: {allowed})")
     for name in required:
         if name not in header:
             raise SupersubError(f"{path}: missing required column {name!r} (header: {','.join(header)})")
@@ -96,11 +108,18 @@ def _cell_error(path: Path, row: _Row, column: str, problem: str) -> SupersubErr
     return SupersubError(f"{path}: row {row.number}, column {column!r}: {problem}")
 
 
+def _shown(value: str) -> str:
+    """A cell quoted for an error message, cut short so a runaway cell cannot flood the one-line error."""
+    return repr(value) if len(value) <= _SHOWN_CHARS else repr(value[:_SHOWN_CHARS]) + "..."
+
+
 def _int_cell(path: Path, row: _Row, column: str) -> int:
     """An integer cell; "3.0", "", "three" are errors rather than being coerced."""
     value = row.cells[column].strip()
     if not _INTEGER.fullmatch(value):
-        raise _cell_error(path, row, column, f"{value!r} is not an integer")
+        raise _cell_error(path, row, column, f"{_shown(value)} is not an integer")
+    if len(value.lstrip("+-").lstrip("0")) > _MAX_INDEX_DIGITS:
+        raise _cell_error(path, row, column, f"{_shown(value)} is far too large for a class index")
     return int(value)
 
 
@@ -123,7 +142,9 @@ def read_mapping(csv_path: Path) -> list[str]:
             raise _cell_error(path, row, "index", f"index {index} is outside 0..{last} (indices must be 0..n)")
     novel_row, novel_name = names[last]
     if novel_name.lower() != "novel":
-        raise _cell_error(path, novel_row, "class", f"the last index ({last}) must be 'novel', found {novel_name!r}")
+        raise _cell_error(
+            path, novel_row, "class", f"the last index ({last}) must be 'novel', found {_shown(novel_name)}"
+        )
     if last == 0:
         raise SupersubError(f"{path}: no seen classes (only 'novel')")
     _check_unique_names(path, [names[i] for i in range(last)])
@@ -136,7 +157,7 @@ def _check_unique_names(path: Path, rows: list[tuple[_Row, str]]) -> None:
         if name.lower() == "novel":
             raise _cell_error(path, row, "class", "'novel' may only be the last index")
         if name in first:
-            raise _cell_error(path, row, "class", f"class {name!r} already named on row {first[name].number}")
+            raise _cell_error(path, row, "class", f"class {_shown(name)} already named on row {first[name].number}")
         first[name] = row
 
 
@@ -159,7 +180,7 @@ def _read_labelled(csv_path: Path, images_dir: Path, max_super: int, max_sub: in
     for row in rows:
         name = _image_cell(path, row)
         if name in first_row:
-            raise _cell_error(path, row, "image", f"{name!r} already listed on row {first_row[name].number}")
+            raise _cell_error(path, row, "image", f"{_shown(name)} already listed on row {first_row[name].number}")
         first_row[name] = row
         k = _index_cell(path, row, "superclass_index", max_super, why)
         j = _index_cell(path, row, "subclass_index", max_sub, why)
@@ -169,12 +190,23 @@ def _read_labelled(csv_path: Path, images_dir: Path, max_super: int, max_sub: in
 
 
 def _image_cell(path: Path, row: _Row) -> str:
+    """The image name, normalised ("./a.jpg" -> "a.jpg") so one file cannot be listed under two names."""
     name = row.cells["image"].strip()
     if not name:
         raise _cell_error(path, row, "image", "empty image name")
     if Path(name).is_absolute() or ".." in Path(name).parts:
-        raise _cell_error(path, row, "image", f"{name!r} must be a path inside the image folder")
-    return name
+        raise _cell_error(path, row, "image", f"{_shown(name)} must be a path inside the image folder")
+    if not Path(name).parts:
+        raise _cell_error(path, row, "image", f"{_shown(name)} is not a file name")
+    return Path(name).as_posix()
+
+
+def _is_file(path: Path) -> bool:
+    """``Path.is_file`` that answers False (not OSError) for names the OS cannot even look up (too long)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def _index_cell(path: Path, row: _Row, column: str, maximum: int, why: str) -> int:
@@ -185,7 +217,7 @@ def _index_cell(path: Path, row: _Row, column: str, maximum: int, why: str) -> i
 
 
 def _check_files_exist(csv_path: Path, items: list[_Labelled]) -> None:
-    missing = [item for item in items if not item.path.is_file()]
+    missing = [item for item in items if not _is_file(item.path)]
     if missing:
         first = missing[0]
         raise _cell_error(
@@ -290,13 +322,27 @@ def _relative(p: Path, root: Path) -> str:
     return p.relative_to(root).as_posix() + ("/" if p.is_dir() else "")
 
 
+def _listing(entries: list[str]) -> str:
+    shown = ", ".join(entries[:_LISTED_ENTRIES])
+    more = len(entries) - _LISTED_ENTRIES
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def _report_skipped(root: Path, skipped: list[str]) -> None:
+    """Warn about ignored entries, so images with an unexpected extension are not dropped unnoticed."""
+    if skipped:
+        log.warning("%s: ignored %d entries that are not images: %s", root, len(skipped), _listing(skipped))
+
+
 def read_flat(root: Path) -> Dataset:
     """Unlabelled images directly in ``root`` (not recursive); other entries are listed in ``skipped``."""
     root = _require_folder(root)
     images, skipped = _split_images(root, root)
     if not images:
         extensions = " ".join(sorted(IMAGE_EXTENSIONS))
-        raise SupersubError(f"{root}: no image files in this folder (extensions: {extensions})")
+        found = f"; found only {_listing(skipped)}" if skipped else ""
+        raise SupersubError(f"{root}: no image files in this folder (extensions: {extensions}){found}")
+    _report_skipped(root, skipped)
     return Dataset([ImageRecord(p, p.name) for p in images], None, source=str(root), skipped=skipped)
 
 
@@ -350,6 +396,7 @@ def read_nested(root: Path) -> Dataset:
         for j, key in enumerate(keys)
         for p in classes[key]
     ]
+    _report_skipped(root, skipped)
     return Dataset(sorted(records, key=lambda r: r.name), taxonomy, source=str(root), skipped=skipped)
 
 
@@ -394,19 +441,12 @@ def read_image_list(csv_path: Path) -> Dataset:
     with :func:`images_folder_for`.
     """
     path = Path(csv_path)
-    table = _csv_table(path)
-    if not table:
-        raise SupersubError(f"{path}: empty file (expected a header row with an 'image' column)")
-    header = [name.strip() for name in table[0]]
-    _check_header(path, header, ("image",), tuple(h for h in header if h != "image"))
+    rows = _read_csv(path, ("image",), any_other_columns=True)
     folder = images_folder_for(path)
-    rows = [_Row(n, dict(zip(header, fields))) for n, fields in enumerate(table[1:], 1) if fields]
-    if not rows:
-        raise SupersubError(f"{path}: no data rows after the header")
     records: list[ImageRecord] = []
     for row in rows:
         name = _image_cell(path, row)
-        if not (folder / name).is_file():
+        if not _is_file(folder / name):
             raise _cell_error(path, row, "image", f"image file {folder / name} not found")
         records.append(ImageRecord(folder / name, name))
     return Dataset(records, None, source=str(path))

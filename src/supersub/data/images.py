@@ -1,7 +1,7 @@
 """Decode one image file into a fixed-size uint8 RGB tensor, whatever its mode or size.
 
 Every model in supersub consumes ``(3, size, size)`` uint8 tensors, so all the messy cases (palette,
-alpha, 16-bit grayscale, CMYK, odd sizes, broken files) are settled here, once.
+alpha, 16-bit grayscale, 32-bit float, CMYK, odd sizes, broken files) are settled here, once.
 """
 
 from __future__ import annotations
@@ -31,6 +31,15 @@ def _sixteen_bit_to_rgb(im: Image.Image) -> Image.Image:
     return Image.fromarray(((wide + 128) // 257).astype(np.uint8)).convert("RGB")
 
 
+def _float_to_rgb(im: Image.Image) -> Image.Image:
+    """32-bit float: data within 0..1 (the usual float convention) is scaled to 0..255, anything else is
+    clipped to 0..255. PIL's own conversion truncates, which turns a 0..1 image completely black."""
+    values = np.nan_to_num(np.asarray(im, dtype=np.float64))
+    if values.size and values.max() <= 1.0:
+        values = values * 255.0
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8)).convert("RGB")
+
+
 def _has_alpha(im: Image.Image) -> bool:
     return "A" in im.getbands() or (im.mode == "P" and "transparency" in im.info)
 
@@ -48,6 +57,8 @@ def to_rgb(im: Image.Image) -> Image.Image:
         return im
     if im.mode in _SIXTEEN_BIT_MODES:
         return _sixteen_bit_to_rgb(im)
+    if im.mode == "F":
+        return _float_to_rgb(im)
     if _has_alpha(im):
         return _alpha_to_rgb(im)
     return im.convert("RGB")

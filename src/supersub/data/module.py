@@ -1,4 +1,4 @@
-"""LightningDataModule over in-memory uint8 image tensors (decoded once, never re-decoded)."""
+"""LightningDataModule over in-memory rows: uint8 images decoded once, or cached backbone features."""
 
 from __future__ import annotations
 
@@ -10,11 +10,14 @@ from torch.utils.data import DataLoader, TensorDataset
 
 
 class TensorDataModule(L.LightningDataModule):
-    """Serves (uint8 images, super label, sub label) batches from index subsets of one decoded tensor."""
+    """Serves (inputs, super label, sub label) batches from index subsets of one tensor of rows.
+
+    ``inputs`` is the decoded uint8 image tensor, or the backbone features of ``optim.finetune=frozen``.
+    """
 
     def __init__(
         self,
-        images: torch.Tensor,
+        inputs: torch.Tensor,
         y_super: torch.Tensor,
         y_sub: torch.Tensor,
         train_idx: Sequence[int],
@@ -24,7 +27,7 @@ class TensorDataModule(L.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        self.images, self.y_super, self.y_sub = images, y_super, y_sub
+        self.inputs, self.y_super, self.y_sub = inputs, y_super, y_sub
         self.train_idx = torch.as_tensor(list(train_idx), dtype=torch.long)
         self.val_idx = torch.as_tensor(list(val_idx), dtype=torch.long)
         self.batch_size = batch_size
@@ -32,13 +35,15 @@ class TensorDataModule(L.LightningDataModule):
         self.num_workers = num_workers
 
     def _subset(self, idx: torch.Tensor) -> TensorDataset:
-        return TensorDataset(self.images[idx], self.y_super[idx], self.y_sub[idx])
+        return TensorDataset(self.inputs[idx], self.y_super[idx], self.y_sub[idx])
 
     def train_dataloader(self) -> DataLoader:
         g = torch.Generator().manual_seed(self.seed)
         ds = self._subset(self.train_idx)
-        # drop_last keeps BatchNorm away from a final batch of one image
-        drop_last = len(ds) > self.batch_size
+        # drop_last keeps BatchNorm away from a final batch of one image, unless a process's share of the
+        # images (under DDP each process sees 1 / world_size of them) would then give no batch at all
+        world = self.trainer.world_size if self.trainer is not None else 1
+        drop_last = len(ds) // world > self.batch_size
         return DataLoader(
             ds, batch_size=self.batch_size, shuffle=True, generator=g, drop_last=drop_last,
             num_workers=self.num_workers,

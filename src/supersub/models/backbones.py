@@ -1,7 +1,9 @@
-"""Backbone registry: a name -> a feature extractor with ``num_features`` and its input normalisation.
+"""Backbone registry: a name -> a feature extractor with ``num_features``, its normalisation and input size.
 
-"cnn" is supersub's from-scratch network; any other name is handed to ``timm.create_model(...,
-num_classes=0)`` so every timm architecture works as a feature extractor.
+"cnn" is supersub's from-scratch network; any other name is a timm model built by :mod:`.hub` with
+``num_classes=0``, so every timm architecture works as a feature extractor. Starting weights (hub or
+``model.weights`` file) are only read when ``load_weights`` is true: a saved model is rebuilt with
+``load_weights=False`` and then receives its own state dict, so loading a run never touches the hub.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import SupersubError
+from .hub import create_timm_backbone, input_size_for, load_backbone_weights
 from .scratch_cnn import ScratchCNN
 
 # ImageNet statistics: a sensible default for RGB photos when the backbone does not say otherwise.
@@ -25,15 +28,42 @@ class Normalization:
     std: tuple[float, float, float] = IMAGENET_STD
 
 
-def create_backbone(cfg: ModelConfig) -> tuple[nn.Module, Normalization]:
-    """Build the configured backbone; unknown names are a one-line error."""
+@dataclass
+class Backbone:
+    """A feature extractor and what its input must look like."""
+
+    module: nn.Module
+    norm: Normalization
+    input_size: int | None  # None: feed images at their own size
+
+
+def create_backbone(cfg: ModelConfig, load_weights: bool = False) -> Backbone:
+    """Build the configured backbone; unknown names and impossible weight requests are one-line errors."""
     if cfg.backbone == "cnn":
-        return ScratchCNN(cfg.width, cfg.depth, cfg.block_dropout), Normalization()
+        return _scratch_cnn(cfg, load_weights)
     import timm
 
     if not timm.is_model(cfg.backbone):
         raise SupersubError(f"model.backbone: unknown backbone {cfg.backbone!r} (use 'cnn' or a timm model name)")
-    model = timm.create_model(cfg.backbone, pretrained=False, num_classes=0)
+    model = create_timm_backbone(
+        cfg.backbone,
+        pretrained=cfg.pretrained and load_weights,
+        weights=cfg.weights if load_weights else None,
+    )
     pc = getattr(model, "pretrained_cfg", {}) or {}
     norm = Normalization(tuple(pc.get("mean", IMAGENET_MEAN)), tuple(pc.get("std", IMAGENET_STD)))
-    return model, norm
+    return Backbone(model, norm, cfg.input_size or _default_input_size(model))
+
+
+def _scratch_cnn(cfg: ModelConfig, load_weights: bool) -> Backbone:
+    if cfg.pretrained:
+        raise SupersubError("model.pretrained: the 'cnn' backbone has no hub weights (use model.weights=PATH)")
+    model = ScratchCNN(cfg.width, cfg.depth, cfg.block_dropout)
+    if load_weights and cfg.weights is not None:
+        load_backbone_weights(model, cfg.weights)
+    return Backbone(model, Normalization(), cfg.input_size)
+
+
+def _default_input_size(model: nn.Module) -> int | None:
+    """ViT-like models (a patch embedding with a fixed grid) need their pretrained size; CNNs take any size."""
+    return input_size_for(model) if hasattr(model, "patch_embed") else None

@@ -1,39 +1,95 @@
-"""The hierarchical classifier (seed 001, approach A): one backbone, a superclass and a subclass head."""
+"""The hierarchical classifier: backbone(s) -> optional neck -> a superclass and a subclass head.
+
+Approaches (seed 001), all returning ``(super_logits, sub_logits, features)``:
+
+* ``two-heads`` (A): one shared backbone, both heads on its features; trained with the KL interaction loss.
+* ``two-models`` (B): an independent backbone (and neck) per level, each with its own head. Both train in
+  one loop on ``CE_super + CE_sub`` with no shared parameter, so the objective separates into two
+  independent trainings; their outputs are combined at inference by the usual decision rule.
+* ``cosine`` (C): B whose subclass head is a cosine classifier.
+* ``sub-only``: a single-level baseline: one subclass network; the superclass scores are the log of the
+  summed subclass probabilities of each superclass. (The super-only baseline is B's superclass half.)
+
+Module names: ``backbone``/``neck``/``super_head`` belong to the superclass side (or are shared), and
+``sub_backbone``/``sub_neck`` exist only in the two-model approaches, so a two-heads model keeps the
+state-dict keys it always had and :func:`supersub.models.hub.load_backbone_weights` finds ``backbone.*``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from ..losses import implied_super_log_probs
 from ..taxonomy import Taxonomy
-from .backbones import create_backbone
+from .backbones import Backbone, create_backbone
+from .heads import create_head
+
+TWO_MODELS = ("two-models", "cosine")
 
 
 class HierarchicalClassifier(nn.Module):
     """uint8 or float images -> (super_logits, sub_logits, features).
 
-    Normalisation lives inside the model so a checkpoint is self-contained: callers feed raw 0..255
-    images (or 0..1 floats) and never need to remember the backbone's mean/std.
+    Normalisation and resizing live inside the model so a checkpoint is self-contained: callers feed raw
+    0..255 images (or 0..1 floats) at any size and never need the backbone's mean/std or input size.
+    ``load_weights`` reads the configured starting weights (hub / file); leave it off when a state dict
+    is loaded next, so that rebuilding a saved model never needs the network.
     """
 
-    def __init__(self, cfg: ModelConfig, n_super: int, n_sub: int) -> None:
+    def __init__(self, cfg: ModelConfig, n_super: int, n_sub: int, sub_to_super: Sequence[int] | None = None,
+                 load_weights: bool = False) -> None:
         super().__init__()
-        self.backbone, norm = create_backbone(cfg)
-        self.register_buffer("mean", torch.tensor(norm.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(norm.std).view(1, 3, 1, 1), persistent=False)
-        feat = int(self.backbone.num_features)
-        neck: list[nn.Module] = []
-        if cfg.bottleneck:
-            neck = [nn.Linear(feat, cfg.bottleneck), nn.BatchNorm1d(cfg.bottleneck), nn.ReLU(inplace=True)]
-            feat = cfg.bottleneck
-        self.neck = nn.Sequential(*neck)
-        self.dropout = nn.Dropout(cfg.dropout)
-        self.super_head = nn.Linear(feat, n_super)
-        self.sub_head = nn.Linear(feat, n_sub)
-        self.num_features = feat
+        self.approach = cfg.approach
+        main = create_backbone(cfg, load_weights)
+        self.input_size = main.input_size
+        self.register_buffer("mean", torch.tensor(main.norm.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(main.norm.std).view(1, 3, 1, 1), persistent=False)
+        self.backbone = main.module
+        self.neck, feat = _neck(main, cfg)
+        self.sub_backbone: nn.Module | None = None
+        self.sub_neck: nn.Module | None = None
+        sub_feat = feat
+        if cfg.approach in TWO_MODELS:
+            other = create_backbone(cfg, load_weights)
+            self.sub_backbone = other.module
+            self.sub_neck, sub_feat = _neck(other, cfg)
+        hidden = cfg.bottleneck if cfg.head == "mlp" else 0
+        self.super_head: nn.Module | None = None
+        if cfg.approach != "sub-only":
+            self.super_head = create_head(cfg.head, feat, n_super, cfg.dropout, hidden)
+        sub_kind = "cosine" if cfg.approach == "cosine" else cfg.head
+        self.sub_head = create_head(sub_kind, sub_feat, n_sub, cfg.dropout, hidden if sub_kind == "mlp" else 0)
+        if cfg.approach == "sub-only":
+            if sub_to_super is None or len(sub_to_super) != n_sub:
+                raise ValueError("approach 'sub-only' needs sub_to_super for every subclass")
+            membership = F.one_hot(torch.as_tensor(list(sub_to_super)), n_super).float()
+            self.register_buffer("membership", membership, persistent=False)
+        self.num_features = feat + (sub_feat if self.sub_backbone is not None else 0)
+        self.register_load_state_dict_pre_hook(_legacy_linear_heads)
+
+    # ---- pieces ------------------------------------------------------------------------------
+    def backbones(self) -> list[nn.Module]:
+        """The pretrained-or-scratch feature extractors (what fine-tuning regimes freeze or slow down)."""
+        return [self.backbone] + ([self.sub_backbone] if self.sub_backbone is not None else [])
+
+    def new_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of the layers added on top of the backbones (necks and heads)."""
+        inside = {id(p) for b in self.backbones() for p in b.parameters()}
+        return (p for p in self.parameters() if id(p) not in inside)
+
+    def level_parameters(self) -> list[list[nn.Parameter]]:
+        """The parameters of each independently trained network: one list per level for two-model approaches."""
+        if self.sub_backbone is None:
+            return [list(self.parameters())]
+        sub = [self.sub_backbone, self.sub_neck, self.sub_head]
+        inside = {id(p) for m in sub for p in m.parameters()}
+        return [[p for p in self.parameters() if id(p) not in inside], [p for m in sub for p in m.parameters()]]
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float()
@@ -41,17 +97,72 @@ class HierarchicalClassifier(nn.Module):
             x = x / 255.0
         return (x - self.mean) / self.std
 
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.neck(self.backbone(self.normalize(images)))
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """The backbone's input: normalised, then resized to ``input_size`` when one is set."""
+        x = self.normalize(images)
+        size = self.input_size
+        if size is not None and tuple(x.shape[-2:]) != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        return x
+
+    # ---- forward -----------------------------------------------------------------------------
+    def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Raw backbone outputs (both backbones side by side for two-model approaches): what ``frozen`` caches."""
+        x = self.prepare(images)
+        return torch.cat([b(x) for b in self.backbones()], dim=1)
+
+    def head_forward(self, backbone_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Everything after the backbones, from :meth:`backbone_features` rows."""
+        split = int(self.backbone.num_features)
+        f = self.neck(backbone_features[:, :split])
+        g = f if self.sub_neck is None else self.sub_neck(backbone_features[:, split:])
+        sub_logits = self.sub_head(g)
+        if self.super_head is None:
+            super_logits = implied_super_log_probs(sub_logits, self.membership, 1.0)
+        else:
+            super_logits = self.super_head(f)
+        features = f if self.sub_neck is None else torch.cat([f, g], dim=1)
+        return super_logits, sub_logits, features
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        f = self.features(images)
-        h = self.dropout(f)
-        return self.super_head(h), self.sub_head(h), f
+        return self.head_forward(self.backbone_features(images))
+
+    def linear_readout(self, level: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(W, b) with ``logits = features @ W.T + b`` for ``level`` ("super"/"sub"), when that map is affine.
+
+        Feature-space novelty scores such as ViM need it. None for cosine and MLP heads and for the derived
+        superclass scores of ``sub-only``; two-model weights are zero-padded over the other level's features.
+        """
+        head = self.super_head if level == "super" else self.sub_head
+        if not (isinstance(head, nn.Sequential) and len(head) == 2 and isinstance(head[1], nn.Linear)):
+            return None  # linear heads are (Dropout, Linear)
+        w, b = head[1].weight.detach(), head[1].bias.detach()
+        if self.sub_neck is not None:
+            pad = w.new_zeros(w.shape[0], self.num_features - w.shape[1])
+            w = torch.cat([w, pad] if level == "super" else [pad, w], dim=1)
+        return w, b
 
 
-def build_model(cfg: ModelConfig, taxonomy: Taxonomy) -> HierarchicalClassifier:
-    return HierarchicalClassifier(cfg, taxonomy.n_super, taxonomy.n_sub)
+def _neck(backbone: Backbone, cfg: ModelConfig) -> tuple[nn.Module, int]:
+    """The shared Linear-BN-ReLU bottleneck of linear/cosine heads; an MLP head has its own hidden layer."""
+    feat = int(backbone.module.num_features)
+    if cfg.bottleneck and cfg.head != "mlp":
+        layers = [nn.Linear(feat, cfg.bottleneck), nn.BatchNorm1d(cfg.bottleneck), nn.ReLU(inplace=True)]
+        return nn.Sequential(*layers), cfg.bottleneck
+    return nn.Sequential(), feat
+
+
+def _legacy_linear_heads(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+    """Model files written before heads came from :mod:`.heads` held ``sub_head.weight``; now ``sub_head.1.weight``."""
+    for head in ("super_head", "sub_head"):
+        for param in ("weight", "bias"):
+            old, new = f"{prefix}{head}.{param}", f"{prefix}{head}.1.{param}"
+            if old in state_dict and new not in state_dict:
+                state_dict[new] = state_dict.pop(old)
+
+
+def build_model(cfg: ModelConfig, taxonomy: Taxonomy, load_weights: bool = False) -> HierarchicalClassifier:
+    return HierarchicalClassifier(cfg, taxonomy.n_super, taxonomy.n_sub, taxonomy.sub_to_super, load_weights)
 
 
 def model_spec(cfg: ModelConfig, taxonomy: Taxonomy) -> dict[str, Any]:

@@ -174,3 +174,27 @@ def save_sweep(
     fig.tight_layout()
     with atomic_path(png_path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
+
+
+def kept_share(conf_seen: ArrayLike, tau: float) -> float:
+    """Share of seen confidences kept as seen (``conf >= tau``)."""
+    seen = as_float_array(conf_seen, "conf_seen")
+    if len(seen) == 0:
+        raise SupersubError("kept_share: no seen confidences")
+    return float(np.mean(seen >= tau))
+
+
+def transfer_threshold(share: float, conf_seen: ArrayLike) -> float:
+    """The threshold that keeps ``share`` of ``conf_seen``: a calibration model's operating point carried
+    over to another model whose scores have a different scale (``novelty.transfer: quantile``).
+
+    ``share = 0`` gives a threshold above every confidence (everything flagged novel).
+    """
+    seen = as_float_array(conf_seen, "conf_seen")
+    if len(seen) == 0:
+        raise SupersubError("transfer_threshold: no seen confidences")
+    if not 0.0 <= share <= 1.0:
+        raise SupersubError(f"transfer_threshold: share must be in [0, 1], got {share}")
+    if share == 0.0:
+        return float(_edges(seen)[-1])
+    return _recall_threshold(seen, share)

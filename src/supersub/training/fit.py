@@ -3,22 +3,31 @@
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
-from lightning.pytorch.loggers import CSVLogger
 
 from ..config import TrainConfig, config_to_dict
 from ..data.module import TensorDataModule
+from ..errors import SupersubError
 from ..models.model import HierarchicalClassifier
 from ..run import load_checkpoint
 from ..taxonomy import Taxonomy
+from .distributed import local_device
+from .finetune import GradualUnfreeze, frozen_features
+from .loggers import build_loggers, keep_csv_history
 from .module import HierarchicalModule
+
+log = logging.getLogger(__name__)
+
 
 
 @dataclass
@@ -28,6 +37,23 @@ class FitResult:
     epochs_run: int
     best_score: float | None
     monitor: str
+    seconds_per_epoch: float | None = None  # mean wall time of an epoch (training and its validation)
+    feature_seconds: float | None = None  # finetune=frozen: the one-off backbone feature extraction
+
+
+class EpochTimer(L.Callback):
+    """Wall time of every epoch (training and its validation), logged as ``epoch_seconds``."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.seconds.append(time.perf_counter() - self._start)
+        pl_module.log("epoch_seconds", self.seconds[-1], on_epoch=True, sync_dist=True)
 
 
 def _quiet_lightning() -> None:
@@ -38,14 +64,51 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*number of training batches.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
     warnings.filterwarnings("ignore", ".*overridden `on_after_batch_transfer`.*")
+    warnings.filterwarnings("ignore", ".*directory .* exists and is not empty.*")  # expected when resuming
 
 
 def _devices(value: str) -> int | str | list[int]:
     if value.isdigit():
         return int(value)
     if "," in value:
-        return [int(v) for v in value.split(",") if v.strip()]
+        try:
+            return [int(v) for v in value.split(",") if v.strip()]
+        except ValueError:
+            raise SupersubError(f"trainer.devices: {value!r} is not a list of device indices like 0,1") from None
     return value
+
+
+def _check_resumable(checkpoint: dict[str, Any], cfg: TrainConfig, last: Path) -> None:
+    """One-cycle fixes its total number of steps when it starts: a resumed run must keep what sets it."""
+    if cfg.optim.scheduler != "onecycle":
+        return
+    saved = checkpoint.get("hyper_parameters", {}).get("config", {})
+    current = config_to_dict(cfg)
+    for section, key in (("optim", "epochs"), ("optim", "batch_size"), ("novelty", "calibration_epochs")):
+        before, now = saved.get(section, {}).get(key), current[section][key]
+        if before != now:
+            raise SupersubError(f"{last}: --resume with optim.scheduler=onecycle needs the interrupted run's "
+                                f"{section}.{key} ({before}), not {now}")
+
+
+def _build_trainer(cfg: TrainConfig, run_path: Path, stage: str, epochs: int, callbacks: list[L.Callback]) -> L.Trainer:
+    """The Lightning Trainer for one stage; bad accelerator/devices/precision values surface as ValueErrors."""
+    return L.Trainer(
+        max_epochs=epochs,
+        accelerator=cfg.trainer.accelerator,
+        devices=_devices(cfg.trainer.devices),
+        strategy=cfg.trainer.strategy,
+        precision=cfg.trainer.precision,
+        deterministic="warn" if cfg.trainer.deterministic else False,
+        callbacks=callbacks,
+        logger=build_loggers(cfg.trainer.loggers, run_path, stage),
+        gradient_clip_val=cfg.optim.grad_clip,
+        enable_progress_bar=cfg.trainer.progress,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
+        default_root_dir=run_path,
+    )
 
 
 def fit_stage(
@@ -63,48 +126,56 @@ def fit_stage(
 ) -> FitResult:
     """Train on ``train_idx`` (early stopping on ``val_idx``) and return the model at its best epoch.
 
-    Checkpoints go to ``run_path/checkpoints/<stage>/`` (best.ckpt, last.ckpt), the epoch log to
-    ``run_path/logs/<stage>/metrics.csv``. With ``resume`` an existing last.ckpt is continued.
+    Checkpoints go to ``run_path/checkpoints/<stage>/`` (best.ckpt, last.ckpt), the epoch logs under
+    ``run_path/logs/`` (``<stage>/metrics.csv`` for CSV). With ``resume`` an existing last.ckpt is
+    continued, and its weights, not the hub's, are the starting point. With ``optim.finetune=frozen`` the
+    backbone features of all ``images`` are computed once here and the trainer only sees those rows.
     """
     _quiet_lightning()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     epochs = epochs or cfg.optim.epochs
-    module = HierarchicalModule(config_to_dict(cfg), taxonomy.to_dict())
+    ckpt_dir = run_path / "checkpoints" / stage
+    last = ckpt_dir / "last.ckpt"
+    resuming = resume and last.is_file()
+    module = HierarchicalModule(config_to_dict(cfg), taxonomy.to_dict(), load_weights=not resuming)
+    if resuming:
+        checkpoint = load_checkpoint(last)
+        _check_resumable(checkpoint, cfg, last)
+        module.load_state_dict(checkpoint["state_dict"])
+    inputs, feature_seconds = images, None
+    if module.on_features:
+        log.info("%s: finetune=frozen: backbone features computed once; augmentation is off", stage)
+        start = time.perf_counter()
+        inputs = frozen_features(module.model, images, cfg, local_device(cfg.trainer.accelerator))
+        feature_seconds = time.perf_counter() - start
     dm = TensorDataModule(
-        images, y_super, y_sub, train_idx, val_idx, cfg.optim.batch_size, cfg.seed, cfg.data.num_workers
+        inputs, y_super, y_sub, train_idx, val_idx, cfg.optim.batch_size, cfg.seed, cfg.data.num_workers
     )
     monitor = "val_loss" if len(val_idx) > 0 else "train_loss"
-    ckpt_dir = run_path / "checkpoints" / stage
     ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="min", save_last=True)
+    timer = EpochTimer()
     callbacks: list[L.Callback] = [
         ckpt,
         EarlyStopping(monitor=monitor, mode="min", patience=cfg.optim.patience),
         LearningRateMonitor(logging_interval="epoch"),
+        timer,
     ]
+    if cfg.optim.finetune == "gradual":
+        callbacks.append(GradualUnfreeze(cfg.optim.unfreeze_epoch))
     if cfg.trainer.progress:
         callbacks.append(RichProgressBar(leave=True))
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        accelerator=cfg.trainer.accelerator,
-        devices=_devices(cfg.trainer.devices),
-        strategy=cfg.trainer.strategy,
-        precision=cfg.trainer.precision,
-        deterministic="warn" if cfg.trainer.deterministic else False,
-        callbacks=callbacks,
-        logger=CSVLogger(run_path, name="logs", version=stage),
-        gradient_clip_val=cfg.optim.grad_clip,
-        enable_progress_bar=cfg.trainer.progress,
-        enable_model_summary=False,
-        log_every_n_steps=1,
-        num_sanity_val_steps=0,
-        default_root_dir=run_path,
-    )
-    last = ckpt_dir / "last.ckpt"
-    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume and last.is_file() else None)
+    try:
+        trainer = _build_trainer(cfg, run_path, stage, epochs, callbacks)
+    except (ValueError, TypeError, MisconfigurationException) as e:
+        raise SupersubError(f"trainer: {str(e).strip().splitlines()[0]}") from None
+    if cfg.optim.finetune == "gradual" and trainer.world_size > 1:
+        raise SupersubError("optim.finetune=gradual cannot run on several processes (DDP fixes the trained "
+                            "parameters when it wraps the model); use finetune=discriminative or one device")
+    with keep_csv_history(run_path, stage, resuming and trainer.is_global_zero):
+        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resuming else None)
     best = Path(ckpt.best_model_path) if ckpt.best_model_path else None
     if best is not None and best.is_file():
-        state = load_checkpoint(best)["state_dict"]
-        module.load_state_dict(state)
+        module.load_state_dict(load_checkpoint(best)["state_dict"])
     score = ckpt.best_model_score
     return FitResult(
         model=module.model.cpu().eval(),
@@ -112,4 +183,6 @@ def fit_stage(
         epochs_run=int(trainer.current_epoch),
         best_score=float(score) if score is not None else None,
         monitor=monitor,
+        seconds_per_epoch=sum(timer.seconds) / len(timer.seconds) if timer.seconds else None,
+        feature_seconds=feature_seconds,
     )

@@ -9,80 +9,105 @@ import torch
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..config import TrainConfig
-from ..data.augment import augment_uint8, build_augmentation
-from ..losses import HierarchicalLoss
+from ..data.augment import BatchMixer, augment_uint8, build_augmentation
 from ..models.model import build_model
 from ..taxonomy import Taxonomy
+from .finetune import freeze_backbones, parameter_groups
+from .objective import build_loss, mixed_loss
 
 
 class HierarchicalModule(L.LightningModule):
-    """Trains a :class:`HierarchicalClassifier` with CE_super + CE_sub + alpha * KL."""
+    """Trains a :class:`HierarchicalClassifier` with its approach's objective (see :mod:`.objective`).
 
-    def __init__(self, config: dict[str, Any], taxonomy: dict[str, Any]) -> None:
+    With ``optim.finetune=frozen`` batches hold cached backbone features instead of images (see
+    :func:`.finetune.frozen_features`) and only the layers after the backbones run. ``load_weights``
+    reads the configured starting weights; it is off when a checkpoint is loaded next.
+    """
+
+    def __init__(self, config: dict[str, Any], taxonomy: dict[str, Any], load_weights: bool = False) -> None:
         super().__init__()
         # plain dicts only, so Lightning checkpoints stay loadable with weights_only=True
         self.save_hyperparameters({"config": config, "taxonomy": taxonomy})
         self.cfg = TrainConfig.model_validate(config)
         self.taxonomy = Taxonomy.from_dict(taxonomy)
-        self.model = build_model(self.cfg.model, self.taxonomy)
-        self.loss = HierarchicalLoss(self.cfg.loss, self.taxonomy.membership())
-        self.augment = build_augmentation(self.cfg.augment)
+        self.model = build_model(self.cfg.model, self.taxonomy, load_weights)
+        self.on_features = self.cfg.optim.finetune == "frozen"
+        if self.on_features:
+            freeze_backbones(self.model)
+        self.loss = build_loss(self.cfg, self.taxonomy)
+        self.augment = build_augmentation(self.cfg.augment, self.cfg.data.image_size)
+        self.mixer = BatchMixer(self.cfg.augment)
         self.val_acc_super = MulticlassAccuracy(self.taxonomy.n_super, average="micro")
         self.val_acc_sub = MulticlassAccuracy(self.taxonomy.n_sub, average="micro")
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.model(images)
+    def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.model.head_forward(inputs) if self.on_features else self.model(inputs)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        images, y_super, y_sub = batch
-        if self.trainer is not None and self.trainer.training:
-            images = augment_uint8(self.augment, images)
-        return images, y_super, y_sub
+        inputs, y_super, y_sub = batch
+        if self.trainer is not None and self.trainer.training and not self.on_features:
+            inputs = augment_uint8(self.augment, inputs)
+        return inputs, y_super, y_sub
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        images, y_super, y_sub = batch
-        super_logits, sub_logits, _ = self.model(images)
-        parts = self.loss(super_logits, sub_logits, y_super, y_sub)
-        bs = images.shape[0]
-        self.log("train_loss", parts.total, prog_bar=True, on_step=False, on_epoch=True, batch_size=bs)
+        inputs, y_super, y_sub = batch
+        mix = None if self.on_features else self.mixer(inputs)
+        super_logits, sub_logits, _ = self(inputs if mix is None else mix.images)
+        parts = mixed_loss(self.loss, super_logits, sub_logits, y_super, y_sub, mix)
+        bs = inputs.shape[0]
+        self.log("train_loss", parts.total, prog_bar=True, on_step=False, on_epoch=True, batch_size=bs,
+                 sync_dist=True)
         self.log_dict(
             {"train_ce_super": parts.ce_super, "train_ce_sub": parts.ce_sub, "train_kl": parts.kl,
              "train_outlier": parts.outlier},
-            on_step=False, on_epoch=True, batch_size=bs,
+            on_step=False, on_epoch=True, batch_size=bs, sync_dist=True,
         )
         return parts.total
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        images, y_super, y_sub = batch
-        super_logits, sub_logits, _ = self.model(images)
+        inputs, y_super, y_sub = batch
+        super_logits, sub_logits, _ = self(inputs)
         parts = self.loss(super_logits, sub_logits, y_super, y_sub)
-        known = y_super >= 0
-        self.val_acc_super(super_logits[known], y_super[known])
-        self.val_acc_sub(sub_logits[known], y_sub[known])
-        bs = images.shape[0]
+        known_super = y_super >= 0
+        known_sub = known_super & (y_sub >= 0)
+        self.val_acc_super(super_logits[known_super], y_super[known_super])
+        self.val_acc_sub(sub_logits[known_sub], y_sub[known_sub])
+        bs = inputs.shape[0]
         self.log("val_loss", parts.total, prog_bar=True, on_epoch=True, batch_size=bs, sync_dist=True)
         self.log_dict(
             {"val_acc_super": self.val_acc_super, "val_acc_sub": self.val_acc_sub},
             prog_bar=True, on_epoch=True, batch_size=bs,
         )
 
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Two-model approaches clip each level's network on its own, so clipping does not couple them."""
+        if gradient_clip_val is None or self.model.sub_backbone is None:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        for params in self.model.level_parameters():
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+
     def configure_optimizers(self) -> Any:
         o = self.cfg.optim
-        params = [p for p in self.parameters() if p.requires_grad]
+        groups = parameter_groups(self.model, o)
         if o.optimizer == "adam":
-            opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+            opt: torch.optim.Optimizer = torch.optim.Adam(groups, lr=o.lr, weight_decay=o.weight_decay)
         elif o.optimizer == "adamw":
-            opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+            opt = torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)
         else:
-            opt = torch.optim.SGD(params, lr=o.lr, weight_decay=o.weight_decay, momentum=0.9, nesterov=True)
+            opt = torch.optim.SGD(groups, lr=o.lr, weight_decay=o.weight_decay, momentum=0.9, nesterov=True)
         if o.scheduler == "none":
             return opt
         if o.scheduler == "cosine":
-            sched: Any = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=o.epochs)
+            sched: Any = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, int(self.trainer.max_epochs or o.epochs)))
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
         if o.scheduler == "step":
             sched = torch.optim.lr_scheduler.StepLR(opt, step_size=o.step_size, gamma=o.gamma)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
         total = int(self.trainer.estimated_stepping_batches)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=o.lr, total_steps=max(1, total))
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=max(1, total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

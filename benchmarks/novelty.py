@@ -1,0 +1,213 @@
+#!/usr/bin/env python3
+"""Benchmark: every novelty score, objective and threshold transfer on the fixed open-set protocols.
+
+    python benchmarks/novelty.py [--variants tin loso-reptile] [--seed 0] [--exposure none uniform]
+                                 [--epochs 8] [--novel-count 2000] [--work bench-out/novelty] [-- train flags]
+
+Train once, score many: for each protocol variant (../shared/bench/make_protocol.py, read-only) and each
+outlier-exposure setting (none; ``uniform`` or ``class`` with the protocol's novel_data.csv) it trains ONE
+run with ``supersub train`` (skipped when the run already exists), then re-calibrates that run in-process
+with ``supersub.api.calibrate`` for every score x objective x transfer (no retraining), applies the result
+to the test images with the same functions ``supersub evaluate`` uses, and prints per score and level
+AUROC / FPR95 and the competition table. The seed paper's baseline (max softmax, hand-set thresholds
+0.99 / 0.85) is scored on the same runs. Every row goes to WORK/results.csv; the tables to WORK/results.md.
+Finally the chosen configuration is re-applied and checked end to end with ``supersub predict`` and the
+official ``score.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_BENCH = HERE.parent.parent / "shared" / "bench"
+SCORES = ("msp", "maxlogit", "energy", "entropy", "gen", "mahalanobis", "knn", "vim")
+OBJECTIVES = ("balanced", "eer", "recall")
+BASELINE = {"score": "msp", "tau_super": 0.99, "tau_sub": 0.85}
+COLUMNS = ("super_acc_seen", "super_acc_unseen", "sub_acc_seen", "sub_acc_unseen", "super_acc_overall",
+           "sub_acc_overall", "super_ce", "sub_ce")
+
+
+def sh(cmd: list[str]) -> float:
+    print("$", " ".join(cmd), flush=True)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    return time.perf_counter() - t0
+
+
+def make_data(bench: Path, data: Path, variant: str, seed: int) -> None:
+    if (data / "test_truth.csv").is_file():
+        return
+    if data.exists():
+        shutil.rmtree(data)
+    sh([sys.executable, str(bench / "make_protocol.py"), str(data), "--variant", variant, "--seed", str(seed)])
+
+
+def train(data: Path, run: Path, exposure: str, a: argparse.Namespace, extra: list[str]) -> float | None:
+    """One ``supersub train`` per protocol and exposure setting; an existing finished run is reused."""
+    if (run / "thresholds.json").is_file() and (run / "model.pt").is_file():
+        return None
+    cmd = [str(Path(sys.executable).parent / "supersub"), "train", "--data", str(data), "--out", str(run),
+           "--overwrite", "--seed", str(a.seed), "--epochs", str(a.epochs), "--no-progress",
+           "--set", f"data.cache_dir={a.work / 'cache'}", *extra]
+    if exposure != "none":
+        cmd += ["--novel-data", str(data / "novel_data.csv"), "--novel-count", str(a.novel_count), "--oe", exposure]
+    return sh(cmd)
+
+
+class TestSet:
+    """The protocol's test images, decoded once, and the truth."""
+
+    def __init__(self, data: Path, image_size: int, cache: Path) -> None:
+        from supersub.data.cache import decode_images
+        from supersub.data.formats import read_labels
+        from supersub.data.records import Dataset
+
+        self.data = data
+        self.read_labels, self.decode, self.Dataset = read_labels, decode_images, Dataset
+        self.image_size, self.cache = image_size, cache
+
+    def load(self, taxonomy: Any) -> tuple[Any, np.ndarray, np.ndarray]:
+        ds = self.read_labels(self.data / "test_truth.csv", self.data / "test_images", taxonomy)
+        decoded = self.decode(ds.records, self.image_size, cache_dir=self.cache)
+        return decoded.images, np.array(ds.super_labels), np.array(ds.sub_labels)
+
+
+def score_run(run: Path, data: Path, a: argparse.Namespace, label: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every score x objective x transfer (and the baseline) on one trained run, without retraining."""
+    import supersub.api as ss
+    from supersub.inference import pick_device, run_model
+    from supersub.metrics import competition_metrics, open_set_report
+    from supersub.novelty.predict import apply_novelty
+    from supersub.novelty.protocol import load_scorer
+    from supersub.run import RunDir
+
+    rd = RunDir.open(run)
+    model, cfg, _ = rd.load_model()
+    taxonomy = rd.load_taxonomy()
+    images, ys, yb = TestSet(data, cfg.data.image_size, a.work / "cache").load(taxonomy)
+    outputs = run_model(model, images, device=pick_device("cpu"))
+    t0 = time.perf_counter()
+    evidence = ss.calibration_evidence(run)
+    print(f"  evidence collected in {time.perf_counter() - t0:.0f}s", flush=True)
+
+    def measure(**novelty: Any) -> dict[str, Any]:
+        ss.calibrate(run, evidence=evidence, **novelty)
+        thresholds = rd.load_thresholds()
+        applied = apply_novelty(outputs, taxonomy, thresholds, load_scorer(run, thresholds.score))
+        d = applied.decision
+        m = competition_metrics(ys, yb, d.super_pred, d.sub_pred, taxonomy.novel_super, taxonomy.novel_sub,
+                                applied.super_probs, applied.sub_probs)
+        m.update(open_set_report(ys, yb, d.super_pred, d.sub_pred, applied.super_probs, applied.sub_probs,
+                                 d.super_conf, d.sub_conf, taxonomy).metrics)
+        return {**label, "objective": "hand-set", "transfer": "-", **novelty, **m}
+
+    rows = [measure(**BASELINE)]
+    rows[-1]["score"] = "msp-0.99/0.85"
+    for score in a.scores:
+        for objective in a.objectives:
+            for transfer in a.transfers:
+                t0 = time.perf_counter()
+                rows.append(measure(score=score, objective=objective, transfer=transfer))
+                r = rows[-1]
+                print(f"  {score:12} {objective:9} {transfer:9} super {r['super_acc_seen']}/{r['super_acc_unseen']} "
+                      f"sub {r['sub_acc_seen']}/{r['sub_acc_unseen']} ({time.perf_counter() - t0:.0f}s)", flush=True)
+    return rows
+
+
+def fmt(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "-"
+    return f"{v:.{digits}f}" if isinstance(v, float) and abs(v) < 10 else str(v)
+
+
+def tables(df: pd.DataFrame, objective: str, transfer: str) -> str:
+    """Markdown: per run, AUROC/FPR95 per score and level, then the competition table per configuration."""
+    out = []
+    for (variant, exposure), g in df.groupby(["variant", "exposure"], sort=False):
+        out.append(f"\n### {variant}, exposure: {exposure}\n")
+        out.append("| score | super AUROC | super FPR95 | sub AUROC | sub FPR95 |")
+        out.append("|---|---|---|---|---|")
+        ranking = g[(g.objective == objective) & (g.transfer == transfer)]
+        for r in ranking.itertuples():
+            out.append(f"| {r.score} | {fmt(r.super_auroc)} | {fmt(r.super_fpr95)} | {fmt(r.sub_auroc)} | "
+                       f"{fmt(r.sub_fpr95)} |")
+        out.append("\n| score | objective | transfer | super seen | super unseen | sub seen | sub unseen | "
+                   "super overall | sub overall | super CE | sub CE |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in g.itertuples():
+            out.append(f"| {r.score} | {r.objective} | {r.transfer} | " + " | ".join(fmt(getattr(r, c)) for c in COLUMNS)
+                       + " |")
+    return "\n".join(out)
+
+
+def verify(run: Path, data: Path, a: argparse.Namespace, novelty: dict[str, Any]) -> dict[str, Any]:
+    """The chosen configuration through the public CLI and the official scorer."""
+    supersub = str(Path(sys.executable).parent / "supersub")
+    cmd = [supersub, "calibrate", str(run)] + [f"--{k.replace('_', '-')}={v}" for k, v in novelty.items()]
+    sh(cmd)
+    pred = run.parent / "predictions.csv"
+    sh([supersub, "predict", str(run), str(data / "test_images"), "--out", str(pred), "--probs", "--overwrite"])
+    out = run.parent / "score.json"
+    sh([sys.executable, str(a.bench / "score.py"), str(data / "test_truth.csv"), str(pred), "--json", str(out)])
+    return json.loads(out.read_text())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variants", nargs="+", default=["tin", "loso-reptile"], choices=["tin", "loso-reptile"])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--exposure", nargs="+", default=["none", "uniform"], choices=["none", "uniform", "class"])
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--novel-count", type=int, default=2000)
+    ap.add_argument("--scores", nargs="+", default=list(SCORES), choices=SCORES)
+    ap.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES)
+    ap.add_argument("--transfers", nargs="+", default=["quantile", "absolute"], choices=["quantile", "absolute"])
+    ap.add_argument("--work", type=Path, default=Path("bench-out/novelty"))
+    ap.add_argument("--bench", type=Path, default=DEFAULT_BENCH, help="folder with make_protocol.py and score.py")
+    ap.add_argument("--train-only", action="store_true", help="train the runs, score nothing")
+    ap.add_argument("--verify", default=None, help="JSON of calibrate options to check end to end on every run")
+    ap.add_argument("train_args", nargs=argparse.REMAINDER, help="extra flags for 'supersub train' after --")
+    a = ap.parse_args()
+    extra = [x for x in a.train_args if x != "--"]
+    a.work.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for variant in a.variants:
+        data = a.work / f"{variant}-{a.seed}" / "data"
+        make_data(a.bench, data, variant, a.seed)
+        for exposure in a.exposure:
+            run = a.work / f"{variant}-{a.seed}" / exposure / "run"
+            seconds = train(data, run, exposure, a, extra)
+            if seconds is not None:
+                print(f"trained {run} in {seconds:.0f}s", flush=True)
+            runs.append((variant, exposure, data, run))
+    if a.train_only:
+        return
+    if a.verify:
+        novelty = json.loads(a.verify)
+        for variant, exposure, data, run in runs:
+            print(variant, exposure, json.dumps(verify(run, data, a, novelty)), flush=True)
+        return
+    rows: list[dict[str, Any]] = []
+    for variant, exposure, data, run in runs:
+        print(f"scoring {run}", flush=True)
+        rows += score_run(run, data, a, {"variant": variant, "exposure": exposure})
+        pd.DataFrame(rows).to_csv(a.work / "results.csv", index=False)
+    df = pd.DataFrame(rows)
+    md = tables(df, a.objectives[0], a.transfers[0])
+    (a.work / "results.md").write_text(md + "\n")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""Novelty end to end on tiny built-in data: detectors saved and used, calibrate without retraining,
+explicit-novel-class exposure and novel-subclass exposure, evaluate's open-set report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from conftest import run_cli
+from supersub import api
+from supersub.run import RunDir
+
+TINY = ["--epochs", "1", "--image-size", "24", "--batch-size", "16", "--no-progress", "--val-fraction", "0.25",
+        "--set", "model.width=4", "--set", "model.depth=[1]"]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from supersub.data.synth import write_synth
+
+    out = tmp_path_factory.mktemp("novelty") / "data"
+    write_synth(out, train_per_class=4, test_per_class=2)
+    return out
+
+
+@pytest.fixture(scope="module")
+def knn_run(synth: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "knn"
+    assert run_cli(["train", "--data", str(synth), "--out", str(run), "--novel-data", str(synth / "novel_images"),
+                    "--score", "knn", *TINY]) == 0
+    return run
+
+
+def _probabilities(df: pd.DataFrame, prefix: str) -> pd.DataFrame:
+    return df[[c for c in df.columns if c.startswith(prefix)]]
+
+
+def test_knn_detectors_are_fitted_saved_and_used(knn_run: Path, synth: Path) -> None:
+    state = torch.load(knn_run / "detectors.pt", weights_only=True)
+    assert state["score"] == "knn" and state["super"]["bank"].ndim == 2
+    thresholds = json.loads((knn_run / "thresholds.json").read_text())
+    assert thresholds["score"] == "knn" and thresholds["temperature_super"] > 0
+    split = json.loads((knn_run / "calibration" / "split.json").read_text())
+    assert set(split["stages"]) == {"final", "calibration"} and split["n_labelled"] == 18 * 4
+    df = api.predict(knn_run, synth / "test_images", probs=True)
+    sup, sub = _probabilities(df, "super_prob_").to_numpy(), _probabilities(df, "sub_prob_").to_numpy()
+    assert sup.shape == (len(df), 4) and sub.shape == (len(df), 19)
+    assert abs(sup.sum(1) - 1).max() < 1e-4 and abs(sub.sum(1) - 1).max() < 1e-4
+    assert ((sup[:, 3] > 0.5) == (df["superclass_index"] == 3).to_numpy()).all()
+    # the decision thresholds the kNN confidence: recompute it from the saved detector
+    pred = api._predict_dataset(knn_run, api.read_flat(synth / "test_images"), False)[0]
+    assert torch.equal(pred.super_pred == 3, pred.super_conf < thresholds["tau_super"])
+
+
+def test_evaluate_writes_open_set_metrics_and_confusion_matrices(knn_run: Path, synth: Path) -> None:
+    metrics = api.evaluate(knn_run, synth / "test_images", synth / "test_truth.csv")
+    for key in ("super_auroc", "super_fpr95", "super_aupr", "sub_auroc", "super_ece", "sub_ece"):
+        assert metrics[key] is not None and 0.0 <= metrics[key] <= 1.0, key
+    folder = knn_run / "evaluations"
+    confusion = pd.read_csv(folder / "test_truth_confusion_super.csv", index_col=0)
+    truth = pd.read_csv(synth / "test_truth.csv")
+    assert list(confusion.columns)[-1] == "novel" and confusion.shape == (4, 4)
+    assert confusion.sum(axis=1).tolist() == truth["superclass_index"].value_counts().sort_index().tolist()
+    assert confusion.to_numpy().trace() == round(metrics["super_acc_overall"] * len(truth) / 100)
+    assert (folder / "test_truth_confusion_sub.png").stat().st_size > 0
+
+
+def test_calibrate_rescores_without_retraining(knn_run: Path, synth: Path, tmp_path: Path) -> None:
+    run = Path(shutil.copytree(knn_run, tmp_path / "run"))
+    weights = {p: p.stat().st_mtime_ns for p in [run / "model.pt", *run.glob("checkpoints/*/*.ckpt")]}
+    before = api.predict(run, synth / "test_images", probs=True)
+    assert run_cli(["calibrate", str(run), "--score", "energy", "--objective", "eer"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in weights} == weights  # no model was retrained or rewritten
+    assert torch.load(run / "detectors.pt", weights_only=True)["score"] == "energy"
+    assert json.loads((run / "thresholds.json").read_text())["score"] == "energy"
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["novelty"]["score"] == "energy" and cfg["novelty"]["objective"] == "eer"
+    after = api.predict(run, synth / "test_images", probs=True)
+    assert not after.equals(before)
+    # hand-set thresholds in the new score's units
+    assert run_cli(["calibrate", str(run), "--score", "maxlogit", "--tau-super", "1e9", "--tau-sub", "-1e9"]) == 0
+    flagged = api.predict(run, synth / "test_images")
+    assert (flagged["superclass_index"] == 3).all()
+    # a run whose training data vanished cannot be re-calibrated, and says why
+    split = run / "calibration" / "split.json"
+    split.write_text(split.read_text().replace(str(synth.resolve()), str(tmp_path / "gone")))
+    assert run_cli(["calibrate", str(run)]) == 2
+
+
+def test_class_exposure_and_novel_subclass_exposure(synth: Path, tmp_path: Path) -> None:
+    truth = pd.read_csv(synth / "test_truth.csv")
+    supers = pd.read_csv(synth / "superclass_mapping.csv")["class"].tolist()
+    nested = tmp_path / "novel_sub"
+    for row in truth[truth["kind"] == "novel_sub"].itertuples():
+        folder = nested / supers[row.superclass_index] / "unseen"
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(synth / "test_images" / row.image, folder / row.image)
+    run = tmp_path / "run"
+    assert run_cli(["train", "--data", str(synth), "--out", str(run), "--novel-data", str(synth / "novel_images"),
+                    "--novel-sub-data", str(nested), "--oe", "class", *TINY]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["n_novel_sub_images"] == (truth["kind"] == "novel_sub").sum()
+    model, _, model_taxonomy = RunDir.open(run).load_model()
+    super_logits, sub_logits, _ = model(torch.zeros(2, 3, 24, 24, dtype=torch.uint8))
+    assert super_logits.shape == (2, 3 + 1) and sub_logits.shape == (2, 18 + 1)  # the explicit novel outputs
+    assert model_taxonomy.sub_to_super[-1] == 3  # the novel subclass belongs to the novel superclass
+    df = api.predict(run, synth / "test_images", probs=True)
+    assert _probabilities(df, "super_prob_").shape[1] == 4 and _probabilities(df, "sub_prob_").shape[1] == 19
+    assert df["superclass_index"].between(0, 3).all() and df["subclass_index"].between(0, 18).all()

@@ -1,0 +1,355 @@
+"""Novelty pieces with hand-computed answers: transfer, temperature, ECE, confusion, stages, exposure readers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from supersub.config import LossConfig, build_config
+from supersub.errors import SupersubError
+from supersub.inference import Outputs
+from supersub.losses import NOVEL_SUB, OUTLIER, HierarchicalLoss
+from supersub.metrics import confusion_matrix, expected_calibration_error, open_set_report
+from supersub.novelty.calibrate import kept_share, transfer_threshold
+from supersub.novelty.exposure import read_novel_sub, write_tin_novel_sub, write_tin_outliers
+from supersub.novelty.predict import apply_novelty
+from supersub.novelty.protocol import (
+    EXTRA_CLASS, UNUSED, Pool, calibrate_run, collect_evidence, plan_stages, stage_labels,
+    with_extra_class,
+)
+from supersub.novelty.scoring import NoveltyScorer, SeenView, seen_view
+from supersub.novelty.temperature import fit_temperature, nll
+from supersub.run import Thresholds
+from supersub.taxonomy import Taxonomy
+
+# superclass 0 owns subclasses 0, 1, 2; superclass 1 owns 3, 4
+TAX = Taxonomy(("a", "b"), ("a0", "a1", "a2", "b0", "b1"), (0, 0, 0, 1, 1))
+
+
+# ---- threshold transfer ----------------------------------------------------------------------------
+
+
+def test_kept_share_counts_confidences_at_or_above_tau() -> None:
+    assert kept_share([0.1, 0.2, 0.3, 0.4], 0.25) == 0.5
+    assert kept_share([0.1, 0.2, 0.3, 0.4], 0.2) == 0.75  # seen iff conf >= tau
+
+
+def test_quantile_transfer_keeps_the_same_share_on_another_scale() -> None:
+    cal = np.arange(10) / 10  # 0.0 .. 0.9
+    share = kept_share(cal, 0.35)  # 0.4..0.9 kept
+    assert share == pytest.approx(0.6)
+    final = np.arange(100, 120, 2.0)  # 100, 102, .., 118: another model, another scale
+    tau = transfer_threshold(share, final)
+    assert 106.0 < tau <= 108.0  # 108..118 kept: exactly 6 of 10
+    assert kept_share(final, tau) == pytest.approx(0.6)
+
+
+def test_quantile_transfer_edge_shares() -> None:
+    final = [3.0, 1.0, 2.0]
+    assert kept_share(final, transfer_threshold(1.0, final)) == 1.0
+    assert kept_share(final, transfer_threshold(0.0, final)) == 0.0
+    # a share between two achievable ones keeps at least that share
+    assert kept_share(final, transfer_threshold(0.5, final)) == pytest.approx(2 / 3)
+    with pytest.raises(SupersubError, match="share must be in"):
+        transfer_threshold(1.5, final)
+
+
+# ---- temperature scaling, ECE, confusion --------------------------------------------------------------
+
+
+def test_temperature_scaling_recovers_the_generating_temperature_and_lowers_nll() -> None:
+    g = torch.Generator().manual_seed(0)
+    true_logits = torch.randn(4000, 5, generator=g) * 2
+    labels = torch.multinomial(true_logits.softmax(1), 1, generator=g).squeeze(1)
+    overconfident = true_logits * 3  # a model 3x too sure of itself
+    t = fit_temperature(overconfident, labels)
+    assert t == pytest.approx(3.0, rel=0.1)
+    assert nll(overconfident, labels, t) < nll(overconfident, labels) - 0.1
+    assert fit_temperature(torch.zeros(0, 5), torch.zeros(0, dtype=torch.long)) == 1.0
+
+
+def test_expected_calibration_error_hand_computed() -> None:
+    # top-label confidences 0.9 (right), 0.9 (wrong), 0.6 (right), 0.6 (right) in two bins:
+    # bin 0.9: |0.9 - 0.5| * 2/4 = 0.2; bin 0.6: |0.6 - 1.0| * 2/4 = 0.2 -> ECE 0.4
+    probs = [[0.9, 0.1], [0.9, 0.1], [0.4, 0.6], [0.4, 0.6]]
+    assert expected_calibration_error(probs, [0, 1, 1, 1]) == pytest.approx(0.4, abs=1e-6)
+    assert expected_calibration_error([[1.0, 0.0], [0.0, 1.0]], [0, 1]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_confusion_matrix_rows_are_truth() -> None:
+    m = confusion_matrix([0, 0, 1, 2, 2, 2], [0, 2, 1, 2, 2, 0], 3)
+    assert m.tolist() == [[1, 0, 1], [0, 1, 0], [1, 0, 2]]
+    with pytest.raises(SupersubError, match="0..2"):
+        confusion_matrix([0, 3], [0, 0], 3)
+
+
+def test_open_set_report_ranks_each_level_on_its_own_images() -> None:
+    tax = Taxonomy(("a",), ("a0", "a1"), (0, 0))
+    # truth: seen a0, seen a1, novel subclass, novel superclass (novel indices: super 1, sub 2)
+    ys, yb = [0, 0, 0, 1], [0, 1, 2, 2]
+    super_conf = torch.tensor([0.9, 0.8, 0.7, 0.1])  # the novel superclass ranks last: AUROC 1
+    sub_conf = torch.tensor([0.9, 0.2, 0.5, 0.99])  # novel subclass above one seen: AUROC 0.5 on known supers
+    probs_super = torch.tensor([[0.9, 0.1]] * 4)
+    probs_sub = torch.tensor([[0.5, 0.3, 0.2]] * 4)
+    r = open_set_report(ys, yb, [0, 0, 0, 1], [0, 1, 2, 2], probs_super, probs_sub, super_conf, sub_conf, tax)
+    assert r.metrics["super_auroc"] == 1.0 and r.metrics["super_fpr95"] == 0.0
+    assert r.metrics["sub_auroc"] == 0.5  # the 0.99 of the novel-superclass image does not count here
+    assert r.confusion["super"].tolist() == [[3, 0], [0, 1]]
+    assert r.class_names["sub"] == ["a0", "a1", "novel"]
+
+
+# ---- losses with exposure labels ---------------------------------------------------------------------
+
+
+def test_novel_subclass_rows_train_the_superclass_and_flatten_the_subclass_head() -> None:
+    membership = TAX.membership()
+    sup, sub = torch.randn(3, 2), torch.randn(3, 5)
+    ys, yb = torch.tensor([0, 1, OUTLIER]), torch.tensor([NOVEL_SUB, 3, OUTLIER])
+    parts = HierarchicalLoss(LossConfig(alpha=0.0, outlier_weight=1.0), membership)(sup, sub, ys, yb)
+    assert parts.ce_super.item() == pytest.approx(F.cross_entropy(sup[:2], ys[:2]).item(), rel=1e-6)
+    assert parts.ce_sub.item() == pytest.approx(F.cross_entropy(sub[1:2], yb[1:2]).item(), rel=1e-6)
+    uniform = -F.log_softmax(sup[2:], 1).mean() - F.log_softmax(sub[[0, 2]], 1).mean(1).mean()
+    assert parts.outlier.item() == pytest.approx(uniform.item(), rel=1e-6)
+
+
+# ---- stages -------------------------------------------------------------------------------------------
+
+
+def _pool(per_class: int = 10, n_outliers: int = 10, n_novel_sub: int = 4) -> Pool:
+    y_sub = torch.arange(TAX.n_sub).repeat_interleave(per_class)
+    y_super = torch.tensor(TAX.sub_to_super)[y_sub]
+    y_super = torch.cat([y_super, torch.full((n_outliers,), OUTLIER), torch.zeros(n_novel_sub, dtype=torch.long)])
+    y_sub = torch.cat([y_sub, torch.full((n_outliers,), OUTLIER), torch.full((n_novel_sub,), NOVEL_SUB)])
+    return Pool(torch.zeros(len(y_sub), 3, 4, 4, dtype=torch.uint8), y_super, y_sub, per_class * TAX.n_sub)
+
+
+def test_stages_partition_the_images() -> None:
+    pool = _pool()
+    cfg = build_config({"data": {"val_fraction": 0.2, "holdout_fraction": 0.3}, "novelty": {"super_protocol": "loso"}})
+    stages = plan_stages(pool, TAX, cfg)
+    assert sorted(stages) == ["calibration", "final", "loso-0", "loso-1"]
+    final, cal = stages["final"], stages["calibration"]
+    assert sorted(final.train + final.val) == list(range(len(pool.y_sub)))
+    assert len(final.val) == 2 * TAX.n_sub  # 20% of 10 per subclass
+    held_subs = set(range(TAX.n_sub)) - set(cal.keep_sub)
+    assert len(held_subs) == 2  # one subclass of each superclass
+    assert {int(pool.y_sub[i]) for i in cal.held} == held_subs
+    assert set(cal.novel) | set(cal.train) >= set(pool.outliers) and len(cal.novel) == 2  # 20% held back
+    assert not set(cal.novel) & set(cal.train)
+    assert sorted(cal.train + cal.val + cal.held + cal.novel) == list(range(len(pool.y_sub)))
+    loso = stages["loso-1"]
+    assert loso.keep_super == [0] and all(TAX.sub_to_super[j] == 0 for j in loso.keep_sub)
+    assert {int(pool.y_super[i]) for i in loso.novel} == {1} and len(loso.novel) == 20
+    assert all(int(pool.y_super[i]) != 1 for i in loso.train + loso.val + loso.held)
+
+
+def test_hand_set_thresholds_need_only_the_final_stage() -> None:
+    cfg = build_config({"novelty": {"tau_super": 0.9, "tau_sub": 0.5}})
+    assert list(plan_stages(_pool(), TAX, cfg)) == ["final"]
+
+
+def test_class_exposure_adds_an_explicit_novel_class_at_both_levels() -> None:
+    pool = _pool()
+    cfg = build_config({"data": {"holdout_fraction": 0.3}})
+    stage = plan_stages(pool, TAX, cfg)["calibration"]
+    tax, y_super, y_sub = stage_labels(pool, TAX, stage, "class")
+    assert tax.super_names[-1] == EXTRA_CLASS and tax.n_super == 3 and tax.n_sub == 3 + 1
+    outliers = pool.outliers
+    assert set(y_super[outliers].tolist()) == {2} and set(y_sub[outliers].tolist()) == {3}
+    assert torch.equal(tax.membership(), with_extra_class(stage_labels(pool, TAX, stage, "uniform")[0]).membership())
+    assert torch.equal(tax.membership()[:-1, :-1], TAX.subset(stage.keep_sub)[0].membership())
+    assert tax.membership()[-1].tolist() == [0.0, 0.0, 1.0]
+    held = stage.held[0]
+    assert y_sub[held] == UNUSED  # a held-out subclass is never a training label
+    assert set(y_sub[pool.novel_sub].tolist()) == {NOVEL_SUB}
+
+
+def test_seen_view_drops_the_extra_output_and_keeps_the_seen_mass() -> None:
+    logits_super = torch.tensor([[2.0, 0.0, 1.0]])  # last column = explicit novel class
+    out = Outputs(logits_super, torch.zeros(1, 4), torch.zeros(1, 2))
+    view = seen_view(out, 2, 3)
+    assert view.outputs.super_logits.shape == (1, 2) and view.outputs.sub_logits.shape == (1, 3)
+    p = logits_super.softmax(1)[0]
+    assert view.super_seen_mass.item() == pytest.approx(float(p[0] + p[1]))
+    assert view.sub_seen_mass.item() == pytest.approx(0.75)
+    assert seen_view(out, 3, 4).super_seen_mass is None
+    with pytest.raises(SupersubError, match="taxonomy has"):
+        seen_view(out, 1, 3)
+
+
+# ---- end to end on synthetic features: calibration, transfer, decisions ---------------------------------
+
+
+class _Affine(torch.nn.Module):
+    """A 'model' whose features are the image's first channel means: logits are affine in them."""
+
+    def __init__(self, n_super: int, n_sub: int, scale: float = 1.0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(1)
+        self.ws, self.wb = torch.randn(n_super, 8, generator=g) * scale, torch.randn(n_sub, 8, generator=g) * scale
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        f = images.float().flatten(1)[:, :8]
+        return f @ self.ws.T, f @ self.wb.T, f
+
+
+def _feature_pool() -> Pool:
+    """Images whose 8 'features' cluster by subclass within superclass clusters; outliers sit far away."""
+    g = torch.Generator().manual_seed(0)
+    pool = _pool(per_class=12, n_outliers=20, n_novel_sub=0)
+    # subclasses of one superclass sit near each other (a real hierarchy): a held-out subclass is novel to
+    # the subclass head but still close to its superclass, as the LOSO protocol assumes
+    super_centers = torch.rand(TAX.n_super, 8, generator=g) * 160 + 60
+    centers = super_centers[list(TAX.sub_to_super)] + torch.randn(TAX.n_sub, 8, generator=g) * 10
+    x = torch.zeros(len(pool.y_sub), 8)
+    known = pool.y_sub >= 0
+    x[known] = centers[pool.y_sub[known]] + torch.randn(int(known.sum()), 8, generator=g) * 5
+    x[~known] = torch.rand(int((~known).sum()), 8, generator=g) * 20
+    images = torch.zeros(len(x), 3, 4, 4, dtype=torch.uint8)
+    images.view(len(x), -1)[:, :8] = x.clamp(0, 255).round().to(torch.uint8)
+    return Pool(images, pool.y_super, pool.y_sub, pool.n_labelled)
+
+
+@pytest.mark.parametrize("transfer", ["quantile", "absolute"])
+def test_calibrate_run_transfers_the_calibration_share(transfer: str) -> None:
+    pool = _feature_pool()
+    cfg = build_config({"data": {"val_fraction": 0.25, "holdout_fraction": 0.3},
+                        "novelty": {"score": "knn", "transfer": transfer}})
+    stages = plan_stages(pool, TAX, cfg)
+    cal_tax = TAX.subset(stages["calibration"].keep_sub)[0]
+    ev_cal = collect_evidence(_Affine(2, cal_tax.n_sub), pool, TAX, stages["calibration"], "cpu")
+    ev_final = collect_evidence(_Affine(2, TAX.n_sub, scale=5.0), pool, TAX, stages["final"], "cpu")
+    cal = calibrate_run("knn", cfg.novelty, ev_final, ev_cal)
+    t, s = cal.thresholds, cal.summary
+    assert t.score == "knn" and s["super_protocol"] == "outliers" and s["super_auroc_calibration"] > 0.9
+    final_val = cal.scorer.confidences(ev_final.val, TAX.sub_to_super)
+    if transfer == "quantile":
+        for level in ("super", "sub"):
+            share = s[f"{level}_seen_kept_calibration"] / 100
+            got = kept_share(getattr(final_val, f"{level}_conf"), getattr(t, f"tau_{level}"))
+            assert got >= share - 1e-9 and got - share < 1 / len(ev_final.val_y_sub) + 1e-9
+    else:
+        assert t.tau_super == pytest.approx(s["super_tau_calibration"])
+        assert t.tau_sub == pytest.approx(s["sub_tau_calibration"])
+    # slopes are per standard deviation of the final model's confidences: feature scores are not probabilities
+    assert t.slope_super * float(final_val.super_conf.double().std()) >= 1.0 - 1e-6
+    applied = apply_novelty(run_outputs(ev_final.val), TAX, t, cal.scorer)
+    assert torch.equal(applied.super_probs[:, -1] > 0.5, applied.decision.super_pred == TAX.n_super)
+    assert torch.allclose(applied.sub_probs.sum(1), torch.ones(len(applied.sub_probs)))
+
+
+def run_outputs(view: SeenView | None) -> Outputs:
+    assert view is not None
+    return view.outputs
+
+
+def test_hand_set_thresholds_are_used_as_given() -> None:
+    pool = _feature_pool()
+    cfg = build_config({"data": {"val_fraction": 0.25}, "novelty": {"score": "energy", "tau_super": -3.0,
+                                                                     "tau_sub": 2.5}})
+    ev = collect_evidence(_Affine(2, TAX.n_sub), pool, TAX, plan_stages(pool, TAX, cfg)["final"], "cpu")
+    t = calibrate_run("energy", cfg.novelty, ev).thresholds
+    assert (t.tau_super, t.tau_sub, t.score) == (-3.0, 2.5, "energy")
+    with pytest.raises(SupersubError, match="no calibration model"):
+        calibrate_run("energy", build_config({}).novelty, ev)
+
+
+def test_scorer_state_round_trips_through_weights_only_loading(tmp_path: Path) -> None:
+    pool = _feature_pool()
+    cfg = build_config({"data": {"val_fraction": 0.25}, "novelty": {"tau_super": 0.0, "tau_sub": 0.0}})
+    ev = collect_evidence(_Affine(2, TAX.n_sub), pool, TAX, plan_stages(pool, TAX, cfg)["final"], "cpu")
+    for name in ("mahalanobis", "knn", "vim"):
+        scorer = NoveltyScorer.fit(name, ev.train, ev.train_y_super, ev.train_y_sub)
+        scorer.save(tmp_path / "d.pt")
+        back = NoveltyScorer.from_state(torch.load(tmp_path / "d.pt", weights_only=True))
+        a, b = scorer.confidences(ev.val, TAX.sub_to_super), back.confidences(ev.val, TAX.sub_to_super)
+        assert back.name == name and torch.equal(a.super_conf, b.super_conf) and torch.equal(a.sub_conf, b.sub_conf)
+    with pytest.raises(SupersubError, match="not a supersub detectors file"):
+        NoveltyScorer.from_state({"score": "knn"})
+
+
+def test_thresholds_file_validates_temperatures() -> None:
+    t = Thresholds.from_dict({"tau_super": 0.5, "tau_sub": 0.5, "temperature_super": 2.0})
+    assert t.temperature_super == 2.0 and t.temperature_sub == 1.0
+    with pytest.raises(SupersubError, match="temperature_sub must be positive"):
+        Thresholds.from_dict({"tau_super": 0.5, "tau_sub": 0.5, "temperature_sub": 0})
+
+
+def test_msp_thresholds_must_be_probabilities_but_feature_scores_are_free() -> None:
+    assert build_config({"novelty": {"score": "mahalanobis", "tau_super": -250.0}}).novelty.tau_super == -250.0
+    with pytest.raises(SupersubError, match="novelty.tau_super"):
+        build_config({"novelty": {"tau_super": 1.5}})
+
+
+# ---- exposure readers ---------------------------------------------------------------------------------
+
+
+def _jpeg(path: Path, value: int = 128) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), (value, 0, 0)).save(path)
+
+
+def test_novel_sub_folders_and_csv(tmp_path: Path) -> None:
+    _jpeg(tmp_path / "nested" / "b" / "wolf" / "1.jpg")
+    _jpeg(tmp_path / "nested" / "a" / "x" / "y" / "2.png")
+    ds = read_novel_sub(tmp_path / "nested", TAX)
+    assert [(r.name, r.super_index) for r in ds.records] == [("a/x/y/2.png", 0), ("b/wolf/1.jpg", 1)]
+    _jpeg(tmp_path / "extra" / "c" / "3.jpg")
+    with pytest.raises(SupersubError, match="'c' is not a known superclass"):
+        read_novel_sub(tmp_path / "extra", TAX)
+    _jpeg(tmp_path / "novel_sub_images" / "p.jpg")
+    csv_path = tmp_path / "novel_sub_data.csv"
+    csv_path.write_text("image,superclass_index,note\np.jpg,1,x\n")
+    assert [(r.name, r.super_index) for r in read_novel_sub(csv_path, TAX).records] == [("p.jpg", 1)]
+    csv_path.write_text("image,superclass_index\np.jpg,2\n")
+    with pytest.raises(SupersubError, match="row 1, column 'superclass_index'"):
+        read_novel_sub(csv_path, TAX)
+
+
+def test_tiny_imagenet_helpers(tmp_path: Path) -> None:
+    tin = tmp_path / "tin"
+    classes = [("n1", "cat", "", ""), ("n2", "goldfish", "fish", "no"), ("n3", "robin", "bird", "yes"),
+               ("n4", "husky", "dog", "no"), ("n5", "newt", "reptile", "no")]
+    (tin).mkdir()
+    (tin / "classes.csv").write_text("wnid,name,overlaps,in_competition\n" + "".join(f"{w},{n},{o},{c}\n" for w, n, o, c in classes))
+    for w, *_ in classes:
+        for i in range(3):
+            _jpeg(tin / "train" / w / f"{w}_{i}.JPEG")
+    assert write_tin_outliers(tin, tmp_path / "out") == 6  # cat + fish
+    assert sorted(p.name for p in (tmp_path / "out").iterdir())[:2] == ["n1_0.JPEG", "n1_1.JPEG"]
+    assert write_tin_outliers(tin, tmp_path / "out4", count=4) == 4
+    assert write_tin_novel_sub(tin, tmp_path / "sub", ["bird", "dog"]) == 3  # husky only (robin is in it)
+    assert sorted(p.relative_to(tmp_path / "sub").as_posix() for p in (tmp_path / "sub").rglob("*.JPEG"))[0] == \
+        "dog/n4/n4_0.JPEG"
+    with pytest.raises(SupersubError, match="not empty"):
+        write_tin_outliers(tin, tmp_path / "out")
+
+
+def test_leave_one_superclass_out_sets_tau_super_without_outliers() -> None:
+    pool = _feature_pool()
+    pool = Pool(pool.images[: pool.n_labelled], pool.y_super[: pool.n_labelled], pool.y_sub[: pool.n_labelled],
+                pool.n_labelled)  # no outlier images: only LOSO can calibrate tau_super against a novel superclass
+    cfg = build_config({"data": {"val_fraction": 0.25, "holdout_fraction": 0.3},
+                        "novelty": {"score": "knn", "super_protocol": "loso"}})
+    stages = plan_stages(pool, TAX, cfg)
+
+    def evidence(name: str):
+        stage = stages[name]
+        return collect_evidence(_Affine(len(stage.keep_super), len(stage.keep_sub)), pool, TAX, stage, "cpu")
+
+    final, cal = evidence("final"), evidence("calibration")
+    loso = [evidence("loso-0"), evidence("loso-1")]
+    assert loso[1].taxonomy.super_names == ("a",) and len(loso[1].novel.outputs.features) == 24
+    result = calibrate_run("knn", cfg.novelty, final, cal, loso)
+    s = result.summary
+    assert s["super_protocol"] == "loso" and s["super_auroc_calibration"] > 0.9
+    # the pooled LOSO operating point is carried to the final model as a share of seen validation images
+    kept = kept_share(result.scorer.confidences(final.val, TAX.sub_to_super).super_conf, result.thresholds.tau_super)
+    assert kept == pytest.approx(s["super_seen_kept_calibration"] / 100, abs=1 / len(final.val_y_super) + 1e-9)
+    recall = calibrate_run("mahalanobis", build_config({"novelty": {"score": "mahalanobis"}}).novelty, final, cal)
+    assert recall.summary["super_protocol"] == "recall" and recall.summary["super_seen_kept_calibration"] >= 95
