@@ -2,11 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Sampler, TensorDataset
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """One 32-bit seed per (run seed, epoch, process): what an epoch draws depends on nothing else."""
+    return (seed * 1_000_003 + epoch * 7_919 + rank * 104_729) % 2**32
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A shuffling sampler whose order depends only on (seed, epoch), not on how many epochs this process
+    has run: a run resumed from a checkpoint draws the same order as an uninterrupted one. Lightning sets
+    the epoch through :meth:`set_epoch` before every epoch (as it does for ``DistributedSampler``)."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
 
 
 class TensorDataModule(L.LightningDataModule):
@@ -38,14 +62,13 @@ class TensorDataModule(L.LightningDataModule):
         return TensorDataset(self.inputs[idx], self.y_super[idx], self.y_sub[idx])
 
     def train_dataloader(self) -> DataLoader:
-        g = torch.Generator().manual_seed(self.seed)
         ds = self._subset(self.train_idx)
         # drop_last keeps BatchNorm away from a final batch of one image, unless a process's share of the
         # images (under DDP each process sees 1 / world_size of them) would then give no batch at all
         world = self.trainer.world_size if self.trainer is not None else 1
         drop_last = len(ds) // world > self.batch_size
         return DataLoader(
-            ds, batch_size=self.batch_size, shuffle=True, generator=g, drop_last=drop_last,
+            ds, batch_size=self.batch_size, sampler=EpochShuffleSampler(len(ds), self.seed), drop_last=drop_last,
             num_workers=self.num_workers,
         )
 

@@ -10,6 +10,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ..config import TrainConfig
 from ..data.augment import BatchMixer, augment_uint8, build_augmentation
+from ..data.module import epoch_seed
 from ..models.model import build_model
 from ..taxonomy import Taxonomy
 from .finetune import freeze_backbones, parameter_groups
@@ -39,14 +40,25 @@ class HierarchicalModule(L.LightningModule):
         self.mixer = BatchMixer(self.cfg.augment)
         self.val_acc_super = MulticlassAccuracy(self.taxonomy.n_super, average="micro")
         self.val_acc_sub = MulticlassAccuracy(self.taxonomy.n_sub, average="micro")
+        self._seeded_epoch: int | None = None
 
     def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.model.head_forward(inputs) if self.on_features else self.model(inputs)
 
+    def _reseed_at_epoch_start(self) -> None:
+        """Augmentation, mixing and dropout draw from the global RNGs: reseed them from (seed, epoch, rank)
+        at an epoch's first batch, so a run resumed from its last checkpoint continues exactly as the
+        uninterrupted run would have (the batch order is seeded the same way, see EpochShuffleSampler)."""
+        if self._seeded_epoch != self.current_epoch:
+            L.seed_everything(epoch_seed(self.cfg.seed, self.current_epoch, self.global_rank), verbose=False)
+            self._seeded_epoch = self.current_epoch
+
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         inputs, y_super, y_sub = batch
-        if self.trainer is not None and self.trainer.training and not self.on_features:
-            inputs = augment_uint8(self.augment, inputs)
+        if self.trainer is not None and self.trainer.training:
+            self._reseed_at_epoch_start()  # this hook runs before every other per-batch step of training
+            if not self.on_features:
+                inputs = augment_uint8(self.augment, inputs)
         return inputs, y_super, y_sub
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
