@@ -13,6 +13,7 @@ holds only its name, plain numbers and tensors, so it reloads with ``torch.load(
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -27,7 +28,7 @@ OptTensor = Tensor | None
 _CHUNK = 1024  # rows per block when comparing against the kNN bank, to bound memory
 
 
-class Detector:
+class Detector(ABC):
     """Common interface: ``fit`` on in-distribution training outputs, then ``confidence``.
 
     Subclasses list their constructor options in ``params`` (plain numbers) and their fitted tensors in
@@ -69,8 +70,9 @@ class Detector:
             _check_features(self.name, features, logits.shape[0])
         return self._confidence(logits, features).float().cpu()
 
+    @abstractmethod
     def _confidence(self, logits: Tensor, features: OptTensor) -> Tensor:
-        raise NotImplementedError
+        """The score itself, higher = more seen; inputs are already checked."""
 
     def state_dict(self) -> dict[str, Any]:
         if not self.is_fitted:

@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Smoke benchmark: every approach x fine-tuning regime trains and predicts on real data via the CLI.
+
+    python benchmarks/matrix.py [--data ../shared/data/bird-dog-reptile] [--backbone cnn] [--epochs 2]
+                                [--work bench-out/matrix] [--approaches ...] [--regimes ...]
+
+For each (approach, regime) it runs ``supersub train`` (hand-set thresholds, so one training stage;
+``gradual`` unfreezes after the first epoch), ``supersub predict --probs`` on the training images and
+``../shared/bench/score.py`` against ``train_data.csv``. The scores are *training-set* figures, a check
+that the whole path works and that the model learnt something, not a measure of generalisation (use
+``benchmarks/protocol.py`` for that). Prints one row per combination: seconds per epoch, train time,
+predict time and the scored accuracies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SHARED = HERE.parent.parent / "shared"
+APPROACHES = ("two-heads", "two-models", "cosine", "sub-only")
+REGIMES = ("frozen", "full", "discriminative", "gradual")
+
+
+def sh(cmd: list[str]) -> float:
+    print("$", " ".join(cmd), flush=True)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    return time.perf_counter() - t0
+
+
+def novel_index(mapping: Path) -> int:
+    """The competition's mapping files list 'novel' last: its index is the largest."""
+    return max(int(line.split(",")[0]) for line in mapping.read_text().splitlines()[1:] if line.strip())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=SHARED / "data" / "bird-dog-reptile")
+    ap.add_argument("--bench", type=Path, default=SHARED / "bench")
+    ap.add_argument("--backbone", default="cnn")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--work", type=Path, default=Path("bench-out/matrix"))
+    ap.add_argument("--approaches", nargs="+", default=list(APPROACHES), choices=APPROACHES)
+    ap.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=REGIMES)
+    a = ap.parse_args()
+    exe = str(Path(sys.executable).parent / "supersub")
+    rows = []
+    for approach in a.approaches:
+        for regime in a.regimes:
+            out = a.work / f"{approach}-{regime}"
+            cmd = [exe, "train", "--data", str(a.data), "--out", str(out / "run"), "--overwrite", "--no-progress",
+                   "--backbone", a.backbone, "--approach", approach, "--finetune", regime,
+                   "--epochs", str(a.epochs), "--tau-super", "0.5", "--tau-sub", "0.5",
+                   "--set", f"data.cache_dir={a.work / 'cache'}", "--set", "optim.unfreeze_epoch=1"]
+            train_s = sh(cmd)
+            pred = out / "predictions.csv"
+            predict_s = sh([exe, "predict", str(out / "run"), str(a.data / "train_images"), "--out", str(pred),
+                            "--probs", "--overwrite"])
+            # train_data.csv holds no novel rows: tell the scorer the novel indices of the mapping files
+            sh([sys.executable, str(a.bench / "score.py"), str(a.data / "train_data.csv"), str(pred),
+                "--novel-super", str(novel_index(a.data / "superclass_mapping.csv")),
+                "--novel-sub", str(novel_index(a.data / "subclass_mapping.csv")), "--json", str(out / "score.json")])
+            metrics = json.loads((out / "run" / "metrics.json").read_text())
+            score = json.loads((out / "score.json").read_text())
+            rows.append({"approach": approach, "regime": regime, "s_per_epoch": metrics["final"]["seconds_per_epoch"],
+                         "train_s": round(train_s), "predict_s": round(predict_s), **score})
+            (a.work / "matrix.json").write_text(json.dumps(rows, indent=2))
+    print(f"\n{a.data.name}, backbone {a.backbone}, {a.epochs} epochs, hand-set thresholds 0.5/0.5; "
+          "accuracy % on the training images (a smoke check, not generalisation):")
+    head = ["approach", "regime", "s/epoch", "train s", "predict s", "super acc", "sub acc", "super CE", "sub CE"]
+    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+    for r in rows:
+        cells = [r["approach"], r["regime"], r["s_per_epoch"], r["train_s"], r["predict_s"], r.get("super_acc_overall"),
+                 r.get("sub_acc_overall"), r.get("super_ce"), r.get("sub_ce")]
+        print("| " + " | ".join(str(c) for c in cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
