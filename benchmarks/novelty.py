@@ -2,7 +2,9 @@
 """Benchmark: every novelty score, objective and threshold transfer on the fixed open-set protocols.
 
     python benchmarks/novelty.py [--variants tin loso-reptile] [--seed 0] [--exposure none uniform]
-                                 [--epochs 8] [--novel-count 2000] [--work bench-out/novelty] [-- train flags]
+                                 [--epochs 8] [--novel-count 2000] [--work bench-out/novelty]
+                                 [--scores ...] [--objectives ...] [--transfers ...] [--bench DIR]
+                                 [--train-only | --verify JSON] [-- train flags]
 
 Train once, score many: for each protocol variant (../shared/bench/make_protocol.py, read-only) and each
 outlier-exposure setting (none; ``uniform`` or ``class`` with the protocol's novel_data.csv) it trains ONE
@@ -11,8 +13,8 @@ with ``supersub.api.calibrate`` for every score x objective x transfer (no retra
 to the test images with the same functions ``supersub evaluate`` uses, and prints per score and level
 AUROC / FPR95 and the competition table. The seed paper's baseline (max softmax, hand-set thresholds
 0.99 / 0.85) is scored on the same runs. Every row goes to WORK/results.csv; the tables to WORK/results.md.
-Finally the chosen configuration is re-applied and checked end to end with ``supersub predict`` and the
-official ``score.py``.
+``--verify '{"score": "knn", "objective": "eer"}'`` skips the sweep and instead re-applies one configuration
+to every run through the public CLI (``supersub calibrate`` -> ``supersub predict`` -> official ``score.py``).
 """
 
 from __future__ import annotations

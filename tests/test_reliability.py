@@ -672,5 +672,6 @@ def test_a_failed_train_leaves_no_run_directory(competition: Path, tmp_path: Pat
 def test_invalid_trainer_option(competition: Path, tmp_path: Path) -> None:
     assert_user_error(cli("train", "--data", competition, "--out", tmp_path / "run", *TINY, *HAND_SET,
                           "--accelerator", "abacus"), "abacus")
+    assert not (tmp_path / "run").exists()  # nothing was trained: no half-made run is left behind
 
 

@@ -1,4 +1,4 @@
-"""The Python API: synthesise, train, predict, evaluate, demo. The CLI is a thin layer over these.
+"""The Python API: synthesise, train, calibrate, predict, evaluate, demo. The CLI is a thin layer over these.
 
     >>> import supersub.api as ss
     >>> ss.synth("data/synth")
@@ -123,7 +123,7 @@ def train(
     resume: bool = False,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """Train a two-headed model on ``data`` into run directory ``out``; returns the run's summary.
+    """Train a model (any approach) on ``data`` into run directory ``out``; returns the run's summary.
 
     Unless both thresholds are given, a calibration model is first trained with a share of each
     superclass's subclasses held out, the thresholds are chosen on it, and then the final model is trained
@@ -133,6 +133,7 @@ def train(
     short = {"epochs": "optim.epochs", "lr": "optim.lr", "batch_size": "optim.batch_size"}
     overrides = {short.get(k, k): v for k, v in overrides.items()}
     cfg = _config(config, overrides)
+    _absolute_paths(cfg)
     t0 = time.perf_counter()
     # under DDP every rank runs train() (Lightning re-runs the command) and joins each fit; only rank 0 writes
     lead = is_global_zero()
@@ -147,18 +148,25 @@ def train(
     pool = _training_pool(data_, cfg, summary)
     stages = plan_stages(pool, taxonomy, cfg)
     run = RunDir(out) if not lead else RunDir.open(out) if resume else RunDir.create(out, overwrite=overwrite)
-    if lead:
-        run.save_config(cfg)
-        run.save_taxonomy(taxonomy)
-        save_split(run.calibration_dir, str(Path(data).resolve()), pool, stages)
     evidence: dict[str, Evidence] = {}
-    for name, stage in sorted(stages.items(), key=lambda item: item[0] == "final"):  # final model last
-        result = _fit_stage(pool, taxonomy, stage, cfg, run, resume)
-        summary[name] = {"epochs_run": result.epochs_run, result.monitor: result.best_score,
-                         "seconds_per_epoch": result.seconds_per_epoch and round(result.seconds_per_epoch, 2)}
-        if name == "final" and lead:
-            run.save_model(result.model, cfg, stage_labels(pool, taxonomy, stage, cfg.novelty.oe)[0])
-        evidence[name] = collect_evidence(result.model, pool, taxonomy, stage, cfg.trainer.accelerator)
+    try:
+        if lead:
+            run.save_config(cfg)
+            run.save_taxonomy(taxonomy)
+            save_split(run.calibration_dir, str(Path(data).resolve()), pool, stages)
+        for name, stage in sorted(stages.items(), key=lambda item: item[0] == "final"):  # final model last
+            result = _fit_stage(pool, taxonomy, stage, cfg, run, resume)
+            summary[name] = {"epochs_run": result.epochs_run, result.monitor: result.best_score,
+                             "seconds_per_epoch": result.seconds_per_epoch and round(result.seconds_per_epoch, 2)}
+            if name == "final" and lead:
+                run.save_model(result.model, cfg, stage_labels(pool, taxonomy, stage, cfg.novelty.oe)[0])
+            evidence[name] = collect_evidence(result.model, pool, taxonomy, stage, cfg.trainer.accelerator)
+    except SupersubError:
+        # a bad option found when the first stage starts (backbone, weights, trainer, logger): nothing was
+        # trained, so leave no half-made run behind; a run with checkpoints stays for --resume
+        if lead and not resume and not any(run.checkpoints_dir.rglob("*.ckpt")):
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
     if not lead:
         return summary  # a DDP worker's share (the fits) is done: rank 0 calibrates and writes the run
     cal = _calibrate(run, cfg, evidence)
@@ -177,6 +185,16 @@ def train(
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     run.save_metrics(summary)
     return summary
+
+
+def _absolute_paths(cfg: TrainConfig) -> None:
+    """The saved config must mean the same files wherever ``supersub calibrate`` is run from later."""
+    for key in ("novel_data", "novel_sub_data", "cache_dir"):
+        value = getattr(cfg.data, key)
+        if value is not None:
+            setattr(cfg.data, key, Path(value).resolve())
+    if cfg.model.weights is not None:
+        cfg.model.weights = Path(cfg.model.weights).resolve()
 
 
 def _decode_sample(records: list[ImageRecord], cfg: TrainConfig, count: int | None, what: str) -> tuple[

@@ -116,7 +116,7 @@ def train(
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars (logs only)"),
     set_: list[str] = typer.Option([], "--set", help="any config key, e.g. --set model.width=64 (repeatable)"),
 ) -> None:
-    """Train a two-headed model, calibrate the novelty thresholds, save everything in OUT."""
+    """Train a model (any approach), calibrate the novelty thresholds, save everything in OUT."""
     from . import api
 
     overrides: dict[str, Any] = {
