@@ -1,15 +1,15 @@
 #!/usr/bin/env python3
 """Smoke benchmark: every approach x fine-tuning regime trains and predicts on real data via the CLI.
 
-    python benchmarks/matrix.py [--data ../shared/data/bird-dog-reptile] [--backbone cnn] [--epochs 2]
+    python benchmarks/matrix.py [--data ../shared/data/bird-dog-reptile] [--backbone cnn] [--epochs 1]
                                 [--work bench-out/matrix] [--approaches ...] [--regimes ...]
 
 For each (approach, regime) it runs ``supersub train`` (hand-set thresholds, so one training stage;
-``gradual`` unfreezes after the first epoch), ``supersub predict --probs`` on the training images and
-``../shared/bench/score.py`` against ``train_data.csv``. The scores are *training-set* figures, a check
-that the whole path works and that the model learnt something, not a measure of generalisation (use
-``benchmarks/protocol.py`` for that). Prints one row per combination: seconds per epoch, train time,
-predict time and the scored accuracies.
+``gradual`` trains at least 2 epochs and unfreezes after the first), ``supersub predict --probs`` on the
+training images and ``../shared/bench/score.py`` against ``train_data.csv``. The scores are
+*training-set* figures, a check that the whole path works and that the model learnt something, not a
+measure of generalisation (use ``benchmarks/protocol.py`` for that). Prints one row per combination:
+seconds per epoch, train time, predict time and the scored accuracies.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=SHARED / "data" / "bird-dog-reptile")
     ap.add_argument("--bench", type=Path, default=SHARED / "bench")
     ap.add_argument("--backbone", default="cnn")
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=1, help="epochs per run (gradual: at least 2)")
     ap.add_argument("--work", type=Path, default=Path("bench-out/matrix"))
     ap.add_argument("--approaches", nargs="+", default=list(APPROACHES), choices=APPROACHES)
     ap.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=REGIMES)
@@ -56,7 +56,8 @@ def main() -> None:
             out = a.work / f"{approach}-{regime}"
             cmd = [exe, "train", "--data", str(a.data), "--out", str(out / "run"), "--overwrite", "--no-progress",
                    "--backbone", a.backbone, "--approach", approach, "--finetune", regime,
-                   "--epochs", str(a.epochs), "--tau-super", "0.5", "--tau-sub", "0.5",
+                   "--epochs", str(max(a.epochs, 2) if regime == "gradual" else a.epochs),
+                   "--tau-super", "0.5", "--tau-sub", "0.5",
                    "--set", f"data.cache_dir={a.work / 'cache'}", "--set", "optim.unfreeze_epoch=1"]
             train_s = sh(cmd)
             pred = out / "predictions.csv"
