@@ -57,7 +57,7 @@ def main() -> None:
             cmd = [exe, "train", "--data", str(a.data), "--out", str(out / "run"), "--overwrite", "--no-progress",
                    "--backbone", a.backbone, "--approach", approach, "--finetune", regime,
                    "--epochs", str(max(a.epochs, 2) if regime == "gradual" else a.epochs),
-                   "--tau-super", "0.5", "--tau-sub", "0.5",
+                   "--score", "msp", "--tau-super", "0.5", "--tau-sub", "0.5",
                    "--set", f"data.cache_dir={a.work / 'cache'}", "--set", "optim.unfreeze_epoch=1"]
             train_s = sh(cmd)
             pred = out / "predictions.csv"

@@ -20,7 +20,9 @@ def test_train_writes_a_complete_run_directory(trained_run: Path):
                  "logs/final/metrics.csv", "logs/calibration/metrics.csv", "checkpoints/final/last.ckpt"):
         assert (trained_run / name).is_file(), name
     thresholds = json.loads((trained_run / "thresholds.json").read_text())
-    assert 0.0 <= thresholds["tau_super"] <= 1.001 and 0.0 <= thresholds["tau_sub"] <= 1.001
+    # the default score is knn: a confidence is minus a cosine distance, so it lies in [-2, 0]
+    assert thresholds["score"] == "knn" and (trained_run / "detectors.pt").is_file()
+    assert -2.0 <= thresholds["tau_super"] <= 0.0 and -2.0 <= thresholds["tau_sub"] <= 0.0
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert metrics["n_images"] == 18 * 8 and metrics["n_novel_images"] == 80
     assert metrics["calibration"]["n_held_out"] > 0 and metrics["calibration"]["n_novel_calibration"] == 16
@@ -72,7 +74,7 @@ def test_saved_model_loads_weights_only_and_reproduces_predictions(trained_run: 
 def test_python_api_with_hand_set_thresholds(synth_dir: Path, tmp_path: Path):
     summary = api.train(
         synth_dir, tmp_path / "run", epochs=1, **{"data.image_size": 24, "model.width": 8, "model.depth": [1],
-                                                   "novelty.tau_super": 0.99, "novelty.tau_sub": 0.85,
+                                                   "novelty.score": "msp", "novelty.tau_super": 0.99, "novelty.tau_sub": 0.85,
                                                    "trainer.progress": False},
     )
     assert summary["thresholds"]["tau_super"] == 0.99 and summary["calibration"] == {"hand_set": True}
@@ -90,5 +92,5 @@ def test_nested_folder_layout_trains(tmp_path: Path, synth_dir: Path):
         (nested / sup / sub).mkdir(parents=True, exist_ok=True)
         shutil.copy(synth_dir / "train_images" / row.image, nested / sup / sub / row.image)
     code = run_cli(["train", "--data", str(nested), "--out", str(tmp_path / "run"), *TINY_TRAIN_ARGS,
-                    "--epochs", "1", "--tau-super", "0.9", "--tau-sub", "0.5"])
+                    "--epochs", "1", "--score", "msp", "--tau-super", "0.9", "--tau-sub", "0.5"])
     assert code == 0 and (tmp_path / "run" / "model.pt").is_file()

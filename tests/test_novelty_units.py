@@ -149,7 +149,7 @@ def test_stages_partition_the_images() -> None:
 
 
 def test_hand_set_thresholds_need_only_the_final_stage() -> None:
-    cfg = build_config({"novelty": {"tau_super": 0.9, "tau_sub": 0.5}})
+    cfg = build_config({"novelty": {"score": "msp", "tau_super": 0.9, "tau_sub": 0.5}})
     assert list(plan_stages(_pool(), TAX, cfg)) == ["final"]
 
 
@@ -283,7 +283,11 @@ def test_thresholds_file_validates_temperatures() -> None:
 def test_msp_thresholds_must_be_probabilities_but_feature_scores_are_free() -> None:
     assert build_config({"novelty": {"score": "mahalanobis", "tau_super": -250.0}}).novelty.tau_super == -250.0
     with pytest.raises(SupersubError, match="novelty.tau_super"):
-        build_config({"novelty": {"tau_super": 1.5}})
+        build_config({"novelty": {"score": "msp", "tau_super": 1.5}})
+    # the default score is knn: a max-softmax threshold given without --score msp is refused, with the fix
+    with pytest.raises(SupersubError, match=r"novelty.tau_super: .*knn threshold .*\[-2, 0\].*score: msp"):
+        build_config({"novelty": {"tau_super": 0.99}})
+    assert build_config({"novelty": {"tau_super": -0.3}}).novelty.tau_super == -0.3
 
 
 # ---- exposure readers ---------------------------------------------------------------------------------

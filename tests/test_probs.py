@@ -20,6 +20,14 @@ def test_novel_probability_values() -> None:
     assert novel_probability(torch.tensor([1]), 0.0, 1.0).dtype.is_floating_point
 
 
+def test_a_confidence_just_below_tau_is_novel_in_the_probabilities_too() -> None:
+    # slope * (tau - conf) ~ 5e-9: sigmoid rounds that to exactly 0.5, but the rule says novel
+    conf = torch.tensor([-0.1055634, -0.1055633], dtype=torch.float32)
+    tau = float(torch.nextafter(conf[0], torch.tensor(1.0)))  # the next float32 above conf[0]
+    q = novel_probability(conf, tau, 4.8)
+    assert q[0] > 0.5 and bool((conf[0] < tau)) and q[1] <= 0.5
+
+
 def test_novel_probability_is_decreasing_in_confidence() -> None:
     q = novel_probability(torch.linspace(0, 1, 101), 0.4, 15.0)
     assert bool((q.diff() < 0).all())

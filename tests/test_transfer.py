@@ -23,7 +23,7 @@ APPROACHES = ["two-heads", "two-models", "cosine", "sub-only"]
 REGIMES = ["frozen", "full", "discriminative", "gradual"]
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY = {"data.image_size": 24, "model.width": 4, "model.depth": [1], "optim.batch_size": 16,
-        "novelty.tau_super": 0.5, "novelty.tau_sub": 0.5, "trainer.progress": False}
+        "novelty.score": "msp", "novelty.tau_super": 0.5, "novelty.tau_sub": 0.5, "trainer.progress": False}
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,7 @@ def test_timm_weights_through_the_cli_give_identical_features(synth, tmp_path):
     torch.save(source.state_dict(), tmp_path / "w.pth")
     code = run_cli(["train", "--data", str(synth), "--out", str(tmp_path / "run"), "--backbone", "test_resnet",
                     "--weights", str(tmp_path / "w.pth"), "--finetune", "frozen", "--epochs", "1",
-                    "--image-size", "24", "--tau-super", "0.5", "--tau-sub", "0.5", "--no-progress"])
+                    "--image-size", "24", "--score", "msp", "--tau-super", "0.5", "--tau-sub", "0.5", "--no-progress"])
     assert code == 0
     model, _, _ = RunDir.open(tmp_path / "run").load_model()
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -123,7 +123,7 @@ def test_pretrained_without_network_is_a_one_line_error(synth, tmp_path, monkeyp
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     code = run_cli(["train", "--data", str(synth), "--out", str(tmp_path / "run"), "--backbone", "test_resnet",
-                    "--pretrained", "--epochs", "1", "--image-size", "24", "--tau-super", "0.5", "--tau-sub", "0.5"])
+                    "--pretrained", "--epochs", "1", "--image-size", "24", "--score", "msp", "--tau-super", "0.5", "--tau-sub", "0.5"])
     err = capsys.readouterr().err
     assert code == 2
     assert "test_resnet: pretrained weights unavailable" in err and "--weights PATH" in err
@@ -157,7 +157,7 @@ def test_missing_optional_logger_is_a_one_line_error(logger, package, synth, tmp
     if importlib.util.find_spec(package) is not None:
         pytest.skip(f"{package} is installed")
     code = run_cli(["train", "--data", str(synth), "--out", str(tmp_path / "run"), "--epochs", "1",
-                    "--image-size", "24", "--tau-super", "0.5", "--tau-sub", "0.5",
+                    "--image-size", "24", "--score", "msp", "--tau-super", "0.5", "--tau-sub", "0.5",
                     "--set", f"trainer.loggers=[csv,{logger}]"])
     assert code == 2
     assert f"trainer.loggers: '{logger}' needs the {package} package" in capsys.readouterr().err

@@ -167,7 +167,10 @@ class NoveltyConfig(_Strict):
     """Novelty score and thresholds; a ``None`` threshold is calibrated (see :mod:`supersub.novelty.protocol`)."""
 
     score: ScoreName = Field(
-        "msp", description="novelty score per level (supersub.novelty.scores); msp = max softmax"
+        "knn",
+        description="novelty score per level (supersub.novelty.scores); knn (cosine distance to the k-th nearest "
+        "training feature) had the best AUROC on both benchmark protocols (README, Novelty benchmark); "
+        "msp = the seed paper's max softmax",
     )
     tau_super: float | None = Field(
         None, allow_inf_nan=False, description="hand-set threshold in the score's units (msp: 0..1)"
@@ -197,9 +200,14 @@ class NoveltyConfig(_Strict):
 
     @field_validator("tau_super", "tau_sub")
     @classmethod
-    def _msp_range(cls, value: float | None, info: ValidationInfo) -> float | None:
-        if value is not None and info.data.get("score") == "msp" and not 0.0 <= value <= 1.0:
+    def _score_range(cls, value: float | None, info: ValidationInfo) -> float | None:
+        """A threshold outside its score's range would flag every image (or none): say so at once."""
+        score = info.data.get("score")
+        if value is not None and score == "msp" and not 0.0 <= value <= 1.0:
             raise ValueError("a max-softmax threshold must lie in [0, 1]")
+        if value is not None and score == "knn" and not -2.0 <= value <= 0.0:
+            raise ValueError("a knn threshold is minus a cosine distance and must lie in [-2, 0] "
+                             "(for max-softmax thresholds such as 0.99 set novelty.score: msp / --score msp)")
         return value
 
 

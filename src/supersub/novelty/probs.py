@@ -20,16 +20,24 @@ from .decide import subclass_mask
 
 SLOPE_MIN, SLOPE_MAX = 1.0, 1000.0
 PROB_FLOOR = 1e-6
+NOVEL_MARGIN = 1e-4  # novel by the rule => novel probability at least 0.5 + this
 _GRID = 41
 _REFINE_STEPS = 60
 
 
 def novel_probability(conf: torch.Tensor, tau: float, slope: float) -> torch.Tensor:
-    """``sigmoid(slope * (tau - conf))``: 0.5 at the threshold, monotone decreasing in ``conf``."""
+    """``sigmoid(slope * (tau - conf))``: 0.5 at the threshold, monotone decreasing in ``conf``.
+
+    A confidence below ``tau`` (novel by the rule, compared in the confidence's dtype as
+    :func:`~supersub.novelty.decide.decide` does) gets at least ``0.5 + NOVEL_MARGIN``: ``sigmoid`` of a
+    tiny positive number rounds to exactly 0.5, and the row renormalisation of :func:`_floor_rows` may take
+    off a few millionths, either of which would let the novel column disagree with the decision.
+    """
     conf = torch.as_tensor(conf)
     if not conf.is_floating_point():
         conf = conf.float()
-    return torch.sigmoid(slope * (tau - conf))
+    q = torch.sigmoid(slope * (tau - conf))
+    return torch.where(conf < tau, q.clamp_min(0.5 + NOVEL_MARGIN), q)
 
 
 def _nll(log_slope: float, x_seen: np.ndarray, x_novel: np.ndarray) -> float:
