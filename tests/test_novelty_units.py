@@ -285,7 +285,7 @@ def test_msp_thresholds_must_be_probabilities_but_feature_scores_are_free() -> N
     with pytest.raises(SupersubError, match="novelty.tau_super"):
         build_config({"novelty": {"score": "msp", "tau_super": 1.5}})
     # the default score is knn: a max-softmax threshold given without --score msp is refused, with the fix
-    with pytest.raises(SupersubError, match=r"novelty.tau_super: .*knn threshold .*\[-2, 0\].*score: msp"):
+    with pytest.raises(SupersubError, match=r"novelty.tau_super: .*knn threshold .*\[-2, 0\].*--score msp"):
         build_config({"novelty": {"tau_super": 0.99}})
     assert build_config({"novelty": {"tau_super": -0.3}}).novelty.tau_super == -0.3
 

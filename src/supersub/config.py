@@ -202,12 +202,13 @@ class NoveltyConfig(_Strict):
     @classmethod
     def _score_range(cls, value: float | None, info: ValidationInfo) -> float | None:
         """A threshold outside its score's range would flag every image (or none): say so at once."""
+        from .novelty.scores import DETECTORS  # the detectors know their ranges
+
         score = info.data.get("score")
-        if value is not None and score == "msp" and not 0.0 <= value <= 1.0:
-            raise ValueError("a max-softmax threshold must lie in [0, 1]")
-        if value is not None and score == "knn" and not -2.0 <= value <= 0.0:
-            raise ValueError("a knn threshold is minus a cosine distance and must lie in [-2, 0] "
-                             "(for max-softmax thresholds such as 0.99 set novelty.score: msp / --score msp)")
+        bounds = DETECTORS[score].confidence_range if score in DETECTORS else None
+        if value is not None and bounds is not None and not bounds[0] <= value <= bounds[1]:
+            hint = "" if score == "msp" else " (for max-softmax thresholds such as 0.99 set --score msp)"
+            raise ValueError(f"a {score} threshold must lie in [{bounds[0]:g}, {bounds[1]:g}]{hint}")
         return value
 
 

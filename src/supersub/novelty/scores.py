@@ -36,6 +36,9 @@ class Detector(ABC):
     """
 
     name: ClassVar[str]
+    # the interval every confidence lies in, when the score is bounded: a hand-set threshold outside it
+    # would flag every image (or none), so the config refuses it (see NoveltyConfig)
+    confidence_range: ClassVar[tuple[float, float] | None] = None
     params: ClassVar[tuple[str, ...]] = ()
     fitted: ClassVar[tuple[str, ...]] = ()
     needs_features: ClassVar[bool] = False
@@ -162,6 +165,7 @@ class MSPScore(Detector):
     """
 
     name = "msp"
+    confidence_range = (0.0, 1.0)
     params = ("temperature",)
 
     def __init__(self, temperature: float = 1.0) -> None:
@@ -291,6 +295,7 @@ class KNNScore(Detector):
     """
 
     name = "knn"
+    confidence_range = (-2.0, 0.0)  # minus a cosine distance
     params = ("k",)
     fitted = ("bank",)
     needs_features = True
