@@ -3,7 +3,7 @@
 
     python benchmarks/novelty.py [--variants tin loso-reptile] [--seed 0] [--exposure none uniform]
                                  [--epochs 8] [--novel-count 2000] [--work bench-out/novelty]
-                                 [--scores ...] [--objectives ...] [--transfers ...] [--bench DIR]
+                                 [--scores ...] [--objectives ... matched] [--transfers ...] [--bench DIR]
                                  [--train-only | --verify JSON] [-- train flags]
 
 Train once, score many: for each protocol variant (../shared/bench/make_protocol.py, read-only) and each
@@ -15,6 +15,9 @@ AUROC / FPR95 and the competition table. The seed paper's baseline (max softmax,
 0.99 / 0.85) is scored on the same runs. Every row goes to WORK/results.csv; the tables to WORK/results.md.
 ``--verify '{"score": "knn", "objective": "eer"}'`` skips the sweep and instead re-applies one configuration
 to every run through the public CLI (``supersub calibrate`` -> ``supersub predict`` -> official ``score.py``).
+The objective ``matched`` compares a score with the baseline like for like: it is the ``recall`` objective
+with, per level, the share of seen validation images the baseline's thresholds keep on the same model
+(``supersub calibrate RUN --objective recall --recall SUPER,SUB``); no test label is used to choose it.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 DEFAULT_BENCH = HERE.parent.parent / "shared" / "bench"
 SCORES = ("msp", "maxlogit", "energy", "entropy", "gen", "mahalanobis", "knn", "vim")
-OBJECTIVES = ("balanced", "eer", "recall")
+# "matched" = the recall objective at the baseline's operating point: each threshold keeps the share of seen
+# validation images that the baseline's thresholds keep on the same model, so seen/unseen compare like for like
+OBJECTIVES = ("balanced", "expected", "eer", "recall", "matched")
 BASELINE = {"score": "msp", "tau_super": 0.99, "tau_sub": 0.85}
 COLUMNS = ("super_acc_seen", "super_acc_unseen", "sub_acc_seen", "sub_acc_unseen", "super_acc_overall",
            "sub_acc_overall", "super_ce", "sub_ce")
@@ -85,6 +90,18 @@ class TestSet:
         return decoded.images, np.array(ds.super_labels), np.array(ds.sub_labels)
 
 
+def baseline_recall(evidence: dict[str, Any], taxonomy: Any) -> dict[str, float]:
+    """The share of the final model's seen validation images that the baseline keeps, per level."""
+    from supersub.novelty.calibrate import kept_share
+    from supersub.novelty.scoring import NoveltyScorer
+
+    final = evidence["final"]
+    msp = NoveltyScorer.fit("msp", final.train, final.train_y_super, final.train_y_sub)
+    conf = msp.confidences(final.val, list(taxonomy.sub_to_super))
+    return {"super_recall": round(kept_share(conf.super_conf, BASELINE["tau_super"]), 4),
+            "sub_recall": round(kept_share(conf.sub_conf, BASELINE["tau_sub"]), 4)}
+
+
 def score_run(run: Path, data: Path, a: argparse.Namespace, label: dict[str, Any]) -> list[dict[str, Any]]:
     """Every score x objective x transfer (and the baseline) on one trained run, without retraining."""
     import supersub.api as ss
@@ -116,11 +133,19 @@ def score_run(run: Path, data: Path, a: argparse.Namespace, label: dict[str, Any
 
     rows = [measure(**BASELINE)]
     rows[-1]["score"] = "msp-0.99/0.85"
+    matched = baseline_recall(evidence, taxonomy)
+    print(f"  baseline keeps {matched} of the seen validation images", flush=True)
     for score in a.scores:
         for objective in a.objectives:
             for transfer in a.transfers:
+                if objective == "matched" and transfer != "quantile":
+                    continue  # the operating point is a share of seen images: only quantile transfer keeps it
                 t0 = time.perf_counter()
-                rows.append(measure(score=score, objective=objective, transfer=transfer))
+                if objective == "matched":
+                    rows.append({**measure(score=score, objective="recall", transfer=transfer, **matched),
+                                 "objective": "matched"})
+                else:
+                    rows.append(measure(score=score, objective=objective, transfer=transfer))
                 r = rows[-1]
                 print(f"  {score:12} {objective:9} {transfer:9} super {r['super_acc_seen']}/{r['super_acc_unseen']} "
                       f"sub {r['sub_acc_seen']}/{r['sub_acc_unseen']} ({time.perf_counter() - t0:.0f}s)", flush=True)
@@ -156,6 +181,12 @@ def tables(df: pd.DataFrame, objective: str, transfer: str) -> str:
 def verify(run: Path, data: Path, a: argparse.Namespace, novelty: dict[str, Any]) -> dict[str, Any]:
     """The chosen configuration through the public CLI and the official scorer."""
     supersub = str(Path(sys.executable).parent / "supersub")
+    if novelty.get("objective") == "matched":
+        import supersub.api as ss
+        from supersub.run import RunDir
+
+        shares = baseline_recall(ss.calibration_evidence(run), RunDir.open(run).load_taxonomy())
+        novelty = {**novelty, "objective": "recall", "recall": f"{shares['super_recall']},{shares['sub_recall']}"}
     cmd = [supersub, "calibrate", str(run)] + [f"--{k.replace('_', '-')}={v}" for k, v in novelty.items()]
     sh(cmd)
     pred = run.parent / "predictions.csv"

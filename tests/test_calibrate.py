@@ -63,13 +63,35 @@ def test_choice_is_exact_not_a_grid_approximation() -> None:
     assert 0.0 < tau < 1.0
 
 
-@pytest.mark.parametrize("objective", ["balanced", "eer", "recall"])
+def test_expected_weights_the_two_rates_by_the_novel_share() -> None:
+    # tau in (0.1, 0.2] keeps all 3 seen and flags 1 of 2 novel; tau in (0.85, 0.9] keeps 1 seen and flags
+    # both novel; expected accuracy prefers the first while novel_share < 4/7 and the second above it
+    seen, novel = [0.2, 0.8, 0.9], [0.1, 0.85]
+    assert choose_threshold(seen, novel) == pytest.approx(0.15)
+    assert choose_threshold(seen, novel, objective="expected", novel_share=0.5) == pytest.approx(0.15)
+    assert choose_threshold(seen, novel, objective="expected", novel_share=0.1) == pytest.approx(0.15)
+    assert choose_threshold(seen, novel, objective="expected", novel_share=0.6) == pytest.approx(0.875)
+
+
+def test_expected_is_the_best_weighted_accuracy_of_a_fine_search() -> None:
+    rng = np.random.default_rng(1)
+    seen, novel = np.round(rng.beta(5, 2, 70), 2), np.round(rng.beta(2, 4, 90), 2)
+    correct = (rng.random(70) < 0.7).astype(float)
+    for share in (0.2, 0.5, 0.79):
+        def expected(t: float) -> float:
+            return (1 - share) * np.mean((seen >= t) * correct) + share * np.mean(novel < t)
+
+        tau = choose_threshold(seen, novel, objective="expected", correct_seen=correct, novel_share=share)
+        assert expected(tau) == pytest.approx(max(expected(t) for t in np.linspace(-0.01, 1.01, 10_001)), abs=1e-12)
+
+
+@pytest.mark.parametrize("objective", ["balanced", "expected", "eer", "recall"])
 def test_empty_seen_set_names_the_objective(objective: str) -> None:
     with pytest.raises(SupersubError, match=f"choose_threshold\\({objective}\\): no seen"):
         choose_threshold([], [0.1], objective=objective)
 
 
-@pytest.mark.parametrize("objective", ["balanced", "eer"])
+@pytest.mark.parametrize("objective", ["balanced", "expected", "eer"])
 def test_objectives_needing_novel_data_say_so(objective: str) -> None:
     with pytest.raises(SupersubError, match=f"choose_threshold\\({objective}\\): needs novel"):
         choose_threshold([0.5, 0.7], None, objective=objective)
@@ -80,6 +102,7 @@ def test_objectives_needing_novel_data_say_so(objective: str) -> None:
     [
         ({"objective": "f1"}, "unknown objective 'f1'"),
         ({"objective": "recall", "target_recall": 0.0}, "target_recall must be in"),
+        ({"objective": "expected", "novel_share": 1.0}, "novel_share must be in"),
         ({"correct_seen": [1.0]}, "correct_seen has 1 entries"),
         ({"conf_seen": [0.5, float("nan")]}, "conf_seen: contains a non-finite"),
     ],

@@ -20,6 +20,8 @@ def test_defaults_and_overrides(tmp_path):
         ({"loss": {"kl_direction": "sideways"}}, r"loss\.kl_direction"),
         ({"model": {"depth": []}}, "depth must be a non-empty"),
         ({"bogus": 1}, "bogus: unknown key"),
+        ({"novelty": {"novel_share_super": 0.5, "novel_share_sub": 0.4}}, "novel_share_sub .* must be above"),
+        ({"novelty": {"novel_share_sub": 1.0}}, r"novelty\.novel_share_sub: Input should be less than 1"),
     ],
 )
 def test_bad_values_name_the_key(data, match):
@@ -38,3 +40,9 @@ def test_bad_yaml_files(tmp_path):
     lst.write_text("- 1\n- 2\n")
     with pytest.raises(SupersubError, match="top level must be a mapping"):
         load_config(lst)
+
+
+def test_subclass_share_is_taken_among_seen_superclass_images():
+    cfg = build_config({"novelty": {"novel_share_super": 0.28, "novel_share_sub": 0.79}}, "exp.yaml").novelty
+    # of 100 test images 72 have a seen superclass, and 79 - 28 = 51 of those a novel subclass
+    assert cfg.sub_novel_share_within_seen_super() == pytest.approx(51 / 72)

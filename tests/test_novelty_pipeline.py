@@ -93,6 +93,22 @@ def test_calibrate_rescores_without_retraining(knn_run: Path, synth: Path, tmp_p
     assert run_cli(["calibrate", str(run)]) == 2
 
 
+def test_recall_and_expected_objectives_per_level(knn_run: Path, tmp_path: Path) -> None:
+    run = Path(shutil.copytree(knn_run, tmp_path / "run"))
+    assert run_cli(["calibrate", str(run), "--objective", "recall", "--recall", "1.0,0.5"]) == 0
+    novelty = json.loads((run / "metrics.json").read_text())["novelty"]
+    # the calibration model's operating point, carried to the final model by quantile: the same shares
+    assert novelty["final_super_seen_kept"] == 100.0 and 45.0 <= novelty["final_sub_seen_kept"] <= 60.0
+    assert yaml.safe_load((run / "config.yaml").read_text())["novelty"]["sub_recall"] == 0.5
+    kept = []
+    for shares in ("0.05,0.1", "0.05,0.95"):  # more novel subclasses expected -> tau_sub flags more
+        assert run_cli(["calibrate", str(run), "--objective", "expected", "--novel-share", shares]) == 0
+        kept.append(json.loads((run / "metrics.json").read_text())["novelty"]["final_sub_seen_kept"])
+    assert kept[1] < kept[0]
+    assert run_cli(["calibrate", str(run), "--objective", "expected", "--novel-share", "0.3"]) == 2
+    assert run_cli(["calibrate", str(run), "--objective", "expected", "--novel-share", "0.5,0.4"]) == 2
+
+
 def test_class_exposure_and_novel_subclass_exposure(synth: Path, tmp_path: Path) -> None:
     truth = pd.read_csv(synth / "test_truth.csv")
     supers = pd.read_csv(synth / "superclass_mapping.csv")["class"].tolist()

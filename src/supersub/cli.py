@@ -49,6 +49,27 @@ def _parse_sets(sets: list[str]) -> dict[str, Any]:
     return out
 
 
+def _level_pair(text: str | None, option: str, keys: tuple[str, str], example: str) -> dict[str, float]:
+    """``--novel-share 0.28,0.79`` style SUPER,SUB values as config overrides (empty when not given)."""
+    if text is None:
+        return {}
+    parts = text.split(",")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) != 2:
+        raise SupersubError(f"{option} {text!r}: expected two numbers SUPER,SUB, e.g. {option} {example}")
+    return dict(zip(keys, values))
+
+
+NOVEL_SHARE_HELP = ("expected objective: shares of test images with a novel superclass and with a novel subclass "
+                    "(SUPER,SUB; default 0.28,0.79, the competition's)")
+RECALL_HELP = "recall objective: share of seen validation images each threshold keeps (SUPER,SUB; default 0.95,0.95)"
+SHARE_KEYS = ("novelty.novel_share_super", "novelty.novel_share_sub")
+RECALL_KEYS = ("novelty.super_recall", "novelty.sub_recall")
+
+
 def _print_metrics(metrics: dict[str, Any], title: str) -> None:
     from .metrics import metrics_rich_table
 
@@ -103,7 +124,9 @@ def train(
     score: Optional[str] = typer.Option(
         None, help="novelty score: msp, maxlogit, energy, entropy, gen, mahalanobis, knn, vim"
     ),
-    objective: Optional[str] = typer.Option(None, help="threshold objective: balanced, eer, recall"),
+    objective: Optional[str] = typer.Option(None, help="threshold objective: balanced, expected, eer, recall"),
+    novel_share: Optional[str] = typer.Option(None, "--novel-share", help=NOVEL_SHARE_HELP),
+    recall: Optional[str] = typer.Option(None, "--recall", help=RECALL_HELP),
     oe: Optional[str] = typer.Option(None, "--oe", help="outlier exposure: uniform (target loss) or class (extra output)"),
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction"),
     accelerator: Optional[str] = typer.Option(None, help="Lightning accelerator: auto, cpu, gpu, mps"),
@@ -139,6 +162,8 @@ def train(
         overrides["model.pretrained"] = True
     if no_progress:
         overrides["trainer.progress"] = False
+    overrides.update(_level_pair(novel_share, "--novel-share", SHARE_KEYS, "0.28,0.79"))
+    overrides.update(_level_pair(recall, "--recall", RECALL_KEYS, "0.95,0.5"))
     overrides.update(_parse_sets(set_))
     overrides = {k: v for k, v in overrides.items() if v is not None}
     summary = api.train(data, out, config, overwrite=overwrite, resume=resume, **overrides)
@@ -157,7 +182,9 @@ def train(
 def calibrate(
     run_dir: Path = typer.Argument(..., help="a run directory made by 'supersub train'"),
     score: Optional[str] = typer.Option(None, help="novelty score (default: the run's)"),
-    objective: Optional[str] = typer.Option(None, help="balanced, eer or recall (default: the run's)"),
+    objective: Optional[str] = typer.Option(None, help="balanced, expected, eer or recall (default: the run's)"),
+    novel_share: Optional[str] = typer.Option(None, "--novel-share", help=NOVEL_SHARE_HELP),
+    recall: Optional[str] = typer.Option(None, "--recall", help=RECALL_HELP),
     transfer: Optional[str] = typer.Option(None, help="quantile or absolute (default: the run's)"),
     super_protocol: Optional[str] = typer.Option(
         None, "--super-protocol", help="auto, recall, or loso (needs a run trained with loso)"
@@ -170,6 +197,9 @@ def calibrate(
 
     options = {"score": score, "objective": objective, "transfer": transfer, "super_protocol": super_protocol,
                "tau_super": tau_super, "tau_sub": tau_sub}
+    for key, value in {**_level_pair(novel_share, "--novel-share", SHARE_KEYS, "0.28,0.79"),
+                       **_level_pair(recall, "--recall", RECALL_KEYS, "0.95,0.5")}.items():
+        options[key.split(".", 1)[1]] = value
     result = api.calibrate(run_dir, **{k: v for k, v in options.items() if v is not None})
     t = result["thresholds"]
     console.print(

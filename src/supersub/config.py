@@ -176,8 +176,19 @@ class NoveltyConfig(_Strict):
         None, allow_inf_nan=False, description="hand-set threshold in the score's units (msp: 0..1)"
     )
     tau_sub: float | None = Field(None, allow_inf_nan=False, description="hand-set subclass threshold")
-    objective: Literal["balanced", "eer", "recall"] = Field(
-        "balanced", description="how thresholds are chosen from seen vs (pseudo-)novel confidences"
+    objective: Literal["balanced", "expected", "eer", "recall"] = Field(
+        "balanced",
+        description="how thresholds are chosen from seen vs (pseudo-)novel confidences: balanced (mean of seen and "
+        "novel accuracy), expected (expected accuracy at the novel shares below), eer, recall (the recall targets)",
+    )
+    novel_share_super: float = Field(
+        0.28, gt=0.0, lt=1.0,
+        description="expected objective: share of test images from a novel superclass (the competition: about 0.28)",
+    )
+    novel_share_sub: float = Field(
+        0.79, gt=0.0, lt=1.0,
+        description="expected objective: share of test images from a novel subclass, novel superclasses included "
+        "(the competition: about 0.79); must be at least novel_share_super",
     )
     super_protocol: Literal["auto", "loso", "recall"] = Field(
         "auto",
@@ -194,9 +205,26 @@ class NoveltyConfig(_Strict):
     temperature_scaling: bool = Field(True, description="fit a softmax temperature per head on validation logits")
     super_recall: float = Field(
         0.95, gt=0.0, le=1.0,
-        description="recall protocol/objective: the threshold keeps this share of seen validation images",
+        description="recall protocol/objective: tau_super keeps this share of seen validation images",
+    )
+    sub_recall: float = Field(
+        0.95, gt=0.0, le=1.0, description="recall objective: tau_sub keeps this share of seen validation images"
     )
     calibration_epochs: int | None = Field(None, ge=1, description="epochs of the calibration run (default: epochs)")
+
+    @model_validator(mode="after")
+    def _shares(self) -> NoveltyConfig:
+        if self.novel_share_sub <= self.novel_share_super:
+            raise ValueError(
+                f"novel_share_sub ({self.novel_share_sub}) counts novel superclasses too, so it must be above "
+                f"novel_share_super ({self.novel_share_super})"
+            )
+        return self
+
+    def sub_novel_share_within_seen_super(self) -> float:
+        """The share of novel subclasses among images of seen superclasses: what tau_sub decides on
+        (a novel-superclass image is already novel at both levels)."""
+        return (self.novel_share_sub - self.novel_share_super) / (1.0 - self.novel_share_super)
 
     @field_validator("tau_super", "tau_sub")
     @classmethod

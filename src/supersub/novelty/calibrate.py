@@ -20,7 +20,7 @@ from ..errors import SupersubError
 from ..io import atomic_path, write_atomic
 
 ArrayLike = torch.Tensor | np.ndarray | Sequence[float]
-OBJECTIVES = ("balanced", "eer", "recall")
+OBJECTIVES = ("balanced", "expected", "eer", "recall")
 SWEEP_COLUMNS = ("tau", "seen_acc", "unseen_acc", "balanced")
 _TIE = 1e-12
 
@@ -128,10 +128,13 @@ def choose_threshold(
     objective: str = "balanced",
     correct_seen: ArrayLike | None = None,
     target_recall: float = 0.95,
+    novel_share: float = 0.5,
 ) -> float:
     """The threshold optimising ``objective`` (seen iff conf >= tau).
 
     balanced: max mean of seen accuracy (keep rate times ``correct_seen`` if given) and novel-flag rate;
+    expected: max expected accuracy on a test set where ``novel_share`` of the images are novel, i.e.
+              ``(1 - novel_share) * seen accuracy + novel_share * novel-flag rate`` (balanced is 0.5);
     eer:      seen-keep rate closest to novel-flag rate;
     recall:   largest tau keeping >= ``target_recall`` of seen images (novel images not needed).
     Ties pick the middle of the widest best plateau.
@@ -148,8 +151,11 @@ def choose_threshold(
     rates = _Rates(seen, novel, _correct(correct_seen, len(seen)))
     edges = _edges(np.concatenate([seen, novel]))
     candidates = (edges[:-1] + edges[1:]) / 2
-    if objective == "balanced":
-        score = (rates.seen_acc(candidates) + rates.flag(candidates)) / 2
+    if objective in ("balanced", "expected"):
+        share = 0.5 if objective == "balanced" else novel_share
+        if not 0.0 < share < 1.0:
+            raise SupersubError(f"choose_threshold(expected): novel_share must be in (0, 1), got {share}")
+        score = (1.0 - share) * rates.seen_acc(candidates) + share * rates.flag(candidates)
     else:
         score = -np.abs(rates.keep(candidates) - rates.flag(candidates))
     return _plateau_middle(score, edges)

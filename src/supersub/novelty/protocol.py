@@ -322,8 +322,14 @@ class _LevelChoice:
 
 def _choose(
     seen: torch.Tensor, novel: torch.Tensor | None, correct: torch.Tensor, cfg: NoveltyConfig, objective: str,
+    level: str,
 ) -> _LevelChoice:
-    tau = choose_threshold(seen, novel, objective=objective, correct_seen=correct, target_recall=cfg.super_recall)
+    if level == "super":
+        recall, share = cfg.super_recall, cfg.novel_share_super
+    else:
+        recall, share = cfg.sub_recall, cfg.sub_novel_share_within_seen_super()
+    tau = choose_threshold(seen, novel, objective=objective, correct_seen=correct, target_recall=recall,
+                           novel_share=share)
     metrics = open_set_metrics(seen, novel) if novel is not None and len(novel) else None
     return _LevelChoice(tau, kept_share(seen, tau), _z_slope(seen, novel, tau), sweep(seen, novel, correct), metrics)
 
@@ -345,7 +351,7 @@ def _loso_choice(score: str, loso: list[Evidence], cfg: NoveltyConfig) -> _Level
         correct.append(torch.cat([
             _correct(v, c, y, torch.zeros_like(y), ev.taxonomy)[0] for v, c, y in zip(views, confs, labels)
         ]))
-    return _choose(torch.cat(seen_z), torch.cat(novel_z), torch.cat(correct), cfg, cfg.objective)
+    return _choose(torch.cat(seen_z), torch.cat(novel_z), torch.cat(correct), cfg, cfg.objective, "super")
 
 
 def calibrate_run(
@@ -412,7 +418,7 @@ def _calibrate_levels(
     ok_super = torch.cat([ok_super_val, ok_super_held])
     chosen: dict[str, _LevelChoice] = {}
     if cfg.tau_sub is None:
-        chosen["sub"] = _choose(c_val.sub_conf, c_held.sub_conf, ok_sub, cfg, cfg.objective)
+        chosen["sub"] = _choose(c_val.sub_conf, c_held.sub_conf, ok_sub, cfg, cfg.objective, "sub")
     protocol = _super_protocol(cfg, c_novel is not None, bool(loso))
     if cfg.tau_super is None:
         if protocol == "loso":
@@ -421,9 +427,9 @@ def _calibrate_levels(
             chosen["super"] = _LevelChoice(tau, pooled.share, pooled.z_slope, pooled.sweep, pooled.metrics)
         elif protocol == "outliers":
             assert c_novel is not None
-            chosen["super"] = _choose(super_seen, c_novel.super_conf, ok_super, cfg, cfg.objective)
+            chosen["super"] = _choose(super_seen, c_novel.super_conf, ok_super, cfg, cfg.objective, "super")
         else:
-            chosen["super"] = _choose(super_seen, None, ok_super, cfg, "recall")
+            chosen["super"] = _choose(super_seen, None, ok_super, cfg, "recall", "super")
     summary: dict[str, Any] = {
         "super_protocol": protocol, "n_seen_val": len(ev.val_y_sub), "n_held_out": len(ev.held_y_super),
         "super_scale_calibration": _scale(super_seen), "sub_scale_calibration": _scale(c_val.sub_conf),
