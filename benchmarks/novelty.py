@@ -18,6 +18,8 @@ to every run through the public CLI (``supersub calibrate`` -> ``supersub predic
 The objective ``matched`` compares a score with the baseline like for like: it is the ``recall`` objective
 with, per level, the share of seen validation images the baseline's thresholds keep on the same model
 (``supersub calibrate RUN --objective recall --recall SUPER,SUB``); no test label is used to choose it.
+The tables' last column names the levels at which a row beats the baseline: higher unseen accuracy with at
+most 5 points less seen accuracy (issue 4's criterion).
 """
 
 from __future__ import annotations
@@ -90,6 +92,16 @@ class TestSet:
         return decoded.images, np.array(ds.super_labels), np.array(ds.sub_labels)
 
 
+def operating_defaults() -> dict[str, float]:
+    """The default recall targets and novel shares. ``calibrate`` keeps a run's own values for options it is
+    not given, so every configuration resets them: a ``matched`` row must not leak its recall targets into
+    the rows after it (without outlier images, tau_super comes from the recall target)."""
+    from supersub.config import NoveltyConfig
+
+    fields = NoveltyConfig.model_fields
+    return {k: fields[k].default for k in ("super_recall", "sub_recall", "novel_share_super", "novel_share_sub")}
+
+
 def baseline_recall(evidence: dict[str, Any], taxonomy: Any) -> dict[str, float]:
     """The share of the final model's seen validation images that the baseline keeps, per level."""
     from supersub.novelty.calibrate import kept_share
@@ -121,7 +133,7 @@ def score_run(run: Path, data: Path, a: argparse.Namespace, label: dict[str, Any
     print(f"  evidence collected in {time.perf_counter() - t0:.0f}s", flush=True)
 
     def measure(**novelty: Any) -> dict[str, Any]:
-        ss.calibrate(run, evidence=evidence, **novelty)
+        ss.calibrate(run, evidence=evidence, **{**operating_defaults(), **novelty})
         thresholds = rd.load_thresholds()
         applied = apply_novelty(outputs, taxonomy, thresholds, load_scorer(run, thresholds.score))
         d = applied.decision
@@ -158,6 +170,17 @@ def fmt(v: Any, digits: int = 3) -> str:
     return f"{v:.{digits}f}" if isinstance(v, float) and abs(v) < 10 else str(v)
 
 
+SEEN_SLACK = 5.0  # issue 4: beat the baseline on unseen accuracy, losing at most 5 points of seen accuracy
+
+
+def beats(row: Any, base: Any) -> str:
+    """Which levels beat the baseline: higher unseen accuracy and at most SEEN_SLACK points less seen accuracy."""
+    won = [level for level in ("super", "sub")
+           if getattr(row, f"{level}_acc_unseen") > base[f"{level}_acc_unseen"]
+           and getattr(row, f"{level}_acc_seen") >= base[f"{level}_acc_seen"] - SEEN_SLACK]
+    return " + ".join(won) if won else "-"
+
+
 def tables(df: pd.DataFrame, objective: str, transfer: str) -> str:
     """Markdown: per run, AUROC/FPR95 per score and level, then the competition table per configuration."""
     out = []
@@ -170,11 +193,12 @@ def tables(df: pd.DataFrame, objective: str, transfer: str) -> str:
             out.append(f"| {r.score} | {fmt(r.super_auroc)} | {fmt(r.super_fpr95)} | {fmt(r.sub_auroc)} | "
                        f"{fmt(r.sub_fpr95)} |")
         out.append("\n| score | objective | transfer | super seen | super unseen | sub seen | sub unseen | "
-                   "super overall | sub overall | super CE | sub CE |")
-        out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+                   "super overall | sub overall | super CE | sub CE | beats baseline |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        base = g[g.objective == "hand-set"].iloc[0]
         for r in g.itertuples():
             out.append(f"| {r.score} | {r.objective} | {r.transfer} | " + " | ".join(fmt(getattr(r, c)) for c in COLUMNS)
-                       + " |")
+                       + f" | {beats(r, base)} |")
     return "\n".join(out)
 
 
@@ -186,7 +210,12 @@ def verify(run: Path, data: Path, a: argparse.Namespace, novelty: dict[str, Any]
         from supersub.run import RunDir
 
         shares = baseline_recall(ss.calibration_evidence(run), RunDir.open(run).load_taxonomy())
-        novelty = {**novelty, "objective": "recall", "recall": f"{shares['super_recall']},{shares['sub_recall']}"}
+        novelty = {**novelty, "objective": "recall", "super_recall": shares["super_recall"],
+                   "sub_recall": shares["sub_recall"]}
+    levels = {**operating_defaults(), **novelty}  # passed as --recall / --novel-share pairs
+    novelty = {k: v for k, v in novelty.items() if k not in operating_defaults()}
+    novelty["recall"] = f"{levels['super_recall']},{levels['sub_recall']}"
+    novelty["novel_share"] = f"{levels['novel_share_super']},{levels['novel_share_sub']}"
     cmd = [supersub, "calibrate", str(run)] + [f"--{k.replace('_', '-')}={v}" for k, v in novelty.items()]
     sh(cmd)
     pred = run.parent / "predictions.csv"
