@@ -188,7 +188,7 @@ class NoveltyConfig(_Strict):
     novel_share_sub: float = Field(
         0.79, gt=0.0, lt=1.0,
         description="expected objective: share of test images from a novel subclass, novel superclasses included "
-        "(the competition: about 0.79); must be at least novel_share_super",
+        "(the competition: about 0.79); must be above novel_share_super",
     )
     super_protocol: Literal["auto", "loso", "recall"] = Field(
         "auto",
