@@ -212,8 +212,9 @@ def verify(run: Path, data: Path, a: argparse.Namespace, novelty: dict[str, Any]
         shares = baseline_recall(ss.calibration_evidence(run), RunDir.open(run).load_taxonomy())
         novelty = {**novelty, "objective": "recall", "super_recall": shares["super_recall"],
                    "sub_recall": shares["sub_recall"]}
-    levels = {**operating_defaults(), **novelty}  # passed as --recall / --novel-share pairs
-    novelty = {k: v for k, v in novelty.items() if k not in operating_defaults()}
+    defaults = operating_defaults()
+    levels = {**defaults, **novelty}  # passed as --recall / --novel-share pairs
+    novelty = {k: v for k, v in novelty.items() if k not in defaults}
     novelty["recall"] = f"{levels['super_recall']},{levels['sub_recall']}"
     novelty["novel_share"] = f"{levels['novel_share_super']},{levels['novel_share_sub']}"
     cmd = [supersub, "calibrate", str(run)] + [f"--{k.replace('_', '-')}={v}" for k, v in novelty.items()]

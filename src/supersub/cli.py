@@ -50,12 +50,11 @@ def _parse_sets(sets: list[str]) -> dict[str, Any]:
 
 
 def _level_pair(text: str | None, option: str, keys: tuple[str, str], example: str) -> dict[str, float]:
-    """``--novel-share 0.28,0.79`` style SUPER,SUB values as config overrides (empty when not given)."""
+    """``--novel-share 0.28,0.79`` style SUPER,SUB values as novelty options (empty when not given)."""
     if text is None:
         return {}
-    parts = text.split(",")
     try:
-        values = [float(p) for p in parts]
+        values = [float(p) for p in text.split(",")]
     except ValueError:
         values = []
     if len(values) != 2:
@@ -63,11 +62,15 @@ def _level_pair(text: str | None, option: str, keys: tuple[str, str], example: s
     return dict(zip(keys, values))
 
 
+def _operating_options(novel_share: str | None, recall: str | None) -> dict[str, float]:
+    """The NoveltyConfig fields set by ``--novel-share`` and ``--recall`` (shared by train and calibrate)."""
+    return {**_level_pair(novel_share, "--novel-share", ("novel_share_super", "novel_share_sub"), "0.28,0.79"),
+            **_level_pair(recall, "--recall", ("super_recall", "sub_recall"), "0.95,0.5")}
+
+
 NOVEL_SHARE_HELP = ("expected objective: shares of test images with a novel superclass and with a novel subclass "
                     "(SUPER,SUB; default 0.28,0.79, the competition's)")
 RECALL_HELP = "recall objective: share of seen validation images each threshold keeps (SUPER,SUB; default 0.95,0.95)"
-SHARE_KEYS = ("novelty.novel_share_super", "novelty.novel_share_sub")
-RECALL_KEYS = ("novelty.super_recall", "novelty.sub_recall")
 
 
 def _print_metrics(metrics: dict[str, Any], title: str) -> None:
@@ -162,8 +165,7 @@ def train(
         overrides["model.pretrained"] = True
     if no_progress:
         overrides["trainer.progress"] = False
-    overrides.update(_level_pair(novel_share, "--novel-share", SHARE_KEYS, "0.28,0.79"))
-    overrides.update(_level_pair(recall, "--recall", RECALL_KEYS, "0.95,0.5"))
+    overrides.update({f"novelty.{k}": v for k, v in _operating_options(novel_share, recall).items()})
     overrides.update(_parse_sets(set_))
     overrides = {k: v for k, v in overrides.items() if v is not None}
     summary = api.train(data, out, config, overwrite=overwrite, resume=resume, **overrides)
@@ -197,9 +199,7 @@ def calibrate(
 
     options = {"score": score, "objective": objective, "transfer": transfer, "super_protocol": super_protocol,
                "tau_super": tau_super, "tau_sub": tau_sub}
-    for key, value in {**_level_pair(novel_share, "--novel-share", SHARE_KEYS, "0.28,0.79"),
-                       **_level_pair(recall, "--recall", RECALL_KEYS, "0.95,0.5")}.items():
-        options[key.split(".", 1)[1]] = value
+    options.update(_operating_options(novel_share, recall))
     result = api.calibrate(run_dir, **{k: v for k, v in options.items() if v is not None})
     t = result["thresholds"]
     console.print(
