@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 # tiny models, tiny images: the whole suite must stay fast on 2 CPU cores
 TINY_TRAIN_ARGS = [
-    "--epochs", "2", "--image-size", "24", "--batch-size", "16", "--no-progress",
+    "--backbone", "cnn", "--epochs", "2", "--image-size", "24", "--batch-size", "16", "--no-progress",
     "--set", "model.width=8", "--set", "model.depth=[1]",
 ]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# frozen backbone outputs go to a per-session folder, never into the user cache
+os.environ["SUPERSUB_CACHE_DIR"] = tempfile.mkdtemp(prefix="supersub-test-cache-")
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,7 @@ def test_two_cpu_processes_train_and_only_rank_zero_writes(tmp_path: Path):
     env = {k: v for k, v in os.environ.items() if k not in RANK_VARIABLES} | {"HF_HUB_OFFLINE": "1"}
     args = ["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--epochs", "1",
             "--image-size", "24", "--batch-size", "8", "--val-fraction", "0.5", "--no-progress",
-            "--set", "model.width=4", "--set", "model.depth=[1]",
+            "--backbone", "cnn", "--set", "model.width=4", "--set", "model.depth=[1]",
             "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
     done = subprocess.run(_command() + args, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]

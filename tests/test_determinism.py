@@ -16,7 +16,7 @@ import torch
 import supersub.api as api
 from supersub.data.module import EpochShuffleSampler
 
-TINY = {"data.image_size": 16, "model.width": 4, "model.depth": [1], "optim.batch_size": 8,
+TINY = {"data.image_size": 16, "model.backbone": "cnn", "model.width": 4, "model.depth": [1], "optim.batch_size": 8,
         "trainer.progress": False}
 
 
@@ -51,7 +51,7 @@ def test_same_seed_gives_byte_identical_predictions(synth_dir: Path, tmp_path: P
 def _train_cmd(data: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-c", "from supersub.cli import main; main()", "train", "--data", str(data),
             "--out", str(out), "--epochs", "6", "--image-size", "24", "--batch-size", "4", "--no-progress",
-            "--set", "model.width=8", "--set", "model.depth=[1]", "--score", "msp", "--tau-super", "0.5", "--tau-sub", "0.5",
+            "--backbone", "cnn", "--set", "model.width=8", "--set", "model.depth=[1]", "--score", "msp", "--tau-super", "0.5", "--tau-sub", "0.5",
             "--set", "optim.patience=6", *extra]
 
 

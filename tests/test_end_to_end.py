@@ -73,7 +73,7 @@ def test_saved_model_loads_weights_only_and_reproduces_predictions(trained_run: 
 
 def test_python_api_with_hand_set_thresholds(synth_dir: Path, tmp_path: Path):
     summary = api.train(
-        synth_dir, tmp_path / "run", epochs=1, **{"data.image_size": 24, "model.width": 8, "model.depth": [1],
+        synth_dir, tmp_path / "run", epochs=1, **{"data.image_size": 24, "model.backbone": "cnn", "model.width": 8, "model.depth": [1],
                                                    "novelty.score": "msp", "novelty.tau_super": 0.99, "novelty.tau_sub": 0.85,
                                                    "trainer.progress": False},
     )

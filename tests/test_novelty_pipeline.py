@@ -17,7 +17,7 @@ from supersub import api
 from supersub.run import RunDir
 
 TINY = ["--epochs", "1", "--image-size", "24", "--batch-size", "16", "--no-progress", "--val-fraction", "0.25",
-        "--set", "model.width=4", "--set", "model.depth=[1]"]
+        "--backbone", "cnn", "--set", "model.width=4", "--set", "model.depth=[1]"]
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,7 @@ from supersub.io import write_atomic, write_text_atomic
 from supersub.run import MARKER
 from supersub.taxonomy import Taxonomy
 
-TINY = ["--epochs", "1", "--image-size", "16", "--set", "model.width=4", "--set", "model.depth=[1]",
+TINY = ["--backbone", "cnn", "--epochs", "1", "--image-size", "16", "--set", "model.width=4", "--set", "model.depth=[1]",
         "--no-progress", "--batch-size", "8"]
 HAND_SET = ["--score", "msp", "--tau-super", "0.5", "--tau-sub", "0.5"]  # skips the calibration stage where it is not the point
 

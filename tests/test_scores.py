@@ -12,6 +12,7 @@ from pytorch_ood.detector import KNN, ViM
 
 from supersub.errors import SupersubError
 from supersub.novelty.ood_metrics import fpr_at_tpr, open_set_metrics
+from supersub.novelty import scores
 from supersub.novelty.scores import DETECTORS, create_detector, detector_from_state
 
 N_DIM, N_CLASSES, PER_CLASS = 12, 3, 50
@@ -117,7 +118,7 @@ def test_mahalanobis_known_answer() -> None:
     assert torch.allclose(conf, torch.tensor([-50.0, 0.0, -4.0]), atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["mahalanobis", "knn", "vim"])
+@pytest.mark.parametrize("name", ["mahalanobis", "knn", "knn-class", "vim"])
 def test_feature_scores_flag_points_the_head_cannot_see(data: Clusters, name: str) -> None:
     seen, novel = data.confidences(data.fit(name))
     assert open_set_metrics(seen, novel)["auroc"] > 0.95
@@ -160,11 +161,88 @@ def test_vim_recovers_the_head_from_logits(data: Clusters) -> None:
 def test_outlier_rows_are_ignored_when_fitting(data: Clusters) -> None:
     x = torch.cat([data.x, data.x_novel])
     y = torch.cat([data.y, torch.full((len(data.x_novel),), -1)])
-    for name in ("mahalanobis", "knn"):
+    for name in ("mahalanobis", "knn", "knn-class"):
         plain = data.fit(name)
         mixed = create_detector(name).fit(data.logits(x), x, y)
         feats = data.x_novel
         assert torch.equal(plain.confidence(data.logits(feats), feats), mixed.confidence(data.logits(feats), feats))
+
+
+# ---- class-conditional kNN ------------------------------------------------------------------------
+
+
+def _angles(degrees: list[float], radius: float = 1.0) -> torch.Tensor:
+    rad = torch.tensor(degrees, dtype=torch.float64) * math.pi / 180
+    return (radius * torch.stack([rad.cos(), rad.sin()], dim=1)).float()
+
+
+def test_knn_class_scores_a_point_far_from_its_predicted_class_low() -> None:
+    # class 0 around 0 degrees, class 1 around 90 degrees; the query sits on class 0 but its logits say 1
+    x = torch.cat([_angles([-3, -1, 1, 3], radius=5.0), _angles([87, 89, 91, 93], radius=2.0)])
+    y = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    train_logits = torch.nn.functional.one_hot(y, 2).float()
+    query, says_one, says_zero = _angles([0]), torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 0.0]])
+    knn = create_detector("knn", k=3).fit(train_logits, x, y)
+    per_class = create_detector("knn-class", k=3).fit(train_logits, x, y)
+    near = knn.confidence(says_one, query).item()
+    assert near > -0.1  # the global bank has class 0 right there, whatever the logits say
+    assert per_class.confidence(says_one, query).item() < near - 1.0  # ~ -sqrt(2): 90 degrees away
+    assert per_class.confidence(says_zero, query).item() == pytest.approx(near, abs=1e-6)
+
+
+def _brute_force_knn_class(bank: torch.Tensor, labels: torch.Tensor, logits, feats, k: int) -> torch.Tensor:
+    """Explicit loop over rows: k-th smallest Euclidean distance to the predicted class's unit features."""
+    unit_bank = bank.double() / bank.double().norm(dim=1, keepdim=True)
+    out = []
+    for row_logits, f in zip(logits, feats.double()):
+        same = unit_bank[labels == row_logits.argmax()]
+        if len(same) == 0:  # a class with no training rows: the whole bank
+            same = unit_bank
+        d = torch.cdist((f / f.norm()).unsqueeze(0), same)[0]
+        out.append(-d.sort().values[min(k, len(same)) - 1])
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("k", [1, 4, 100])
+def test_knn_class_matches_brute_force(k: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scores, "_CHUNK", 3)  # several chunks per class
+    g = torch.Generator().manual_seed(1)
+    # class 0: 9 rows, class 1: 2 rows (below k=4), class 2: 6 rows, class 3: none; plus 3 outlier rows
+    y = torch.tensor([0] * 9 + [1] * 2 + [2] * 6 + [-1] * 3)
+    y = y[torch.randperm(len(y), generator=g)]
+    x = torch.randn(len(y), 5, generator=g)
+    det = create_detector("knn-class", k=k).fit(torch.randn(len(y), 4, generator=g), x, y)
+    feats = torch.randn(40, 5, generator=g)
+    logits = torch.randn(40, 4, generator=g)
+    logits[:4] = 5 * torch.eye(4)  # every class, the empty one included, is predicted at least once
+    expected = _brute_force_knn_class(x[y >= 0], y[y >= 0], logits, feats, k)
+    conf = det.confidence(logits, feats)
+    assert conf.dtype == torch.float32 and conf.shape == (40,)
+    assert torch.allclose(conf.double(), expected, atol=1e-5)
+    assert ((conf >= -2) & (conf <= 0)).all()
+
+
+def test_knn_class_state_round_trip(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(30, 6, generator=g), torch.randint(0, 3, (30,), generator=g)
+    det = create_detector("knn-class", k=4).fit(torch.randn(30, 4, generator=g), x, y)
+    state = det.state_dict()
+    assert state["bank"].dtype == torch.float32 and state["bank"].shape == (30, 6)
+    assert state["labels"].dtype == torch.int64 and state["labels"].shape == (30,)
+    torch.save(state, tmp_path / "det.pt")
+    again = detector_from_state(torch.load(tmp_path / "det.pt", weights_only=True))
+    assert type(again) is type(det) and again.k == 4
+    feats, logits = torch.randn(25, 6, generator=g), torch.randn(25, 4, generator=g)  # class 3 has no rows
+    assert torch.equal(again.confidence(logits, feats), det.confidence(logits, feats))
+
+
+def test_knn_class_is_registered() -> None:
+    det = create_detector("knn-class", k=3)
+    assert det.k == 3 and DETECTORS["knn-class"].confidence_range == DETECTORS["knn"].confidence_range
+    with pytest.raises(SupersubError, match="unknown option"):
+        create_detector("knn-class", kk=3)
+    with pytest.raises(SupersubError, match="k must be a positive integer"):
+        create_detector("knn-class", k=0)
 
 
 # ---- saving, registry and errors ------------------------------------------------------------------
@@ -187,7 +265,7 @@ def test_options_survive_the_round_trip() -> None:
 
 
 def test_registry_names() -> None:
-    assert list(DETECTORS) == ["msp", "maxlogit", "energy", "entropy", "gen", "mahalanobis", "knn", "vim"]
+    assert list(DETECTORS) == ["msp", "maxlogit", "energy", "entropy", "gen", "mahalanobis", "knn", "knn-class", "vim"]
 
 
 def test_unknown_score_and_options_are_one_line_errors() -> None:
@@ -211,6 +289,8 @@ def test_misuse_raises_supersub_error(data: Clusters) -> None:
         create_detector("vim").state_dict()
     with pytest.raises(SupersubError, match="needs the class labels"):
         create_detector("mahalanobis").fit(logits, data.x)
+    with pytest.raises(SupersubError, match="needs the class labels"):
+        create_detector("knn-class").fit(logits, data.x)
     with pytest.raises(SupersubError, match="needs the model's features"):
         create_detector("knn").fit(logits)
     with pytest.raises(SupersubError, match="fitted on 12"):

@@ -22,7 +22,7 @@ from supersub.training.fit import fit_stage
 APPROACHES = ["two-heads", "two-models", "cosine", "sub-only"]
 REGIMES = ["frozen", "full", "discriminative", "gradual"]
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-TINY = {"data.image_size": 24, "model.width": 4, "model.depth": [1], "optim.batch_size": 16,
+TINY = {"data.image_size": 24, "model.backbone": "cnn", "model.width": 4, "model.depth": [1], "optim.batch_size": 16,
         "novelty.score": "msp", "novelty.tau_super": 0.5, "novelty.tau_sub": 0.5, "trainer.progress": False}
 
 
@@ -87,7 +87,8 @@ def _count_backbone_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 @pytest.mark.parametrize("regime", ["frozen", "full"])
 def test_frozen_regime_runs_the_backbone_once_per_image(regime, synth, tmp_path, monkeypatch):
-    cfg = load_config(None, {**TINY, "optim.epochs": 3, "optim.finetune": regime, "optim.patience": 5})
+    cfg = load_config(None, {**TINY, "optim.epochs": 3, "optim.finetune": regime, "optim.patience": 5,
+                             "data.cache_dir": str(tmp_path / "cache")})
     data = api.load_labelled(synth, cfg)
     val = list(range(0, 72, 4))  # 18 validation images, 54 training images
     train = [i for i in range(72) if i % 4]
@@ -95,8 +96,11 @@ def test_frozen_regime_runs_the_backbone_once_per_image(regime, synth, tmp_path,
     result = fit_stage(data.images, data.y_super, data.y_sub, train, val, data.dataset.taxonomy, cfg, tmp_path,
                        "final")
     assert result.epochs_run == 3
-    if regime == "frozen":  # all 72 images once, in batches of 16; the 3 epochs only run the heads
-        assert calls == [16, 16, 16, 16, 8] and result.feature_seconds is not None
+    if regime == "frozen":  # all 72 images once per cached view (original, mirrored), in batches of 16
+        assert calls == [16, 16, 16, 16, 8] * 2 and result.feature_seconds is not None
+        calls.clear()  # a second stage on the same images reads the disk cache: the backbone never runs
+        fit_stage(data.images, data.y_super, data.y_sub, train, val, data.dataset.taxonomy, cfg, tmp_path, "again")
+        assert calls == []
     else:  # per epoch: 3 full training batches of 16 (the last partial one is dropped) + 18 validation images
         assert sum(calls) == 3 * (3 * 16 + 18) and result.feature_seconds is None
 
@@ -143,7 +147,7 @@ def test_shipped_configs_carry_the_seed_paper_settings(name, approach, alpha):
 def test_config_file_trains_through_the_cli_with_tensorboard(synth, tmp_path):
     code = run_cli(["train", "--data", str(synth), "--out", str(tmp_path / "run"),
                     "--config", str(CONFIGS / "approach_c.yaml"), "--epochs", "1", "--image-size", "24",
-                    "--batch-size", "16", "--no-progress", "--set", "model.width=4", "--set", "model.depth=[1]",
+                    "--batch-size", "16", "--no-progress", "--backbone", "cnn", "--set", "model.width=4", "--set", "model.depth=[1]",
                     "--set", "trainer.loggers=[csv,tensorboard]"])
     assert code == 0
     cfg = RunDir.open(tmp_path / "run").load_config()

@@ -21,7 +21,7 @@ from supersub.training.module import HierarchicalModule
 from supersub.training.objective import build_loss
 
 TAXONOMY = Taxonomy(("bird", "dog"), ("a", "b", "c"), (0, 0, 1))
-TINY = {"width": 4, "depth": [1]}
+TINY = {"backbone": "cnn", "width": 4, "depth": [1]}
 
 
 def _model(**kw) -> HierarchicalClassifier:

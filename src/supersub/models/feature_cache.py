@@ -1,15 +1,19 @@
-"""Frozen-backbone features (seed 003): run the backbone once over every image, then train heads on the rows.
+"""Outputs of a frozen network, computed once: backbone features (``frozen``) or trunk activations (``partial``).
 
-With the backbone frozen, its features never change between epochs, so extracting them once turns each
-epoch into a few matrix products. The optional disk cache makes that once per (weights, images, input
-size, normalisation) rather than once per run: the key hashes the actual tensors, so changing a single
-weight or pixel is a miss, never a stale hit.
+With the backbone (or its trunk, see :mod:`.stages`) frozen, its outputs never change between epochs, so
+extracting them once turns each epoch into a few matrix products (or the last stages' passes). The disk
+cache makes that once per (network and weights, images, augmentation view, input size, normalisation)
+rather than once per run, so a second ``train`` or ``calibrate`` on the same data never runs the
+network: the key hashes the actual tensors, so changing a single weight or pixel (or mirroring the
+images) is a miss, never a stale hit. The cache lives in :func:`default_cache_dir` unless
+``data.cache_dir`` says otherwise.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,8 +40,9 @@ def extract_features(
     device: torch.device | str = "cpu",
     input_size: int | None = None,
     cache_dir: Path | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """(N, 3, H, W) uint8 images -> (N, D) float32 CPU features of ``backbone`` in eval mode.
+    """(N, 3, H, W) uint8 images -> (N, ...) CPU outputs of ``backbone`` in eval mode, stored as ``dtype``.
 
     ``normalize`` receives each uint8 batch on ``device`` and returns the float input the backbone
     expects (e.g. ``HierarchicalClassifier.normalize``); batches are then resized to ``input_size``
@@ -47,15 +52,24 @@ def extract_features(
     if batch_size < 1:
         raise SupersubError(f"feature extraction: batch_size must be >= 1, got {batch_size}")
     if cache_dir is None:
-        return _compute(backbone, images, normalize, batch_size, torch.device(device), input_size)
-    key = cache_key(backbone, images, normalize, input_size)
+        return _compute(backbone, images, normalize, batch_size, torch.device(device), input_size, dtype)
+    key = hashlib.sha256(f"{cache_key(backbone, images, normalize, input_size)}\0{dtype}".encode()).hexdigest()
     target = Path(cache_dir) / f"features-{key[:32]}.pt"
     cached = _load(target, key, len(images))
     if cached is not None:
+        log.info("%s: backbone outputs read from the cache", target.name)
         return cached
-    features = _compute(backbone, images, normalize, batch_size, torch.device(device), input_size)
+    features = _compute(backbone, images, normalize, batch_size, torch.device(device), input_size, dtype)
     _save(target, key, features)
     return features
+
+
+def default_cache_dir() -> Path:
+    """``$SUPERSUB_CACHE_DIR``, else ``$XDG_CACHE_HOME/supersub``, else ``~/.cache/supersub``."""
+    if os.environ.get("SUPERSUB_CACHE_DIR"):
+        return Path(os.environ["SUPERSUB_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "supersub"
 
 
 def cache_key(backbone: nn.Module, images: torch.Tensor, normalize: Normalize, input_size: int | None) -> str:
@@ -105,7 +119,7 @@ def _evaluating(module: nn.Module, device: torch.device) -> Iterator[nn.Module]:
 
 
 def _compute(backbone: nn.Module, images: torch.Tensor, normalize: Normalize, batch_size: int,
-             device: torch.device, input_size: int | None) -> torch.Tensor:
+             device: torch.device, input_size: int | None, dtype: torch.dtype) -> torch.Tensor:
     chunks: list[torch.Tensor] = []
     with _evaluating(backbone, device), torch.inference_mode():
         for start in range(0, len(images), batch_size):
@@ -113,7 +127,7 @@ def _compute(backbone: nn.Module, images: torch.Tensor, normalize: Normalize, ba
             if input_size is not None and tuple(x.shape[-2:]) != (input_size, input_size):
                 x = F.interpolate(x, size=(input_size, input_size), mode="bilinear", align_corners=False,
                                   antialias=True)
-            chunks.append(backbone(x).float().cpu())
+            chunks.append(backbone(x).to(dtype).cpu())
     return torch.cat(chunks)
 
 
@@ -129,7 +143,7 @@ def _load(target: Path, key: str, n_rows: int) -> torch.Tensor | None:
     if not isinstance(payload, dict) or payload.get("key") != key:
         return None
     features = payload.get("features")
-    if not isinstance(features, torch.Tensor) or features.ndim != 2 or len(features) != n_rows:
+    if not isinstance(features, torch.Tensor) or features.ndim < 2 or len(features) != n_rows:
         return None
     return features
 

@@ -29,6 +29,7 @@ from ..losses import implied_super_log_probs
 from ..taxonomy import Taxonomy
 from .backbones import Backbone, create_backbone
 from .heads import create_head
+from .stages import StageSplit, split_backbone
 
 TWO_MODELS = ("two-models", "cosine")
 
@@ -127,6 +128,22 @@ class HierarchicalClassifier(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.head_forward(self.backbone_features(images))
 
+    def stage_splits(self, trainable_stages: int) -> list[StageSplit]:
+        """Each backbone cut into a frozen trunk and a trainable top (``finetune=partial``).
+
+        Two-model approaches start both backbones from the same weights and never train the trunks, so
+        one trunk's activations feed both tops; a model whose trunks differ is refused.
+        """
+        splits = [split_backbone(b, trainable_stages) for b in self.backbones()]
+        if len(splits) == 2 and not _same_weights(splits[0].trunk, splits[1].trunk):
+            raise ValueError("finetune=partial needs identical trunks in both backbones of a two-model approach")
+        return splits
+
+    def top_forward(self, trunk_out: torch.Tensor, splits: Sequence[StageSplit]) -> tuple[
+            torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Everything after the trunk, from cached trunk activations."""
+        return self.head_forward(torch.cat([s.top(trunk_out) for s in splits], dim=1))
+
     def linear_readout(self, level: str) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(W, b) with ``logits = features @ W.T + b`` for ``level`` ("super"/"sub"), when that map is affine.
 
@@ -141,6 +158,11 @@ class HierarchicalClassifier(nn.Module):
             pad = w.new_zeros(w.shape[0], self.num_features - w.shape[1])
             w = torch.cat([w, pad] if level == "super" else [pad, w], dim=1)
         return w, b
+
+
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def _neck(backbone: Backbone, cfg: ModelConfig) -> tuple[nn.Module, int]:

@@ -237,16 +237,31 @@ class Evidence:
 
 
 def collect_evidence(
-    model: HierarchicalClassifier, pool: Pool, taxonomy: Taxonomy, stage: Stage, accelerator: str = "auto"
+    model: HierarchicalClassifier, pool: Pool, taxonomy: Taxonomy, stage: Stage, accelerator: str = "auto",
+    cfg: TrainConfig | None = None,
 ) -> Evidence:
-    """Run ``model`` on the stage's labelled training, validation, held-out and novel images."""
+    """Run ``model`` on the stage's labelled training, validation, held-out and novel images.
+
+    With a cached regime (``cfg.optim.finetune`` frozen/partial) the frozen part's outputs come from the
+    cache that training filled, so the backbone does not run again.
+    """
+    from ..training.finetune import CACHED_REGIMES, cached_outputs
+
     tax, y_super, y_sub = stage_labels(pool, taxonomy, stage, "uniform")
     device = pick_device(accelerator)
+    everything: Outputs | None = None
+    if cfg is not None and cfg.optim.finetune in CACHED_REGIMES:
+        everything = cached_outputs(model, pool.images, cfg, device)
 
     def view(idx: Sequence[int]) -> SeenView | None:
         if not idx:
             return None
-        return seen_view(run_model(model, pool.images[list(idx)], device=device), tax.n_super, tax.n_sub)
+        if everything is not None:
+            rows = list(idx)
+            out = Outputs(everything.super_logits[rows], everything.sub_logits[rows], everything.features[rows])
+        else:
+            out = run_model(model, pool.images[list(idx)], device=device)
+        return seen_view(out, tax.n_super, tax.n_sub)
 
     train = [i for i in stage.train if y_super[i] >= 0 and y_sub[i] >= 0]
     trained = view(train)

@@ -312,9 +312,68 @@ class KNNScore(Detector):
         assert features is not None and self.bank is not None
         _check_dim(self.name, features, self.bank.shape[1])
         z = _unit(features.detach().cpu().float())
-        k = min(self.k, self.bank.shape[0])
-        kth = torch.cat([(c @ self.bank.T).topk(k, dim=1).values[:, -1] for c in z.split(_CHUNK)])
-        return -(2 - 2 * kth).clamp_min(0).sqrt()
+        return _minus_distance(_kth_similarity(z, self.bank, self.k))
+
+
+class KNNClassScore(Detector):
+    """Class-conditional kNN: negative distance to the k-th nearest training feature of the predicted class.
+
+    Sun et al., "Out-of-Distribution Detection with Deep Nearest Neighbors", ICML 2022 score ``-||z - z_(k)||``
+    on L2-normalised features (as in :class:`KNNScore`, same units and range), but the neighbours are
+    searched only among the training features labelled with the class the logits predict (``argmax``).
+    Why: ``knn`` ignores labels, so fitted on the shared features it gives the same confidence at both
+    levels; restricting the bank to the predicted class is what makes the subclass score subclass-aware
+    (an image of a new species sits near its superclass's bank but far from the subclass it is assigned
+    to). A seen image the head misclassifies is also scored low, since it is far from the predicted class.
+    ``k`` is capped by the predicted class's bank size. A predicted class with no training rows falls back
+    to the k-th neighbour in the whole bank (the ``knn`` score).
+    """
+
+    name = "knn-class"
+    confidence_range = (-2.0, 0.0)  # minus a cosine distance
+    params = ("k",)
+    fitted = ("bank", "labels")
+    needs_features = True
+
+    def __init__(self, k: int = 10) -> None:
+        self.k = _positive(self.name, "k", k, integer=True)
+        self.bank: OptTensor = None
+        self.labels: OptTensor = None
+
+    def _fit(self, logits: Tensor, features: OptTensor, labels: OptTensor, weight: OptTensor, bias: OptTensor) -> None:
+        x, y = _seen_rows(self.name, features, labels, logits.shape[0], need_labels=True)
+        assert y is not None
+        self.bank, self.labels = _unit(x).float(), y
+
+    def _confidence(self, logits: Tensor, features: OptTensor) -> Tensor:
+        assert features is not None and self.bank is not None and self.labels is not None
+        _check_dim(self.name, features, self.bank.shape[1])
+        z = _unit(features.detach().cpu().float())
+        # group the query rows by predicted class, and find each class's bank rows once
+        pred = logits.detach().cpu().argmax(dim=1)
+        rows_by_pred = torch.argsort(pred, stable=True)
+        classes, counts = torch.unique_consecutive(pred[rows_by_pred], return_counts=True)
+        by_label = torch.argsort(self.labels, stable=True)
+        sorted_labels = self.labels[by_label]
+        starts = torch.searchsorted(sorted_labels, classes).tolist()
+        ends = torch.searchsorted(sorted_labels, classes, right=True).tolist()
+        kth = torch.empty(len(z), dtype=z.dtype)
+        for rows, start, end in zip(rows_by_pred.split(counts.tolist()), starts, ends):
+            bank = self.bank[by_label[start:end]] if end > start else self.bank  # unseen class: global bank
+            kth[rows] = _kth_similarity(z[rows], bank, self.k)
+        return _minus_distance(kth)
+
+
+def _kth_similarity(z: Tensor, bank: Tensor, k: int) -> Tensor:
+    """Cosine similarity of each unit row of ``z`` to its k-th most similar unit row of ``bank`` (k capped
+    by the bank size), computed ``_CHUNK`` rows at a time so memory stays at ``_CHUNK x len(bank)``."""
+    k = min(k, bank.shape[0])
+    return torch.cat([(c @ bank.T).topk(k, dim=1).values[:, -1] for c in z.split(_CHUNK)])
+
+
+def _minus_distance(similarity: Tensor) -> Tensor:
+    """``-||a - b||`` for unit vectors with cosine similarity ``a.b``: ``-sqrt(2 - 2 a.b)``."""
+    return -(2 - 2 * similarity).clamp_min(0).sqrt()
 
 
 class ViMScore(Detector):
@@ -411,7 +470,8 @@ def _check_dim(score: str, features: Tensor, n_dim: int) -> None:
 DETECTORS: dict[str, type[Detector]] = {
     cls.name: cls
     for cls in (
-        MSPScore, MaxLogitScore, EnergyScore, EntropyScore, GENScore, MahalanobisScore, KNNScore, ViMScore
+        MSPScore, MaxLogitScore, EnergyScore, EntropyScore, GENScore, MahalanobisScore, KNNScore,
+        KNNClassScore, ViMScore,
     )
 }
 

@@ -1,8 +1,11 @@
 """Fine-tuning regimes (seed 003): which parameters train, at which learning rate, from which epoch.
 
 * ``frozen`` - the backbones never change: their features are computed once
-  (:func:`frozen_features`, optionally cached on disk) and the heads train on those rows, so an epoch
+  (:func:`cached_rows`, cached on disk) and the heads train on those rows, so an epoch
   costs a few matrix products instead of a backbone forward and backward pass per image.
+* ``partial`` - the stem and early stages frozen with their activations computed once (and cached on
+  disk), the last ``optim.trainable_stages`` stages plus the backbone's final conv trained at
+  ``optim.lr / optim.head_lr_mult`` and the new layers at ``optim.lr`` (:mod:`supersub.models.stages`).
 * ``full`` - every parameter at ``optim.lr``.
 * ``discriminative`` - the backbones at ``optim.lr``, the new layers (necks, heads) at
   ``optim.head_lr_mult`` x ``optim.lr``.
@@ -13,6 +16,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -20,8 +25,12 @@ import torch
 from lightning.pytorch.callbacks import BaseFinetuning
 
 from ..config import OptimConfig, TrainConfig
-from ..models.feature_cache import extract_features
+from ..inference import Outputs
+from ..models.feature_cache import default_cache_dir, extract_features
 from ..models.model import HierarchicalClassifier
+from ..models.stages import StageSplit
+
+CACHED_REGIMES = ("frozen", "partial")  # regimes whose batches hold cached backbone outputs, not images
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +48,10 @@ def parameter_groups(model: HierarchicalClassifier, o: OptimConfig) -> list[dict
         return [{"params": new, "lr": o.lr, "name": "heads"}]
     if o.finetune == "full":
         return [{"params": backbone + new, "lr": o.lr, "name": "all"}]
+    if o.finetune == "partial":
+        top = [p for s in model.stage_splits(o.trainable_stages) for p in s.top.parameters()]
+        return [{"params": new, "lr": o.lr, "name": "heads"},
+                {"params": top, "lr": o.lr / o.head_lr_mult, "name": "backbone-top"}]
     return [{"params": new, "lr": o.lr * o.head_lr_mult, "name": "heads"},
             {"params": backbone, "lr": o.lr, "name": "backbone"}]
 
@@ -79,21 +92,70 @@ class GradualUnfreeze(BaseFinetuning):
         """Stateless: the epoch alone says whether the backbone trains."""
 
 
-def frozen_features(model: HierarchicalClassifier, images: torch.Tensor, cfg: TrainConfig,
-                    device: torch.device) -> torch.Tensor:
-    """Backbone features of every image, computed once in eval mode (the same path inference takes).
+def cache_dir(cfg: TrainConfig) -> Path | None:
+    """Where frozen outputs are cached: ``data.cache_dir``, else the user cache (``data.feature_cache`` off: nowhere)."""
+    if not cfg.data.feature_cache:
+        return None
+    return cfg.data.cache_dir or default_cache_dir()
 
-    With ``data.cache_dir`` the rows are also cached on disk, keyed by the weights and pixels, so the
-    calibration and final stages (and later runs) with the same frozen backbone reuse them.
+
+def cached_rows(model: HierarchicalClassifier, images: torch.Tensor, cfg: TrainConfig, device: torch.device,
+                views: Sequence[str] = ("identity",)) -> torch.Tensor:
+    """What a cached regime trains on, one slice per augmentation view: ``(N, V, ...)``.
+
+    ``frozen``: the backbone features (both backbones side by side for two-model approaches);
+    ``partial``: the trunk activations (float16, they are large), shared by both tops. Each view is one
+    cache entry, keyed by the weights and the (mirrored) pixels, so the calibration and final stages,
+    ``calibrate`` and later runs with the same frozen network reuse them.
     """
     home = next(model.parameters()).device
     model.to(device)
     try:
-        parts = [
-            extract_features(b, images, model.prepare, batch_size=cfg.optim.batch_size, device=device,
-                             cache_dir=cfg.data.cache_dir)
-            for b in model.backbones()
-        ]
+        per_view = [_rows_of_view(model, _view(images, v), cfg, device) for v in views]
     finally:
         model.to(home)
+    return torch.stack(per_view, dim=1)
+
+
+def _view(images: torch.Tensor, view: str) -> torch.Tensor:
+    if view == "identity":
+        return images
+    if view == "hflip":
+        return images.flip(-1)
+    raise ValueError(f"unknown cached view {view!r}")
+
+
+def _rows_of_view(model: HierarchicalClassifier, images: torch.Tensor, cfg: TrainConfig,
+                  device: torch.device) -> torch.Tensor:
+    where, bs = cache_dir(cfg), cfg.optim.batch_size
+    if cfg.optim.finetune == "partial":
+        trunk = model.stage_splits(cfg.optim.trainable_stages)[0].trunk
+        return extract_features(trunk, images, model.prepare, batch_size=bs, device=device, cache_dir=where,
+                                dtype=torch.float16)
+    parts = [extract_features(b, images, model.prepare, batch_size=bs, device=device, cache_dir=where)
+             for b in model.backbones()]
     return torch.cat(parts, dim=1)
+
+
+def forward_cached(model: HierarchicalClassifier, rows: torch.Tensor, splits: Sequence[StageSplit] | None) -> tuple[
+        torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The model's outputs from one view of cached rows: heads on features, or tops then heads on trunk outputs."""
+    rows = rows.float()
+    return model.head_forward(rows) if splits is None else model.top_forward(rows, splits)
+
+
+@torch.no_grad()
+def cached_outputs(model: HierarchicalClassifier, images: torch.Tensor, cfg: TrainConfig, device: torch.device,
+                   batch_size: int = 256) -> Outputs:
+    """Outputs of a trained model of a cached regime on ``images``, from the cache (the backbone runs only on a
+    miss): what calibration collects as evidence, identical to ``run_model`` up to float16 trunk storage."""
+    rows = cached_rows(model, images, cfg, device)[:, 0]
+    splits = model.stage_splits(cfg.optim.trainable_stages) if cfg.optim.finetune == "partial" else None
+    was_training = model.training
+    model.to(device).eval()
+    try:
+        chunks = [forward_cached(model, rows[i:i + batch_size].to(device), splits) for i in range(0, len(rows), batch_size)]
+    finally:
+        model.train(was_training)
+    sup, sub, feat = (torch.cat([c[j].float().cpu() for c in chunks]) for j in range(3))
+    return Outputs(sup, sub, feat)

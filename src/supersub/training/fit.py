@@ -22,7 +22,7 @@ from ..models.model import HierarchicalClassifier
 from ..run import load_checkpoint
 from ..taxonomy import Taxonomy
 from .distributed import local_device
-from .finetune import GradualUnfreeze, frozen_features
+from .finetune import CACHED_REGIMES, GradualUnfreeze, cached_rows
 from .loggers import build_loggers, keep_csv_history
 from .module import HierarchicalModule
 
@@ -143,10 +143,12 @@ def fit_stage(
         _check_resumable(checkpoint, cfg, last)
         module.load_state_dict(checkpoint["state_dict"])
     inputs, feature_seconds = images, None
-    if module.on_features:
-        log.info("%s: finetune=frozen: backbone features computed once; augmentation is off", stage)
+    if module.on_cache:
+        views = ("identity", "hflip") if cfg.augment.cached_hflip else ("identity",)
+        log.info("%s: finetune=%s: frozen outputs computed once per view (%s); other augmentation is off", stage,
+                 cfg.optim.finetune, ", ".join(views))
         start = time.perf_counter()
-        inputs = frozen_features(module.model, images, cfg, local_device(cfg.trainer.accelerator))
+        inputs = cached_rows(module.model, images, cfg, local_device(cfg.trainer.accelerator), views)
         feature_seconds = time.perf_counter() - start
     dm = TensorDataModule(
         inputs, y_super, y_sub, train_idx, val_idx, cfg.optim.batch_size, cfg.seed, cfg.data.num_workers

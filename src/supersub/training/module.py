@@ -13,16 +13,17 @@ from ..data.augment import BatchMixer, augment_uint8, build_augmentation
 from ..data.module import epoch_seed
 from ..models.model import build_model
 from ..taxonomy import Taxonomy
-from .finetune import freeze_backbones, parameter_groups
+from .finetune import CACHED_REGIMES, forward_cached, freeze_backbones, parameter_groups
 from .objective import build_loss, mixed_loss
 
 
 class HierarchicalModule(L.LightningModule):
     """Trains a :class:`HierarchicalClassifier` with its approach's objective (see :mod:`.objective`).
 
-    With ``optim.finetune=frozen`` batches hold cached backbone features instead of images (see
-    :func:`.finetune.frozen_features`) and only the layers after the backbones run. ``load_weights``
-    reads the configured starting weights; it is off when a checkpoint is loaded next.
+    With ``optim.finetune=frozen`` batches hold cached backbone features instead of images, with ``partial``
+    cached trunk activations (see :func:`.finetune.cached_rows`), one slice per augmentation view: a training
+    row shows a random view, validation the first (unaugmented) one, and only the layers after the cached
+    part run. ``load_weights`` reads the configured starting weights; it is off when a checkpoint is loaded next.
     """
 
     def __init__(self, config: dict[str, Any], taxonomy: dict[str, Any], load_weights: bool = False) -> None:
@@ -32,9 +33,14 @@ class HierarchicalModule(L.LightningModule):
         self.cfg = TrainConfig.model_validate(config)
         self.taxonomy = Taxonomy.from_dict(taxonomy)
         self.model = build_model(self.cfg.model, self.taxonomy, load_weights)
-        self.on_features = self.cfg.optim.finetune == "frozen"
-        if self.on_features:
+        self.on_cache = self.cfg.optim.finetune in CACHED_REGIMES
+        self.splits = None
+        if self.on_cache:
             freeze_backbones(self.model)
+        if self.cfg.optim.finetune == "partial":
+            self.splits = self.model.stage_splits(self.cfg.optim.trainable_stages)
+            for split in self.splits:
+                split.top.requires_grad_(True)
         self.loss = build_loss(self.cfg, self.taxonomy)
         self.augment = build_augmentation(self.cfg.augment, self.cfg.data.image_size)
         self.mixer = BatchMixer(self.cfg.augment)
@@ -43,7 +49,7 @@ class HierarchicalModule(L.LightningModule):
         self._seeded_epoch: int | None = None
 
     def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.model.head_forward(inputs) if self.on_features else self.model(inputs)
+        return forward_cached(self.model, inputs, self.splits) if self.on_cache else self.model(inputs)
 
     def _reseed_at_epoch_start(self) -> None:
         """Augmentation, mixing and dropout draw from the global RNGs: reseed them from (seed, epoch, rank)
@@ -55,15 +61,19 @@ class HierarchicalModule(L.LightningModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         inputs, y_super, y_sub = batch
-        if self.trainer is not None and self.trainer.training:
+        training = self.trainer is not None and self.trainer.training
+        if training:
             self._reseed_at_epoch_start()  # this hook runs before every other per-batch step of training
-            if not self.on_features:
+            if not self.on_cache:
                 inputs = augment_uint8(self.augment, inputs)
+        if self.on_cache:  # (B, V, ...) views: a random one per row in training, the original otherwise
+            view = torch.randint(inputs.shape[1], (inputs.shape[0],), device=inputs.device) if training else 0
+            inputs = inputs[torch.arange(inputs.shape[0], device=inputs.device), view] if training else inputs[:, 0]
         return inputs, y_super, y_sub
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         inputs, y_super, y_sub = batch
-        mix = None if self.on_features else self.mixer(inputs)
+        mix = None if self.on_cache else self.mixer(inputs)
         super_logits, sub_logits, _ = self(inputs if mix is None else mix.images)
         parts = mixed_loss(self.loss, super_logits, sub_logits, y_super, y_sub, mix)
         bs = inputs.shape[0]
