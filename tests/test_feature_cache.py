@@ -98,3 +98,20 @@ def test_bad_input_is_a_one_line_error(images, message):
         extract_features(_net(), images, _normalize)
     with pytest.raises(SupersubError, match="batch_size must be >= 1"):
         extract_features(_net(), _images(), _normalize, batch_size=0)
+
+
+def test_a_grown_image_set_reuses_the_cache_blocks_it_shares(tmp_path, monkeypatch):
+    """Outlier images appended to a pool must not invalidate the cached outputs of the images before them."""
+    from supersub.models import feature_cache
+
+    monkeypatch.setattr(feature_cache, "CACHE_BLOCK", 4)
+    net, images = _net(), _images(n=10)
+    first = extract_features(net, images[:8], _normalize, cache_dir=tmp_path)  # blocks [0:4], [4:8]
+    assert len(list(tmp_path.glob("features-*.pt"))) == 2
+    seen: list[int] = []
+    forward = net.forward
+    monkeypatch.setattr(net, "forward", lambda x: (seen.append(len(x)), forward(x))[1])
+    grown = extract_features(net, images, _normalize, cache_dir=tmp_path)
+    assert seen == [2]  # only the new block [8:10] ran
+    assert torch.equal(grown[:8], first)
+    assert torch.allclose(grown, extract_features(net, images, _normalize), atol=1e-6)

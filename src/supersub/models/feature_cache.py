@@ -3,7 +3,7 @@
 With the backbone (or its trunk, see :mod:`.stages`) frozen, its outputs never change between epochs, so
 extracting them once turns each epoch into a few matrix products (or the last stages' passes). The disk
 cache makes that once per (network and weights, images, augmentation view, input size, normalisation)
-rather than once per run, so a second ``train`` or ``calibrate`` on the same data never runs the
+rather than once per run, in blocks of :data:`CACHE_BLOCK` images, so a second ``train`` or ``calibrate`` on the same data never runs the
 network: the key hashes the actual tensors, so changing a single weight or pixel (or mirroring the
 images) is a miss, never a stale hit. The cache lives in :func:`default_cache_dir` unless
 ``data.cache_dir`` says otherwise.
@@ -27,6 +27,8 @@ from ..errors import SupersubError
 from ..io import torch_save_atomic
 
 FEATURES_FORMAT = "supersub-features-1"
+# images per cache file: blocks let a pool that only grew (outlier images appended) reuse its first blocks
+CACHE_BLOCK = 1024
 log = logging.getLogger(__name__)
 
 Normalize = Callable[[torch.Tensor], torch.Tensor]
@@ -53,15 +55,22 @@ def extract_features(
         raise SupersubError(f"feature extraction: batch_size must be >= 1, got {batch_size}")
     if cache_dir is None:
         return _compute(backbone, images, normalize, batch_size, torch.device(device), input_size, dtype)
-    key = hashlib.sha256(f"{cache_key(backbone, images, normalize, input_size)}\0{dtype}".encode()).hexdigest()
-    target = Path(cache_dir) / f"features-{key[:32]}.pt"
-    cached = _load(target, key, len(images))
-    if cached is not None:
-        log.info("%s: backbone outputs read from the cache", target.name)
-        return cached
-    features = _compute(backbone, images, normalize, batch_size, torch.device(device), input_size, dtype)
-    _save(target, key, features)
-    return features
+    network = network_digest(backbone, normalize, input_size, dtype)
+    parts, hits = [], 0
+    for start in range(0, len(images), CACHE_BLOCK):
+        block = images[start : start + CACHE_BLOCK]
+        key = _block_key(network, block)
+        target = Path(cache_dir) / f"features-{key[:32]}.pt"
+        cached = _load(target, key, len(block))
+        if cached is None:
+            cached = _compute(backbone, block, normalize, batch_size, torch.device(device), input_size, dtype)
+            _save(target, key, cached)
+        else:
+            hits += 1
+        parts.append(cached)
+    log.info("backbone outputs of %d images: %d of %d cache blocks read from %s", len(images), hits, len(parts),
+             cache_dir)
+    return torch.cat(parts)
 
 
 def default_cache_dir() -> Path:
@@ -72,20 +81,30 @@ def default_cache_dir() -> Path:
     return Path(base) / "supersub"
 
 
-def cache_key(backbone: nn.Module, images: torch.Tensor, normalize: Normalize, input_size: int | None) -> str:
-    """sha256 of everything the features depend on: architecture, weights, pixels, size, normalisation.
+def network_digest(backbone: nn.Module, normalize: Normalize, input_size: int | None,
+                   dtype: torch.dtype = torch.float32) -> str:
+    """sha256 of what the outputs depend on besides the pixels: architecture, weights, size, normalisation.
 
     ``normalize`` cannot be hashed as code, so its output on a fixed probe batch is hashed instead:
     different mean/std give different bytes.
     """
-    h = hashlib.sha256(f"{FEATURES_FORMAT}\0{input_size}\0{backbone!r}".encode())
+    h = hashlib.sha256(f"{FEATURES_FORMAT}\0{input_size}\0{dtype}\0{backbone!r}".encode())
     for name, tensor in backbone.state_dict().items():
         h.update(f"\0{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
         h.update(_tensor_bytes(tensor))
-    h.update(f"\0images\0{tuple(images.shape)}\0".encode())
-    h.update(_tensor_bytes(images))
     probe = torch.arange(3 * 2 * 2, dtype=torch.uint8).mul_(21).view(1, 3, 2, 2)
     h.update(_tensor_bytes(normalize(probe.to(_device_of(backbone))).float()))
+    return h.hexdigest()
+
+
+def cache_key(backbone: nn.Module, images: torch.Tensor, normalize: Normalize, input_size: int | None) -> str:
+    """The key of ``images`` as one cache block: the network's digest and the pixels (float32 outputs)."""
+    return _block_key(network_digest(backbone, normalize, input_size), images)
+
+
+def _block_key(network: str, images: torch.Tensor) -> str:
+    h = hashlib.sha256(f"{network}\0images\0{tuple(images.shape)}\0".encode())
+    h.update(_tensor_bytes(images))
     return h.hexdigest()
 
 
