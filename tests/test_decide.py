@@ -39,8 +39,7 @@ def _reference(ps: list[float], pb: list[float], s2s: tuple[int, ...], ts: float
     subs = [j for j in range(len(pb)) if s2s[j] == k]
     if subs:
         j = _first_argmax(pb, subs)
-        total = sum(pb[i] for i in subs)
-        b_conf = pb[j] / total if total > 0 else 0.0
+        b_conf = pb[j]  # the subclass head's probability, not renormalised within the superclass
     else:
         j, b_conf = -1, 0.0
     if s_conf < ts:
@@ -98,10 +97,10 @@ def test_hand_example_subclass_restricted_to_predicted_superclass() -> None:
     # superclass 1 wins; subclass 1 has the largest raw probability but belongs to superclass 0
     sp = torch.tensor([[0.3, 0.7]])
     bp = torch.tensor([[0.1, 0.5, 0.3, 0.1]])
-    d = decide(sp, bp, [0, 0, 1, 1], 0.5, 0.7)
+    d = decide(sp, bp, [0, 0, 1, 1], 0.5, 0.25)
     assert d.super_pred.tolist() == [1] and d.sub_pred.tolist() == [2]
-    assert d.sub_conf.tolist() == pytest.approx([0.75])  # 0.3 / (0.3 + 0.1)
-    assert decide(sp, bp, [0, 0, 1, 1], 0.5, 0.8).sub_pred.tolist() == [4]  # novel subclass of superclass 1
+    assert d.sub_conf.tolist() == pytest.approx([0.3])  # p_sub(2), not 0.3 / (0.3 + 0.1)
+    assert decide(sp, bp, [0, 0, 1, 1], 0.5, 0.35).sub_pred.tolist() == [4]  # novel subclass of superclass 1
     assert decide(sp, bp, [0, 0, 1, 1], 0.75, 0.0).sub_pred.tolist() == [4]  # novel super => novel sub
 
 
@@ -118,6 +117,25 @@ def test_superclass_without_subclasses_means_novel_subclass() -> None:
     d = decide(torch.tensor([[0.8, 0.2]]), torch.tensor([[0.1, 0.9]]), [1, 1], 0.0, 0.0)
     assert d.super_pred.tolist() == [0] and d.sub_pred.tolist() == [2]
     assert d.sub_conf.tolist() == [0.0]
+
+
+@pytest.mark.parametrize("tau_sub", [0.3, 0.5, 0.9])
+def test_a_superclass_with_one_subclass_can_hold_a_novel_subclass(tau_sub: float) -> None:
+    # superclass 0 owns subclass 0 only: renormalised within it, its confidence would always be 1
+    sp = torch.tensor([[0.9, 0.1], [0.9, 0.1]])
+    bp = torch.tensor([[0.2, 0.5, 0.3], [0.95, 0.03, 0.02]])
+    d = decide(sp, bp, [0, 1, 1], 0.5, tau_sub)
+    assert d.super_pred.tolist() == [0, 0] and d.sub_conf.tolist() == pytest.approx([0.2, 0.95])
+    assert d.sub_pred.tolist() == [3, 0]  # the doubtful image is a novel subclass of superclass 0
+
+
+def test_subclass_confidence_is_comparable_across_superclass_sizes() -> None:
+    # the same subclass-head probability (0.3) for the chosen subclass is the same confidence, whether its
+    # superclass has 1 subclass or 3; renormalised, it was 1.0 for the first and 0.3 / 0.7 for the second
+    sp = torch.tensor([[0.9, 0.1], [0.1, 0.9]])
+    bp = torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.3, 0.3, 0.2, 0.2]])
+    d = decide(sp, bp, [0, 1, 1, 1], 0.5, 0.0)
+    assert d.sub_pred.tolist() == [0, 1] and d.sub_conf.tolist() == pytest.approx([0.3, 0.3])
 
 
 def test_conditional_sub_probs() -> None:

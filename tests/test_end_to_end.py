@@ -41,10 +41,15 @@ def test_predict_writes_competition_columns_and_probabilities(trained_run: Path,
     sub = df[[f"sub_prob_{j}" for j in range(19)]].to_numpy()
     assert abs(sup.sum(1) - 1).max() < 1e-4 and abs(sub.sum(1) - 1).max() < 1e-4
     assert df["superclass_index"].between(0, 3).all() and df["subclass_index"].between(0, 18).all()
-    novel_super = df["superclass_index"] == 3
-    assert (df.loc[novel_super, "subclass_index"] == 18).all()
-    # the probabilities agree with the decisions: novel superclass iff its column is the largest mass > 0.5
-    assert ((sup[:, 3] > 0.5) == novel_super.to_numpy()).all()
+    novel_super = (df["superclass_index"] == 3).to_numpy()
+    novel_sub = (df["subclass_index"] == 18).to_numpy()
+    assert novel_sub[novel_super].all()
+    # the probabilities agree with the decisions, in both directions and at both levels: a novel column is
+    # above 0.5 exactly when that level's decision is novel, and each level's argmax is its decision
+    assert ((sup[:, 3] > 0.5) == novel_super).all() and ((sub[:, 18] > 0.5) == novel_sub).all()
+    assert (sup.argmax(1) == df["superclass_index"].to_numpy()).all()
+    assert (sub.argmax(1) == df["subclass_index"].to_numpy()).all()
+    assert novel_super.any() and (~novel_sub).any()  # both kinds of rows occur, so the checks can fail
     # a second predict without --overwrite refuses to replace the file
     assert run_cli(["predict", str(trained_run), str(synth_dir / "test_images"), "--out", str(out)]) == 2
 

@@ -109,23 +109,59 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-@FUZZ
-@given(text=tables(LABEL_HEADERS, TRAIN_POOL))
-def test_read_competition_accepts_only_seen_consistent_labels(competition: Path, text: str) -> None:
-    _write(competition / "train_data.csv", text)
-    try:
-        ds = read_competition(competition)
-    except SupersubError:
-        event("rejected")
-        return
+def _rejected(e: SupersubError, path: Path) -> None:
+    """What every refusal must be: one line that names the file at fault, not a wall of text."""
+    message = str(e)
+    assert message and "\n" not in message
+    assert path.name in message, message
+    assert len(message) < 2000 + len(str(path)), message  # huge cells are shown cut short
+    event("rejected")
+
+
+def _check_competition(ds, root: Path) -> None:
     event("accepted")
     tax = ds.taxonomy
     assert tax is not None and tax.super_names == ("A", "B") and tax.sub_names == ("a1", "a2", "b1")
-    assert len(set(ds.names)) == len(ds.names)
+    assert ds.records and len(set(ds.names)) == len(ds.names)
     for r in ds.records:
         assert 0 <= r.super_index <= 1 and 0 <= r.sub_index <= 2
         assert tax.sub_to_super[r.sub_index] == r.super_index
-        assert r.path.is_file() and r.path.parent == competition / "train_images"
+        assert r.path.is_file() and r.path.parent == root / "train_images"
+
+
+def _check_labels(ds, images: Path) -> None:
+    event("accepted")
+    assert ds.records and len(set(ds.names)) == len(ds.names)
+    for r in ds.records:
+        assert 0 <= r.super_index <= TAXONOMY.novel_super and 0 <= r.sub_index <= TAXONOMY.novel_sub
+        if r.super_index == TAXONOMY.novel_super:
+            assert r.sub_index == TAXONOMY.novel_sub
+        if r.sub_index != TAXONOMY.novel_sub:
+            assert TAXONOMY.sub_to_super[r.sub_index] == r.super_index
+        assert r.path.is_file() and r.path.parent == images
+
+
+def _check_mapping(names: list[str]) -> None:
+    event("accepted")
+    assert names and len(set(names)) == len(names)
+    assert all(n.strip() and n.strip().lower() != "novel" for n in names)
+
+
+def _check_image_list(ds, folder: Path) -> None:
+    event("accepted")
+    assert ds.records  # (a pool may list an image twice)
+    assert all(r.path.is_file() and r.path.parent == folder for r in ds.records)
+
+
+@FUZZ
+@given(text=tables(LABEL_HEADERS, TRAIN_POOL))
+def test_read_competition_accepts_only_seen_consistent_labels(competition: Path, text: str) -> None:
+    path = _write(competition / "train_data.csv", text)
+    try:
+        ds = read_competition(competition)
+    except SupersubError as e:
+        return _rejected(e, path)
+    _check_competition(ds, competition)
 
 
 @FUZZ
@@ -134,16 +170,9 @@ def test_read_labels_keeps_novel_consistent(competition: Path, text: str) -> Non
     labels = _write(competition / "labels.csv", text)
     try:
         ds = read_labels(labels, competition / "train_images", TAXONOMY)
-    except SupersubError:
-        event("rejected")
-        return
-    event("accepted")
-    for r in ds.records:
-        assert 0 <= r.super_index <= TAXONOMY.novel_super and 0 <= r.sub_index <= TAXONOMY.novel_sub
-        if r.super_index == TAXONOMY.novel_super:
-            assert r.sub_index == TAXONOMY.novel_sub
-        if r.sub_index != TAXONOMY.novel_sub:
-            assert TAXONOMY.sub_to_super[r.sub_index] == r.super_index
+    except SupersubError as e:
+        return _rejected(e, labels)
+    _check_labels(ds, competition / "train_images")
 
 
 @FUZZ
@@ -152,12 +181,9 @@ def test_read_mapping_returns_distinct_seen_names(competition: Path, text: str) 
     mapping = _write(competition / "mapping.csv", text)
     try:
         names = read_mapping(mapping)
-    except SupersubError:
-        event("rejected")
-        return
-    event("accepted")
-    assert names and len(set(names)) == len(names)
-    assert all(n.strip() and n.strip().lower() != "novel" for n in names)
+    except SupersubError as e:
+        return _rejected(e, mapping)
+    _check_mapping(names)
 
 
 @FUZZ
@@ -166,29 +192,49 @@ def test_read_image_list_returns_existing_files(competition: Path, text: str) ->
     listing = _write(competition / "train_images" / "pool.csv", text)
     try:
         ds = read_image_list(listing)
-    except SupersubError:
-        event("rejected")
-        return
-    event("accepted")
-    assert ds.records and all(r.path.is_file() for r in ds.records)
+    except SupersubError as e:
+        return _rejected(e, listing)
+    _check_image_list(ds, competition / "train_images")
 
 
 @FUZZ
 @given(raw=st.one_of(st.binary(max_size=200), st.text(max_size=200).map(str.encode)))
-def test_arbitrary_files_only_raise_supersub_error(competition: Path, raw: bytes) -> None:
-    """Whole-file garbage (including invalid UTF-8) in each CSV the readers open."""
-    for name, read in (
-        ("train_data.csv", lambda p: read_competition(competition)),
-        ("labels.csv", lambda p: read_labels(p, competition / "train_images", TAXONOMY)),
-        ("mapping.csv", read_mapping),
-        ("pool.csv", read_image_list),
+def test_arbitrary_files_are_refused_in_one_line_or_read_consistently(competition: Path, raw: bytes) -> None:
+    """Whole-file garbage (including invalid UTF-8) in each CSV the readers open: whatever is accepted
+    keeps the same invariants as above, whatever is refused is one line naming the file."""
+    images = competition / "train_images"
+    for name, read, check in (
+        ("train_data.csv", lambda p: read_competition(competition), lambda r: _check_competition(r, competition)),
+        ("labels.csv", lambda p: read_labels(p, images, TAXONOMY), lambda r: _check_labels(r, images)),
+        ("mapping.csv", read_mapping, _check_mapping),
+        ("train_images/pool.csv", read_image_list, lambda r: _check_image_list(r, images)),
     ):
-        path = competition / name
+        path = _write(competition / name, "")
         path.write_bytes(raw)
         try:
-            read(path)
-        except SupersubError:
-            pass
+            result = read(path)
+        except SupersubError as e:
+            _rejected(e, path)
+            continue
+        check(result)
+
+
+def test_the_unmutated_pools_are_read_exactly(competition: Path) -> None:
+    """The starting rows of the generators parse to what they say: the properties above are not vacuous
+    (a reader that refused everything would pass them all)."""
+    _write(competition / "train_data.csv", _as_csv([list(TRAIN_POOL[0]), *[list(r.values()) for r in TRAIN_POOL]]))
+    ds = read_competition(competition)
+    assert [(r.path.name, r.super_index, r.sub_index) for r in ds.records] == [
+        (r["image"], int(r["superclass_index"]), int(r["subclass_index"])) for r in TRAIN_POOL]
+    labels = _write(competition / "labels.csv", _as_csv([list(TEST_POOL[0]), *[list(r.values()) for r in TEST_POOL]]))
+    ds = read_labels(labels, competition / "train_images", TAXONOMY)
+    assert [(r.super_index, r.sub_index) for r in ds.records] == [(0, 0), (0, 3), (2, 3), (1, 2)]
+    mapping = _write(competition / "mapping.csv", _as_csv([["index", "class"], *[list(r.values()) for r in
+                                                                                  MAPPING_POOL]]))
+    assert read_mapping(mapping) == ["A", "B"]
+    listing = _write(competition / "train_images" / "pool.csv", _as_csv([["image"], *[[r["image"]] for r in
+                                                                                     LIST_POOL]]))
+    assert [r.path.name for r in read_image_list(listing).records] == list(IMAGES)
 
 
 # ---- the decision rule ---------------------------------------------------------------------------

@@ -1,4 +1,3 @@
-import time
 from pathlib import Path
 
 import pytest
@@ -141,23 +140,19 @@ def _offline(monkeypatch, cache: Path, offline: bool = True) -> None:
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
 
 
-def test_pretrained_offline_with_empty_cache_fails_fast(monkeypatch, tmp_path):
+def test_pretrained_offline_with_empty_cache_is_a_one_line_error(monkeypatch, tmp_path):
     _offline(monkeypatch, tmp_path / "empty")
-    start = time.perf_counter()
     with pytest.raises(SupersubError, match=r"^test_resnet: pretrained weights unavailable \(no network / not in "
                                             r"the local cache\); use --weights PATH$"):
         create_timm_backbone(ARCH, pretrained=True)
-    assert time.perf_counter() - start < 5
 
 
-def test_pretrained_with_unreachable_hub_fails_fast(monkeypatch, tmp_path):
+def test_pretrained_with_unreachable_hub_is_a_one_line_error(monkeypatch, tmp_path):
     _offline(monkeypatch, tmp_path / "empty", offline=False)
     monkeypatch.setattr(hf_constants, "ENDPOINT", "http://127.0.0.1:9")  # discard port: refused at once
     monkeypatch.setenv("NO_PROXY", "*")
-    start = time.perf_counter()
     with pytest.raises(SupersubError, match="pretrained weights unavailable"):
         create_timm_backbone(ARCH, pretrained=True)
-    assert time.perf_counter() - start < 5
 
 
 def test_pretrained_comes_from_the_local_hub_cache_without_network(monkeypatch, source, tmp_path):

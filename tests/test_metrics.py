@@ -16,7 +16,8 @@ from rich.console import Console
 from supersub.errors import SupersubError
 from supersub.metrics import competition_metrics, format_metrics_table, metrics_rich_table
 
-SCORE_PY = Path("/work/shared/bench/score.py")
+# the official scorer sits beside the repository, in ../shared/bench: found from this checkout, wherever it is
+SCORE_PY = Path(__file__).resolve().parents[2] / "shared" / "bench" / "score.py"
 
 # 5 images; superclass novel = 2, subclass novel = 3
 TRUE_SUPER = [0, 1, 2, 2, 1]
@@ -119,7 +120,8 @@ def _random_case(seed: int, n: int = 60, k: int = 3, m: int = 7) -> dict[str, np
     return {"ts": ts, "tb": tb, "ps": ps, "pb": pb, "sp": sp, "bp": bp}
 
 
-@pytest.mark.skipif(not SCORE_PY.is_file(), reason="official scorer not available")
+@pytest.mark.skipif(not SCORE_PY.is_file(),
+                    reason=f"official scorer not found at {SCORE_PY} (../shared/bench/score.py beside the repository)")
 @pytest.mark.parametrize("seed, with_probs", [(0, True), (1, True), (2, False)])
 def test_matches_official_scorer(tmp_path: Path, seed: int, with_probs: bool) -> None:
     c = _random_case(seed)

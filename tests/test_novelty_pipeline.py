@@ -14,6 +14,13 @@ import yaml
 
 from conftest import run_cli
 from supersub import api
+from supersub.data.cache import decode_images
+from supersub.data.formats import read_flat
+from supersub.errors import SupersubError
+from supersub.inference import run_model
+from supersub.novelty.protocol import load_scorer
+from supersub.novelty.scores import create_detector
+from supersub.novelty.scoring import NoveltyScorer
 from supersub.run import RunDir
 
 TINY = ["--epochs", "1", "--image-size", "24", "--batch-size", "16", "--no-progress", "--val-fraction", "0.25",
@@ -53,9 +60,69 @@ def test_knn_detectors_are_fitted_saved_and_used(knn_run: Path, synth: Path) -> 
     assert sup.shape == (len(df), 4) and sub.shape == (len(df), 19)
     assert abs(sup.sum(1) - 1).max() < 1e-4 and abs(sub.sum(1) - 1).max() < 1e-4
     assert ((sup[:, 3] > 0.5) == (df["superclass_index"] == 3).to_numpy()).all()
-    # the decision thresholds the kNN confidence: recompute it from the saved detector
-    pred = api._predict_dataset(knn_run, api.read_flat(synth / "test_images"), False)[0]
-    assert torch.equal(pred.super_pred == 3, pred.super_conf < thresholds["tau_super"])
+
+
+def _knn_confidence(features: torch.Tensor, state: dict) -> torch.Tensor:
+    """Sun et al.'s kNN confidence from a saved detector's bank and k, written out here by hand."""
+    z = torch.nn.functional.normalize(features.double(), dim=1)
+    bank = state["bank"].double()
+    kth = (z @ bank.T).topk(min(int(state["k"]), len(bank)), dim=1).values[:, -1]
+    return -(2 - 2 * kth).clamp_min(0).sqrt()
+
+
+def test_knn_decisions_are_recomputed_from_the_saved_detectors(knn_run: Path, synth: Path) -> None:
+    """predict's decisions = the thresholds applied to the kNN distances of the saved banks (not to the
+    confidences predict reports itself)."""
+    state = torch.load(knn_run / "detectors.pt", weights_only=True)
+    thresholds = json.loads((knn_run / "thresholds.json").read_text())
+    run = RunDir.open(knn_run)
+    model, cfg, _ = run.load_model()
+    taxonomy = run.load_taxonomy()
+    listing = read_flat(synth / "test_images")
+    images = decode_images(listing.records, cfg.data.image_size).images
+    out = run_model(model, images, device=torch.device("cpu"))
+    novel_super = _knn_confidence(out.features, state["super"]) < thresholds["tau_super"]
+    novel_sub = novel_super | (_knn_confidence(out.features, state["sub"]) < thresholds["tau_sub"])
+    super_arg = out.super_logits.argmax(1)
+    own = torch.tensor(taxonomy.sub_to_super).unsqueeze(0) == super_arg.unsqueeze(1)  # subclasses of it
+    sub_arg = out.sub_logits.masked_fill(~own, float("-inf")).argmax(1)
+    expected_super = torch.where(novel_super, taxonomy.novel_super, super_arg)
+    expected_sub = torch.where(novel_sub, taxonomy.novel_sub, sub_arg)
+    df = api.predict(knn_run, synth / "test_images").set_index("image").loc[listing.names]
+    assert 0 < int(novel_super.sum()) < len(df)  # both outcomes occur, so the comparison can fail
+    assert df["superclass_index"].tolist() == expected_super.tolist()
+    assert df["subclass_index"].tolist() == expected_sub.tolist()
+
+
+def test_predict_tensors_uses_the_runs_score(knn_run: Path, synth: Path) -> None:
+    """The thresholds are kNN distances: scoring with max softmax (the old fallback) would be meaningless."""
+    run = RunDir.open(knn_run)
+    model, cfg, _ = run.load_model()
+    taxonomy, thresholds = run.load_taxonomy(), run.load_thresholds()
+    listing = read_flat(synth / "test_images")
+    images = decode_images(listing.records, cfg.data.image_size).images
+    with pytest.raises(SupersubError, match="thresholds are in units of score 'knn'"):
+        api.predict_tensors(model, taxonomy, thresholds, images, listing.names, "cpu")
+    msp = NoveltyScorer("msp", create_detector("msp"), create_detector("msp"))
+    with pytest.raises(SupersubError, match="scorer 'msp' does not match the thresholds' score 'knn'"):
+        api.predict_tensors(model, taxonomy, thresholds, images, listing.names, "cpu", msp)
+    pred = api.predict_tensors(model, taxonomy, thresholds, images, listing.names, "cpu",
+                               load_scorer(run.path, thresholds.score))
+    expected = api.predict(knn_run, synth / "test_images").set_index("image").loc[listing.names]
+    assert pred.super_pred.tolist() == expected["superclass_index"].tolist()
+    assert pred.sub_pred.tolist() == expected["subclass_index"].tolist()
+
+
+def test_score_options_reach_the_saved_detectors(knn_run: Path, tmp_path: Path) -> None:
+    run = Path(shutil.copytree(knn_run, tmp_path / "run"))
+    assert run_cli(["calibrate", str(run), "--score-option", "k=3"]) == 0
+    state = torch.load(run / "detectors.pt", weights_only=True)
+    assert state["super"]["k"] == 3 and state["sub"]["k"] == 3
+    assert yaml.safe_load((run / "config.yaml").read_text())["novelty"]["score_options"] == {"k": 3}
+    # another score starts from its own defaults: knn's k does not follow it
+    assert run_cli(["calibrate", str(run), "--score", "knn-class"]) == 0
+    assert torch.load(run / "detectors.pt", weights_only=True)["super"]["k"] == 10
+    assert run_cli(["calibrate", str(run), "--score-option", "kk=3"]) == 2
 
 
 def test_evaluate_writes_open_set_metrics_and_confusion_matrices(knn_run: Path, synth: Path) -> None:

@@ -259,6 +259,21 @@ def test_hand_set_thresholds_are_used_as_given() -> None:
         calibrate_run("energy", build_config({}).novelty, ev)
 
 
+@pytest.mark.parametrize("score, options, tau", [("energy", {"temperature": 4.0}, 0.0), ("knn", {"k": 3}, -0.5),
+                                                  ("vim", {"dim": 2}, 0.0)])
+def test_score_options_reach_both_levels_detectors(score: str, options: dict, tau: float) -> None:
+    pool = _feature_pool()
+    cfg = build_config({"data": {"val_fraction": 0.25},
+                        "novelty": {"score": score, "score_options": options, "tau_super": tau, "tau_sub": tau}})
+    ev = collect_evidence(_Affine(2, TAX.n_sub), pool, TAX, plan_stages(pool, TAX, cfg)["final"], "cpu")
+    scorer = calibrate_run(score, cfg.novelty, ev).scorer
+    for detector in (scorer.super_detector, scorer.sub_detector):
+        assert {key: getattr(detector, key) for key in options} == options
+    # another score than the configured one keeps its own defaults
+    other = calibrate_run("energy" if score != "energy" else "maxlogit", cfg.novelty, ev).scorer
+    assert getattr(other.super_detector, "temperature", 1.0) == 1.0
+
+
 def test_scorer_state_round_trips_through_weights_only_loading(tmp_path: Path) -> None:
     pool = _feature_pool()
     cfg = build_config({"data": {"val_fraction": 0.25}, "novelty": {"tau_super": 0.0, "tau_sub": 0.0}})

@@ -22,7 +22,8 @@ from supersub.data.records import UNLABELLED
 from supersub.errors import SupersubError
 from supersub.taxonomy import Taxonomy
 
-REAL_DATA = Path("/work/shared/data/bird-dog-reptile")
+# the competition data sits beside the repository, in ../shared/data
+REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "bird-dog-reptile"
 
 
 def save(path: Path, image: Image.Image) -> Path:
@@ -378,7 +379,8 @@ def test_read_dataset_rejects_other_layouts(tmp_path: Path) -> None:
         read_dataset(tiny(tmp_path / "one.jpg"))
 
 
-@pytest.mark.skipif(not (REAL_DATA / "train_data.csv").is_file(), reason="real data set not present")
+@pytest.mark.skipif(not (REAL_DATA / "train_data.csv").is_file(),
+                    reason=f"competition data not found at {REAL_DATA} (../shared/data beside the repository)")
 def test_real_competition_csv() -> None:
     ds = read_competition(REAL_DATA)
     assert len(ds) == 6288

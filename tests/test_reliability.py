@@ -653,6 +653,44 @@ def test_unwritable_image_cache_is_only_a_warning(tmp_path: Path, caplog: pytest
 
 
 # ---- errors raised at the CLI boundary and by Lightning ---------------------------------------------
+USAGE_MISTAKES = [
+    (["train", "--data", "d", "--out", "o", "--epoch", "1"], "No such option: --epoch. Did you mean --epochs"),
+    (["train", "--data", "d", "--out", "o", "--epochs", "abc"], "Invalid value for '--epochs'"),
+    (["train", "--data", "d"], "Missing option '--out'"),
+    (["predict", "run", "images"], "Missing option '--out'"),
+    (["trian"], "No such command 'trian'. Did you mean 'train'?"),
+]
+
+
+@pytest.mark.parametrize("args, fragment", USAGE_MISTAKES)
+def test_usage_mistakes_are_one_line_and_exit_2(args: list[str], fragment: str) -> None:
+    """typer 0.29 raises its bundled copies of click's exceptions: they must not escape as a traceback."""
+    result = cli(*args)
+    line = assert_user_error(result, fragment)
+    assert [ln for ln in result.err.splitlines() if ln.strip()] == [line]
+    assert "--help" in line  # where to read the usage
+
+
+def test_ignored_options_warn_once_per_reason(tmp_path: Path) -> None:
+    """Options the approach would drop are named before any work starts (here the data is missing)."""
+    result = cli("train", "--data", tmp_path / "missing", "--out", tmp_path / "run", "--approach", "two-models",
+                 "--alpha", "0.5", "--finetune", "frozen", "--set", "augment.rotation=15")
+    assert_user_error(result, "no such file or folder")
+    assert warned(result, "ignored options: loss.alpha (only approach two-heads has the KL interaction term; "
+                          "two-models trains with alpha 0)")
+    assert warned(result, "ignored options: augment.rotation (finetune=frozen trains on cached backbone outputs")
+    assert "".join(result.err.split()).count("ignoredoptions:") == 2
+
+
+@pytest.mark.parametrize("args, fragment", USAGE_MISTAKES)
+def test_usage_mistakes_through_the_installed_command(args: list[str], fragment: str) -> None:
+    exe = Path(sys.executable).with_name("supersub")
+    proc = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert line.startswith("error: ") and fragment in line and "supersub" in line, proc.stderr
+
+
 def test_unparseable_set_value(competition: Path, tmp_path: Path) -> None:
     assert_user_error(cli("train", "--data", competition, "--out", tmp_path / "run", "--set", "model.depth=[1"),
                       "--set 'model.depth=[1'")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -35,18 +34,12 @@ def _tree_bytes(root: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, float]:
+def small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("synth") / "ds"
-    start = time.perf_counter()
-    counts = write_synth(out, **SMALL)
-    return out, counts, time.perf_counter() - start
+    return out, write_synth(out, **SMALL)
 
 
-def test_small_config_is_fast(small: tuple[Path, dict, float]) -> None:
-    assert small[2] < 5.0
-
-
-def test_returned_counts_are_the_hand_computed_ones(small: tuple[Path, dict, float]) -> None:
+def test_returned_counts_are_the_hand_computed_ones(small: tuple[Path, dict]) -> None:
     assert small[1] == SMALL_COUNTS
 
 
@@ -56,10 +49,9 @@ def test_default_config_counts_and_shares() -> None:
     kinds = {split: Counter(it.kind for it in items) for split, items in plan.items()}
     assert kinds == {"train": {"seen": 1080}, "test": {"seen": 270, "novel_sub": 144, "novel_super": 161},
                      "novel": {"novel_super": 600}}
-    assert round(144 / 575, 2) == 0.25 and round(161 / 575, 2) == 0.28
 
 
-def test_layout_and_csv_headers(small: tuple[Path, dict, float]) -> None:
+def test_layout_and_csv_headers(small: tuple[Path, dict]) -> None:
     out = small[0]
     assert sorted(p.name for p in out.iterdir()) == sorted([
         "superclass_mapping.csv", "subclass_mapping.csv", "train_data.csv", "train_images",
@@ -72,7 +64,7 @@ def test_layout_and_csv_headers(small: tuple[Path, dict, float]) -> None:
     assert b"\r" not in (out / "train_data.csv").read_bytes()  # LF endings, like the competition files
 
 
-def test_mappings_list_seen_classes_then_novel_last(small: tuple[Path, dict, float]) -> None:
+def test_mappings_list_seen_classes_then_novel_last(small: tuple[Path, dict]) -> None:
     out = small[0]
     supers = [(int(r["index"]), r["class"]) for r in _rows(out / "superclass_mapping.csv")[1]]
     assert supers == [(0, "polygon"), (1, "radial"), (2, "stripes"), (3, "novel")]
@@ -82,7 +74,7 @@ def test_mappings_list_seen_classes_then_novel_last(small: tuple[Path, dict, flo
     assert [name.split("/")[0] for _, name in subs[:-1]] == ["polygon"] * 6 + ["radial"] * 6 + ["stripes"] * 6
 
 
-def test_images_match_csv_rows_with_opaque_names(small: tuple[Path, dict, float]) -> None:
+def test_images_match_csv_rows_with_opaque_names(small: tuple[Path, dict]) -> None:
     out = small[0]
     for folder, table in (("train_images", "train_data.csv"), ("test_images", "test_truth.csv"),
                           ("novel_images", "novel_data.csv")):
@@ -92,7 +84,7 @@ def test_images_match_csv_rows_with_opaque_names(small: tuple[Path, dict, float]
         assert sorted(p.name for p in (out / folder).iterdir()) == sorted(expected)
 
 
-def test_images_are_distinct_64px_rgb_jpegs(small: tuple[Path, dict, float]) -> None:
+def test_images_are_distinct_64px_rgb_jpegs(small: tuple[Path, dict]) -> None:
     paths = sorted(small[0].glob("*_images/*.jpg"))
     assert len(paths) == 72 + 75 + 40
     for p in paths:
@@ -102,7 +94,7 @@ def test_images_are_distinct_64px_rgb_jpegs(small: tuple[Path, dict, float]) -> 
     assert len({p.read_bytes() for p in paths}) == len(paths)
 
 
-def test_train_and_seen_test_labels_are_consistent(small: tuple[Path, dict, float]) -> None:
+def test_train_and_seen_test_labels_are_consistent(small: tuple[Path, dict]) -> None:
     out = small[0]
     sub_family = {int(r["index"]): r["class"].split("/")[0] for r in _rows(out / "subclass_mapping.csv")[1]}
     super_name = {int(r["index"]): r["class"] for r in _rows(out / "superclass_mapping.csv")[1]}
@@ -116,7 +108,7 @@ def test_train_and_seen_test_labels_are_consistent(small: tuple[Path, dict, floa
     assert "specifically a triangle-solid" in next(r["description"] for r in train if r["subclass_index"] == "0")
 
 
-def test_novel_rows_use_the_novel_index_at_the_novel_levels(small: tuple[Path, dict, float]) -> None:
+def test_novel_rows_use_the_novel_index_at_the_novel_levels(small: tuple[Path, dict]) -> None:
     out = small[0]
     test = _rows(out / "test_truth.csv")[1]
     assert {r["kind"] for r in test} == {"seen", "novel_sub", "novel_super"}
@@ -131,7 +123,7 @@ def test_novel_rows_use_the_novel_index_at_the_novel_levels(small: tuple[Path, d
     assert sum(a != b for a, b in zip(kinds, kinds[1:])) > 10  # shuffled: in plan order there would be 2 changes
 
 
-def test_same_seed_gives_identical_bytes_and_other_seed_differs(small: tuple[Path, dict, float],
+def test_same_seed_gives_identical_bytes_and_other_seed_differs(small: tuple[Path, dict],
                                                                  tmp_path: Path) -> None:
     again = tmp_path / "again"
     write_synth(again, **SMALL)

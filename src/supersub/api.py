@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import TrainConfig, build_config, load_config
+from .config import TrainConfig, build_config, load_config, warn_ignored_options
 from .data.cache import decode_images
 from .data.formats import read_dataset, read_flat, read_image_list, read_labels
 from .data.records import Dataset, ImageRecord
@@ -95,9 +95,9 @@ def load_novel_images(path: str | Path, cfg: TrainConfig) -> torch.Tensor:
 
 def _config(config: TrainConfig | dict[str, Any] | str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
     if isinstance(config, TrainConfig):
-        return build_config({**config.model_dump(mode="json")}, "config") if not overrides else load_config(
-            None, {**_flatten(config.model_dump(mode="json")), **overrides}
-        )
+        # only the keys the caller set, so the rebuilt config still tells them from defaults (ignored options)
+        given = config.model_dump(mode="json", exclude_unset=True)
+        return build_config(given, "config") if not overrides else load_config(None, {**_flatten(given), **overrides})
     if isinstance(config, dict):
         return load_config(None, {**_flatten(config), **overrides})
     return load_config(config, overrides)
@@ -137,6 +137,8 @@ def train(
     t0 = time.perf_counter()
     # under DDP every rank runs train() (Lightning re-runs the command) and joins each fit; only rank 0 writes
     lead = is_global_zero()
+    if lead:
+        warn_ignored_options(cfg)  # options this approach would silently drop: one warning line per reason
     if lead and not resume:
         RunDir.check_creatable(out, overwrite)  # fail before the slow decode, and touch nothing yet
     # bad input (images, CSVs, novel data, split options) fails here, before a run directory exists
@@ -287,12 +289,31 @@ def predict_tensors(
     model: HierarchicalClassifier, taxonomy: Taxonomy, thresholds: Thresholds, images: torch.Tensor,
     names: list[str], accelerator: str = "auto", scorer: NoveltyScorer | None = None,
 ) -> Prediction:
-    """The decision rule and calibrated probabilities for decoded images (``scorer`` None = max softmax)."""
+    """The decision rule and calibrated probabilities for decoded images.
+
+    The thresholds are in the units of ``thresholds.score``, so the confidences must come from that score:
+    ``scorer`` is the run's fitted detectors (``supersub.novelty.protocol.load_scorer(run_dir,
+    thresholds.score)``). It may be left out only for ``msp``, which needs no fitting.
+    """
+    scorer = _scorer_for(thresholds, scorer)
     outputs: Outputs = run_model(model, images, device=pick_device(accelerator))
-    scorer = scorer or NoveltyScorer("msp", create_detector("msp"), create_detector("msp"))
     a = apply_novelty(outputs, taxonomy, thresholds, scorer)
     d = a.decision
     return Prediction(names, d.super_pred, d.sub_pred, a.super_probs, a.sub_probs, d.super_conf, d.sub_conf)
+
+
+def _scorer_for(thresholds: Thresholds, scorer: NoveltyScorer | None) -> NoveltyScorer:
+    """The scorer whose units the thresholds are in; a missing or mismatched one is an error, never msp."""
+    if scorer is None:
+        if thresholds.score != "msp":
+            raise SupersubError(
+                f"the thresholds are in units of score '{thresholds.score}': pass the run's fitted scorer "
+                f"(supersub.novelty.protocol.load_scorer(run_dir, '{thresholds.score}'))"
+            )
+        return NoveltyScorer("msp", create_detector("msp"), create_detector("msp"))
+    if scorer.name != thresholds.score:
+        raise SupersubError(f"scorer '{scorer.name}' does not match the thresholds' score '{thresholds.score}'")
+    return scorer
 
 
 def _predict_dataset(run_dir: str | Path, ds: Dataset, skip_bad: bool) -> tuple[Prediction, Dataset]:
@@ -386,15 +407,19 @@ def calibrate(
 ) -> dict[str, Any]:
     """Re-choose a trained run's novelty score and thresholds without retraining.
 
-    ``novelty`` are :class:`~supersub.config.NoveltyConfig` fields (``score``, ``objective``, ``transfer``,
-    ``super_protocol``, ``tau_super``, ``tau_sub``, ...); the others keep the run's values, except that
-    thresholds are re-calibrated unless given. Rewrites thresholds.json, detectors.pt, the sweeps and the
-    novelty section of config.yaml; returns the calibration summary (also stored in metrics.json).
+    ``novelty`` are :class:`~supersub.config.NoveltyConfig` fields (``score``, ``score_options``,
+    ``objective``, ``transfer``, ``super_protocol``, ``tau_super``, ``tau_sub``, ...); the others keep the
+    run's values, except that thresholds are re-calibrated unless given, and a new ``score`` starts from its
+    own default options unless ``score_options`` is given. Rewrites thresholds.json, detectors.pt, the sweeps
+    and the novelty section of config.yaml; returns the calibration summary (also stored in metrics.json).
     """
     run = RunDir.open(run_dir)
     cfg = run.load_config()
     current = {**cfg.novelty.model_dump(), "tau_super": None, "tau_sub": None}
+    if novelty.get("score", cfg.novelty.score) != cfg.novelty.score:
+        current["score_options"] = {}  # the old score's detector options do not apply to the new one
     cfg = build_config({**cfg.model_dump(mode="json"), "novelty": {**current, **novelty}}, "calibrate")
+    warn_ignored_options(cfg, {f"novelty.{key}" for key in novelty})
     evidence = evidence if evidence is not None else calibration_evidence(run.path, cfg)
     cal = _calibrate(run, cfg, evidence)
     run.save_config(cfg)

@@ -33,20 +33,25 @@ def _setup_logging(verbose: bool = False) -> None:
     )
 
 
-def _parse_sets(sets: list[str]) -> dict[str, Any]:
+def _parse_sets(sets: list[str], option: str = "--set", example: str = "optim.lr=0.001") -> dict[str, Any]:
     """``--set optim.lr=0.001`` style overrides; values are parsed as YAML scalars/lists."""
     import yaml
 
     out: dict[str, Any] = {}
     for item in sets:
         if "=" not in item:
-            raise SupersubError(f"--set {item!r}: expected KEY=VALUE, e.g. optim.lr=0.001")
+            raise SupersubError(f"{option} {item!r}: expected KEY=VALUE, e.g. {example}")
         key, value = item.split("=", 1)
         try:
             out[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError as e:
-            raise SupersubError(f"--set {item!r}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
+            raise SupersubError(f"{option} {item!r}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
     return out
+
+
+def _score_options(items: list[str]) -> dict[str, Any]:
+    """``--score-option k=50`` items as ``novelty.score_options``."""
+    return _parse_sets(items, "--score-option", "k=50")
 
 
 def _level_pair(text: str | None, option: str, keys: tuple[str, str], example: str) -> dict[str, float]:
@@ -70,6 +75,8 @@ def _operating_options(novel_share: str | None, recall: str | None) -> dict[str,
 
 NOVEL_SHARE_HELP = ("expected objective: shares of test images with a novel superclass and with a novel subclass "
                     "(SUPER,SUB; default 0.28,0.79, the competition's)")
+SCORE_OPTION_HELP = ("an option of the score's detector, KEY=VALUE, e.g. k=50 (knn, knn-class), dim=64 (vim), "
+                     "temperature=2 (energy); repeatable (novelty.score_options)")
 RECALL_HELP = "recall objective: share of seen validation images each threshold keeps (SUPER,SUB; default 0.95,0.95)"
 
 
@@ -136,6 +143,7 @@ def train(
     score: Optional[str] = typer.Option(
         None, help="novelty score: msp, maxlogit, energy, entropy, gen, mahalanobis, knn, knn-class, vim"
     ),
+    score_option: list[str] = typer.Option([], "--score-option", help=SCORE_OPTION_HELP),
     objective: Optional[str] = typer.Option(None, help="threshold objective: balanced, expected, eer, recall"),
     novel_share: Optional[str] = typer.Option(None, "--novel-share", help=NOVEL_SHARE_HELP),
     recall: Optional[str] = typer.Option(None, "--recall", help=RECALL_HELP),
@@ -174,6 +182,8 @@ def train(
     if no_progress:
         overrides["trainer.progress"] = False
     overrides.update({f"novelty.{k}": v for k, v in _operating_options(novel_share, recall).items()})
+    if score_option:
+        overrides["novelty.score_options"] = _score_options(score_option)
     overrides.update(_parse_sets(set_))
     overrides = {k: v for k, v in overrides.items() if v is not None}
     summary = api.train(data, out, config, overwrite=overwrite, resume=resume, **overrides)
@@ -192,6 +202,7 @@ def train(
 def calibrate(
     run_dir: Path = typer.Argument(..., help="a run directory made by 'supersub train'"),
     score: Optional[str] = typer.Option(None, help="novelty score (default: the run's)"),
+    score_option: list[str] = typer.Option([], "--score-option", help=SCORE_OPTION_HELP),
     objective: Optional[str] = typer.Option(None, help="balanced, expected, eer or recall (default: the run's)"),
     novel_share: Optional[str] = typer.Option(None, "--novel-share", help=NOVEL_SHARE_HELP),
     recall: Optional[str] = typer.Option(None, "--recall", help=RECALL_HELP),
@@ -208,6 +219,8 @@ def calibrate(
     options = {"score": score, "objective": objective, "transfer": transfer, "super_protocol": super_protocol,
                "tau_super": tau_super, "tau_sub": tau_sub}
     options.update(_operating_options(novel_share, recall))
+    if score_option:
+        options["score_options"] = _score_options(score_option)
     result = api.calibrate(run_dir, **{k: v for k, v in options.items() if v is not None})
     t = result["thresholds"]
     console.print(
@@ -300,9 +313,46 @@ def demo(
     )
 
 
+def _click_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+    """(usage/click exceptions, abort exceptions) of the typer in use.
+
+    Recent typer (0.29 here) raises its own bundled copy of click's exceptions (``typer._click.exceptions``, all
+    subclasses of :class:`typer.TyperException`), which are not ``click.ClickException``; older typers raise
+    click's own. Both are caught, so either typer gives one line.
+    """
+    errors: list[type[BaseException]] = [typer.TyperException] if hasattr(typer, "TyperException") else []
+    aborts: list[type[BaseException]] = [typer.Abort]
+    try:
+        import click
+
+        errors.append(click.exceptions.ClickException)
+        aborts.append(click.exceptions.Abort)
+    except ImportError:  # pragma: no cover - recent typer no longer needs click
+        pass
+    return tuple(errors), tuple(aborts)
+
+
+def usage_message(e: BaseException) -> str:
+    """A typer/click usage error as one line: the message (keeping the "Did you mean" hint) and where to look."""
+    format_message = getattr(e, "format_message", None)
+    message = format_message() if callable(format_message) else str(e)
+    possibilities = getattr(e, "possibilities", None)
+    option = getattr(e, "option_name", None)
+    if option and possibilities:  # an unknown option close to known ones (closest first, as difflib ranks them)
+        best, *others = possibilities
+        also = f" (or {', '.join(others)})" if others else ""
+        message = f"No such option: {option}. Did you mean {best}{also}?"
+    message = " ".join(message.split())
+    ctx = getattr(e, "ctx", None)
+    if ctx is not None and getattr(ctx, "command_path", None):
+        message += f" (see '{ctx.command_path} --help')"
+    return message
+
+
 def main() -> None:
     """Console-script entry point: user errors are one line and exit code 2, never a traceback."""
     _setup_logging()
+    click_errors, aborts = _click_errors()
     try:
         app(standalone_mode=False)
     except SupersubError as e:
@@ -313,15 +363,16 @@ def main() -> None:
         sys.exit(130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except Exception as e:  # click usage errors arrive here in standalone_mode=False
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(1)
-        raise
+    except aborts:
+        sys.exit(1)
+    except click_errors as e:  # usage mistakes: unknown option or command, bad or missing value
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare 'supersub' / 'supersub data': the help, as typer shows it
+            text = getattr(e, "format_message", lambda: "")()
+            if text.strip():
+                err_console.print(text, highlight=False, markup=False)
+            sys.exit(2)
+        err_console.print(f"[bold red]error:[/] {escape(usage_message(e))}", highlight=False, soft_wrap=True)
+        sys.exit(int(getattr(e, "exit_code", 2) or 2))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ in every run directory, so a run directory alone is enough to reproduce a result
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -117,6 +119,10 @@ class LossConfig(_Strict):
     kl_direction: Literal["implied||head", "head||implied"] = Field(
         "implied||head", description="KL(p_implied || p_super_head) as in the seed, or the opposite"
     )
+    kl_t2_scaling: bool = Field(
+        False, description="multiply the KL by temperature^2 (as in distillation) so its gradient does not shrink "
+        "as 1/T^2 when the temperature rises",
+    )
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     outlier_weight: float = Field(
         0.5, ge=0.0, description="weight of the uniform-target outlier-exposure loss (used with novel_data)"
@@ -206,6 +212,12 @@ class NoveltyConfig(_Strict):
         "training feature) had the best AUROC on both benchmark protocols (README, Novelty benchmark); "
         "msp = the seed paper's max softmax",
     )
+    score_options: dict[str, int | float] = Field(
+        default_factory=dict,
+        description="options of the score's detector (supersub.novelty.scores, its 'params'), e.g. {k: 50} for "
+        "knn / knn-class, {dim: 64} for vim, {gamma: 0.2, top_m: 10} for gen, {temperature: 2} for energy; msp "
+        "takes none",
+    )
     tau_super: float | None = Field(
         None, allow_inf_nan=False, description="hand-set threshold in the score's units (msp: 0..1)"
     )
@@ -254,6 +266,27 @@ class NoveltyConfig(_Strict):
                 f"novel_share_super ({self.novel_share_super})"
             )
         return self
+
+    @model_validator(mode="after")
+    def _score_options_fit_the_score(self) -> NoveltyConfig:
+        """The options must be ones the score's detector takes, with valid values (checked by building it)."""
+        from .novelty.scores import create_detector
+
+        if not self.score_options:
+            return self
+        if self.score == "msp":
+            raise ValueError("score_options: msp (the seed's conditional max softmax) takes no options; its "
+                             "probability temperatures are fitted (novelty.temperature_scaling)")
+        try:
+            create_detector(self.score, **self.score_options)
+        except SupersubError as e:
+            raise ValueError(f"score_options: {e}") from None
+        return self
+
+    def options_for(self, score: str) -> dict[str, int | float]:
+        """The detector options of ``score``: ``score_options`` when it is this config's score, else none
+        (a benchmark scoring the same run with another score uses that score's defaults)."""
+        return dict(self.score_options) if score == self.score else {}
 
     def sub_novel_share_within_seen_super(self) -> float:
         """The share of novel subclasses among images of seen superclasses: what tau_sub decides on
@@ -386,3 +419,102 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
     return cfg.model_dump(mode="json")
+
+
+# ---- options the chosen approach ignores -------------------------------------------------------------
+CACHED_FINETUNE = ("frozen", "partial")  # regimes that train on cached backbone outputs (no image augmentation)
+
+
+def explicit_keys(cfg: TrainConfig) -> set[str]:
+    """Dotted keys the user set (YAML, flags, ``--set``, API overrides), as opposed to defaults."""
+    keys = set(cfg.model_fields_set)
+    for section in cfg.model_fields_set:
+        value = getattr(cfg, section)
+        if isinstance(value, BaseModel):
+            keys |= {f"{section}.{name}" for name in value.model_fields_set}
+    return keys
+
+
+def _ignored_rules(cfg: TrainConfig) -> Iterator[tuple[dict[str, bool], str]]:
+    """(key -> "the value would do something", reason) for every group of keys this config ignores."""
+    m, loss, o, a, d, n = cfg.model, cfg.loss, cfg.optim, cfg.augment, cfg.data, cfg.novelty
+    if m.approach != "two-heads":
+        yield ({"loss.alpha": loss.alpha > 0},
+               f"only approach two-heads has the KL interaction term; {m.approach} trains with alpha 0")
+    if m.approach != "two-heads" or loss.alpha == 0:
+        yield ({"loss.temperature": loss.temperature != 1.0, "loss.kl_direction": loss.kl_direction != "implied||head",
+                "loss.kl_t2_scaling": loss.kl_t2_scaling},
+               "they shape the KL interaction term, which is off (" +
+               ("loss.alpha is 0)" if m.approach == "two-heads" else f"approach {m.approach})"))
+    if o.finetune in CACHED_FINETUNE:
+        yield ({"augment.hflip": a.hflip, "augment.vflip": a.vflip, "augment.rotation": a.rotation > 0,
+                "augment.translate": a.translate > 0, "augment.scale": tuple(a.scale) != (1.0, 1.0),
+                "augment.color_jitter": a.color_jitter > 0, "augment.noise_std": a.noise_std > 0,
+                "augment.crop_scale": tuple(a.crop_scale) != (1.0, 1.0),
+                "augment.mixup_alpha": a.mixup_alpha > 0, "augment.cutmix_alpha": a.cutmix_alpha > 0},
+               f"finetune={o.finetune} trains on cached backbone outputs, so images are neither augmented nor mixed "
+               "(augment.cached_hflip adds mirrored views)")
+    else:
+        yield ({"augment.cached_hflip": True, "data.feature_cache": True},
+               f"they concern the cached regimes finetune=frozen/partial, not {o.finetune}")
+    if o.finetune != "partial":
+        yield ({"optim.trainable_stages": True}, f"only finetune=partial uses it, not {o.finetune}")
+    if o.finetune != "gradual":
+        yield ({"optim.unfreeze_epoch": True}, f"only finetune=gradual uses it, not {o.finetune}")
+    if o.finetune in ("frozen", "full"):
+        yield ({"optim.head_lr_mult": True}, f"finetune={o.finetune} trains with one learning rate")
+    if o.scheduler != "step":
+        yield ({"optim.step_size": True, "optim.gamma": True}, f"only scheduler=step uses them, not {o.scheduler}")
+    if m.backbone != "cnn":
+        yield ({"model.width": True, "model.depth": True, "model.block_dropout": True},
+               f"they shape the 'cnn' backbone, not {m.backbone}")
+    if d.novel_data is None:
+        yield ({"data.novel_count": d.novel_count is not None, "data.novel_calibration_fraction": True,
+                "novelty.oe": n.oe != "uniform"}, "there is no data.novel_data")
+    if d.novel_sub_data is None:
+        yield ({"data.novel_sub_count": d.novel_sub_count is not None}, "there is no data.novel_sub_data")
+    if d.novel_sub_data is None and (d.novel_data is None or n.oe == "class"):
+        yield ({"loss.outlier_weight": True},
+               "no image gets the uniform-target loss (it needs data.novel_data with novelty.oe uniform, or "
+               "data.novel_sub_data)")
+    if n.tau_super is not None and n.tau_sub is not None:
+        yield ({"data.holdout_fraction": True, "novelty.objective": True, "novelty.transfer": True,
+                "novelty.super_protocol": True, "novelty.calibration_epochs": n.calibration_epochs is not None,
+                "novelty.novel_share_super": True, "novelty.novel_share_sub": True, "novelty.super_recall": True,
+                "novelty.sub_recall": True},
+               "both thresholds are hand-set, so nothing is calibrated")
+        return
+    if n.objective != "expected":
+        yield ({"novelty.novel_share_super": True, "novelty.novel_share_sub": True},
+               f"only objective=expected uses them, not {n.objective}")
+    if n.objective != "recall":
+        yield ({"novelty.sub_recall": True}, f"only objective=recall uses it, not {n.objective}")
+        recall_protocol = n.super_protocol == "recall" or (n.super_protocol == "auto" and d.novel_data is None)
+        if not recall_protocol:
+            yield ({"novelty.super_recall": True},
+                   f"only objective=recall or the recall superclass protocol use it (objective {n.objective}, "
+                   f"super_protocol {n.super_protocol}" + (" with novel_data)" if n.super_protocol == "auto" else ")"))
+
+
+def ignored_options(cfg: TrainConfig, explicit: Iterable[str] | None = None) -> list[str]:
+    """One line per reason naming the options ``cfg`` sets but its approach ignores.
+
+    Only keys the user set (``explicit``, by default :func:`explicit_keys`) and whose value would do
+    something (``loss.alpha`` > 0, ``augment.rotation`` > 0, ...) are listed; defaults never are.
+    The list of rules is in the README (Options an approach ignores).
+    """
+    chosen = explicit_keys(cfg) if explicit is None else set(explicit)
+    lines = []
+    for keys, reason in _ignored_rules(cfg):
+        named = [key for key, active in keys.items() if active and key in chosen]
+        if named:
+            lines.append(f"ignored options: {', '.join(named)} ({reason})")
+    return lines
+
+
+def warn_ignored_options(cfg: TrainConfig, explicit: Iterable[str] | None = None) -> list[str]:
+    """Log :func:`ignored_options` as warnings on the ``supersub`` logger; returns the lines."""
+    lines = ignored_options(cfg, explicit)
+    for line in lines:
+        logging.getLogger("supersub").warning("%s", line)
+    return lines

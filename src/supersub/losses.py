@@ -16,11 +16,18 @@ NOVEL_SUB = -2  # subclass label of a novel-subclass image whose (known) supercl
 def implied_super_log_probs(sub_logits: torch.Tensor, membership: torch.Tensor, temperature: float) -> torch.Tensor:
     """log p_hat_super[k] = log sum_{i in S_k} p_sub[i], computed stably with logsumexp.
 
-    ``membership`` is the (n_sub, n_super) 0/1 matrix of :meth:`Taxonomy.membership`.
+    ``membership`` is the (n_sub, n_super) 0/1 matrix of :meth:`Taxonomy.membership`. A superclass with no
+    subclass gets ``-inf`` (probability 0) and no gradient: the logsumexp runs on the member columns only,
+    since its backward pass over an all ``-inf`` column would be NaN.
     """
     log_p_sub = F.log_softmax(sub_logits / temperature, dim=1)  # (B, n_sub)
-    mask = torch.log(membership.to(log_p_sub))  # 0 where member, -inf elsewhere
-    return torch.logsumexp(log_p_sub.unsqueeze(2) + mask.unsqueeze(0), dim=1)  # (B, n_super)
+    member = membership.to(device=log_p_sub.device, dtype=torch.bool)
+    has_members = member.any(dim=0)  # (n_super,)
+    mask = torch.zeros(member.shape, dtype=log_p_sub.dtype, device=log_p_sub.device)
+    mask = mask.masked_fill(~member, float("-inf"))[:, has_members]  # 0 where member, -inf elsewhere
+    out = log_p_sub.new_full((log_p_sub.shape[0], member.shape[1]), float("-inf"))
+    out[:, has_members] = torch.logsumexp(log_p_sub.unsqueeze(2) + mask.unsqueeze(0), dim=1)
+    return out
 
 
 def interaction_kl(
@@ -29,23 +36,35 @@ def interaction_kl(
     membership: torch.Tensor,
     temperature: float = 1.0,
     direction: str = "implied||head",
+    t2_scaling: bool = False,
 ) -> torch.Tensor:
     """Batch-mean KL between the superclass head and the superclass distribution implied by the subclass head.
 
     ``"implied||head"`` is KL(p_hat_super || p_super) as written in seed 001; ``"head||implied"`` is the
-    opposite direction. Both heads receive gradients.
+    opposite direction. Both distributions are softmaxes at ``temperature``.
+
+    Gradient: neither side is detached, so both heads (and a backbone they share) receive the gradient of
+    the KL whatever the direction: it pulls the two distributions towards each other. This differs from
+    distillation, where the teacher side is a fixed target. ``t2_scaling`` multiplies the KL by
+    ``temperature ** 2`` (Hinton et al., "Distilling the Knowledge in a Neural Network", 2015): the gradient
+    of a KL between softmaxes at temperature T shrinks like 1/T^2, so the scaling keeps the term's weight
+    ``loss.alpha`` comparable across temperatures.
+
+    A superclass without subclasses has implied probability 0 and cannot be matched by the subclass head,
+    so both distributions are compared over the superclasses that have subclasses, the head's softmax
+    renormalised over them (its mass on an empty superclass is left to the cross-entropy). With no empty
+    superclass this is exactly the KL above.
     """
-    log_implied = implied_super_log_probs(sub_logits, membership, temperature)
-    log_head = F.log_softmax(super_logits / temperature, dim=1)
-    if direction == "implied||head":
-        p, log_p, log_q = log_implied.exp(), log_implied, log_head
-    elif direction == "head||implied":
-        p, log_p, log_q = log_head.exp(), log_head, log_implied
-    else:
+    if direction not in ("implied||head", "head||implied"):
         raise ValueError(f"unknown KL direction {direction!r}")
-    # p * (log p - log q) with 0 * log 0 = 0
-    terms = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p))
-    return terms.sum(dim=1).mean()
+    has_members = membership.to(torch.bool).any(dim=0).to(super_logits.device)
+    log_implied = implied_super_log_probs(sub_logits, membership, temperature)[:, has_members]
+    log_head = F.log_softmax(super_logits[:, has_members] / temperature, dim=1)
+    log_p, log_q = (log_implied, log_head) if direction == "implied||head" else (log_head, log_implied)
+    # with the empty superclasses left out every log-probability is finite: no 0 * log 0 case, whose masked
+    # branch (torch.where) would still send NaN through the backward pass
+    kl = (log_p.exp() * (log_p - log_q)).sum(dim=1).mean()
+    return kl * temperature**2 if t2_scaling else kl
 
 
 def uniform_outlier_loss(logits: torch.Tensor) -> torch.Tensor:
@@ -96,7 +115,7 @@ class HierarchicalLoss(torch.nn.Module):
             if self.cfg.alpha > 0:
                 kl = interaction_kl(
                     super_logits[known], sub_logits[known], self.membership, self.cfg.temperature,
-                    self.cfg.kl_direction,
+                    self.cfg.kl_direction, self.cfg.kl_t2_scaling,
                 )
         outlier = uniform_outlier_loss(super_logits[~super_known]) + uniform_outlier_loss(sub_logits[~known])
         total = ce_super + ce_sub + self.cfg.alpha * kl + self.cfg.outlier_weight * outlier

@@ -101,7 +101,7 @@ def _check_header(path: Path, header: list[str], required: tuple[str, ...], opti
             raise SupersubError(f"{path}: unexpected column {_shown(name)} (allowed columns: {allowed})")
     for name in required:
         if name not in header:
-            raise SupersubError(f"{path}: missing required column {name!r} (header: {','.join(header)})")
+            raise SupersubError(f"{path}: missing required column {name!r} (header: {_clipped(','.join(header))})")
 
 
 def _cell_error(path: Path, row: _Row, column: str, problem: str) -> SupersubError:
@@ -111,6 +111,12 @@ def _cell_error(path: Path, row: _Row, column: str, problem: str) -> SupersubErr
 def _shown(value: str) -> str:
     """A cell quoted for an error message, cut short so a runaway cell cannot flood the one-line error."""
     return repr(value) if len(value) <= _SHOWN_CHARS else repr(value[:_SHOWN_CHARS]) + "..."
+
+
+def _clipped(text: object, limit: int = 300) -> str:
+    """A path or header for an error message: in full unless it is longer than any real file name could be."""
+    text = str(text)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _int_cell(path: Path, row: _Row, column: str) -> int:
@@ -221,7 +227,8 @@ def _check_files_exist(csv_path: Path, items: list[_Labelled]) -> None:
     if missing:
         first = missing[0]
         raise _cell_error(
-            csv_path, first.row, "image", f"image file {first.path} not found ({len(missing)} missing in total)"
+            csv_path, first.row, "image",
+            f"image file {_clipped(first.path)} not found ({len(missing)} missing in total)",
         )
 
 
@@ -447,6 +454,6 @@ def read_image_list(csv_path: Path) -> Dataset:
     for row in rows:
         name = _image_cell(path, row)
         if not _is_file(folder / name):
-            raise _cell_error(path, row, "image", f"image file {folder / name} not found")
+            raise _cell_error(path, row, "image", f"image file {_clipped(folder / name)} not found")
         records.append(ImageRecord(folder / name, name))
     return Dataset(records, None, source=str(path))

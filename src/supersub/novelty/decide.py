@@ -4,8 +4,8 @@
 2. a novel superclass implies a novel subclass;
 3. otherwise the subclass is the most probable subclass *of the predicted superclass*, and it is novel
    ("a novel subclass of a known superclass") if its confidence < ``tau_sub``. The default confidence is
-   that subclass's probability renormalised within the predicted superclass, so a subclass head that
-   spreads its mass over other superclasses does not make a confidently-known superclass look novel.
+   that subclass's *unnormalised* probability under the subclass head, ``p_sub(j*)`` (see
+   :func:`subclass_confidence` for why it is not renormalised within the superclass).
 
 Probabilities cover the *seen* classes only (K superclasses, M subclasses); novel is index K resp. M.
 Confidences are "higher = more seen"; callers may pass any novelty score in that orientation instead.
@@ -54,6 +54,26 @@ def conditional_sub_probs(
     return masked / masked.sum(dim=1, keepdim=True).clamp_min(torch.finfo(sub_probs.dtype).tiny)
 
 
+def subclass_confidence(sub_probs: torch.Tensor, sub_argmax: torch.Tensor, has_subs: torch.Tensor) -> torch.Tensor:
+    """The default (max-softmax) subclass confidence: ``p_sub(j*)``, 0 where the superclass has no subclass.
+
+    ``j*`` is the most probable subclass of the predicted superclass and ``p_sub`` the subclass head's
+    softmax over *all* seen subclasses, not renormalised within the superclass. Why: the renormalised
+    probability ``p(j* | k*)`` is at least ``1/|S_k|``, so a superclass with one subclass could never yield
+    "novel subclass", and one global ``tau_sub`` meant a different thing for a superclass with 2 subclasses
+    (floor 0.5) than for one with 50 (floor 0.02). ``p_sub(j*)`` is a probability over the same M classes
+    for every row, with no per-superclass floor, so a single ``tau_sub`` means the same everywhere ("the
+    subclass head gives the chosen subclass at least tau_sub of its mass") and every superclass, even one
+    with a single subclass, can be declared to hold a novel subclass. It equals ``p_sub(k*) * p(j* | k*)``:
+    the conditional times the subclass head's own mass on the superclass, so a subclass head that doubts
+    the superclass lowers it, which is real doubt about the subclass. Per-superclass thresholds were the
+    alternative; they would need held-out subclasses of every superclass to calibrate, which small
+    superclasses do not have.
+    """
+    conf = sub_probs.gather(1, sub_argmax.unsqueeze(1)).squeeze(1)
+    return torch.where(has_subs, conf, torch.zeros_like(conf))
+
+
 def _check_inputs(
     super_probs: torch.Tensor,
     sub_probs: torch.Tensor,
@@ -99,8 +119,7 @@ def decide(
     has_subs = allowed.any(dim=1)
     sub_argmax = torch.where(allowed, sub_probs, torch.full_like(sub_probs, -torch.inf)).argmax(dim=1)
     if sub_conf is None:
-        cond = conditional_sub_probs(sub_probs, sub_to_super, super_argmax)
-        sub_conf = cond.gather(1, sub_argmax.unsqueeze(1)).squeeze(1)
+        sub_conf = subclass_confidence(sub_probs, sub_argmax, has_subs)
     novel_sub = novel_super | ~has_subs | (sub_conf < tau_sub)
 
     super_pred = torch.where(novel_super, torch.full_like(super_argmax, n_super), super_argmax)

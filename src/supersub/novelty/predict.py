@@ -1,9 +1,10 @@
 """From a model's outputs to decisions and probabilities: the one path predict, evaluate and calibrate share.
 
 Confidences come from the run's :class:`~supersub.novelty.scoring.NoveltyScorer`, decisions from
-:func:`~supersub.novelty.decide.decide` at the run's thresholds, the novel probability from the fitted
-logistic on the same confidences (so the novel column is above 0.5 exactly when the decision is novel),
-and the seen-class probabilities from temperature-scaled logits (temperature never changes an argmax).
+:func:`~supersub.novelty.decide.decide` at the run's thresholds, the novel probabilities from the fitted
+logistic on the same confidences, and the seen-class probabilities from temperature-scaled logits
+(temperature never changes an argmax). :func:`~supersub.novelty.probs.with_novel_column` combines them
+into hierarchical distributions whose argmax at each level is the decision.
 """
 
 from __future__ import annotations
@@ -41,5 +42,5 @@ def apply_novelty(outputs: Outputs, taxonomy: Taxonomy, thresholds: Thresholds, 
     q_sub = novel_probability(conf.sub_conf, thresholds.tau_sub, thresholds.slope_sub)
     p_super = (seen.super_logits / thresholds.temperature_super).softmax(dim=1)
     p_sub = (seen.sub_logits / thresholds.temperature_sub).softmax(dim=1)
-    full_super, full_sub = with_novel_column(p_super, p_sub, d.super_pred, q_super, q_sub, sub_to_super)
+    full_super, full_sub = with_novel_column(p_super, p_sub, d.super_pred, d.sub_pred, q_super, q_sub, sub_to_super)
     return Applied(d, full_super, full_sub)

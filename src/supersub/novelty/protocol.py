@@ -45,7 +45,7 @@ from .decide import decide
 from .ood_metrics import open_set_metrics
 from .probs import fit_slope
 from .scores import create_detector
-from .scoring import Confidences, NoveltyScorer, SeenView, seen_view
+from .scoring import Confidences, Head, NoveltyScorer, SeenView, linear_heads, seen_view
 from .temperature import fit_temperature
 
 log = logging.getLogger("supersub")
@@ -234,6 +234,8 @@ class Evidence:
     held: SeenView | None = None
     held_y_super: torch.Tensor | None = None
     novel: SeenView | None = None
+    # each level's linear read-out (W, b) of the model, restricted to the seen classes (None: not affine)
+    heads: dict[str, Head | None] = field(default_factory=dict)
 
 
 def collect_evidence(
@@ -270,6 +272,7 @@ def collect_evidence(
     return Evidence(
         tax, trained, y_super[train], y_sub[train], view(stage.val), y_super[stage.val], y_sub[stage.val],
         view(stage.held), y_super[stage.held] if stage.held else None, view(stage.novel),
+        linear_heads(model, tax.n_super, tax.n_sub),
     )
 
 
@@ -353,7 +356,7 @@ def _loso_choice(score: str, loso: list[Evidence], cfg: NoveltyConfig) -> _Level
     """tau_super from the pooled LOSO models, each standardised by its seen validation confidences."""
     seen_z, novel_z, correct = [], [], []
     for ev in loso:
-        scorer = NoveltyScorer.fit(score, ev.train, ev.train_y_super, ev.train_y_sub)
+        scorer = NoveltyScorer.fit(score, ev.train, ev.train_y_super, ev.train_y_sub, ev.heads, options=cfg.options_for(score))
         pairs = [(v, y) for v, y in ((ev.val, ev.val_y_super), (ev.held, ev.held_y_super)) if v is not None]
         views, labels = [v for v, _ in pairs], [y for _, y in pairs]
         confs = [scorer.confidences(v, ev.taxonomy.sub_to_super) for v in views]
@@ -380,7 +383,7 @@ def calibrate_run(
             "this run has no calibration model (it was trained with hand-set thresholds): set both "
             "tau_super and tau_sub"
         )
-    scorer = NoveltyScorer.fit(score, final.train, final.train_y_super, final.train_y_sub)
+    scorer = NoveltyScorer.fit(score, final.train, final.train_y_super, final.train_y_sub, final.heads, options=cfg.options_for(score))
     # without a validation split (hand-set thresholds only) the training images give the score's scale
     f_val = scorer.confidences(final.val or final.train, final.taxonomy.sub_to_super)
     scale_f = {"super": _scale(f_val.super_conf), "sub": _scale(f_val.sub_conf)}
@@ -422,7 +425,7 @@ def _calibrate_levels(
     """Thresholds on the calibration model (LOSO models for tau_super when there are any)."""
     if ev.val is None or ev.held is None or ev.held_y_super is None:
         raise SupersubError("calibration model: needs validation and held-out subclass images to calibrate on")
-    scorer = NoveltyScorer.fit(score, ev.train, ev.train_y_super, ev.train_y_sub)
+    scorer = NoveltyScorer.fit(score, ev.train, ev.train_y_super, ev.train_y_sub, ev.heads, options=cfg.options_for(score))
     tax = ev.taxonomy.sub_to_super
     c_val, c_held = scorer.confidences(ev.val, tax), scorer.confidences(ev.held, tax)
     c_novel = scorer.confidences(ev.novel, tax) if ev.novel is not None else None

@@ -3,11 +3,13 @@
 A :class:`NoveltyScorer` turns a model's :class:`~supersub.inference.Outputs` into the two confidences
 the decision rule thresholds (higher = more seen, see :mod:`supersub.novelty.decide`):
 
-* ``msp`` keeps the seed's rule: superclass max softmax, and the subclass probability renormalised
-  within the predicted superclass (so a superclass-level doubt does not count twice);
+* ``msp``: superclass max softmax, and at the subclass level the subclass head's (unnormalised)
+  probability of the chosen subclass of the predicted superclass, comparable across superclasses (see
+  :func:`~supersub.novelty.decide.subclass_confidence` for why it is not renormalised within the superclass);
 * every other score is a detector of :mod:`supersub.novelty.scores` fitted per level on the training
   images' logits and features (the superclass detector on superclass logits and labels, the subclass
-  detector on subclass logits and labels).
+  detector on subclass logits and labels). ``vim`` also needs the level's linear read-out ``(W, b)``:
+  :func:`linear_heads` takes it from the model, and :meth:`NoveltyScorer.fit` passes it on.
 
 With the explicit-novel-class variant of outlier exposure (``novelty.oe: class``) the heads have one
 extra output; :func:`seen_view` drops it and keeps the *seen-class probability mass* (1 - p(novel)),
@@ -16,7 +18,7 @@ which replaces max softmax as the ``msp`` confidence at the superclass level.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,25 @@ def seen_view(outputs: Outputs, n_super: int, n_sub: int) -> SeenView:
     return SeenView(seen, 1 - outputs.super_probs[:, n_super], 1 - outputs.sub_probs[:, n_sub])
 
 
+Head = tuple[torch.Tensor, torch.Tensor]  # (W (C, D), b (C,)) with logits = features @ W.T + b
+
+
+def linear_heads(model: Any, n_super: int, n_sub: int) -> dict[str, Head | None]:
+    """Each level's ``(W, b)`` from ``model.linear_readout(level)``, restricted to the seen classes.
+
+    None for a level whose logits are not an affine function of the features (cosine and MLP heads, the
+    derived superclass scores of ``sub-only``) and for models without ``linear_readout``. With an explicit
+    novel class (``novelty.oe: class``) the head has one more row, which :func:`seen_view` drops from the
+    logits, so it is dropped here too.
+    """
+    readout = getattr(model, "linear_readout", None)
+    heads: dict[str, Head | None] = {}
+    for level, n in (("super", n_super), ("sub", n_sub)):
+        wb = readout(level) if readout is not None else None
+        heads[level] = None if wb is None else (wb[0][:n].detach().cpu(), wb[1][:n].detach().cpu())
+    return heads
+
+
 @dataclass
 class Confidences:
     """The two confidences the decision rule thresholds (``(N,)`` each, higher = more seen)."""
@@ -66,7 +87,7 @@ class Confidences:
 
 
 class NoveltyScorer:
-    """A detector per level under one score name; ``msp`` is the seed's conditional max softmax."""
+    """A detector per level under one score name; ``msp`` is max softmax (see the module docstring)."""
 
     def __init__(self, name: str, super_detector: Detector, sub_detector: Detector) -> None:
         if name not in SCORES:
@@ -76,15 +97,31 @@ class NoveltyScorer:
         self.sub_detector = sub_detector
 
     @classmethod
-    def fit(cls, name: str, train: SeenView, y_super: torch.Tensor, y_sub: torch.Tensor) -> NoveltyScorer:
-        """Fit both levels on training outputs; rows with a negative label at a level are left out there."""
+    def fit(
+        cls, name: str, train: SeenView, y_super: torch.Tensor, y_sub: torch.Tensor,
+        heads: Mapping[str, Head | None] | None = None, options: Mapping[str, Any] | None = None,
+    ) -> NoveltyScorer:
+        """Fit both levels on training outputs; rows with a negative label at a level are left out there.
+
+        ``heads`` maps ``"super"``/``"sub"`` to that level's linear read-out ``(W, b)`` of the model that
+        produced ``train`` (:func:`linear_heads`), or None. Only ``vim`` uses it: its feature-space origin
+        ``-pinv(W) b`` and its virtual logit are defined by the real final layer. A level without one (cosine
+        and MLP heads, ``sub-only`` superclass scores, or ``heads`` not given) falls back to the affine map
+        from features to logits fitted by least squares on the training rows: exact for a linear head with
+        more training rows than feature dimensions, and for cosine/MLP heads the best affine approximation of
+        a non-affine read-out, which ViM's derivation does not cover (its scores are then a heuristic).
+        """
         out = train.outputs
+        heads = heads or {}
         detectors = []
-        for logits, labels in ((out.super_logits, y_super), (out.sub_logits, y_sub)):
+        for level, logits, labels in (("super", out.super_logits, y_super), ("sub", out.sub_logits, y_sub)):
             keep = labels >= 0
             if not keep.any():
                 raise SupersubError(f"score '{name}': no labelled training images to fit on")
-            detectors.append(create_detector(name).fit(logits[keep], out.features[keep], labels[keep]))
+            head = heads.get(level)
+            weight, bias = head if head is not None else (None, None)
+            detectors.append(create_detector(name, **(options or {})).fit(logits[keep], out.features[keep], labels[keep],
+                                                       head_weight=weight, head_bias=bias))
         return cls(name, *detectors)
 
     def confidences(self, view: SeenView, sub_to_super: Sequence[int]) -> Confidences:
