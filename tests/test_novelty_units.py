@@ -372,3 +372,25 @@ def test_leave_one_superclass_out_sets_tau_super_without_outliers() -> None:
     assert kept == pytest.approx(s["super_seen_kept_calibration"] / 100, abs=1 / len(final.val_y_super) + 1e-9)
     recall = calibrate_run("mahalanobis", build_config({"novelty": {"score": "mahalanobis"}}).novelty, final, cal)
     assert recall.summary["super_protocol"] == "recall" and recall.summary["super_seen_kept_calibration"] >= 95
+
+
+def test_tau_super_transfers_the_share_of_seen_subclass_validation_images() -> None:
+    """tau_super is chosen with held-out subclasses on the seen side, but the final model's validation split
+    has seen subclasses only: the transferred share must be the calibration model's share of *those* images."""
+    pool = _feature_pool()
+    pool = Pool(pool.images[: pool.n_labelled], pool.y_super[: pool.n_labelled], pool.y_sub[: pool.n_labelled],
+                pool.n_labelled)  # no outlier images: tau_super from the recall protocol
+    cfg = build_config({"data": {"val_fraction": 0.25, "holdout_fraction": 0.3}, "novelty": {"score": "knn"}})
+    stages = plan_stages(pool, TAX, cfg)
+    cal_tax = TAX.subset(stages["calibration"].keep_sub)[0]
+    ev_cal = collect_evidence(_Affine(2, cal_tax.n_sub), pool, TAX, stages["calibration"], "cpu")
+    ev_final = collect_evidence(_Affine(2, TAX.n_sub), pool, TAX, stages["final"], "cpu")
+    result = calibrate_run("knn", cfg.novelty, ev_final, ev_cal)
+    s = result.summary
+    scorer = NoveltyScorer.fit("knn", ev_cal.train, ev_cal.train_y_super, ev_cal.train_y_sub)
+    val = scorer.confidences(ev_cal.val, cal_tax.sub_to_super).super_conf
+    held = scorer.confidences(ev_cal.held, cal_tax.sub_to_super).super_conf
+    tau = s["super_tau_calibration"]
+    assert kept_share(torch.cat([val, held]), tau) == pytest.approx(cfg.novelty.super_recall, abs=0.05)
+    assert kept_share(held, tau) < kept_share(val, tau)  # held-out subclasses score lower: the shares differ
+    assert s["super_seen_kept_calibration"] / 100 == pytest.approx(kept_share(val, tau), abs=1e-6)

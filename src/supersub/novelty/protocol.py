@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -448,6 +448,10 @@ def _calibrate_levels(
             chosen["super"] = _choose(super_seen, c_novel.super_conf, ok_super, cfg, cfg.objective, "super")
         else:
             chosen["super"] = _choose(super_seen, None, ok_super, cfg, "recall", "super")
+        # tau_super was chosen with held-out subclasses on the seen side, but the final model's validation
+        # split holds seen subclasses only: transfer the share of *those* images it keeps, like for like (the
+        # share over both would put the final threshold above the novel subclasses' scores)
+        chosen["super"] = replace(chosen["super"], share=kept_share(c_val.super_conf, chosen["super"].tau))
     summary: dict[str, Any] = {
         "super_protocol": protocol, "n_seen_val": len(ev.val_y_sub), "n_held_out": len(ev.held_y_super),
         "super_scale_calibration": _scale(super_seen), "sub_scale_calibration": _scale(c_val.sub_conf),
