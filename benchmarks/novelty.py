@@ -38,7 +38,8 @@ import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_BENCH = HERE.parent.parent / "shared" / "bench"
-SCORES = ("msp", "maxlogit", "energy", "entropy", "gen", "mahalanobis", "knn", "knn-class", "vim")
+SCORES = ("msp", "maxlogit", "energy", "entropy", "gen", "mahalanobis", "knn", "knn-class", "vim", "vim+knn",
+          "vim+knn-class")
 # "matched" = the recall objective at the baseline's operating point: each threshold keeps the share of seen
 # validation images that the baseline's thresholds keep on the same model, so seen/unseen compare like for like
 OBJECTIVES = ("balanced", "expected", "eer", "recall", "matched")

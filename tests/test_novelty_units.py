@@ -299,10 +299,14 @@ def test_msp_thresholds_must_be_probabilities_but_feature_scores_are_free() -> N
     assert build_config({"novelty": {"score": "mahalanobis", "tau_super": -250.0}}).novelty.tau_super == -250.0
     with pytest.raises(SupersubError, match="novelty.tau_super"):
         build_config({"novelty": {"score": "msp", "tau_super": 1.5}})
-    # the default score is knn: a max-softmax threshold given without --score msp is refused, with the fix
+    # a max-softmax threshold given for a kNN level without --score msp is refused, with the fix
     with pytest.raises(SupersubError, match=r"novelty.tau_super: .*knn threshold .*\[-2, 0\].*--score msp"):
-        build_config({"novelty": {"tau_super": 0.99}})
-    assert build_config({"novelty": {"tau_super": -0.3}}).novelty.tau_super == -0.3
+        build_config({"novelty": {"score": "knn", "tau_super": 0.99}})
+    assert build_config({"novelty": {"score": "knn", "tau_super": -0.3}}).novelty.tau_super == -0.3
+    # a level pair checks each threshold against its own level's score: the default vim+knn
+    assert build_config({"novelty": {"tau_super": 7.5}}).novelty.tau_super == 7.5  # vim is unbounded
+    with pytest.raises(SupersubError, match=r"novelty.tau_sub: .*knn threshold"):
+        build_config({"novelty": {"tau_sub": 0.85}})
 
 
 # ---- exposure readers ---------------------------------------------------------------------------------

@@ -264,13 +264,35 @@ def test_options_survive_the_round_trip() -> None:
     assert (det.gamma, det.top_m) == (0.3, 7)
 
 
-def test_the_config_offers_exactly_the_registered_scores() -> None:
-    """novelty.score's choices (a Literal in config.py) and the detector registry are written separately."""
-    from typing import get_args
+def test_the_config_takes_every_registered_score_alone_or_as_a_level_pair() -> None:
+    from supersub.config import build_config
+    from supersub.novelty.scores import level_scores
 
-    from supersub.config import ScoreName
+    for name in DETECTORS:
+        assert build_config({"novelty": {"score": name}}).novelty.score == name
+        assert level_scores(name) == (name, name)
+    assert level_scores("vim+knn-class") == ("vim", "knn-class")
+    for bad in ("x", "vim+", "vim+knn+msp", "vim+x"):
+        with pytest.raises(SupersubError, match="novelty.score"):
+            build_config({"novelty": {"score": bad}})
 
-    assert sorted(get_args(ScoreName)) == sorted(DETECTORS)
+
+def test_a_level_pair_scores_each_level_with_its_own_detector() -> None:
+    from supersub.inference import Outputs
+    from supersub.novelty.scoring import NoveltyScorer, seen_view
+
+    g = torch.Generator().manual_seed(0)
+    feats, sup, sub = torch.randn(40, 6, generator=g), torch.randn(40, 2, generator=g), torch.randn(40, 4, generator=g)
+    y_sub = torch.randint(0, 4, (40,), generator=g)
+    y_super = y_sub // 2
+    view = seen_view(Outputs(sup, sub, feats), 2, 4)
+    pair = NoveltyScorer.fit("energy+knn", view, y_super, y_sub, options={"k": 3})
+    energy = create_detector("energy").fit(sup, feats, y_super)
+    knn = create_detector("knn", k=3).fit(sub, feats, y_sub)
+    conf = pair.confidences(view, [0, 0, 1, 1])
+    assert torch.equal(conf.super_conf, energy.confidence(sup, feats))
+    assert torch.equal(conf.sub_conf, knn.confidence(sub, feats))
+    assert pair.sub_detector.k == 3 and not hasattr(pair.super_detector, "k")
 
 
 def test_unknown_score_and_options_are_one_line_errors() -> None:

@@ -200,17 +200,16 @@ class AugmentConfig(_Strict):
         return self
 
 
-ScoreName = Literal["msp", "maxlogit", "energy", "entropy", "gen", "mahalanobis", "knn", "knn-class", "vim"]
 
 
 class NoveltyConfig(_Strict):
     """Novelty score and thresholds; a ``None`` threshold is calibrated (see :mod:`supersub.novelty.protocol`)."""
 
-    score: ScoreName = Field(
-        "knn",
-        description="novelty score per level (supersub.novelty.scores); knn (cosine distance to the k-th nearest "
-        "training feature) had the best AUROC on both benchmark protocols (README, Novelty benchmark); "
-        "msp = the seed paper's max softmax",
+    score: str = Field(
+        "vim+knn",
+        description="novelty score per level (supersub.novelty.scores): one name for both levels or SUPER+SUB; the "
+        "default vim+knn (ViM for a new superclass, kNN distance for a new subclass) was best on the pretrained "
+        "benchmark (README, Novelty on pretrained features); msp = the seed paper's max softmax",
     )
     score_options: dict[str, int | float] = Field(
         default_factory=dict,
@@ -270,17 +269,26 @@ class NoveltyConfig(_Strict):
     @model_validator(mode="after")
     def _score_options_fit_the_score(self) -> NoveltyConfig:
         """The options must be ones the score's detector takes, with valid values (checked by building it)."""
-        from .novelty.scores import create_detector
+        from .novelty.scores import create_detector, level_scores, options_for_detector
 
         if not self.score_options:
             return self
         if self.score == "msp":
             raise ValueError("score_options: msp (the seed's conditional max softmax) takes no options; its "
                              "probability temperatures are fitted (novelty.temperature_scaling)")
+        options, (first, second) = dict(self.score_options), level_scores(self.score)
         try:
-            create_detector(self.score, **self.score_options)
+            if first == second:
+                create_detector(first, **options)
+                return self
+            for part in (first, second):  # a pair: each detector takes the options that are its own
+                create_detector(part, **options_for_detector(part, options))
         except SupersubError as e:
             raise ValueError(f"score_options: {e}") from None
+        taken = set(options_for_detector(first, options)) | set(options_for_detector(second, options))
+        if set(options) - taken:
+            raise ValueError(f"score_options: {', '.join(sorted(set(options) - taken))} is an option of neither "
+                             f"{first} nor {second}")
         return self
 
     def options_for(self, score: str) -> dict[str, int | float]:
@@ -297,13 +305,27 @@ class NoveltyConfig(_Strict):
     @classmethod
     def _score_range(cls, value: float | None, info: ValidationInfo) -> float | None:
         """A threshold outside its score's range would flag every image (or none): say so at once."""
-        from .novelty.scores import DETECTORS  # the detectors know their ranges
+        from .novelty.scores import DETECTORS, level_scores  # the detectors know their ranges
 
-        score = info.data.get("score")
-        bounds = DETECTORS[score].confidence_range if score in DETECTORS else None
-        if value is not None and bounds is not None and not bounds[0] <= value <= bounds[1]:
+        name = info.data.get("score")
+        if value is None or not isinstance(name, str):
+            return value
+        score = level_scores(name)[0 if info.field_name == "tau_super" else 1]
+        bounds = DETECTORS[score].confidence_range
+        if bounds is not None and not bounds[0] <= value <= bounds[1]:
             hint = "" if score == "msp" else " (for max-softmax thresholds such as 0.99 set --score msp)"
             raise ValueError(f"a {score} threshold must lie in [{bounds[0]:g}, {bounds[1]:g}]{hint}")
+        return value
+
+    @field_validator("score")
+    @classmethod
+    def _known_score(cls, value: str) -> str:
+        from .novelty.scores import level_scores
+
+        try:
+            level_scores(value)
+        except SupersubError as e:
+            raise ValueError(str(e)) from None
         return value
 
 

@@ -476,6 +476,27 @@ DETECTORS: dict[str, type[Detector]] = {
 }
 
 
+PAIR_SEPARATOR = "+"
+
+
+def level_scores(name: str) -> tuple[str, str]:
+    """The (superclass, subclass) detector names of a score: ``"knn"`` -> both knn; ``"vim+knn"`` -> ViM for
+    the superclass, kNN for the subclass. A pair lets each level use the detector that separates its own kind
+    of novelty best (a new family vs a new species of a known family)."""
+    parts = name.split(PAIR_SEPARATOR)
+    if len(parts) > 2 or not all(parts):
+        raise SupersubError(f"score {name!r}: one name, or two joined by '{PAIR_SEPARATOR}' (superclass+subclass)")
+    for part in parts:
+        _detector_class(part)
+    return (parts[0], parts[-1])
+
+
+def options_for_detector(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The options among ``options`` that detector ``name`` takes (a pair's options go to the parts that take them)."""
+    params = _detector_class(name).params
+    return {k: v for k, v in options.items() if k in params}
+
+
 def _detector_class(name: str) -> type[Detector]:
     if name not in DETECTORS:
         raise SupersubError(f"unknown score {name!r} (choose from {', '.join(DETECTORS)})")

@@ -29,7 +29,7 @@ from ..errors import SupersubError
 from ..inference import Outputs
 from ..io import torch_save_atomic
 from .decide import decide
-from .scores import DETECTORS, Detector, create_detector, detector_from_state
+from .scores import DETECTORS, Detector, create_detector, detector_from_state, level_scores, options_for_detector
 
 DETECTORS_FORMAT = "supersub-detectors-1"
 SCORES = tuple(DETECTORS)
@@ -90,8 +90,7 @@ class NoveltyScorer:
     """A detector per level under one score name; ``msp`` is max softmax (see the module docstring)."""
 
     def __init__(self, name: str, super_detector: Detector, sub_detector: Detector) -> None:
-        if name not in SCORES:
-            raise SupersubError(f"unknown score {name!r} (choose from {', '.join(SCORES)})")
+        self.levels = level_scores(name)  # ("vim", "knn") for "vim+knn"; unknown names are one-line errors
         self.name = name
         self.super_detector = super_detector
         self.sub_detector = sub_detector
@@ -114,26 +113,33 @@ class NoveltyScorer:
         out = train.outputs
         heads = heads or {}
         detectors = []
-        for level, logits, labels in (("super", out.super_logits, y_super), ("sub", out.sub_logits, y_sub)):
+        for detector, level, logits, labels in zip(level_scores(name), ("super", "sub"),
+                                                   (out.super_logits, out.sub_logits), (y_super, y_sub)):
             keep = labels >= 0
             if not keep.any():
                 raise SupersubError(f"score '{name}': no labelled training images to fit on")
             head = heads.get(level)
             weight, bias = head if head is not None else (None, None)
-            detectors.append(create_detector(name, **(options or {})).fit(logits[keep], out.features[keep], labels[keep],
-                                                       head_weight=weight, head_bias=bias))
+            made = create_detector(detector, **options_for_detector(detector, dict(options or {})))
+            detectors.append(made.fit(logits[keep], out.features[keep], labels[keep], head_weight=weight,
+                                      head_bias=bias))
         return cls(name, *detectors)
 
     def confidences(self, view: SeenView, sub_to_super: Sequence[int]) -> Confidences:
         out = view.outputs
-        if self.name == "msp":
-            d = decide(out.super_probs, out.sub_probs, sub_to_super, 0.0, 0.0)
+        super_name, sub_name = self.levels
+        d = decide(out.super_probs, out.sub_probs, sub_to_super, 0.0, 0.0) if "msp" in self.levels else None
+        if super_name == "msp":
+            assert d is not None
             super_conf = d.super_conf if view.super_seen_mass is None else view.super_seen_mass
-            return Confidences(super_conf.float(), d.sub_conf.float())
-        return Confidences(
-            self.super_detector.confidence(out.super_logits, out.features),
-            self.sub_detector.confidence(out.sub_logits, out.features),
-        )
+        else:
+            super_conf = self.super_detector.confidence(out.super_logits, out.features)
+        if sub_name == "msp":
+            assert d is not None
+            sub_conf = d.sub_conf
+        else:
+            sub_conf = self.sub_detector.confidence(out.sub_logits, out.features)
+        return Confidences(super_conf.float(), sub_conf.float())
 
     # ---- persistence -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
