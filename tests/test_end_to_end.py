@@ -20,11 +20,11 @@ def test_train_writes_a_complete_run_directory(trained_run: Path):
                  "logs/final/metrics.csv", "logs/calibration/metrics.csv", "checkpoints/final/last.ckpt"):
         assert (trained_run / name).is_file(), name
     thresholds = json.loads((trained_run / "thresholds.json").read_text())
-    # the default score is vim+knn: ViM at the superclass level, kNN (minus a cosine distance, in [-2, 0]) at
-    # the subclass level; the saved detectors are one of each
-    assert thresholds["score"] == "vim+knn" and -2.0 <= thresholds["tau_sub"] <= 0.0
+    # the default score is vim+maxlogit: ViM at the superclass level, the subclass head's max logit at the
+    # subclass level; the saved detectors are one of each
+    assert thresholds["score"] == "vim+maxlogit"
     detectors = torch.load(trained_run / "detectors.pt", weights_only=True)
-    assert (detectors["super"]["name"], detectors["sub"]["name"]) == ("vim", "knn")
+    assert (detectors["super"]["name"], detectors["sub"]["name"]) == ("vim", "maxlogit")
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert metrics["n_images"] == 18 * 8 and metrics["n_novel_images"] == 80
     assert metrics["calibration"]["n_held_out"] > 0 and metrics["calibration"]["n_novel_calibration"] == 16

@@ -303,10 +303,10 @@ def test_msp_thresholds_must_be_probabilities_but_feature_scores_are_free() -> N
     with pytest.raises(SupersubError, match=r"novelty.tau_super: .*knn threshold .*\[-2, 0\].*--score msp"):
         build_config({"novelty": {"score": "knn", "tau_super": 0.99}})
     assert build_config({"novelty": {"score": "knn", "tau_super": -0.3}}).novelty.tau_super == -0.3
-    # a level pair checks each threshold against its own level's score: the default vim+knn
-    assert build_config({"novelty": {"tau_super": 7.5}}).novelty.tau_super == 7.5  # vim is unbounded
+    # a level pair checks each threshold against its own level's score
+    assert build_config({"novelty": {"score": "vim+knn", "tau_super": 7.5}}).novelty.tau_super == 7.5  # unbounded
     with pytest.raises(SupersubError, match=r"novelty.tau_sub: .*knn threshold"):
-        build_config({"novelty": {"tau_sub": 0.85}})
+        build_config({"novelty": {"score": "vim+knn", "tau_sub": 0.85}})
 
 
 # ---- exposure readers ---------------------------------------------------------------------------------

@@ -92,7 +92,7 @@ def test_unset_pretrained_means_bundled_weights_only_where_they_exist():
     assert ModelConfig(backbone="resnet18").pretrained is False
     assert ModelConfig(backbone="efficientnet_lite0", weights="w.pt").pretrained is False
     assert build_config({"model": {"backbone": "cnn"}}).optim.finetune == "full"
-    assert build_config({}).optim.finetune == "partial"
+    assert build_config({}).optim.finetune == "frozen"
     assert build_config({"optim": {"finetune": "frozen"}}).optim.finetune == "frozen"
 
 

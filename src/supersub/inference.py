@@ -38,10 +38,10 @@ def run_model(
 ) -> Outputs:
     """Evaluate ``model`` on uint8 (N,3,H,W) images in eval mode; results on the CPU."""
     device = device or pick_device()
-    model = model.to(device).eval()
+    model = model.to(device, memory_format=torch.channels_last).eval()  # faster convolutions, same results
     sup, sub, feat = [], [], []
     for start in range(0, len(images), batch_size):
-        s, b, f = model(images[start : start + batch_size].to(device))
+        s, b, f = model(images[start : start + batch_size].to(device).contiguous(memory_format=torch.channels_last))
         sup.append(s.float().cpu())
         sub.append(b.float().cpu())
         feat.append(f.float().cpu())

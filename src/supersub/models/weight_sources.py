@@ -67,7 +67,7 @@ def _lite(index: int, digest: str, native: int) -> WeightSource:
         mean=(0.5, 0.5, 0.5),
         std=(0.5, 0.5, 0.5),
         native_size=native,
-        default_size=128,
+        default_size=224,
     )
 
 
