@@ -49,6 +49,6 @@ def run_cli(args: list[str]) -> int:
 def trained_run(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "run"
     code = run_cli(["train", "--data", str(synth_dir), "--out", str(run),
-                    "--novel-data", str(synth_dir / "novel_images"), *TINY_TRAIN_ARGS])
+                    "--novel-data", str(synth_dir / "novel_images"), "--score", "vim+maxlogit", *TINY_TRAIN_ARGS])
     assert code == 0
     return run

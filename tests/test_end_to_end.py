@@ -20,8 +20,8 @@ def test_train_writes_a_complete_run_directory(trained_run: Path):
                  "logs/final/metrics.csv", "logs/calibration/metrics.csv", "checkpoints/final/last.ckpt"):
         assert (trained_run / name).is_file(), name
     thresholds = json.loads((trained_run / "thresholds.json").read_text())
-    # the default score is vim+maxlogit: ViM at the superclass level, the subclass head's max logit at the
-    # subclass level; the saved detectors are one of each
+    # the fixture's score vim+maxlogit (the recipe's without outlier images): ViM at the superclass level, the
+    # subclass head's max logit at the subclass level; the saved detectors are one of each
     assert thresholds["score"] == "vim+maxlogit"
     detectors = torch.load(trained_run / "detectors.pt", weights_only=True)
     assert (detectors["super"]["name"], detectors["sub"]["name"]) == ("vim", "maxlogit")

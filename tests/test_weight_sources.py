@@ -107,3 +107,9 @@ def test_map_state_dict_pairs_by_order_and_refuses_a_file_of_another_layout():
         map_state_dict(swapped, target, "f")
     with pytest.raises(SupersubError, match="1 tensors in the file, the model has 2"):
         map_state_dict({"x.weight": torch.ones(2, 3)}, target, "f")
+
+
+def test_the_recipe_score_depends_on_outlier_images_unless_set():
+    assert build_config({}).novelty.score == "vim+maxlogit"
+    assert build_config({"data": {"novel_data": "outliers/"}}).novelty.score == "energy"
+    assert build_config({"data": {"novel_data": "o/"}, "novelty": {"score": "knn"}}).novelty.score == "knn"

@@ -209,7 +209,8 @@ class NoveltyConfig(_Strict):
         "vim+maxlogit",
         description="novelty score per level (supersub.novelty.scores): one name for both levels or SUPER+SUB; the "
         "default vim+maxlogit (ViM on the features for a new superclass, the subclass head's max logit for a new "
-        "subclass) was best on the pretrained benchmark (README, Novelty on pretrained features); msp = the seed "
+        "subclass) was best on the pretrained benchmark (README, Novelty on pretrained features); unset with "
+        "data.novel_data: energy (outlier exposure flattens the head on outliers, which breaks ViM); msp = the seed "
         "paper's max softmax",
     )
     score_options: dict[str, int | float] = Field(
@@ -347,6 +348,7 @@ class TrainerConfig(_Strict):
 
 
 RECIPE_FINETUNE = "frozen"  # the regime of the recommended recipe (README, Recommended recipe)
+RECIPE_SCORE_WITH_OUTLIERS = "energy"  # the recipe's novelty score when data.novel_data is given
 
 
 class TrainConfig(_Strict):
@@ -366,13 +368,19 @@ class TrainConfig(_Strict):
     @classmethod
     def _resolve_recipe(cls, data: Any) -> Any:
         """finetune auto: the recipe's regime for a backbone with starting weights, full training for one from
-        scratch."""
+        scratch; novelty.score unset with outlier images: the recipe's score for outlier exposure."""
         if not isinstance(data, dict):
             return data
         data = dict(data)
         model, optim = _section(data, "model"), _section(data, "optim")
         if not isinstance(model, dict) or not isinstance(optim, dict):
             return data  # not a mapping: the field validation names the section
+        novelty, data_ = _section(data, "novelty"), _section(data, "data")
+        if isinstance(novelty, dict) and isinstance(data_, dict) and novelty.get("score") is None \
+                and data_.get("novel_data"):
+            # with outlier exposure the head is trained flat on outliers, which breaks ViM's virtual logit;
+            # energy is the score outlier exposure is known to pair with (README, pretrained benchmarks)
+            data["novelty"] = {**novelty, "score": RECIPE_SCORE_WITH_OUTLIERS}
         if optim.get("finetune", "auto") == "auto":
             pretrained = model.get("pretrained")
             pretrained = _has_bundled_weights(model) if pretrained is None else pretrained
