@@ -76,3 +76,35 @@ def torch_save_atomic(obj: Any, target: str | os.PathLike[str]) -> None:
     """``torch.save`` through a temporary file, so a checkpoint is never half-written."""
     with atomic_path(target) as tmp:
         torch.save(obj, tmp)
+
+
+def _refusal_reason(error: Exception) -> str:
+    """Why torch.load(weights_only=True) failed, without torch's advice to retry with weights_only=False.
+
+    For a file holding Python objects torch's first lines suggest exactly the unsafe retry; the line that
+    names the blocked object ("Trying to load unsupported GLOBAL posix.system ...") is the useful one.
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines or not lines[0].startswith("Weights only load failed"):
+        return f"not a readable checkpoint: {_first_line(error)[:200]}"
+    detail = next((ln for ln in lines[1:] if not ln.startswith("Check the documentation")), "unknown object")
+    return f"it holds Python objects, not just tensors and plain data: {detail[:200].rstrip('.')}"
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """``torch.load(weights_only=True)``: tensors and plain data only; a pickle payload is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise SupersubError(f"{path}: checkpoint not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a refusal, reported in one line
+        raise SupersubError(f"{path}: refused to load checkpoint ({_refusal_reason(e)})") from None
+    if not isinstance(obj, dict):
+        raise SupersubError(f"{path}: checkpoint is not a dictionary")
+    return obj
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -27,7 +27,7 @@ import yaml
 from . import __version__
 from .config import TrainConfig, build_config, config_to_dict
 from .errors import SupersubError
-from .io import torch_save_atomic, write_json_atomic, write_text_atomic
+from .io import _first_line, load_checkpoint, torch_save_atomic, write_json_atomic, write_text_atomic  # noqa: F401 - re-exported
 from .models.model import HierarchicalClassifier, build_model
 from .taxonomy import Taxonomy
 
@@ -183,11 +183,6 @@ class RunDir:
         write_json_atomic(self.metrics_file, metrics)
 
 
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def _detail(error: Exception) -> str:
     """The first specific line of a multi-line torch error ("size mismatch for sub_head.weight: ...")."""
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
@@ -221,28 +216,3 @@ def _taxonomy(d: Any, source: str) -> Taxonomy:
     return Taxonomy.from_dict(d, source)
 
 
-def _refusal_reason(error: Exception) -> str:
-    """Why torch.load(weights_only=True) failed, without torch's advice to retry with weights_only=False.
-
-    For a file holding Python objects torch's first lines suggest exactly the unsafe retry; the line that
-    names the blocked object ("Trying to load unsupported GLOBAL posix.system ...") is the useful one.
-    """
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    if not lines or not lines[0].startswith("Weights only load failed"):
-        return f"not a readable checkpoint: {_first_line(error)[:200]}"
-    detail = next((ln for ln in lines[1:] if not ln.startswith("Check the documentation")), "unknown object")
-    return f"it holds Python objects, not just tensors and plain data: {detail[:200].rstrip('.')}"
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """``torch.load(weights_only=True)``: tensors and plain data only; a pickle payload is refused."""
-    path = Path(path)
-    if not path.is_file():
-        raise SupersubError(f"{path}: checkpoint not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is a refusal, reported in one line
-        raise SupersubError(f"{path}: refused to load checkpoint ({_refusal_reason(e)})") from None
-    if not isinstance(obj, dict):
-        raise SupersubError(f"{path}: checkpoint is not a dictionary")
-    return obj

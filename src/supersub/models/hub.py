@@ -168,7 +168,7 @@ def load_backbone_weights(model: nn.Module, path: Path) -> None:
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The flat name -> tensor mapping inside any supported file/wrapper."""
-    from ..run import load_checkpoint
+    from ..io import load_checkpoint
 
     if path.suffix == ".safetensors":
         return _read_safetensors(path)

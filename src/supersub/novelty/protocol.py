@@ -278,7 +278,7 @@ def collect_evidence(
 
 def load_stage_model(run_path: Path, stage: str) -> HierarchicalClassifier:
     """A calibration or LOSO model from its best Lightning checkpoint (``weights_only`` loading)."""
-    from ..run import load_checkpoint
+    from ..io import load_checkpoint
     from ..training.module import HierarchicalModule
 
     path = run_path / "checkpoints" / stage / "best.ckpt"
@@ -499,7 +499,7 @@ def save_calibration(cal: Calibration, run_path: Path) -> None:
 def load_scorer(run_path: Path, score: str) -> NoveltyScorer:
     """The final model's detectors (``weights_only`` loading); ``msp`` needs none, so a run without the
     file still predicts with it."""
-    from ..run import load_checkpoint
+    from ..io import load_checkpoint
 
     path = run_path / DETECTORS_FILE
     if score == "msp" and not path.exists():

@@ -19,10 +19,10 @@ from ..config import TrainConfig, config_to_dict
 from ..data.module import TensorDataModule
 from ..errors import SupersubError
 from ..models.model import HierarchicalClassifier
-from ..run import load_checkpoint
+from ..io import load_checkpoint
 from ..taxonomy import Taxonomy
 from .distributed import local_device
-from .finetune import CACHED_REGIMES, GradualUnfreeze, cached_rows
+from .finetune import GradualUnfreeze, cached_rows
 from .loggers import build_loggers, keep_csv_history
 from .module import HierarchicalModule
 
