@@ -189,6 +189,48 @@ def train(
     return summary
 
 
+def pretrain(
+    data: str | Path,
+    out: str | Path,
+    config: TrainConfig | dict[str, Any] | str | Path | None = None,
+    *,
+    test_data: str | Path | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Train a backbone on the class folder ``data`` (``root/<class>/*.jpg``) and save it to ``out``.
+
+    ``out`` loads with ``train(..., **{"model.weights": out})``. Seed 002's binary-partition heads are
+    ``pretrain.binary_partition`` (B) and ``pretrain.partitions`` (K); ``pretrain.classes`` restricts the
+    classes. With ``test_data`` (same class folder names) the summary holds its accuracy. Given starting
+    weights, the run is a fine-tuning: a new class head, the backbone at ``lr`` and the head at
+    ``head_lr_mult`` x ``lr`` (finetune discriminative). Returns the summary (also written to ``out.json``).
+    """
+    short = {"epochs": "optim.epochs", "lr": "optim.lr", "batch_size": "optim.batch_size"}
+    overrides = {short.get(k, k): v for k, v in overrides.items()}
+    cfg = _config(config, overrides)
+    _absolute_paths(cfg)
+    from .pretrain.run import pretrain as run_pretrain  # Lightning and the backbone registry load here
+
+    return run_pretrain(Path(data), Path(out), cfg, Path(test_data) if test_data is not None else None,
+                        overwrite=overwrite, resume=resume, finetune_chosen=_finetune_chosen(config, overrides))
+
+
+def _finetune_chosen(config: TrainConfig | dict[str, Any] | str | Path | None, overrides: dict[str, Any]) -> bool:
+    """Did the caller pick optim.finetune? (The config resolves 'auto' to a regime, so ask the raw inputs.)"""
+    if overrides.get("optim.finetune", "auto") != "auto":
+        return True
+    if isinstance(config, TrainConfig):
+        return config.optim.finetune != "frozen"  # frozen is what 'auto' becomes with starting weights
+    if isinstance(config, (str, Path)):
+        import yaml
+
+        config = yaml.safe_load(Path(config).read_text(encoding="utf-8")) if Path(config).is_file() else None
+    optim = config.get("optim") if isinstance(config, dict) else None
+    return isinstance(optim, dict) and optim.get("finetune", "auto") != "auto"
+
+
 def _absolute_paths(cfg: TrainConfig) -> None:
     """The saved config must mean the same files wherever ``supersub calibrate`` is run from later."""
     for key in ("novel_data", "novel_sub_data", "cache_dir"):
@@ -197,6 +239,8 @@ def _absolute_paths(cfg: TrainConfig) -> None:
             setattr(cfg.data, key, Path(value).resolve())
     if cfg.model.weights is not None:
         cfg.model.weights = Path(cfg.model.weights).resolve()
+    if cfg.pretrain.classes is not None:
+        cfg.pretrain.classes = Path(cfg.pretrain.classes).resolve()
 
 
 def _decode_sample(records: list[ImageRecord], cfg: TrainConfig, count: int | None, what: str) -> tuple[

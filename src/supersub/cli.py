@@ -153,6 +153,13 @@ def train(
     devices: Optional[str] = typer.Option(None, help="Lightning devices: auto, 1, 2, '0,1'"),
     strategy: Optional[str] = typer.Option(None, help="Lightning strategy: auto, ddp, ..."),
     precision: Optional[str] = typer.Option(None, help="Lightning precision: 32-true, 16-mixed, bf16-mixed"),
+    ptr: Optional[bool] = typer.Option(
+        None, "--ptr/--no-ptr", help="seed 004's pseudo-task regularisation (not with --finetune frozen)"),
+    ptr_ratio: Optional[float] = typer.Option(
+        None, "--ptr-ratio", help="PtR: R, the CE / PtR gradient-norm ratio kept each step (default 10)"),
+    ptr_loss: Optional[str] = typer.Option(None, "--ptr-loss", help="PtR regression loss: smooth-l1 (default) or l2"),
+    ptr_target: Optional[str] = typer.Option(
+        None, "--ptr-target", help="PtR random targets: normal (N(0,1), default) or uniform (U(0,1))"),
     skip_bad_images: bool = typer.Option(False, "--skip-bad-images", help="warn and skip unreadable images"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run directory"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its last checkpoints"),
@@ -175,7 +182,8 @@ def train(
         "data.novel_sub_count": novel_sub_count, "novelty.score": score, "novelty.objective": objective,
         "novelty.oe": oe,
         "trainer.accelerator": accelerator, "trainer.devices": devices, "trainer.strategy": strategy,
-        "trainer.precision": precision,
+        "trainer.precision": precision, "ptr.enabled": ptr, "ptr.ratio": ptr_ratio, "ptr.loss": ptr_loss,
+        "ptr.target": ptr_target,
     }
     if skip_bad_images:
         overrides["data.skip_bad_images"] = True
@@ -196,6 +204,58 @@ def train(
         f"[bold green]trained[/] {out} in {summary['seconds']}s: {t['score']} tau_super={t['tau_super']:.4g} "
         f"tau_sub={t['tau_sub']:.4g}; final {summary['final']}"
     )
+
+
+@app.command()
+def pretrain(
+    data: Path = typer.Option(..., "--data", help="class folder: root/<class>/*.jpg (e.g. Tiny-ImageNet's train/)"),
+    out: Path = typer.Option(..., "--out", help="checkpoint to write (load it with 'train --weights OUT')"),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML experiment file; flags override it"),
+    classes: Optional[Path] = typer.Option(None, "--classes", help="text file of class folders to use, one a line"),
+    per_class: Optional[int] = typer.Option(None, "--per-class", help="at most N images per class (seeded sample)"),
+    test_data: Optional[Path] = typer.Option(
+        None, "--test-data", help="class folder with the same class names: its accuracy goes in the summary"),
+    binary_partition: Optional[float] = typer.Option(
+        None, "--binary-partition", help="seed 002: B in (1-B) CE + B BCE of random balanced class splits (0 = off)"),
+    partitions: Optional[int] = typer.Option(None, "--partitions", help="seed 002: K random splits (default 1)"),
+    epochs: Optional[int] = typer.Option(None, help="training epochs"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    lr: Optional[float] = typer.Option(None, help="learning rate (of the backbone when fine-tuning from weights)"),
+    seed: Optional[int] = typer.Option(None, help="random seed (default 0): also fixes the partitions"),
+    backbone: Optional[str] = typer.Option(None, help="as for train: efficientnet_lite0/1/2, 'cnn' or a timm name"),
+    pretrained: Optional[bool] = typer.Option(
+        None, "--pretrained/--no-pretrained", help="start from ImageNet weights (default: yes where bundled)"),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="start from a local backbone state dict"),
+    finetune: Optional[str] = typer.Option(
+        None, help="full, or discriminative (backbone at lr, new head at head_lr_mult x lr); default: full from "
+        "scratch, discriminative from weights"),
+    image_size: Optional[int] = typer.Option(None, "--image-size"),
+    val_fraction: Optional[float] = typer.Option(None, "--val-fraction"),
+    accelerator: Optional[str] = typer.Option(None, help="Lightning accelerator: auto, cpu, gpu, mps"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing checkpoint and its run"),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from OUT.d/checkpoints/last.ckpt"),
+    no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars (logs only)"),
+    set_: list[str] = typer.Option([], "--set", help="any config key, e.g. --set model.width=64 (repeatable)"),
+) -> None:
+    """Train a backbone on a classification folder (seed 002's binary-partition heads optional) into OUT."""
+    from . import api
+
+    overrides: dict[str, Any] = {
+        "pretrain.classes": str(classes) if classes else None, "pretrain.per_class": per_class,
+        "pretrain.binary_partition": binary_partition, "pretrain.partitions": partitions,
+        "optim.epochs": epochs, "optim.batch_size": batch_size, "optim.lr": lr, "seed": seed,
+        "model.backbone": backbone, "model.pretrained": pretrained, "model.weights": str(weights) if weights else None,
+        "optim.finetune": finetune, "data.image_size": image_size, "data.val_fraction": val_fraction,
+        "trainer.accelerator": accelerator,
+    }
+    if no_progress:
+        overrides["trainer.progress"] = False
+    overrides.update(_parse_sets(set_))
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    summary = api.pretrain(data, out, config, test_data=test_data, overwrite=overwrite, resume=resume, **overrides)
+    accs = ", ".join(f"{k} {summary[k]}%" for k in ("val_acc", "test_acc") if k in summary)
+    console.print(f"[bold green]pretrained[/] {out} ({summary['n_classes']} classes, {summary['epochs_run']} epochs, "
+                  f"{summary['seconds']}s){': ' + accs if accs else ''}")
 
 
 @app.command()

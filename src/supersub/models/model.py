@@ -72,6 +72,8 @@ class HierarchicalClassifier(nn.Module):
             membership = F.one_hot(torch.as_tensor(list(sub_to_super)), n_super).float()
             self.register_buffer("membership", membership, persistent=False)
         self.num_features = feat + (sub_feat if self.sub_backbone is not None else 0)
+        # width of backbone_features(): the pooled representation before any neck
+        self.num_backbone_features = sum(int(b.num_features) for b in self.backbones())
         self.register_load_state_dict_pre_hook(_legacy_linear_heads)
 
     # ---- pieces ------------------------------------------------------------------------------
@@ -93,18 +95,11 @@ class HierarchicalClassifier(nn.Module):
         return [[p for p in self.parameters() if id(p) not in inside], [p for m in sub for p in m.parameters()]]
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float()
-        if images.dtype == torch.uint8:
-            x = x / 255.0
-        return (x - self.mean) / self.std
+        return normalize_images(images, self.mean, self.std)
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """The backbone's input: normalised, then resized to ``input_size`` when one is set."""
-        x = self.normalize(images)
-        size = self.input_size
-        if size is not None and tuple(x.shape[-2:]) != (size, size):
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        return x
+        return prepare_images(images, self.mean, self.std, self.input_size)
 
     # ---- forward -----------------------------------------------------------------------------
     def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
@@ -158,6 +153,22 @@ class HierarchicalClassifier(nn.Module):
             pad = w.new_zeros(w.shape[0], self.num_features - w.shape[1])
             w = torch.cat([w, pad] if level == "super" else [pad, w], dim=1)
         return w, b
+
+
+def normalize_images(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 0..255 or float 0..1 images -> the backbone's normalised floats."""
+    x = images.float()
+    if images.dtype == torch.uint8:
+        x = x / 255.0
+    return (x - mean) / std
+
+
+def prepare_images(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, size: int | None) -> torch.Tensor:
+    """Normalised, then resized to ``size`` when one is set: what every backbone of supersub is fed."""
+    x = normalize_images(images, mean, std)
+    if size is not None and tuple(x.shape[-2:]) != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x
 
 
 def _same_weights(a: nn.Module, b: nn.Module) -> bool:
