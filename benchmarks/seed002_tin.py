@@ -4,6 +4,7 @@ weight B, K splits), fine-tune on classes B (new head, backbone at a reduced LR)
 
     python benchmarks/seed002_tin.py split                      # bench-out/s002/{A,B}.txt, fixed (seed 0)
     python benchmarks/seed002_tin.py run --bp 0.3 --seed 1 [--partitions 1] [--work bench-out/s002]
+    python benchmarks/seed002_tin.py scratch --seed 1           # reference: B trained from scratch, no A
     python benchmarks/seed002_tin.py table                      # mean +- std per (B, K) from results.jsonl
 
 Sizes (chosen for 2 shared CPU cores; see docs/experiments.md) are the constants below. Each finished run
@@ -59,6 +60,20 @@ def run(work: Path, bp: float, k: int, seed: int) -> None:
     print(json.dumps(row), flush=True)
 
 
+def scratch(work: Path, seed: int) -> None:
+    """The no-transfer reference: B's classifier from random weights, at the pretraining LR (full)."""
+    out = work / f"scratch-s{seed}-B.pt"
+    cli(["pretrain", "--data", str(TIN / "train"), "--classes", str(work / "B.txt"), "--out", str(out),
+         "--seed", str(seed), "--test-data", str(TIN / "val"), "--overwrite", *MODEL, "--per-class", "50",
+         "--epochs", "6", "--lr", "0.003"])
+    b = json.loads(Path(f"{out}.json").read_text())
+    row = {"bp": -1.0, "k": 0, "seed": seed, "A_test_acc": None, "B_test_acc": b["test_acc"],
+           "seconds": b["seconds"]}
+    with open(work / "results.jsonl", "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+    print(json.dumps(row), flush=True)
+
+
 def table(work: Path) -> None:
     rows = [json.loads(line) for line in (work / "results.jsonl").read_text().splitlines() if line.strip()]
     groups: dict[tuple[float, int], list[dict]] = {}
@@ -68,15 +83,16 @@ def table(work: Path) -> None:
     print("|---|---|---|---|---|---|")
     for (bp, k), rs in sorted(groups.items()):
         b = [r["B_test_acc"] for r in rs]
-        a = [r["A_test_acc"] for r in rs]
+        a = [r["A_test_acc"] for r in rs if r["A_test_acc"] is not None]
         sd = statistics.stdev(b) if len(b) > 1 else 0.0
-        print(f"| {bp} | {k or '-'} | {','.join(str(r['seed']) for r in rs)} | {statistics.mean(b):.2f} ± {sd:.2f} | "
-              f"{statistics.mean(a):.2f} | {', '.join(f'{x:.2f}' for x in b)} |")
+        label = "scratch (no A)" if bp < 0 else str(bp)
+        print(f"| {label} | {k or '-'} | {','.join(str(r['seed']) for r in rs)} | {statistics.mean(b):.2f} ± {sd:.2f} | "
+              f"{f'{statistics.mean(a):.2f}' if a else '-'} | {', '.join(f'{x:.2f}' for x in b)} |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("action", choices=["split", "run", "table"])
+    ap.add_argument("action", choices=["split", "run", "scratch", "table"])
     ap.add_argument("--work", type=Path, default=Path("bench-out/s002"))
     ap.add_argument("--bp", type=float, default=0.0)
     ap.add_argument("--partitions", type=int, default=1)
@@ -86,6 +102,8 @@ def main() -> None:
         split(a.work)
     elif a.action == "run":
         run(a.work, a.bp, a.partitions, a.seed)
+    elif a.action == "scratch":
+        scratch(a.work, a.seed)
     else:
         table(a.work)
 
