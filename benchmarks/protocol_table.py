@@ -50,14 +50,23 @@ def main() -> None:
             print(f"| {name} | {r['seed']} | " + " | ".join(str(r[c]) for c in COLUMNS) +
                   f" | {r['val_sub']} | {last_ptr_w(folder / name / 'run')} | {r['seconds']['train']} |")
     print()
-    print("| name | seeds | super overall | sub overall | super CE | sub CE | val sub acc |")
-    print("|---|---|---|---|---|---|---|")
+    print("| name | seeds | super overall | sub overall | super CE | sub CE | val sub acc | paired diff vs first name, "
+          "super / sub overall (pp) |")
+    print("|---|---|---|---|---|---|---|---|")
+    first = {r["seed"]: r for r in summary.get(a.names.split(",")[0], [])}
     for name, rs in summary.items():
+        pairs = [(r, first[r["seed"]]) for r in rs if r["seed"] in first]
+
+        def diff(key: str) -> str:
+            ds = [float(r[key]) - float(f[key]) for r, f in pairs]
+            return f"{statistics.mean(ds):+.2f} ± {statistics.stdev(ds) if len(ds) > 1 else 0.0:.2f}"
+        paired = f"{diff('super_acc_overall')} / {diff('sub_acc_overall')} (n={len(pairs)})" \
+            if pairs and name != a.names.split(",")[0] else "-"
         def ms(key: str) -> str:
             xs = [float(r[key]) for r in rs]
             return f"{statistics.mean(xs):.3g} ± {statistics.stdev(xs):.2g}" if len(xs) > 1 else f"{xs[0]:.3g}"
         print(f"| {name} | {','.join(str(r['seed']) for r in rs)} | {ms('super_acc_overall')} | "
-              f"{ms('sub_acc_overall')} | {ms('super_ce')} | {ms('sub_ce')} | {ms('val_sub')} |")
+              f"{ms('sub_acc_overall')} | {ms('super_ce')} | {ms('sub_ce')} | {ms('val_sub')} | {paired} |")
 
 
 if __name__ == "__main__":

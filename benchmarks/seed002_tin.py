@@ -79,15 +79,19 @@ def table(work: Path) -> None:
     groups: dict[tuple[float, int], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["bp"], r["k"] if r["bp"] > 0 else 0), []).append(r)
-    print("| B | K | seeds | B test acc % (mean ± std) | A test acc % | per seed (B acc) |")
-    print("|---|---|---|---|---|---|")
+    print("| B | K | seeds | B test acc % (mean ± std) | A test acc % | per seed (B acc) | paired diff vs B=0 (pp) |")
+    print("|---|---|---|---|---|---|---|")
+    base = {r["seed"]: r["B_test_acc"] for r in groups.get((0.0, 0), [])}
     for (bp, k), rs in sorted(groups.items()):
         b = [r["B_test_acc"] for r in rs]
+        diffs = [r["B_test_acc"] - base[r["seed"]] for r in rs if r["seed"] in base]
+        paired = "-" if bp == 0 or not diffs else \
+            f"{statistics.mean(diffs):+.2f} ± {statistics.stdev(diffs) if len(diffs) > 1 else 0.0:.2f} (n={len(diffs)})"
         a = [r["A_test_acc"] for r in rs if r["A_test_acc"] is not None]
         sd = statistics.stdev(b) if len(b) > 1 else 0.0
         label = "scratch (no A)" if bp < 0 else str(bp)
         print(f"| {label} | {k or '-'} | {','.join(str(r['seed']) for r in rs)} | {statistics.mean(b):.2f} ± {sd:.2f} | "
-              f"{f'{statistics.mean(a):.2f}' if a else '-'} | {', '.join(f'{x:.2f}' for x in b)} |")
+              f"{f'{statistics.mean(a):.2f}' if a else '-'} | {', '.join(f'{x:.2f}' for x in b)} | {paired} |")
 
 
 def main() -> None:
