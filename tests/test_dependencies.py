@@ -4,13 +4,14 @@ from __future__ import annotations
 import ast
 import re
 import sys
+from pathlib import Path
+
+import pytest
+
 try:
     import tomllib
 except ImportError:  # Python 3.10
     tomllib = pytest.importorskip("tomli")
-from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "supersub"
