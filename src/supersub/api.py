@@ -23,11 +23,11 @@ import torch
 
 from .config import TrainConfig, build_config, load_config, warn_ignored_options
 from .data.cache import decode_images
-from .data.formats import read_dataset, read_flat, read_image_list, read_labels
+from .data.formats import read_dataset, read_flat, read_image_list, read_images, read_labels, read_nested_labels
 from .data.records import Dataset, ImageRecord
 from .data.synth import write_synth
 from .errors import SupersubError
-from .inference import Outputs, pick_device, run_model
+from .inference import Outputs, named_device, pick_device, run_model
 from .io import write_atomic, write_json_atomic
 from .metrics import competition_metrics, open_set_report
 from .models.model import HierarchicalClassifier
@@ -114,6 +114,14 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def resolve_config(config: TrainConfig | dict[str, Any] | str | Path | None = None, **overrides: Any) -> TrainConfig:
+    """The configuration ``train`` would run with (``supersub train --print-config`` prints it as YAML)."""
+    short = {"epochs": "optim.epochs", "lr": "optim.lr", "batch_size": "optim.batch_size"}
+    cfg = _config(config, {short.get(k, k): v for k, v in overrides.items()})
+    _absolute_paths(cfg)
+    return cfg
+
+
 def train(
     data: str | Path,
     out: str | Path,
@@ -130,10 +138,7 @@ def train(
     on every subclass (seed 001). ``overrides`` are dotted config keys, e.g. ``**{"optim.epochs": 5}`` or
     the short names ``epochs``, ``lr``, ``batch_size``, ``seed``.
     """
-    short = {"epochs": "optim.epochs", "lr": "optim.lr", "batch_size": "optim.batch_size"}
-    overrides = {short.get(k, k): v for k, v in overrides.items()}
-    cfg = _config(config, overrides)
-    _absolute_paths(cfg)
+    cfg = resolve_config(config, **overrides)
     t0 = time.perf_counter()
     # under DDP every rank runs train() (Lightning re-runs the command) and joins each fit; only rank 0 writes
     lead = is_global_zero()
@@ -274,10 +279,15 @@ class Prediction:
     super_conf: torch.Tensor
     sub_conf: torch.Tensor
 
-    def to_frame(self, probs: bool = False) -> pd.DataFrame:
+    def to_frame(self, probs: bool = False, taxonomy: Taxonomy | None = None) -> pd.DataFrame:
+        """The competition columns; with ``taxonomy`` also superclass_name/subclass_name ("novel" when novel)."""
         df = pd.DataFrame(
             {"image": self.names, "superclass_index": self.super_pred.numpy(), "subclass_index": self.sub_pred.numpy()}
         )
+        if taxonomy is not None:
+            supers, subs = [*taxonomy.super_names, "novel"], [*taxonomy.sub_names, "novel"]
+            df["superclass_name"] = [supers[k] for k in self.super_pred.tolist()]
+            df["subclass_name"] = [subs[j] for j in self.sub_pred.tolist()]
         if probs:
             sp = pd.DataFrame(self.super_probs.double().numpy(), columns=[f"super_prob_{i}" for i in range(self.super_probs.shape[1])])
             bp = pd.DataFrame(self.sub_probs.double().numpy(), columns=[f"sub_prob_{j}" for j in range(self.sub_probs.shape[1])])
@@ -288,6 +298,7 @@ class Prediction:
 def predict_tensors(
     model: HierarchicalClassifier, taxonomy: Taxonomy, thresholds: Thresholds, images: torch.Tensor,
     names: list[str], accelerator: str = "auto", scorer: NoveltyScorer | None = None,
+    device: torch.device | None = None,
 ) -> Prediction:
     """The decision rule and calibrated probabilities for decoded images.
 
@@ -296,7 +307,7 @@ def predict_tensors(
     thresholds.score)``). It may be left out only for ``msp``, which needs no fitting.
     """
     scorer = _scorer_for(thresholds, scorer)
-    outputs: Outputs = run_model(model, images, device=pick_device(accelerator))
+    outputs: Outputs = run_model(model, images, device=device or pick_device(accelerator))
     a = apply_novelty(outputs, taxonomy, thresholds, scorer)
     d = a.decision
     return Prediction(names, d.super_pred, d.sub_pred, a.super_probs, a.sub_probs, d.super_conf, d.sub_conf)
@@ -316,7 +327,9 @@ def _scorer_for(thresholds: Thresholds, scorer: NoveltyScorer | None) -> Novelty
     return scorer
 
 
-def _predict_dataset(run_dir: str | Path, ds: Dataset, skip_bad: bool) -> tuple[Prediction, Dataset]:
+def _predict_dataset(run_dir: str | Path, ds: Dataset, skip_bad: bool, device: str | None = None) -> tuple[
+    Prediction, Dataset
+]:
     run = RunDir.open(run_dir)
     model, cfg, _ = run.load_model()
     thresholds = run.load_thresholds()
@@ -328,7 +341,8 @@ def _predict_dataset(run_dir: str | Path, ds: Dataset, skip_bad: bool) -> tuple[
     kept = Dataset([ds.records[i] for i in decoded.kept], ds.taxonomy, ds.source, ds.skipped + decoded.bad)
     if not kept.records:
         raise SupersubError(f"{ds.source}: no readable images")
-    pred = predict_tensors(model, taxonomy, thresholds, decoded.images, kept.names, cfg.trainer.accelerator, scorer)
+    pred = predict_tensors(model, taxonomy, thresholds, decoded.images, kept.names, cfg.trainer.accelerator, scorer,
+                           named_device(device) if device else None)
     return pred, kept
 
 
@@ -338,27 +352,42 @@ def predict(
     out: str | Path | None = None,
     *,
     probs: bool = False,
+    names: bool = False,
     overwrite: bool = False,
     skip_bad: bool = False,
+    device: str | None = None,
 ) -> pd.DataFrame:
-    """Predict every image in a flat folder; write the competition CSV to ``out`` when given."""
+    """Predict every image of a flat folder, a nested folder or a CSV of image paths; write the CSV to ``out``.
+
+    ``names`` adds the class names beside the indices; ``device`` (cpu, cuda, cuda:1, mps, auto) overrides the
+    run's ``trainer.accelerator`` for inference.
+    """
     if out is not None and Path(out).exists() and not overwrite:
         raise SupersubError(f"{out}: exists (pass --overwrite to replace it)")
-    pred, _ = _predict_dataset(run_dir, read_flat(Path(images)), skip_bad)
-    df = pred.to_frame(probs)
+    pred, _ = _predict_dataset(run_dir, read_images(Path(images)), skip_bad, device)
+    df = pred.to_frame(probs, RunDir.open(run_dir).load_taxonomy() if names else None)
     if out is not None:
         write_atomic(out, lambda fh: df.to_csv(fh, index=False, float_format="%.6g"))
     return df
 
 
 def evaluate(
-    run_dir: str | Path, images: str | Path, labels: str | Path, *, skip_bad: bool = False, save: bool = True
+    run_dir: str | Path, images: str | Path, labels: str | Path | None = None, *, skip_bad: bool = False,
+    save: bool = True, out: str | Path | None = None, device: str | None = None,
 ) -> dict[str, Any]:
-    """Competition metrics (accuracy overall/seen/unseen, cross-entropy, per level) on labelled images."""
+    """Competition metrics (accuracy overall/seen/unseen, cross-entropy, per level) on labelled images.
+
+    ``labels`` is a CSV (image,superclass_index,subclass_index) of the images in ``images``; without it
+    ``images`` is a labelled nested folder ``<superclass>/<subclass>/`` matched to the run's classes by name.
+    The metrics and the open-set report go to ``out`` (default: ``RUN/evaluations``) unless ``save`` is off.
+    """
     run = RunDir.open(run_dir)
     taxonomy = run.load_taxonomy()
-    ds = read_labels(Path(labels), Path(images), taxonomy)
-    pred, kept = _predict_dataset(run_dir, ds, skip_bad)
+    if labels is not None:
+        ds = read_labels(Path(labels), Path(images), taxonomy)
+    else:
+        ds = read_nested_labels(Path(images), taxonomy)
+    pred, kept = _predict_dataset(run_dir, ds, skip_bad, device)
     truth_super, truth_sub = np.array(kept.super_labels), np.array(kept.sub_labels)
     metrics = competition_metrics(
         truth_super, truth_sub, pred.super_pred.numpy(), pred.sub_pred.numpy(),
@@ -368,9 +397,10 @@ def evaluate(
                              pred.sub_probs, pred.super_conf, pred.sub_conf, taxonomy)
     metrics.update(report.metrics)
     if save:
-        folder = run.path / "evaluations"
-        write_json_atomic(folder / f"{Path(labels).stem}.json", {"labels": str(labels), **metrics})
-        report.save(folder, Path(labels).stem)
+        folder = Path(out) if out is not None else run.path / "evaluations"
+        stem = Path(labels).stem if labels is not None else Path(images).name
+        write_json_atomic(folder / f"{stem}.json", {"labels": str(labels if labels is not None else images), **metrics})
+        report.save(folder, stem)
     return metrics
 
 

@@ -456,6 +456,11 @@ def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
 CACHED_FINETUNE = ("frozen", "partial")  # regimes that train on cached backbone outputs (no image augmentation)
 
 
+
+def config_yaml(cfg: TrainConfig) -> str:
+    """The resolved configuration as the YAML that config.yaml holds and ``train --print-config`` prints."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
 def explicit_keys(cfg: TrainConfig) -> set[str]:
     """Dotted keys the user set (YAML, flags, ``--set``, API overrides), as opposed to defaults."""
     keys = set(cfg.model_fields_set)
