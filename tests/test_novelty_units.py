@@ -83,6 +83,7 @@ def test_expected_calibration_error_hand_computed() -> None:
 
 def test_confusion_matrix_rows_are_truth() -> None:
     m = confusion_matrix([0, 0, 1, 2, 2, 2], [0, 2, 1, 2, 2, 0], 3)
+    assert (confusion_matrix([], [], 3) == 0).all() and confusion_matrix([], [], 3).shape == (3, 3)
     assert m.tolist() == [[1, 0, 1], [0, 1, 0], [1, 0, 2]]
     with pytest.raises(SupersubError, match="0..2"):
         confusion_matrix([0, 3], [0, 0], 3)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix
 import torch
 from rich.table import Table
 
@@ -187,9 +188,9 @@ def confusion_matrix(truth: ArrayLike, pred: ArrayLike, n_classes: int) -> np.nd
         raise SupersubError(f"confusion_matrix: {len(y)} true labels but {len(p)} predictions")
     if len(y) and (min(y.min(), p.min()) < 0 or max(y.max(), p.max()) >= n_classes):
         raise SupersubError(f"confusion_matrix: labels must lie in 0..{n_classes - 1}")
-    counts = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(counts, (y, p), 1)
-    return counts
+    if not len(y):  # scikit-learn refuses empty input; no images is an all-zero table
+        return np.zeros((n_classes, n_classes), dtype=np.int64)
+    return sklearn_confusion_matrix(y, p, labels=np.arange(n_classes)).astype(np.int64)
 
 
 def expected_calibration_error(probs: ArrayLike, truth: ArrayLike, n_bins: int = 15) -> float:

@@ -244,6 +244,8 @@ class GENScore(Detector):
 class MahalanobisScore(Detector):
     """Negative squared Mahalanobis distance to the nearest class mean, shared (tied) covariance.
 
+    Hand-written: pytorch-ood's ``Mahalanobis`` inverts a scatter matrix that is singular with few images.
+
     Lee et al., "A Simple Unified Framework for Detecting Out-of-Distribution Samples and Adversarial
     Attacks", NeurIPS 2018: ``max_c -(f - mu_c)^T Sigma^-1 (f - mu_c)`` on the penultimate features.
     Implemented directly rather than with pytorch-ood's ``Mahalanobis``, whose covariance is an
@@ -286,6 +288,8 @@ class MahalanobisScore(Detector):
 
 class KNNScore(Detector):
     """Negative distance of the L2-normalised feature to its k-th nearest normalised training feature.
+
+    Hand-written: pytorch-ood's ``KNN`` keeps a scikit-learn index, which no weights-only checkpoint holds.
 
     Sun et al., "Out-of-Distribution Detection with Deep Nearest Neighbors", ICML 2022:
     ``-||z - z_(k)||`` with ``z = f / ||f||``, i.e. ``-sqrt(2 * cosine distance)`` to the k-th neighbour.
@@ -378,6 +382,8 @@ def _minus_distance(similarity: Tensor) -> Tensor:
 
 class ViMScore(Detector):
     """Virtual-logit matching: ``logsumexp(logits) - alpha * ||x^{P-perp}||``.
+
+    Hand-written: pytorch-ood's ``ViM`` runs in float32 and needs the head's W and b (here optional).
 
     Wang et al., "ViM: Out-Of-Distribution with Virtual-logit Matching", CVPR 2022. Features are
     centred at the origin ``u = -pinv(W) b`` of the final linear layer (logits = W f + b); ``P`` is the
