@@ -354,3 +354,17 @@ def test_metrics_on_reversed_scores_and_a_hand_case() -> None:
 def test_metrics_reject_empty_input() -> None:
     with pytest.raises(SupersubError, match="needs seen and novel"):
         open_set_metrics([], [0.5])
+
+
+def test_every_detector_matches_its_score_spec() -> None:
+    """The config validates against supersub.score_specs; the detectors must take exactly those options."""
+    import inspect
+
+    from supersub.score_specs import SCORE_SPECS
+
+    assert set(DETECTORS) == set(SCORE_SPECS)
+    for name, cls in DETECTORS.items():
+        spec = SCORE_SPECS[name]
+        init = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
+        assert tuple(init) == spec.params == cls.params, name
+        assert cls.confidence_range == spec.confidence_range, name

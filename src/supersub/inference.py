@@ -2,27 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from .errors import SupersubError
 from .models.model import HierarchicalClassifier
-
-
-@dataclass
-class Outputs:
-    super_logits: torch.Tensor
-    sub_logits: torch.Tensor
-    features: torch.Tensor
-
-    @property
-    def super_probs(self) -> torch.Tensor:
-        return self.super_logits.softmax(dim=1)
-
-    @property
-    def sub_probs(self) -> torch.Tensor:
-        return self.sub_logits.softmax(dim=1)
+from .novelty.outputs import Outputs  # noqa: F401 - the type run_model returns, re-exported
 
 
 def pick_device(accelerator: str = "auto") -> torch.device:

@@ -21,6 +21,7 @@ from pytorch_ood.detector import GEN, EnergyBased, Entropy, MaxLogit, MaxSoftmax
 from sklearn.covariance import LedoitWolf
 
 from ..errors import SupersubError
+from ..score_specs import SCORE_SPECS, check_options, level_scores, options_for_detector, positive_option  # noqa: F401 - re-exported
 
 D = TypeVar("D", bound="Detector")
 Tensor = torch.Tensor
@@ -36,12 +37,18 @@ class Detector(ABC):
     """
 
     name: ClassVar[str]
-    # the interval every confidence lies in, when the score is bounded: a hand-set threshold outside it
-    # would flag every image (or none), so the config refuses it (see NoveltyConfig)
+    # options and confidence range come from the score's entry in supersub.score_specs (set below), which
+    # the config reads without importing this module
     confidence_range: ClassVar[tuple[float, float] | None] = None
     params: ClassVar[tuple[str, ...]] = ()
     fitted: ClassVar[tuple[str, ...]] = ()
     needs_features: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            spec = SCORE_SPECS[cls.name]
+            cls.params, cls.confidence_range = spec.params, spec.confidence_range
 
     @property
     def is_fitted(self) -> bool:
@@ -106,14 +113,6 @@ class Detector(ABC):
 # ---- input checks -------------------------------------------------------------------------------
 
 
-def _positive(score: str, option: str, value: Any, integer: bool = False) -> Any:
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0:
-        kind = "a positive integer" if integer else "a positive number"
-        raise SupersubError(f"score '{score}': option {option} must be {kind}, got {value!r}")
-    return int(value) if integer else float(value)
-
-
 def _check_logits(score: str, logits: Tensor) -> None:
     if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[1] == 0:
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
@@ -165,11 +164,9 @@ class MSPScore(Detector):
     """
 
     name = "msp"
-    confidence_range = (0.0, 1.0)
-    params = ("temperature",)
 
     def __init__(self, temperature: float = 1.0) -> None:
-        self.temperature = _positive(self.name, "temperature", temperature)
+        self.temperature = positive_option(self.name, "temperature", temperature)
 
     def _confidence(self, logits: Tensor, features: OptTensor) -> Tensor:
         return -MaxSoftmax.score(logits.float(), t=self.temperature)
@@ -196,10 +193,9 @@ class EnergyScore(Detector):
     """
 
     name = "energy"
-    params = ("temperature",)
 
     def __init__(self, temperature: float = 1.0) -> None:
-        self.temperature = _positive(self.name, "temperature", temperature)
+        self.temperature = positive_option(self.name, "temperature", temperature)
 
     def _confidence(self, logits: Tensor, features: OptTensor) -> Tensor:
         return -EnergyBased.score(logits.float(), t=self.temperature)
@@ -228,11 +224,10 @@ class GENScore(Detector):
     """
 
     name = "gen"
-    params = ("gamma", "top_m")
 
     def __init__(self, gamma: float = 0.1, top_m: int = 100) -> None:
-        self.gamma = _positive(self.name, "gamma", gamma)
-        self.top_m = _positive(self.name, "top_m", top_m, integer=True)
+        self.gamma = positive_option(self.name, "gamma", gamma)
+        self.top_m = positive_option(self.name, "top_m", top_m, integer=True)
 
     def _confidence(self, logits: Tensor, features: OptTensor) -> Tensor:
         return -GEN.score(logits.float(), gamma=self.gamma, M=min(self.top_m, logits.shape[1]))
@@ -299,13 +294,11 @@ class KNNScore(Detector):
     """
 
     name = "knn"
-    confidence_range = (-2.0, 0.0)  # minus a cosine distance
-    params = ("k",)
     fitted = ("bank",)
     needs_features = True
 
     def __init__(self, k: int = 10) -> None:
-        self.k = _positive(self.name, "k", k, integer=True)
+        self.k = positive_option(self.name, "k", k, integer=True)
         self.bank: OptTensor = None
 
     def _fit(self, logits: Tensor, features: OptTensor, labels: OptTensor, weight: OptTensor, bias: OptTensor) -> None:
@@ -334,13 +327,11 @@ class KNNClassScore(Detector):
     """
 
     name = "knn-class"
-    confidence_range = (-2.0, 0.0)  # minus a cosine distance
-    params = ("k",)
     fitted = ("bank", "labels")
     needs_features = True
 
     def __init__(self, k: int = 10) -> None:
-        self.k = _positive(self.name, "k", k, integer=True)
+        self.k = positive_option(self.name, "k", k, integer=True)
         self.bank: OptTensor = None
         self.labels: OptTensor = None
 
@@ -400,12 +391,11 @@ class ViMScore(Detector):
     """
 
     name = "vim"
-    params = ("dim",)
     fitted = ("origin", "basis", "alpha")
     needs_features = True
 
     def __init__(self, dim: int | None = None) -> None:
-        self.dim = None if dim is None else _positive(self.name, "dim", dim, integer=True)
+        self.dim = None if dim is None else positive_option(self.name, "dim", dim, integer=True)
         self.origin: OptTensor = None
         self.basis: OptTensor = None
         self.alpha: OptTensor = None
@@ -482,41 +472,14 @@ DETECTORS: dict[str, type[Detector]] = {
 }
 
 
-PAIR_SEPARATOR = "+"
-
-
-def level_scores(name: str) -> tuple[str, str]:
-    """The (superclass, subclass) detector names of a score: ``"knn"`` -> both knn; ``"vim+knn"`` -> ViM for
-    the superclass, kNN for the subclass. A pair lets each level use the detector that separates its own kind
-    of novelty best (a new family vs a new species of a known family)."""
-    parts = name.split(PAIR_SEPARATOR)
-    if len(parts) > 2 or not all(parts):
-        raise SupersubError(f"score {name!r}: one name, or two joined by '{PAIR_SEPARATOR}' (superclass+subclass)")
-    for part in parts:
-        _detector_class(part)
-    return (parts[0], parts[-1])
-
-
-def options_for_detector(name: str, options: dict[str, Any]) -> dict[str, Any]:
-    """The options among ``options`` that detector ``name`` takes (a pair's options go to the parts that take them)."""
-    params = _detector_class(name).params
-    return {k: v for k, v in options.items() if k in params}
-
-
 def _detector_class(name: str) -> type[Detector]:
-    if name not in DETECTORS:
-        raise SupersubError(f"unknown score {name!r} (choose from {', '.join(DETECTORS)})")
+    check_options(name, {})  # an unknown name is a one-line error
     return DETECTORS[name]
 
 
 def create_detector(name: str, **options: Any) -> Detector:
     """A new detector by CLI name (``--score``), e.g. ``create_detector("knn", k=50)``."""
-    cls = _detector_class(name)
-    unknown = sorted(set(options) - set(cls.params))
-    if unknown:
-        allowed = ", ".join(cls.params) or "none"
-        raise SupersubError(f"score '{name}': unknown option(s) {', '.join(unknown)} (options: {allowed})")
-    return cls(**options)
+    return _detector_class(name)(**check_options(name, options))
 
 
 def detector_from_state(state: dict[str, Any]) -> Detector:
