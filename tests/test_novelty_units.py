@@ -16,12 +16,11 @@ from supersub.inference import Outputs
 from supersub.losses import NOVEL_SUB, OUTLIER, HierarchicalLoss
 from supersub.metrics import confusion_matrix, expected_calibration_error, open_set_report
 from supersub.novelty.calibrate import kept_share, transfer_threshold
-from supersub.novelty.exposure import read_novel_sub, write_tin_novel_sub, write_tin_outliers
-from supersub.novelty.predict import apply_novelty
-from supersub.novelty.protocol import (
-    EXTRA_CLASS, UNUSED, Pool, calibrate_run, collect_evidence, plan_stages, stage_labels,
-    with_extra_class,
-)
+from supersub.data.exposure import read_novel_sub, write_tin_novel_sub, write_tin_outliers
+from supersub.pipeline.calibration import calibrate_run
+from supersub.pipeline.evidence import collect_evidence
+from supersub.pipeline.predict import apply_novelty
+from supersub.pipeline.stages import EXTRA_CLASS, UNUSED, Pool, plan_stages, stage_labels, with_extra_class
 from supersub.novelty.scoring import NoveltyScorer, SeenView, seen_view
 from supersub.novelty.temperature import fit_temperature, nll
 from supersub.run import Thresholds

@@ -316,7 +316,7 @@ def data_tin_outliers(
     seed: int = typer.Option(0, help="seed of the sample"),
 ) -> None:
     """Outlier-exposure images: Tiny-ImageNet classes that are no bird, dog or reptile (fish counts as novel)."""
-    from .novelty.exposure import write_tin_outliers
+    from .data.exposure import write_tin_outliers
 
     console.print(f"wrote {out}: {write_tin_outliers(tin_dir, out, count, seed)} images")
 
@@ -332,7 +332,7 @@ def data_tin_novel_sub(
     seed: int = typer.Option(0, help="seed of the sample"),
 ) -> None:
     """Novel-subclass images: bird/dog/reptile classes of Tiny-ImageNet that the competition lacks."""
-    from .novelty.exposure import write_tin_novel_sub
+    from .data.exposure import write_tin_novel_sub
 
     keep = [s.strip() for s in superclasses.split(",") if s.strip()] if superclasses else None
     console.print(f"wrote {out}: {write_tin_novel_sub(tin_dir, out, keep, count, seed)} images")
