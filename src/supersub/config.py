@@ -210,7 +210,7 @@ class NoveltyConfig(_Strict):
         "vim+maxlogit",
         description="novelty score per level (supersub.novelty.scores): one name for both levels or SUPER+SUB; the "
         "default vim+maxlogit (ViM on the features for a new superclass, the subclass head's max logit for a new "
-        "subclass) was best on the pretrained benchmark (README, Novelty on pretrained features); unset with "
+        "subclass) was best on the pretrained benchmark (docs/results/pretrained-novelty.md); unset with "
         "data.novel_data: energy (outlier exposure flattens the head on outliers, which breaks ViM); msp = the seed "
         "paper's max softmax",
     )
@@ -377,7 +377,7 @@ class TrainConfig(_Strict):
         if isinstance(novelty, dict) and isinstance(data_, dict) and novelty.get("score") is None \
                 and data_.get("novel_data"):
             # with outlier exposure the head is trained flat on outliers, which breaks ViM's virtual logit;
-            # energy is the score outlier exposure is known to pair with (README, pretrained benchmarks)
+            # energy is the score outlier exposure is known to pair with (docs/results/benchmarks.md)
             data["novelty"] = {**novelty, "score": RECIPE_SCORE_WITH_OUTLIERS}
         if optim.get("finetune", "auto") == "auto":
             pretrained = model.get("pretrained")
@@ -533,7 +533,7 @@ def ignored_options(cfg: TrainConfig, explicit: Iterable[str] | None = None) -> 
 
     Only keys the user set (``explicit``, by default :func:`explicit_keys`) and whose value would do
     something (``loss.alpha`` > 0, ``augment.rotation`` > 0, ...) are listed; defaults never are.
-    The list of rules is in the README (Options an approach ignores).
+    The list of rules is in docs/guide.md (Options an approach ignores).
     """
     chosen = explicit_keys(cfg) if explicit is None else set(explicit)
     lines = []
