@@ -298,14 +298,8 @@ def calibration_evidence(run_dir: str | Path, cfg: TrainConfig | None = None) ->
 def recalibrate(
     run_dir: str | Path, *, evidence: dict[str, Evidence] | None = None, **novelty: Any
 ) -> dict[str, Any]:
-    """Re-choose a trained run's novelty score and thresholds without retraining.
-
-    ``novelty`` are :class:`~supersub.config.NoveltyConfig` fields (``score``, ``score_options``,
-    ``objective``, ``transfer``, ``super_protocol``, ``tau_super``, ``tau_sub``, ...); the others keep the
-    run's values, except that thresholds are re-calibrated unless given, and a new ``score`` starts from its
-    own default options unless ``score_options`` is given. Rewrites thresholds.json, detectors.pt, the sweeps
-    and the novelty section of config.yaml; returns the calibration summary (also stored in metrics.json).
-    """
+    """:func:`supersub.api.calibrate`: new novelty options on the run's config, thresholds re-chosen and saved
+    (also in metrics.json)."""
     run = RunDir.open(run_dir)
     cfg = run.load_config()
     current = {**cfg.novelty.model_dump(), "tau_super": None, "tau_sub": None}

@@ -19,12 +19,7 @@ def evaluate_run(
     run_dir: str | Path, images: str | Path, labels: str | Path | None = None, *, skip_bad: bool = False,
     save: bool = True, out: str | Path | None = None, device: str | None = None,
 ) -> dict[str, Any]:
-    """Competition metrics (accuracy overall/seen/unseen, cross-entropy, per level) on labelled images.
-
-    ``labels`` is a CSV (image,superclass_index,subclass_index) of the images in ``images``; without it
-    ``images`` is a labelled nested folder ``<superclass>/<subclass>/`` matched to the run's classes by name.
-    The metrics and the open-set report go to ``out`` (default: ``RUN/evaluations``) unless ``save`` is off.
-    """
+    """:func:`supersub.api.evaluate`: labels from a CSV or from nested folder names, metrics, saved report."""
     run = RunDir.open(run_dir)
     taxonomy = run.load_taxonomy()
     if labels is not None:

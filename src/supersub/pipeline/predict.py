@@ -149,11 +149,7 @@ def predict_images(
     skip_bad: bool = False,
     device: str | None = None,
 ) -> pd.DataFrame:
-    """Predict every image of a flat folder, a nested folder or a CSV of image paths; write the CSV to ``out``.
-
-    ``names`` adds the class names beside the indices; ``device`` (cpu, cuda, cuda:1, mps, auto) overrides the
-    run's ``trainer.accelerator`` for inference.
-    """
+    """:func:`supersub.api.predict`: read any unlabelled layout, predict, write the CSV when ``out`` is given."""
     if out is not None and Path(out).exists() and not overwrite:
         raise SupersubError(f"{out}: exists (pass --overwrite to replace it)")
     pred, _ = predict_dataset(run_dir, read_images(Path(images)), skip_bad, device)

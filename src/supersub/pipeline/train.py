@@ -33,13 +33,7 @@ def train_run(
     resume: bool = False,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """Train a model (any approach) on ``data`` into run directory ``out``; returns the run's summary.
-
-    Unless both thresholds are given, a calibration model is first trained with a share of each
-    superclass's subclasses held out, the thresholds are chosen on it, and then the final model is trained
-    on every subclass (seed 001). ``overrides`` are dotted config keys, e.g. ``**{"optim.epochs": 5}`` or
-    the short names ``epochs``, ``lr``, ``batch_size``, ``seed``.
-    """
+    """:func:`supersub.api.train`: every stage's model, then calibration; rank 0 writes the run directory."""
     cfg = resolve_config(config, **overrides)
     t0 = time.perf_counter()
     # under DDP every rank runs train() (Lightning re-runs the command) and joins each fit; only rank 0 writes
