@@ -204,8 +204,7 @@ def _brute_force_knn_class(bank: torch.Tensor, labels: torch.Tensor, logits, fea
 
 
 @pytest.mark.parametrize("k", [1, 4, 100])
-def test_knn_class_matches_brute_force(k: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(scores, "_CHUNK", 3)  # several chunks per class
+def test_knn_class_matches_brute_force(k: int) -> None:
     g = torch.Generator().manual_seed(1)
     # class 0: 9 rows, class 1: 2 rows (below k=4), class 2: 6 rows, class 3: none; plus 3 outlier rows
     y = torch.tensor([0] * 9 + [1] * 2 + [2] * 6 + [-1] * 3)

@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar, TypeVar
 
 import torch
-from pytorch_ood.detector import GEN, EnergyBased, Entropy, MaxLogit, MaxSoftmax
+from pytorch_ood.detector import GEN, KNN, EnergyBased, Entropy, MaxLogit, MaxSoftmax
 from sklearn.covariance import LedoitWolf
 
 from ..errors import SupersubError
@@ -26,7 +26,6 @@ from ..score_specs import SCORE_SPECS, check_options, level_scores, options_for_
 D = TypeVar("D", bound="Detector")
 Tensor = torch.Tensor
 OptTensor = Tensor | None
-_CHUNK = 1024  # rows per block when comparing against the kNN bank, to bound memory
 
 
 class Detector(ABC):
@@ -284,13 +283,12 @@ class MahalanobisScore(Detector):
 class KNNScore(Detector):
     """Negative distance of the L2-normalised feature to its k-th nearest normalised training feature.
 
-    Hand-written: pytorch-ood's ``KNN`` keeps a scikit-learn index, which no weights-only checkpoint holds.
 
     Sun et al., "Out-of-Distribution Detection with Deep Nearest Neighbors", ICML 2022:
     ``-||z - z_(k)||`` with ``z = f / ||f||``, i.e. ``-sqrt(2 * cosine distance)`` to the k-th neighbour.
-    Same math as pytorch-ood's ``KNN``, done with a matrix product in torch so the fitted state is one
-    tensor (the normalised training bank) rather than a scikit-learn index. ``k`` is capped by the bank
-    size. Score images that are not in the bank (a bank image is its own nearest neighbour).
+    The search is pytorch-ood's ``KNN``; the fitted state is one tensor (the normalised training bank), from
+    which its scikit-learn index is rebuilt, so a saved detector loads with ``weights_only``. ``k`` is capped by
+    the bank size. Score images that are not in the bank (a bank image is its own nearest neighbour).
     """
 
     name = "knn"
@@ -308,8 +306,7 @@ class KNNScore(Detector):
     def _confidence(self, logits: Tensor, features: OptTensor) -> Tensor:
         assert features is not None and self.bank is not None
         _check_dim(self.name, features, self.bank.shape[1])
-        z = _unit(features.detach().cpu().float())
-        return _minus_distance(_kth_similarity(z, self.bank, self.k))
+        return -_kth_distance(_unit(features.detach().cpu().float()), self.bank, self.k)
 
 
 class KNNClassScore(Detector):
@@ -352,23 +349,19 @@ class KNNClassScore(Detector):
         sorted_labels = self.labels[by_label]
         starts = torch.searchsorted(sorted_labels, classes).tolist()
         ends = torch.searchsorted(sorted_labels, classes, right=True).tolist()
-        kth = torch.empty(len(z), dtype=z.dtype)
+        distance = torch.empty(len(z), dtype=z.dtype)
         for rows, start, end in zip(rows_by_pred.split(counts.tolist()), starts, ends):
             bank = self.bank[by_label[start:end]] if end > start else self.bank  # unseen class: global bank
-            kth[rows] = _kth_similarity(z[rows], bank, self.k)
-        return _minus_distance(kth)
+            distance[rows] = _kth_distance(z[rows], bank, self.k)
+        return -distance
 
 
-def _kth_similarity(z: Tensor, bank: Tensor, k: int) -> Tensor:
-    """Cosine similarity of each unit row of ``z`` to its k-th most similar unit row of ``bank`` (k capped
-    by the bank size), computed ``_CHUNK`` rows at a time so memory stays at ``_CHUNK x len(bank)``."""
-    k = min(k, bank.shape[0])
-    return torch.cat([(c @ bank.T).topk(k, dim=1).values[:, -1] for c in z.split(_CHUNK)])
-
-
-def _minus_distance(similarity: Tensor) -> Tensor:
-    """``-||a - b||`` for unit vectors with cosine similarity ``a.b``: ``-sqrt(2 - 2 a.b)``."""
-    return -(2 - 2 * similarity).clamp_min(0).sqrt()
+def _kth_distance(z: Tensor, bank: Tensor, k: int) -> Tensor:
+    """Euclidean distance of each unit row of ``z`` to its k-th nearest unit row of ``bank`` (k capped by the
+    bank size), by pytorch-ood's ``KNN`` on float64 rows (its scikit-learn index is rebuilt from the bank)."""
+    knn = KNN(None, k=min(k, bank.shape[0]), normalize=False)  # the rows are unit vectors already
+    knn.fit_features(bank.double(), torch.zeros(bank.shape[0], dtype=torch.long))
+    return knn.predict_features(z.double()).float().cpu()
 
 
 class ViMScore(Detector):
