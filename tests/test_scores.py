@@ -12,7 +12,6 @@ from pytorch_ood.detector import KNN, ViM
 
 from supersub.errors import SupersubError
 from supersub.novelty.ood_metrics import fpr_at_tpr, open_set_metrics
-from supersub.novelty import scores
 from supersub.novelty.scores import DETECTORS, create_detector, detector_from_state
 
 N_DIM, N_CLASSES, PER_CLASS = 12, 3, 50
