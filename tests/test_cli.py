@@ -156,7 +156,7 @@ def test_epoch_lines_log_one_line_per_epoch(caplog: pytest.LogCaptureFixture) ->
             lines.on_train_epoch_start(trainer, None)
             lines.on_train_epoch_end(trainer, None)
     messages = [r.getMessage() for r in caplog.records]
-    assert len(messages) == 3 and messages[-1].startswith("final epoch 3/3: train_loss=0.75 val_loss=0.5")
+    assert len(messages) == 3 and messages[-1].startswith("final epoch 3/3: train_loss=0.75 val_loss=0.5 (")
 
 
 def test_train_ends_with_a_table() -> None:

@@ -26,12 +26,14 @@ err_console = Console(stderr=True)
 
 def _setup_logging(verbose: bool = False) -> None:
     """Log lines on stderr; ``--verbose`` turns on supersub's debug messages (not every library's)."""
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
-        force=True,
-    )
+    handler: logging.Handler
+    if err_console.is_terminal:
+        handler = RichHandler(console=err_console, show_path=False, show_time=False)
+        fmt = "%(message)s"
+    else:  # a log file or a pipe: plain lines, never wrapped at the console width
+        handler = logging.StreamHandler(sys.stderr)
+        fmt = "%(levelname)-8s %(message)s"
+    logging.basicConfig(level=logging.INFO, format=fmt, handlers=[handler], force=True)
     logging.getLogger("supersub").setLevel(logging.DEBUG if verbose else logging.NOTSET)
 
 

@@ -12,9 +12,7 @@ with their superclass and :data:`~supersub.losses.NOVEL_SUB`):
   superclass): the calibration split without superclass k, whose images then stand in for a novel
   superclass; the pooled result sets tau_super when there are no outlier images to calibrate on.
 
-Thresholds are chosen on the calibration model and *transferred* to the final model, whose scores live on
-another scale: ``quantile`` keeps the same share of seen validation images, ``absolute`` copies tau.
-Every index list is saved in ``calibration/split.json`` so ``supersub calibrate`` can re-score a trained
+How thresholds are chosen from these models is :mod:`supersub.pipeline.calibration`. Every index list is saved in ``calibration/split.json`` so ``supersub calibrate`` can re-score a trained
 run with another score or objective without retraining.
 """
 

@@ -45,9 +45,9 @@ class EpochLines(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        shown = {k: float(v) for k, v in trainer.callback_metrics.items()
-                 if k in ("train_loss", "val_loss", "val_acc_super", "val_acc_sub") and v.numel() == 1}
-        values = " ".join(f"{k}={v:.4g}" for k, v in sorted(shown.items()))
+        metrics = trainer.callback_metrics
+        values = " ".join(f"{k}={float(metrics[k]):.4g}" for k in ("train_loss", "val_loss", "val_acc_super",
+                                                                   "val_acc_sub") if k in metrics)
         log.info("%s epoch %d/%d: %s (%.1fs)", self.stage, trainer.current_epoch + 1, trainer.max_epochs, values,
                  time.perf_counter() - self._start)
 
