@@ -7,6 +7,9 @@ dependency). A module may import its own package, any lower layer, or another un
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "supersub"
@@ -131,3 +134,13 @@ def test_the_checker_sees_relative_and_late_imports() -> None:
     assert {"supersub.api", "supersub.errors", "supersub.config"} <= cli  # api and config are imported late
     evidence = {t for _, t in _imports(PACKAGE / "pipeline" / "evidence.py")}
     assert {"supersub.training.finetune", "supersub.pipeline.stages"} <= evidence
+
+
+def test_validating_a_config_imports_no_model_or_detector_code() -> None:
+    """The config reads score ranges and bundled backbone names as data; the maths never pulls in plotting."""
+    code = ("import sys, supersub.config; heavy = [m for m in ('torch', 'pytorch_ood', 'timm') if m in sys.modules];"
+            "import supersub.novelty.calibrate, supersub.metrics; plots = 'matplotlib' in sys.modules;"
+            "print(heavy, plots)")
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.strip() == "[] False"
