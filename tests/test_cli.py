@@ -17,6 +17,7 @@ import yaml
 
 from conftest import run_cli
 from supersub import api
+from supersub.errors import SupersubError
 from supersub.cli import _train_table, app
 from supersub.training.progress import EpochLines, StageProgressBar, progress_callback
 
@@ -172,3 +173,13 @@ def test_train_ends_with_a_table() -> None:
     assert "trained runs/x in 3.5s" in text and "tau_super=0.5" in text
     rows = [line for line in text.splitlines() if line.lstrip("│ ").startswith(("calibration", "final"))]
     assert len(rows) == 2 and "90.0" in rows[1] and "70.0" in rows[1]
+
+
+def test_demo_never_deletes_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    (tmp_path / "mine.txt").write_text("keep me\n")
+    with pytest.raises(SupersubError, match="pass --overwrite"):
+        api.demo(tmp_path)
+    with pytest.raises(SupersubError, match="not a supersub demo folder"):
+        api.demo(tmp_path, overwrite=True)
+    assert (tmp_path / "mine.txt").read_text() == "keep me\n"
+    assert run_cli(["demo", "--out", str(tmp_path), "--overwrite"]) == 2

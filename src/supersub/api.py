@@ -9,9 +9,6 @@
 
 from __future__ import annotations
 
-import logging
-import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +16,15 @@ import pandas as pd
 
 from .config import TrainConfig
 from .data.synth import write_synth
-from .errors import SupersubError
 from .pipeline.calibration import calibration_evidence, recalibrate  # noqa: F401 - calibration_evidence is API
 from .pipeline.configure import resolve_config  # noqa: F401 - part of the API
+from .pipeline.demo import run_demo
 from .pipeline.evaluate import evaluate_run
 from .pipeline.evidence import Evidence
 from .pipeline.inputs import LabelledImages, load_labelled  # noqa: F401 - part of the API
 from .pipeline.predict import Prediction, predict_images, predict_tensors  # noqa: F401 - part of the API
 from .pipeline.train import train_run
 from .run import RunDir  # noqa: F401 - part of the API
-
-log = logging.getLogger("supersub")
 
 __all__ = ["synth", "resolve_config", "train", "calibration_evidence", "calibrate", "predict", "evaluate", "demo",
            "predict_tensors", "Prediction", "load_labelled"]
@@ -106,29 +101,9 @@ def synth(out: str | Path, seed: int = 0, **kwargs: Any) -> dict[str, Any]:
     return write_synth(Path(out), seed=seed, **kwargs)
 
 
-DEMO_MARKER = ".supersub-demo"
-# sized to finish in a few minutes on a 2-core laptop CPU: the built-in shapes are legible at 32 px, which
-# makes an epoch ~4x cheaper than at 64 px and buys 30 epochs for both the calibration and the final model
-DEMO_CONFIG: dict[str, Any] = {"model.backbone": "cnn", "optim.epochs": 30, "data.image_size": 32, "model.width": 32}
-
-
 def demo(out: str | Path = "runs/demo", *, overwrite: bool = False, seed: int = 0, **overrides: Any) -> dict[str, Any]:
-    """Synthesise the built-in data, train with calibration, evaluate on its test folder."""
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise SupersubError(f"{out}: exists and is not empty (pass --overwrite to replace the demo)")
-        if not (out / DEMO_MARKER).is_file():
-            raise SupersubError(f"{out}: not a supersub demo folder (no {DEMO_MARKER}); refusing to delete it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / DEMO_MARKER).write_text("created by supersub demo\n", encoding="utf-8")
-    t0 = time.perf_counter()
-    counts = synth(out / "data", seed=seed)
-    log.info("built-in dataset: %s (%.1fs)", counts, time.perf_counter() - t0)
-    # the built-in data ships an outlier pool of another unseen family: the recommended recipe uses it
-    novel = {"data.novel_data": str(out / "data" / "novel_images")}
-    summary = train(out / "data", out / "run", None, **{**DEMO_CONFIG, **novel, "seed": seed, **overrides})
-    metrics = evaluate(out / "run", out / "data" / "test_images", out / "data" / "test_truth.csv")
-    predict(out / "run", out / "data" / "test_images", out / "predictions.csv", probs=True)
-    return {"train": summary, "test": metrics, "seconds": round(time.perf_counter() - t0, 1)}
+    """Synthesise the built-in data, train with calibration, evaluate on its test folder, write predictions.
+
+    Returns ``{"train": summary, "test": metrics, "seconds": ...}``; ``overrides`` are dotted config keys.
+    """
+    return run_demo(out, overwrite=overwrite, seed=seed, **overrides)
