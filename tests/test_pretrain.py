@@ -131,15 +131,15 @@ def test_pretrain_resume_and_refusals(tmp_path: Path) -> None:
 
 
 def test_pretrain_regime_from_weights_is_discriminative(tmp_path: Path) -> None:
-    from supersub.api import _config, _finetune_chosen
-    from supersub.pretrain.run import resolve_regime
+    from supersub.api import resolve_config
+    from supersub.pretrain.run import finetune_chosen, resolve_regime
 
     overrides = {"model.backbone": "cnn", "model.weights": str(tmp_path / "w.pt")}
-    cfg = _config(None, overrides)
-    assert cfg.optim.finetune == "frozen" and not _finetune_chosen(None, overrides)
+    cfg = resolve_config(None, **overrides)
+    assert cfg.optim.finetune == "frozen" and not finetune_chosen(None, overrides)
     resolve_regime(cfg, chosen=False)
     assert cfg.optim.finetune == "discriminative"  # seed 002: a new head at head_lr_mult x lr, backbone at lr
-    scratch = _config(None, {"model.backbone": "cnn"})
+    scratch = resolve_config(None, **{"model.backbone": "cnn"})
     resolve_regime(scratch, chosen=False)
     assert scratch.optim.finetune == "full"
-    assert _finetune_chosen(None, {**overrides, "optim.finetune": "full"})
+    assert finetune_chosen(None, {**overrides, "optim.finetune": "full"})

@@ -2,26 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from .errors import SupersubError
 from .models.model import HierarchicalClassifier
-
-
-@dataclass
-class Outputs:
-    super_logits: torch.Tensor
-    sub_logits: torch.Tensor
-    features: torch.Tensor
-
-    @property
-    def super_probs(self) -> torch.Tensor:
-        return self.super_logits.softmax(dim=1)
-
-    @property
-    def sub_probs(self) -> torch.Tensor:
-        return self.sub_logits.softmax(dim=1)
+from .novelty.outputs import Outputs  # noqa: F401 - the type run_model returns, re-exported
 
 
 def pick_device(accelerator: str = "auto") -> torch.device:
@@ -30,6 +15,20 @@ def pick_device(accelerator: str = "auto") -> torch.device:
     if accelerator == "mps" and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def named_device(name: str) -> torch.device:
+    """``--device`` as a torch device (cpu, cuda, cuda:1, mps; auto picks); an unusable one is a clear error."""
+    if name == "auto":
+        return pick_device("auto")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise SupersubError(f"--device {name!r}: not a device (e.g. cpu, cuda, cuda:1, mps, auto)") from None
+    usable = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not usable.get(device.type, False):
+        raise SupersubError(f"--device {name!r}: not available on this machine")
+    return device
 
 
 @torch.no_grad()

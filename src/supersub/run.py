@@ -25,7 +25,7 @@ import torch
 import yaml
 
 from . import __version__
-from .config import TrainConfig, build_config, config_to_dict
+from .config import TrainConfig, build_config, config_to_dict, config_yaml
 from .errors import SupersubError
 from .io import _first_line, load_checkpoint, torch_save_atomic, write_json_atomic, write_text_atomic  # noqa: F401 - re-exported
 from .models.model import HierarchicalClassifier, build_model
@@ -127,7 +127,7 @@ class RunDir:
 
     # ---- config / taxonomy -------------------------------------------------------------------
     def save_config(self, cfg: TrainConfig) -> None:
-        write_text_atomic(self.config_file, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        write_text_atomic(self.config_file, config_yaml(cfg))
 
     def load_config(self) -> TrainConfig:
         try:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from torchmetrics.functional.classification import multiclass_accuracy
@@ -23,6 +24,7 @@ from ..data.module import TensorDataModule
 from ..data.splits import stratified_split
 from ..errors import SupersubError
 from ..io import load_checkpoint, write_json_atomic
+from ..pipeline.configure import resolve_config
 from ..training.distributed import local_device
 from ..training.fit import EpochTimer, build_trainer, check_resumable, quiet_lightning
 from ..training.loggers import keep_csv_history
@@ -74,6 +76,29 @@ def accuracy(net: PretrainNet, images: torch.Tensor, labels: torch.Tensor, devic
     logits = torch.cat([net(images[i:i + batch_size].to(device))[0].cpu() for i in range(0, len(images), batch_size)])
     n = net.classifier[-1].out_features
     return 100.0 * float(multiclass_accuracy(logits, labels, num_classes=n, average="micro"))
+
+
+def pretrain_run(data: str | Path, out: str | Path, config: TrainConfig | dict[str, Any] | str | Path | None = None,
+                 *, test_data: str | Path | None = None, overwrite: bool = False, resume: bool = False,
+                 **overrides: Any) -> dict[str, Any]:
+    """:func:`supersub.api.pretrain`: the configuration from ``config`` and dotted ``overrides``, then :func:`pretrain`."""
+    cfg = resolve_config(config, **overrides)
+    short = {"epochs": "optim.epochs", "lr": "optim.lr", "batch_size": "optim.batch_size"}
+    chosen = finetune_chosen(config, {short.get(k, k): v for k, v in overrides.items()})
+    return pretrain(Path(data), Path(out), cfg, Path(test_data) if test_data is not None else None,
+                    overwrite=overwrite, resume=resume, finetune_chosen=chosen)
+
+
+def finetune_chosen(config: TrainConfig | dict[str, Any] | str | Path | None, overrides: dict[str, Any]) -> bool:
+    """Did the caller pick optim.finetune? (The config resolves 'auto' to a regime, so ask the raw inputs.)"""
+    if overrides.get("optim.finetune", "auto") != "auto":
+        return True
+    if isinstance(config, TrainConfig):
+        return config.optim.finetune != "frozen"  # frozen is what 'auto' becomes with starting weights
+    if isinstance(config, (str, Path)):
+        config = yaml.safe_load(Path(config).read_text(encoding="utf-8")) if Path(config).is_file() else None
+    optim = config.get("optim") if isinstance(config, dict) else None
+    return isinstance(optim, dict) and optim.get("finetune", "auto") != "auto"
 
 
 def pretrain(data: Path, out: Path, cfg: TrainConfig, test_data: Path | None = None, overwrite: bool = False,
