@@ -30,21 +30,22 @@ from .errors import SupersubError
 from .inference import Outputs, pick_device, run_model
 from .io import write_atomic, write_json_atomic
 from .metrics import competition_metrics, open_set_report
+from .models.ensemble import BaggingEnsemble
 from .models.model import HierarchicalClassifier
 from .novelty.decide import decide
 from .novelty.exposure import read_novel_sub
 from .novelty.predict import apply_novelty
 from .novelty.scores import create_detector
 from .novelty.protocol import (
-    Evidence, Pool, Stage, calibrate_run, collect_evidence, load_scorer, load_split, load_stage_model,
-    needs_calibration_model, plan_stages, save_calibration, save_split, stage_labels,
+    STAGE_MODEL_FILE, Evidence, Pool, Stage, calibrate_run, collect_evidence, load_scorer, load_split,
+    load_stage_model, needs_calibration_model, plan_stages, save_calibration, save_split, stage_labels,
 )
 from .novelty.scoring import NoveltyScorer, seen_view
-from .run import RunDir, Thresholds
+from .run import RunDir, Thresholds, save_model_file
 from .taxonomy import Taxonomy
 from .losses import NOVEL_SUB, OUTLIER
 from .training.distributed import is_global_zero
-from .training.fit import fit_stage
+from .training.fitters import fit_model
 
 log = logging.getLogger("supersub")
 
@@ -159,9 +160,12 @@ def train(
         for name, stage in sorted(stages.items(), key=lambda item: item[0] == "final"):  # final model last
             result = _fit_stage(pool, taxonomy, stage, cfg, run, resume)
             summary[name] = {"epochs_run": result.epochs_run, result.monitor: result.best_score,
-                             "seconds_per_epoch": result.seconds_per_epoch and round(result.seconds_per_epoch, 2)}
-            if name == "final" and lead:
-                run.save_model(result.model, cfg, stage_labels(pool, taxonomy, stage, cfg.novelty.oe)[0])
+                             "seconds_per_epoch": result.seconds_per_epoch and round(result.seconds_per_epoch, 2),
+                             **result.details}
+            if lead:  # every stage's model in one format: model.pt, checkpoints/<stage>/model.pt (for calibrate)
+                stage_tax = stage_labels(pool, taxonomy, stage, cfg.novelty.oe)[0]
+                target = run.model_file if name == "final" else run.checkpoints_dir / name / STAGE_MODEL_FILE
+                save_model_file(target, result.model, cfg, stage_tax)
             evidence[name] = collect_evidence(result.model, pool, taxonomy, stage, cfg.trainer.accelerator, cfg)
     except SupersubError:
         # a bad option found when the first stage starts (backbone, weights, trainer, logger): nothing was
@@ -247,7 +251,7 @@ def _fit_stage(pool: Pool, taxonomy: Taxonomy, stage: Stage, cfg: TrainConfig, r
     log.info("%s model: %d subclasses, %d train / %d validation images", stage.name, len(stage.keep_sub),
              len(stage.train), len(stage.val))
     epochs = None if stage.name == "final" else cfg.novelty.calibration_epochs
-    return fit_stage(pool.images, y_super, y_sub, stage.train, stage.val, tax, cfg, run.path, stage.name,
+    return fit_model(pool.images, y_super, y_sub, stage.train, stage.val, tax, cfg, run.path, stage.name,
                      epochs=epochs, resume=resume)
 
 
@@ -286,7 +290,7 @@ class Prediction:
 
 
 def predict_tensors(
-    model: HierarchicalClassifier, taxonomy: Taxonomy, thresholds: Thresholds, images: torch.Tensor,
+    model: HierarchicalClassifier | BaggingEnsemble, taxonomy: Taxonomy, thresholds: Thresholds, images: torch.Tensor,
     names: list[str], accelerator: str = "auto", scorer: NoveltyScorer | None = None,
 ) -> Prediction:
     """The decision rule and calibrated probabilities for decoded images.

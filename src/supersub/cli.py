@@ -117,8 +117,18 @@ def train(
         "bundled"),
     weights: Optional[Path] = typer.Option(None, "--weights", help="start from a local backbone state dict / model.pt"),
     input_size: Optional[int] = typer.Option(None, "--input-size", help="resize images to this inside the model"),
-    approach: Optional[str] = typer.Option(None, help="two-heads (A), two-models (B), cosine (C) or sub-only"),
-    head: Optional[str] = typer.Option(None, help="head type: linear, cosine, mlp (mlp: --set model.bottleneck=N)"),
+    approach: Optional[str] = typer.Option(
+        None, help="two-heads (A), two-models (B), cosine (C), sub-only, moe (gated subclass experts) or bagging "
+        "(an ensemble: --members, --bootstrap / --subsample)"),
+    head: Optional[str] = typer.Option(
+        None, help="head type: linear, cosine, mlp (mlp: --set model.bottleneck=N), xgboost (boosted trees on frozen "
+        "features; --set boost.rounds=N ...)"),
+    members: Optional[int] = typer.Option(None, "--members", help="approach bagging: number of members (default 5)"),
+    bootstrap: Optional[bool] = typer.Option(
+        None, "--bootstrap/--no-bootstrap",
+        help="approach bagging: members draw training images with replacement (default: yes unless --subsample < 1)"),
+    subsample: Optional[float] = typer.Option(
+        None, "--subsample", help="approach bagging: share of the training images each member draws (default 1)"),
     finetune: Optional[str] = typer.Option(
         None, help="partial (the recipe: last stages train on cached trunk outputs), frozen (cached features), full, "
         "discriminative, gradual; default: partial for pretrained backbones, full from scratch"),
@@ -141,7 +151,8 @@ def train(
     ),
     novel_sub_count: Optional[int] = typer.Option(None, "--novel-sub-count", help="use at most N of them"),
     score: Optional[str] = typer.Option(
-        None, help="novelty score: msp, maxlogit, energy, entropy, gen, mahalanobis, knn, knn-class, vim"
+        None, help="novelty score: msp, maxlogit, energy, entropy, gen, mahalanobis, knn, knn-class, vim; with "
+        "--approach bagging also mi, expected-entropy; or SUPER+SUB, e.g. vim+maxlogit"
     ),
     score_option: list[str] = typer.Option([], "--score-option", help=SCORE_OPTION_HELP),
     objective: Optional[str] = typer.Option(None, help="threshold objective: balanced, expected, eer, recall"),
@@ -166,7 +177,8 @@ def train(
         "optim.epochs": epochs, "optim.batch_size": batch_size, "optim.lr": lr, "optim.weight_decay": weight_decay,
         "seed": seed, "model.backbone": backbone, "data.image_size": image_size, "loss.alpha": alpha,
         "model.weights": str(weights) if weights else None, "model.input_size": input_size,
-        "model.approach": approach, "model.head": head, "optim.finetune": finetune,
+        "model.approach": approach, "model.head": head, "optim.finetune": finetune, "model.members": members,
+        "model.bootstrap": bootstrap, "model.subsample": subsample,
         "optim.trainable_stages": trainable_stages, "model.pretrained": pretrained,
         "loss.temperature": temperature, "novelty.tau_super": tau_super, "novelty.tau_sub": tau_sub,
         "data.holdout_fraction": holdout_fraction, "data.val_fraction": val_fraction,

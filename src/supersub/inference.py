@@ -2,26 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from .models.model import HierarchicalClassifier
-
-
-@dataclass
-class Outputs:
-    super_logits: torch.Tensor
-    sub_logits: torch.Tensor
-    features: torch.Tensor
-
-    @property
-    def super_probs(self) -> torch.Tensor:
-        return self.super_logits.softmax(dim=1)
-
-    @property
-    def sub_probs(self) -> torch.Tensor:
-        return self.sub_logits.softmax(dim=1)
+from .models.outputs import Outputs  # noqa: F401 - re-exported: the type inference returns
 
 
 def pick_device(accelerator: str = "auto") -> torch.device:
@@ -33,18 +18,15 @@ def pick_device(accelerator: str = "auto") -> torch.device:
 
 
 @torch.no_grad()
-def run_model(
-    model: HierarchicalClassifier, images: torch.Tensor, batch_size: int = 256, device: torch.device | None = None
-) -> Outputs:
-    """Evaluate ``model`` on uint8 (N,3,H,W) images in eval mode; results on the CPU."""
+def run_model(model: Any, images: torch.Tensor, batch_size: int = 256, device: torch.device | None = None) -> Outputs:
+    """Evaluate ``model`` (a classifier or an ensemble: anything with ``outputs(images)``) on uint8 (N,3,H,W)
+    images in eval mode; results on the CPU."""
     device = device or pick_device()
     model = model.to(device, memory_format=torch.channels_last).eval()  # faster convolutions, same results
-    sup, sub, feat = [], [], []
-    for start in range(0, len(images), batch_size):
-        s, b, f = model(images[start : start + batch_size].to(device).contiguous(memory_format=torch.channels_last))
-        sup.append(s.float().cpu())
-        sub.append(b.float().cpu())
-        feat.append(f.float().cpu())
-    if not sup:
+    batches = [
+        model.outputs(images[start : start + batch_size].to(device).contiguous(memory_format=torch.channels_last)).cpu_float()
+        for start in range(0, len(images), batch_size)
+    ]
+    if not batches:
         raise ValueError("run_model needs at least one image")
-    return Outputs(torch.cat(sup), torch.cat(sub), torch.cat(feat))
+    return Outputs.cat(batches)

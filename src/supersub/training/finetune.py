@@ -145,17 +145,18 @@ def forward_cached(model: HierarchicalClassifier, rows: torch.Tensor, splits: Se
 
 
 @torch.no_grad()
-def cached_outputs(model: HierarchicalClassifier, images: torch.Tensor, cfg: TrainConfig, device: torch.device,
+def cached_outputs(model: Any, images: torch.Tensor, cfg: TrainConfig, device: torch.device,
                    batch_size: int = 256) -> Outputs:
-    """Outputs of a trained model of a cached regime on ``images``, from the cache (the backbone runs only on a
-    miss): what calibration collects as evidence, identical to ``run_model`` up to float16 trunk storage."""
+    """Outputs of a trained model of a cached regime on ``images`` (a classifier or an ensemble), from the cache
+    (the backbone runs only on a miss): what calibration collects as evidence, identical to ``run_model`` up to
+    float16 trunk storage."""
     rows = cached_rows(model, images, cfg, device)[:, 0]
     splits = model.stage_splits(cfg.optim.trainable_stages) if cfg.optim.finetune == "partial" else None
     was_training = model.training
     model.to(device).eval()
     try:
-        chunks = [forward_cached(model, rows[i:i + batch_size].to(device), splits) for i in range(0, len(rows), batch_size)]
+        chunks = [model.outputs_from_rows(rows[i:i + batch_size].float().to(device), splits).cpu_float()
+                  for i in range(0, len(rows), batch_size)]
     finally:
         model.train(was_training)
-    sup, sub, feat = (torch.cat([c[j].float().cpu() for c in chunks]) for j in range(3))
-    return Outputs(sup, sub, feat)
+    return Outputs.cat(chunks)
