@@ -297,7 +297,7 @@ def test_a_level_pair_scores_each_level_with_its_own_detector() -> None:
 
 
 def test_unknown_score_and_options_are_one_line_errors() -> None:
-    with pytest.raises(SupersubError, match=r"unknown score 'x' \(choose from msp, maxlogit, .*vim\)"):
+    with pytest.raises(SupersubError, match=r"unknown score 'x' \(choose from msp, maxlogit, .*vim, mi, expected-entropy\)"):
         create_detector("x")
     with pytest.raises(SupersubError, match="unknown option"):
         create_detector("knn", kk=3)

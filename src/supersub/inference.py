@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from .models.outputs import Outputs  # noqa: F401 - re-exported: the type inference returns
+from .models.outputs import Outputs, outputs_of  # Outputs re-exported: the type inference returns
 
 
 def pick_device(accelerator: str = "auto") -> torch.device:
@@ -19,13 +19,13 @@ def pick_device(accelerator: str = "auto") -> torch.device:
 
 @torch.no_grad()
 def run_model(model: Any, images: torch.Tensor, batch_size: int = 256, device: torch.device | None = None) -> Outputs:
-    """Evaluate ``model`` (a classifier or an ensemble: anything with ``outputs(images)``) on uint8 (N,3,H,W)
-    images in eval mode; results on the CPU."""
+    """Evaluate ``model`` (see :func:`~supersub.models.outputs.outputs_of`) on uint8 (N,3,H,W) images in eval
+    mode; results on the CPU."""
     device = device or pick_device()
     model = model.to(device, memory_format=torch.channels_last).eval()  # faster convolutions, same results
     batches = [
-        model.outputs(images[start : start + batch_size].to(device).contiguous(memory_format=torch.channels_last)).cpu_float()
-        for start in range(0, len(images), batch_size)
+        outputs_of(model, images[start : start + batch_size].to(device).contiguous(memory_format=torch.channels_last))
+        .cpu_float() for start in range(0, len(images), batch_size)
     ]
     if not batches:
         raise ValueError("run_model needs at least one image")

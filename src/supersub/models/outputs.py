@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -58,3 +59,10 @@ class Outputs:
 
     def _fields(self) -> tuple[torch.Tensor | None, ...]:
         return self.super_logits, self.sub_logits, self.features, self.super_members, self.sub_members
+
+
+def outputs_of(model: Any, images: torch.Tensor) -> Outputs:
+    """``model.outputs(images)`` for supersub's models (an ensemble adds its members' logits); any other module
+    that returns ``(super_logits, sub_logits, features)`` works too."""
+    method = getattr(model, "outputs", None)
+    return method(images) if callable(method) else Outputs(*model(images))
