@@ -159,8 +159,8 @@ class HierarchicalClassifier(nn.Module):
     def head_forward(self, backbone_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Everything after the backbones, from :meth:`backbone_features` rows."""
         f, g = self.head_inputs(backbone_features)
-        super_logits, sub_logits = self.combine(self, None if self.super_head is None else self.super_head(f),
-                                                self.sub_head(g))
+        sub_raw = self.sub_head(g)  # before the superclass head: dropout draws in the order runs always had
+        super_logits, sub_logits = self.combine(self, None if self.super_head is None else self.super_head(f), sub_raw)
         features = f if self.sub_neck is None else torch.cat([f, g], dim=1)
         return super_logits, sub_logits, features
 
