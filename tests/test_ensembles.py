@@ -132,20 +132,22 @@ def test_members_draw_seeded_resamples():
 
 def test_xgboost_head_is_seeded_and_reloads_exactly(tmp_path: Path):
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(300, 10, generator=g)
+    x = torch.randn(300, 10, generator=g) @ torch.randn(10, 24, generator=g)  # 24 columns spanning 10 directions
     y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
-    heads = [XGBoostHead(10, 3) for _ in range(2)]
-    fits = [h.fit(x[:240], y[:240], x[240:], y[240:], BoostConfig(rounds=60, early_stopping=5), seed=3) for h in heads]
+    heads = [XGBoostHead(24, 3) for _ in range(2)]
+    cfg = BoostConfig(rounds=60, early_stopping=5, learning_rate=0.1, components=10)
+    fits = [h.fit(x[:240], y[:240], x[240:], y[240:], cfg, seed=3) for h in heads]
     assert fits[0] == fits[1] and torch.equal(heads[0].booster_bytes, heads[1].booster_bytes)
+    assert heads[0].projection.shape == (10, 24)  # trees split on 10 principal components
     assert 1 <= fits[0]["rounds"] <= 60 and fits[0]["val_mlogloss"] < 1.0  # chance is log(3) = 1.1
     accuracy = (heads[0](x[240:]).argmax(1) == y[240:]).float().mean()
     assert accuracy > 0.7
     torch.save(heads[0].state_dict(), tmp_path / "h.pt")
-    loaded = XGBoostHead(10, 3)
+    loaded = XGBoostHead(24, 3)
     loaded.load_state_dict(torch.load(tmp_path / "h.pt", weights_only=True))
     assert torch.equal(loaded(x), heads[0](x))
     with pytest.raises(SupersubError, match="not fitted"):
-        XGBoostHead(10, 3)(x)
+        XGBoostHead(24, 3)(x)
 
 
 # ---- configuration ------------------------------------------------------------------------------------------
