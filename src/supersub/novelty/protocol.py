@@ -37,6 +37,7 @@ from ..errors import SupersubError
 from ..inference import Outputs, pick_device, run_model
 from ..io import write_json_atomic
 from ..losses import NOVEL_SUB, OUTLIER
+from ..models.ensemble import BaggingEnsemble
 from ..models.model import HierarchicalClassifier
 from ..run import Thresholds
 from ..taxonomy import Taxonomy
@@ -239,7 +240,7 @@ class Evidence:
 
 
 def collect_evidence(
-    model: HierarchicalClassifier, pool: Pool, taxonomy: Taxonomy, stage: Stage, accelerator: str = "auto",
+    model: HierarchicalClassifier | BaggingEnsemble, pool: Pool, taxonomy: Taxonomy, stage: Stage, accelerator: str = "auto",
     cfg: TrainConfig | None = None,
 ) -> Evidence:
     """Run ``model`` on the stage's labelled training, validation, held-out and novel images.
@@ -278,7 +279,7 @@ def collect_evidence(
 STAGE_MODEL_FILE = "model.pt"  # checkpoints/<stage>/model.pt: a stage's trained model, in the format of RUN/model.pt
 
 
-def load_stage_model(run_path: Path, stage: str) -> Any:
+def load_stage_model(run_path: Path, stage: str) -> HierarchicalClassifier | BaggingEnsemble:
     """A calibration or LOSO model: ``checkpoints/<stage>/model.pt`` (any approach: networks, ensembles, trees),
     else, for runs made before that file existed, its best Lightning checkpoint (``weights_only`` loading)."""
     from ..io import load_checkpoint
