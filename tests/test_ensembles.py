@@ -277,3 +277,21 @@ def test_xgboost_members_bag_too(synth_dir: Path, shared_weights: Path, tmp_path
     assert not torch.equal(model.members[0].sub_head.booster_bytes[:64], model.members[1].sub_head.booster_bytes[:64]) \
         or len(model.members[0].sub_head.booster_bytes) != len(model.members[1].sub_head.booster_bytes)
     assert len(api.predict(out, synth_dir / "test_images")) > 0
+
+
+def test_a_frozen_model_predicts_from_the_feature_cache_exactly_as_from_images(trained, synth_dir: Path):
+    from supersub.api import predict_tensors
+    from supersub.data.cache import decode_images
+    from supersub.data.formats import read_flat
+    from supersub.novelty.protocol import load_scorer
+
+    path = trained("bagging")
+    run = RunDir.open(path)
+    model, cfg, _ = run.load_model()
+    thresholds, taxonomy = run.load_thresholds(), run.load_taxonomy()
+    ds = read_flat(synth_dir / "test_images")
+    images = decode_images(ds.records, cfg.data.image_size).images
+    scorer = load_scorer(path, thresholds.score)
+    cached = predict_tensors(model, taxonomy, thresholds, images, ds.names, "cpu", scorer, cfg)
+    raw = predict_tensors(model, taxonomy, thresholds, images, ds.names, "cpu", scorer)  # no cfg: on the images
+    assert torch.equal(cached.sub_probs, raw.sub_probs) and torch.equal(cached.super_conf, raw.super_conf)

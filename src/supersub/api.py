@@ -45,6 +45,7 @@ from .run import RunDir, Thresholds, save_model_file
 from .taxonomy import Taxonomy
 from .losses import NOVEL_SUB, OUTLIER
 from .training.distributed import is_global_zero
+from .training.finetune import cached_outputs
 from .training.fitters import fit_model
 
 log = logging.getLogger("supersub")
@@ -291,19 +292,31 @@ class Prediction:
 
 def predict_tensors(
     model: HierarchicalClassifier | BaggingEnsemble, taxonomy: Taxonomy, thresholds: Thresholds, images: torch.Tensor,
-    names: list[str], accelerator: str = "auto", scorer: NoveltyScorer | None = None,
+    names: list[str], accelerator: str = "auto", scorer: NoveltyScorer | None = None, cfg: TrainConfig | None = None,
 ) -> Prediction:
     """The decision rule and calibrated probabilities for decoded images.
 
     The thresholds are in the units of ``thresholds.score``, so the confidences must come from that score:
     ``scorer`` is the run's fitted detectors (``supersub.novelty.protocol.load_scorer(run_dir,
-    thresholds.score)``). It may be left out only for ``msp``, which needs no fitting.
+    thresholds.score)``). It may be left out only for ``msp``, which needs no fitting. With the run's ``cfg``
+    a ``finetune: frozen`` model reads its backbone features from the disk cache (see :func:`_outputs`).
     """
     scorer = _scorer_for(thresholds, scorer)
-    outputs: Outputs = run_model(model, images, device=pick_device(accelerator))
+    outputs = _outputs(model, images, cfg, pick_device(accelerator))
     a = apply_novelty(outputs, taxonomy, thresholds, scorer)
     d = a.decision
     return Prediction(names, d.super_pred, d.sub_pred, a.super_probs, a.sub_probs, d.super_conf, d.sub_conf)
+
+
+def _outputs(model: HierarchicalClassifier | BaggingEnsemble, images: torch.Tensor, cfg: TrainConfig | None,
+             device: torch.device) -> Outputs:
+    """The model's outputs on ``images``. A ``finetune: frozen`` model with ``data.feature_cache`` reads its (float32)
+    backbone features from the disk cache and computes only the missing ones, as calibration does: predicting
+    the same images again, or with another run on the same frozen backbone (the configurations of a benchmark,
+    a bagging ensemble and its single-model baseline), skips the backbone. Every other model runs on the images."""
+    if cfg is not None and cfg.optim.finetune == "frozen" and cfg.data.feature_cache:
+        return cached_outputs(model, images, cfg, device)
+    return run_model(model, images, device=device)
 
 
 def _scorer_for(thresholds: Thresholds, scorer: NoveltyScorer | None) -> NoveltyScorer:
@@ -332,7 +345,8 @@ def _predict_dataset(run_dir: str | Path, ds: Dataset, skip_bad: bool) -> tuple[
     kept = Dataset([ds.records[i] for i in decoded.kept], ds.taxonomy, ds.source, ds.skipped + decoded.bad)
     if not kept.records:
         raise SupersubError(f"{ds.source}: no readable images")
-    pred = predict_tensors(model, taxonomy, thresholds, decoded.images, kept.names, cfg.trainer.accelerator, scorer)
+    pred = predict_tensors(model, taxonomy, thresholds, decoded.images, kept.names, cfg.trainer.accelerator, scorer,
+                           cfg)
     return pred, kept
 
 
