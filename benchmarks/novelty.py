@@ -120,8 +120,8 @@ def score_run(run: Path, data: Path, a: argparse.Namespace, label: dict[str, Any
     import supersub.api as ss
     from supersub.inference import pick_device, run_model
     from supersub.metrics import competition_metrics, open_set_report
-    from supersub.novelty.predict import apply_novelty
-    from supersub.novelty.protocol import load_scorer
+    from supersub.pipeline.calibration import load_scorer
+    from supersub.pipeline.predict import apply_novelty
     from supersub.run import RunDir
 
     rd = RunDir.open(run)

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from supersub.errors import SupersubError
-from supersub.novelty.calibrate import choose_threshold, save_sweep, sweep
+from supersub.novelty.calibrate import choose_threshold, sweep
+from supersub.reporting import save_sweep
 
 
 def test_balanced_perfect_split_is_the_midpoint_of_the_gap() -> None:

@@ -283,7 +283,7 @@ def test_a_frozen_model_predicts_from_the_feature_cache_exactly_as_from_images(t
     from supersub.api import predict_tensors
     from supersub.data.cache import decode_images
     from supersub.data.formats import read_flat
-    from supersub.novelty.protocol import load_scorer
+    from supersub.pipeline.calibration import load_scorer
 
     path = trained("bagging")
     run = RunDir.open(path)

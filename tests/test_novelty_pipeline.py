@@ -18,7 +18,7 @@ from supersub.data.cache import decode_images
 from supersub.data.formats import read_flat
 from supersub.errors import SupersubError
 from supersub.inference import run_model
-from supersub.novelty.protocol import load_scorer
+from supersub.pipeline.calibration import load_scorer
 from supersub.novelty.scores import create_detector
 from supersub.novelty.scoring import NoveltyScorer
 from supersub.run import RunDir

@@ -16,12 +16,11 @@ from supersub.inference import Outputs
 from supersub.losses import NOVEL_SUB, OUTLIER, HierarchicalLoss
 from supersub.metrics import confusion_matrix, expected_calibration_error, open_set_report
 from supersub.novelty.calibrate import kept_share, transfer_threshold
-from supersub.novelty.exposure import read_novel_sub, write_tin_novel_sub, write_tin_outliers
-from supersub.novelty.predict import apply_novelty
-from supersub.novelty.protocol import (
-    EXTRA_CLASS, UNUSED, Pool, calibrate_run, collect_evidence, plan_stages, stage_labels,
-    with_extra_class,
-)
+from supersub.data.exposure import read_novel_sub, write_tin_novel_sub, write_tin_outliers
+from supersub.pipeline.calibration import calibrate_run
+from supersub.pipeline.evidence import collect_evidence
+from supersub.pipeline.predict import apply_novelty
+from supersub.pipeline.stages import EXTRA_CLASS, UNUSED, Pool, plan_stages, stage_labels, with_extra_class
 from supersub.novelty.scoring import NoveltyScorer, SeenView, seen_view
 from supersub.novelty.temperature import fit_temperature, nll
 from supersub.run import Thresholds
@@ -83,6 +82,7 @@ def test_expected_calibration_error_hand_computed() -> None:
 
 def test_confusion_matrix_rows_are_truth() -> None:
     m = confusion_matrix([0, 0, 1, 2, 2, 2], [0, 2, 1, 2, 2, 0], 3)
+    assert (confusion_matrix([], [], 3) == 0).all() and confusion_matrix([], [], 3).shape == (3, 3)
     assert m.tolist() == [[1, 0, 1], [0, 1, 0], [1, 0, 2]]
     with pytest.raises(SupersubError, match="0..2"):
         confusion_matrix([0, 3], [0, 0], 3)

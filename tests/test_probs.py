@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from supersub.errors import SupersubError
 from supersub.inference import Outputs
 from supersub.novelty.decide import Decision, decide
-from supersub.novelty.predict import apply_novelty
+from supersub.pipeline.predict import apply_novelty
 from supersub.novelty.probs import NOVEL_MARGIN, PROB_FLOOR, fit_slope, novel_probability, with_novel_column
 from supersub.novelty.scoring import Confidences, NoveltyScorer
 from supersub.novelty.scores import create_detector

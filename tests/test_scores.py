@@ -12,7 +12,6 @@ from pytorch_ood.detector import KNN, ViM
 
 from supersub.errors import SupersubError
 from supersub.novelty.ood_metrics import fpr_at_tpr, open_set_metrics
-from supersub.novelty import scores
 from supersub.novelty.scores import DETECTORS, create_detector, detector_from_state
 
 N_DIM, N_CLASSES, PER_CLASS = 12, 3, 50
@@ -204,8 +203,7 @@ def _brute_force_knn_class(bank: torch.Tensor, labels: torch.Tensor, logits, fea
 
 
 @pytest.mark.parametrize("k", [1, 4, 100])
-def test_knn_class_matches_brute_force(k: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(scores, "_CHUNK", 3)  # several chunks per class
+def test_knn_class_matches_brute_force(k: int) -> None:
     g = torch.Generator().manual_seed(1)
     # class 0: 9 rows, class 1: 2 rows (below k=4), class 2: 6 rows, class 3: none; plus 3 outlier rows
     y = torch.tensor([0] * 9 + [1] * 2 + [2] * 6 + [-1] * 3)
@@ -355,3 +353,17 @@ def test_metrics_on_reversed_scores_and_a_hand_case() -> None:
 def test_metrics_reject_empty_input() -> None:
     with pytest.raises(SupersubError, match="needs seen and novel"):
         open_set_metrics([], [0.5])
+
+
+def test_every_detector_matches_its_score_spec() -> None:
+    """The config validates against supersub.score_specs; the detectors must take exactly those options."""
+    import inspect
+
+    from supersub.score_specs import SCORE_SPECS
+
+    assert set(DETECTORS) == set(SCORE_SPECS)
+    for name, cls in DETECTORS.items():
+        spec = SCORE_SPECS[name]
+        init = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
+        assert tuple(init) == spec.params == cls.params, name
+        assert cls.confidence_range == spec.confidence_range, name

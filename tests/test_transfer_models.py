@@ -124,18 +124,46 @@ def test_a_model_file_from_before_the_heads_registry_still_loads(tmp_path: Path)
     assert all(torch.equal(a, b) for a, b in zip(loaded(x), model(x)))
 
 
+def _merged_groups(groups: list[dict]) -> dict[str, dict]:
+    """The regime's groups with each decayed half and its ``-no-decay`` half joined again (same lr)."""
+    out: dict[str, dict] = {}
+    for g in groups:
+        base = g["name"].removesuffix("-no-decay")
+        if base in out:
+            assert out[base]["lr"] == g["lr"]
+            out[base] = {**out[base], "params": out[base]["params"] + g["params"]}
+        else:
+            out[base] = dict(g)
+    return out
+
+
 def test_parameter_groups_of_each_regime():
     model = _model(approach="two-models")
     backbone = {id(p) for b in model.backbones() for p in b.parameters()}
     everything = {id(p) for p in model.parameters()}
-    groups = {g["name"]: g for g in parameter_groups(model, OptimConfig(lr=0.01, finetune="discriminative"))}
+    groups = _merged_groups(parameter_groups(model, OptimConfig(lr=0.01, finetune="discriminative")))
     assert groups["heads"]["lr"] == pytest.approx(0.1) and groups["backbone"]["lr"] == 0.01
     assert {id(p) for p in groups["backbone"]["params"]} == backbone
     assert {id(p) for p in groups["heads"]["params"]} == everything - backbone
-    (full,) = parameter_groups(model, OptimConfig(lr=0.01, finetune="full"))
+    (full,) = _merged_groups(parameter_groups(model, OptimConfig(lr=0.01, finetune="full"))).values()
     assert {id(p) for p in full["params"]} == everything and full["lr"] == 0.01
-    (frozen,) = parameter_groups(model, OptimConfig(lr=0.01, finetune="frozen"))
+    (frozen,) = _merged_groups(parameter_groups(model, OptimConfig(lr=0.01, finetune="frozen"))).values()
     assert {id(p) for p in frozen["params"]} == everything - backbone
+
+
+def test_norms_biases_and_the_cosine_scale_get_no_weight_decay():
+    model = _model(approach="cosine")
+    model.backbone.requires_grad_(False)  # frozen when the optimizer is built (gradual): still sorted, not dropped
+    groups = parameter_groups(model, OptimConfig(lr=0.01, finetune="discriminative", weight_decay=0.05))
+    free = {id(p) for g in groups if g.get("weight_decay") == 0.0 for p in g["params"]}
+    decayed = {id(p) for g in groups if "weight_decay" not in g for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert free and decayed and free | decayed == {id(p) for p in model.parameters()} and not free & decayed
+    for name, p in named.items():
+        expected_free = p.ndim <= 1 or name.endswith(".bias")
+        assert (id(p) in free) == expected_free, name
+    assert any(name.endswith("scale") and p.ndim == 0 for name, p in named.items())  # the cosine head's scale
+    assert not any(p.requires_grad for p in model.backbone.parameters())  # asking timm changed no flag
 
 
 def test_gradual_unfreeze_freezes_until_its_epoch_and_stays_unfrozen_after_a_resume():

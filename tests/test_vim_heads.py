@@ -7,7 +7,9 @@ import torch
 
 from supersub.config import ModelConfig, build_config
 from supersub.models.model import HierarchicalClassifier
-from supersub.novelty.protocol import Pool, Stage, calibrate_run, collect_evidence
+from supersub.pipeline.calibration import calibrate_run
+from supersub.pipeline.evidence import collect_evidence
+from supersub.pipeline.stages import Pool, Stage
 from supersub.novelty.scores import ViMScore
 from supersub.novelty.scoring import NoveltyScorer, linear_heads
 from supersub.taxonomy import Taxonomy

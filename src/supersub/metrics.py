@@ -11,16 +11,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
+from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix
 import torch
 from rich.table import Table
 
 from .errors import SupersubError
-from .io import atomic_path, write_atomic
 from .taxonomy import Taxonomy
 
 LEVELS = ("super", "sub")
@@ -152,33 +150,6 @@ class OpenSetReport:
     confusion: dict[str, np.ndarray]
     class_names: dict[str, list[str]]
 
-    def save(self, folder: Path, stem: str) -> None:
-        """``{stem}_confusion_{level}.csv`` (rows = truth, columns = prediction) and ``.png`` per level."""
-        for level in LEVELS:
-            names = self.class_names[level]
-            df = pd.DataFrame(self.confusion[level], index=pd.Index(names, name="truth"), columns=names)
-            write_atomic(folder / f"{stem}_confusion_{level}.csv", lambda fh, df=df: df.to_csv(fh))
-            _confusion_png(self.confusion[level], names, folder / f"{stem}_confusion_{level}.png", level)
-
-
-def _confusion_png(counts: np.ndarray, names: list[str], path: Path, level: str) -> None:
-    """Row-normalised confusion (share of each true class), class names shown when they fit."""
-    from matplotlib.figure import Figure
-
-    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    side = min(12.0, 3.0 + 0.25 * len(names))
-    fig = Figure(figsize=(side, side))
-    ax = fig.subplots()
-    image = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
-    if len(names) <= 30:
-        ax.set_xticks(range(len(names)), names, rotation=90, fontsize="small")
-        ax.set_yticks(range(len(names)), names, fontsize="small")
-    ax.set(xlabel="predicted (novel last)", ylabel="true (novel last)", title=f"{level}class confusion")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-
 
 def confusion_matrix(truth: ArrayLike, pred: ArrayLike, n_classes: int) -> np.ndarray:
     """(n, n) counts, rows = truth, columns = prediction; labels outside 0..n-1 are an error."""
@@ -187,9 +158,9 @@ def confusion_matrix(truth: ArrayLike, pred: ArrayLike, n_classes: int) -> np.nd
         raise SupersubError(f"confusion_matrix: {len(y)} true labels but {len(p)} predictions")
     if len(y) and (min(y.min(), p.min()) < 0 or max(y.max(), p.max()) >= n_classes):
         raise SupersubError(f"confusion_matrix: labels must lie in 0..{n_classes - 1}")
-    counts = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(counts, (y, p), 1)
-    return counts
+    if not len(y):  # scikit-learn refuses empty input; no images is an all-zero table
+        return np.zeros((n_classes, n_classes), dtype=np.int64)
+    return sklearn_confusion_matrix(y, p, labels=np.arange(n_classes)).astype(np.int64)
 
 
 def expected_calibration_error(probs: ArrayLike, truth: ArrayLike, n_bins: int = 15) -> float:

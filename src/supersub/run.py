@@ -26,10 +26,10 @@ import yaml
 from torch import nn
 
 from . import __version__
-from .config import TrainConfig, build_config, config_to_dict
+from .config import TrainConfig, build_config, config_to_dict, config_yaml
 from .errors import SupersubError
 from .io import _first_line, load_checkpoint, torch_save_atomic, write_json_atomic, write_text_atomic  # noqa: F401 - re-exported
-from .models.model import build_model
+from .models.build import create_model
 from .taxonomy import Taxonomy
 
 MARKER = "supersub-run.json"
@@ -128,7 +128,7 @@ class RunDir:
 
     # ---- config / taxonomy -------------------------------------------------------------------
     def save_config(self, cfg: TrainConfig) -> None:
-        write_text_atomic(self.config_file, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        write_text_atomic(self.config_file, config_yaml(cfg))
 
     def load_config(self) -> TrainConfig:
         try:
@@ -190,7 +190,7 @@ def load_model_file(path: Path) -> tuple[Any, TrainConfig, Taxonomy]:
             raise SupersubError(f"{where}: incomplete model file (no {key!r})")
     cfg = build_config(payload["config"], where)
     taxonomy = _taxonomy(payload["taxonomy"], where)
-    model = build_model(cfg.model, taxonomy)
+    model = create_model(cfg.model, taxonomy)
     try:
         model.load_state_dict(payload["state_dict"])
     except (RuntimeError, TypeError, AttributeError) as e:

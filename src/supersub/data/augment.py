@@ -69,6 +69,8 @@ class Mix:
 class BatchMixer:
     """Mixup (Zhang et al., 2018) and CutMix (Yun et al., 2019) with one lambda per batch.
 
+    Hand-written: timm's ``Mixup`` mixes one label set and needs an even batch; here both levels mix, any size.
+
     When both are on, each mixed batch uses one of them at random (as timm's Mixup does). Random numbers
     come from torch's global generator, which the trainer seeds.
     """

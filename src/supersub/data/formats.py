@@ -457,3 +457,45 @@ def read_image_list(csv_path: Path) -> Dataset:
             raise _cell_error(path, row, "image", f"image file {_clipped(folder / name)} not found")
         records.append(ImageRecord(folder / name, name))
     return Dataset(records, None, source=str(path))
+
+
+def read_images(path: Path) -> Dataset:
+    """Unlabelled images to predict: a flat folder, a nested ``<superclass>/<subclass>/`` folder or a CSV.
+
+    A CSV names its images in the ``image`` column (see :func:`read_image_list`); a nested folder's images
+    are named by their path below ``path`` and its folder names are ignored.
+    """
+    root = Path(path)
+    if root.is_file():
+        return read_image_list(root)
+    root = _require_folder(root)
+    if not any(p.is_file() and is_image_file(p) for p in _visible(root)) and _looks_nested(root):
+        ds = read_nested(root)
+        return Dataset([ImageRecord(r.path, r.name) for r in ds.records], None, ds.source, ds.skipped)
+    return read_flat(root)
+
+
+def read_nested_labels(root: Path, taxonomy: Taxonomy) -> Dataset:
+    """A labelled ``root/<superclass>/<subclass>/`` folder in a trained run's label space.
+
+    Folder names are matched against ``taxonomy`` by name: an unknown superclass folder is novel at both
+    levels, an unknown subclass folder under a known superclass is a novel subclass of it. A subclass matches
+    by its own name or as ``superclass/subclass`` (the competition mapping's spelling).
+    """
+    ds = read_nested(root)
+    assert ds.taxonomy is not None
+    seen = ds.taxonomy
+    super_of = {name: k for k, name in enumerate(taxonomy.super_names)}
+    sub_of = {name: j for j, name in enumerate(taxonomy.sub_names)}
+    records: list[ImageRecord] = []
+    for r in ds.records:
+        sup_name, sub_name = seen.super_names[r.super_index], seen.sub_names[r.sub_index]
+        k = super_of.get(sup_name, taxonomy.novel_super)
+        j = sub_of.get(sub_name, sub_of.get(f"{sup_name}/{sub_name}", taxonomy.novel_sub))  # "bird/sparrow" too
+        j = taxonomy.novel_sub if k == taxonomy.novel_super else j
+        if j != taxonomy.novel_sub and taxonomy.sub_to_super[j] != k:
+            owner = taxonomy.super_names[taxonomy.sub_to_super[j]]
+            raise SupersubError(f"{root}: subclass folder {sub_name!r} is under {sup_name!r}, but the run knows it "
+                                f"as a subclass of {owner!r}")
+        records.append(ImageRecord(r.path, r.name, k, j))
+    return Dataset(records, taxonomy, ds.source, ds.skipped)

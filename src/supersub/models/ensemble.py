@@ -25,7 +25,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..taxonomy import Taxonomy
 from .model import HierarchicalClassifier, _same_weights
-from .outputs import Outputs
+from ..novelty.outputs import Outputs
 from .stages import StageSplit, split_backbone
 
 Triple = tuple[torch.Tensor, torch.Tensor, torch.Tensor]

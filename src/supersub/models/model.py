@@ -12,7 +12,7 @@ Approaches (seed 001 and seed 000), all returning ``(super_logits, sub_logits, f
   summed subclass probabilities of each superclass. (The super-only baseline is B's superclass half.)
 * ``moe``: one backbone; the superclass head gates one subclass expert per superclass (:mod:`.moe`).
 
-``bagging`` is not a network but an ensemble of them (:mod:`.ensemble`); :func:`build_model` builds either.
+``bagging`` is not a network but an ensemble of them (:mod:`.ensemble`); :func:`.build.create_model` builds either.
 
 Module names: ``backbone``/``neck``/``super_head`` belong to the superclass side (or are shared), and
 ``sub_backbone``/``sub_neck`` exist only in the two-model approaches, so a two-heads model keeps the
@@ -35,7 +35,7 @@ from ..taxonomy import Taxonomy
 from .backbones import Backbone, create_backbone
 from .heads import create_head
 from .moe import ExpertHeads, mixture_sub_logits
-from .outputs import Outputs
+from ..novelty.outputs import Outputs
 from .stages import StageSplit, split_backbone
 
 Logits = tuple[torch.Tensor, torch.Tensor]
@@ -248,12 +248,8 @@ def _legacy_linear_heads(module: nn.Module, state_dict: dict[str, Any], prefix: 
                 state_dict[new] = state_dict.pop(old)
 
 
-def build_model(cfg: ModelConfig, taxonomy: Taxonomy, load_weights: bool = False) -> nn.Module:
-    """The network of ``cfg.approach``, or for ``bagging`` an ensemble of ``cfg.members`` such networks."""
-    if cfg.approach == "bagging":
-        from .ensemble import BaggingEnsemble  # it builds members with this module's classifier
-
-        return BaggingEnsemble.build(cfg, taxonomy, load_weights)
+def build_model(cfg: ModelConfig, taxonomy: Taxonomy, load_weights: bool = False) -> HierarchicalClassifier:
+    """One network of ``cfg.approach`` (an ensemble's members too; :func:`.build.create_model` builds any model)."""
     return HierarchicalClassifier(cfg, taxonomy.n_super, taxonomy.n_sub, taxonomy.sub_to_super, load_weights)
 
 

@@ -40,7 +40,7 @@ class WeightSource:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     native_size: int  # the resolution the ImageNet weights were trained at
-    default_size: int  # the input size supersub uses when none is given (measured on 2 CPU cores, README)
+    default_size: int  # the input size supersub uses when none is given (measured on 2 CPU cores, docs/results/benchmarks.md)
     key_mapping: str = "by-order"  # how file tensors map onto the timm state dict (see map_state_dict)
 
     def path(self) -> Path:

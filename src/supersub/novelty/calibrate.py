@@ -9,15 +9,12 @@ grid could miss the best split and would make the result depend on the grid.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from matplotlib.figure import Figure
 
 from ..errors import SupersubError
-from ..io import atomic_path, write_atomic
 
 ArrayLike = torch.Tensor | np.ndarray | Sequence[float]
 OBJECTIVES = ("balanced", "expected", "eer", "recall")
@@ -159,27 +156,6 @@ def choose_threshold(
     else:
         score = -np.abs(rates.keep(candidates) - rates.flag(candidates))
     return _plateau_middle(score, edges)
-
-
-def save_sweep(
-    df: pd.DataFrame, csv_path: str | Path, png_path: str | Path, title: str, tau: float | None = None
-) -> None:
-    """Write the sweep as CSV and as a PNG plot of the three rates against tau (``tau`` marked)."""
-    missing = [c for c in SWEEP_COLUMNS if c not in df.columns]
-    if missing:
-        raise SupersubError(f"save_sweep: data frame lacks column(s) {', '.join(missing)}")
-    write_atomic(csv_path, lambda fh: df.to_csv(fh, index=False))
-    fig = Figure(figsize=(6.4, 4.0))
-    ax = fig.subplots()
-    for col, label in (("seen_acc", "seen accuracy"), ("unseen_acc", "novel flagged"), ("balanced", "balanced")):
-        ax.plot(df["tau"], df[col], label=label)
-    if tau is not None:
-        ax.axvline(tau, color="black", linestyle="--", linewidth=1, label=f"tau = {tau:.3f}")
-    ax.set(xlabel="threshold tau (seen iff confidence >= tau)", ylabel="rate", ylim=(-0.02, 1.02), title=title)
-    ax.legend(loc="best", fontsize="small")
-    fig.tight_layout()
-    with atomic_path(png_path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
 
 
 def kept_share(conf_seen: ArrayLike, tau: float) -> float:

@@ -8,19 +8,23 @@ operating point the OOD literature (e.g. Liang et al., ODIN, ICLR 2018) reports.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from ..errors import SupersubError
 from .calibrate import ArrayLike, as_float_array
 
 
 def fpr_at_tpr(seen: np.ndarray, novel: np.ndarray, tpr: float = 0.95) -> float:
-    """Share of novel confidences ``>= tau`` for the largest ``tau`` keeping at least ``tpr`` of seen ones."""
+    """Share of novel confidences ``>= tau`` for the largest ``tau`` keeping at least ``tpr`` of seen ones.
+
+    Read off scikit-learn's ROC curve (seen = positive) at its first point reaching ``tpr``, without
+    interpolation between points, so the value is one a real threshold achieves.
+    """
     if not 0.0 < tpr <= 1.0:
         raise SupersubError(f"fpr_at_tpr: tpr must be in (0, 1], got {tpr}")
-    need = int(np.ceil(tpr * len(seen) - 1e-9))
-    tau = np.sort(seen)[::-1][need - 1]
-    return float(np.mean(novel >= tau))
+    is_seen = np.concatenate([np.ones(len(seen)), np.zeros(len(novel))])
+    fpr, tprs, _ = roc_curve(is_seen, np.concatenate([seen, novel]), drop_intermediate=False)
+    return float(fpr[np.searchsorted(tprs, tpr - 1e-9)])
 
 
 def open_set_metrics(conf_seen: ArrayLike, conf_novel: ArrayLike) -> dict[str, float]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.optimize import minimize_scalar
 
 from ..errors import SupersubError
 from .calibrate import ArrayLike, as_float_array
@@ -25,8 +26,6 @@ PROB_FLOOR = 1e-6
 NOVEL_MARGIN = 1e-4  # novel by the rule => novel probability at least 0.5 + this, after flooring too
 DECISION_MARGIN = 1e-4  # the decided column exceeds every other column of its level by at least this
 MAX_FLOOR_SHARE = 0.25  # at most this share of a row goes to flooring (only for taxonomies of ~250,000 classes)
-_GRID = 41
-_REFINE_STEPS = 60
 
 
 def novel_probability(conf: torch.Tensor, tau: float, slope: float) -> torch.Tensor:
@@ -54,27 +53,20 @@ def _nll(log_slope: float, x_seen: np.ndarray, x_novel: np.ndarray) -> float:
 def fit_slope(conf_seen: ArrayLike, conf_novel: ArrayLike, tau: float) -> float:
     """Maximum-likelihood slope of :func:`novel_probability` with the centre pinned at ``tau``.
 
-    The likelihood is convex in the slope, hence unimodal in log-slope: a log grid finds the bracket,
-    golden-section search refines it. Clamped to [1, 1000]: perfectly separated data would push the
-    slope to infinity (a hard 0/1), data on the wrong side of tau to a negative slope.
+    A logistic regression with one coefficient and a fixed offset, fitted with scipy's bounded scalar
+    minimiser on the log-slope (the likelihood is convex in the slope, hence unimodal in its log).
+    Clamped to [1, 1000]: perfectly separated data would push the slope to infinity (a hard 0/1), data
+    on the wrong side of tau to a negative slope.
     """
     seen, novel = as_float_array(conf_seen, "conf_seen"), as_float_array(conf_novel, "conf_novel")
     if len(seen) == 0 or len(novel) == 0:
         raise SupersubError(f"fit_slope: needs seen and novel confidences, got {len(seen)} and {len(novel)}")
     x_seen, x_novel = tau - seen, tau - novel
-    grid = np.linspace(np.log(SLOPE_MIN), np.log(SLOPE_MAX), _GRID)
-    values = [_nll(g, x_seen, x_novel) for g in grid]
-    i = int(np.argmin(values))
-    lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, _GRID - 1)]
-    inv_phi = (np.sqrt(5.0) - 1.0) / 2.0
-    for _ in range(_REFINE_STEPS):
-        a, b = hi - inv_phi * (hi - lo), lo + inv_phi * (hi - lo)
-        if _nll(a, x_seen, x_novel) <= _nll(b, x_seen, x_novel):
-            hi = b
-        else:
-            lo = a
-    refined = (lo + hi) / 2
-    best = refined if _nll(refined, x_seen, x_novel) < values[i] else grid[i]
+    bounds = (np.log(SLOPE_MIN), np.log(SLOPE_MAX))
+    result = minimize_scalar(_nll, bounds=bounds, args=(x_seen, x_novel), method="bounded",
+                             options={"xatol": 1e-6})
+    # the bounded search never evaluates the ends exactly: a likelihood still falling there is the clamp
+    best = min([float(result.x), *bounds], key=lambda g: _nll(g, x_seen, x_novel))
     return float(np.clip(np.exp(best), SLOPE_MIN, SLOPE_MAX))
 
 

@@ -13,20 +13,19 @@ holds only its name, plain numbers and tensors, so it reloads with ``torch.load(
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, TypeVar
 
 import torch
-from pytorch_ood.detector import GEN, EnergyBased, Entropy, MaxLogit, MaxSoftmax
+from pytorch_ood.detector import GEN, KNN, EnergyBased, Entropy, MaxLogit, MaxSoftmax
 from sklearn.covariance import LedoitWolf
 
 from ..errors import SupersubError
+from ..score_specs import SCORE_SPECS, check_options, level_scores, options_for_detector, positive_option  # noqa: F401 - re-exported
 
 D = TypeVar("D", bound="Detector")
 Tensor = torch.Tensor
 OptTensor = Tensor | None
-_CHUNK = 1024  # rows per block when comparing against the kNN bank, to bound memory
 
 
 class Detector(ABC):
@@ -37,14 +36,21 @@ class Detector(ABC):
     """
 
     name: ClassVar[str]
-    # the interval every confidence lies in, when the score is bounded: a hand-set threshold outside it
-    # would flag every image (or none), so the config refuses it (see NoveltyConfig)
+    # options and confidence range come from the score's entry in supersub.score_specs (set below), which
+    # the config reads without importing this module
     confidence_range: ClassVar[tuple[float, float] | None] = None
     params: ClassVar[tuple[str, ...]] = ()
     fitted: ClassVar[tuple[str, ...]] = ()
     needs_features: ClassVar[bool] = False
-    # ensemble scores read the members' logits (N, K, C) instead of the combined (N, C) ones (see NoveltyScorer)
+    # ensemble scores read the members' logits (N, K, C) instead of the combined (N, C) ones (see NoveltyScorer);
+    # set from the score's entry in supersub.score_specs like the options
     needs_members: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            spec = SCORE_SPECS[cls.name]
+            cls.params, cls.confidence_range, cls.needs_members = spec.params, spec.confidence_range, spec.needs_members
 
     @property
     def is_fitted(self) -> bool:
@@ -109,14 +115,6 @@ class Detector(ABC):
 # ---- input checks -------------------------------------------------------------------------------
 
 
-def _positive(score: str, option: str, value: Any, integer: bool = False) -> Any:
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0:
-        kind = "a positive integer" if integer else "a positive number"
-        raise SupersubError(f"score '{score}': option {option} must be {kind}, got {value!r}")
-    return int(value) if integer else float(value)
-
-
 def _check_logits(score: str, logits: Tensor, ndim: int = 2) -> None:
     if not isinstance(logits, Tensor) or logits.ndim != ndim or 0 in logits.shape[1:]:
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
@@ -169,11 +167,9 @@ class MSPScore(Detector):
     """
 
     name = "msp"
-    confidence_range = (0.0, 1.0)
-    params = ("temperature",)
 
     def __init__(self, temperature: float = 1.0) -> None:
-        self.temperature = _positive(self.name, "temperature", temperature)
+        self.temperature = positive_option(self.name, "temperature", temperature)
 
     def _confidence(self, logits: Tensor, features: OptTensor) -> Tensor:
         return -MaxSoftmax.score(logits.float(), t=self.temperature)
@@ -200,10 +196,9 @@ class EnergyScore(Detector):
     """
 
     name = "energy"
-    params = ("temperature",)
 
     def __init__(self, temperature: float = 1.0) -> None:
-        self.temperature = _positive(self.name, "temperature", temperature)
+        self.temperature = positive_option(self.name, "temperature", temperature)
 
     def _confidence(self, logits: Tensor, features: OptTensor) -> Tensor:
         return -EnergyBased.score(logits.float(), t=self.temperature)
@@ -232,11 +227,10 @@ class GENScore(Detector):
     """
 
     name = "gen"
-    params = ("gamma", "top_m")
 
     def __init__(self, gamma: float = 0.1, top_m: int = 100) -> None:
-        self.gamma = _positive(self.name, "gamma", gamma)
-        self.top_m = _positive(self.name, "top_m", top_m, integer=True)
+        self.gamma = positive_option(self.name, "gamma", gamma)
+        self.top_m = positive_option(self.name, "top_m", top_m, integer=True)
 
     def _confidence(self, logits: Tensor, features: OptTensor) -> Tensor:
         return -GEN.score(logits.float(), gamma=self.gamma, M=min(self.top_m, logits.shape[1]))
@@ -267,8 +261,6 @@ class MutualInformationScore(Detector):
     """
 
     name = "mi"
-    confidence_range = (-math.inf, 0.0)  # minus a mutual information
-    needs_members = True
 
     def _confidence(self, logits: Tensor, features: OptTensor) -> Tensor:
         total = Entropy.score(_mean_probs_logits(logits))
@@ -280,8 +272,6 @@ class ExpectedEntropyScore(Detector):
     (Depeweg et al., ICML 2018), each member's own doubt averaged. Entropies via pytorch-ood ``Entropy.score``."""
 
     name = "expected-entropy"
-    confidence_range = (-math.inf, 0.0)  # minus an entropy
-    needs_members = True
 
     def _confidence(self, logits: Tensor, features: OptTensor) -> Tensor:
         return -_member_entropy(logits).mean(dim=1)
@@ -292,6 +282,8 @@ class ExpectedEntropyScore(Detector):
 
 class MahalanobisScore(Detector):
     """Negative squared Mahalanobis distance to the nearest class mean, shared (tied) covariance.
+
+    Hand-written: pytorch-ood's ``Mahalanobis`` inverts a scatter matrix that is singular with few images.
 
     Lee et al., "A Simple Unified Framework for Detecting Out-of-Distribution Samples and Adversarial
     Attacks", NeurIPS 2018: ``max_c -(f - mu_c)^T Sigma^-1 (f - mu_c)`` on the penultimate features.
@@ -336,21 +328,20 @@ class MahalanobisScore(Detector):
 class KNNScore(Detector):
     """Negative distance of the L2-normalised feature to its k-th nearest normalised training feature.
 
+
     Sun et al., "Out-of-Distribution Detection with Deep Nearest Neighbors", ICML 2022:
     ``-||z - z_(k)||`` with ``z = f / ||f||``, i.e. ``-sqrt(2 * cosine distance)`` to the k-th neighbour.
-    Same math as pytorch-ood's ``KNN``, done with a matrix product in torch so the fitted state is one
-    tensor (the normalised training bank) rather than a scikit-learn index. ``k`` is capped by the bank
-    size. Score images that are not in the bank (a bank image is its own nearest neighbour).
+    The search is pytorch-ood's ``KNN``; the fitted state is one tensor (the normalised training bank), from
+    which its scikit-learn index is rebuilt, so a saved detector loads with ``weights_only``. ``k`` is capped by
+    the bank size. Score images that are not in the bank (a bank image is its own nearest neighbour).
     """
 
     name = "knn"
-    confidence_range = (-2.0, 0.0)  # minus a cosine distance
-    params = ("k",)
     fitted = ("bank",)
     needs_features = True
 
     def __init__(self, k: int = 10) -> None:
-        self.k = _positive(self.name, "k", k, integer=True)
+        self.k = positive_option(self.name, "k", k, integer=True)
         self.bank: OptTensor = None
 
     def _fit(self, logits: Tensor, features: OptTensor, labels: OptTensor, weight: OptTensor, bias: OptTensor) -> None:
@@ -360,8 +351,7 @@ class KNNScore(Detector):
     def _confidence(self, logits: Tensor, features: OptTensor) -> Tensor:
         assert features is not None and self.bank is not None
         _check_dim(self.name, features, self.bank.shape[1])
-        z = _unit(features.detach().cpu().float())
-        return _minus_distance(_kth_similarity(z, self.bank, self.k))
+        return -_kth_distance(_unit(features.detach().cpu().float()), self.bank, self.k)
 
 
 class KNNClassScore(Detector):
@@ -379,13 +369,11 @@ class KNNClassScore(Detector):
     """
 
     name = "knn-class"
-    confidence_range = (-2.0, 0.0)  # minus a cosine distance
-    params = ("k",)
     fitted = ("bank", "labels")
     needs_features = True
 
     def __init__(self, k: int = 10) -> None:
-        self.k = _positive(self.name, "k", k, integer=True)
+        self.k = positive_option(self.name, "k", k, integer=True)
         self.bank: OptTensor = None
         self.labels: OptTensor = None
 
@@ -406,27 +394,25 @@ class KNNClassScore(Detector):
         sorted_labels = self.labels[by_label]
         starts = torch.searchsorted(sorted_labels, classes).tolist()
         ends = torch.searchsorted(sorted_labels, classes, right=True).tolist()
-        kth = torch.empty(len(z), dtype=z.dtype)
+        distance = torch.empty(len(z), dtype=z.dtype)
         for rows, start, end in zip(rows_by_pred.split(counts.tolist()), starts, ends):
             bank = self.bank[by_label[start:end]] if end > start else self.bank  # unseen class: global bank
-            kth[rows] = _kth_similarity(z[rows], bank, self.k)
-        return _minus_distance(kth)
+            distance[rows] = _kth_distance(z[rows], bank, self.k)
+        return -distance
 
 
-def _kth_similarity(z: Tensor, bank: Tensor, k: int) -> Tensor:
-    """Cosine similarity of each unit row of ``z`` to its k-th most similar unit row of ``bank`` (k capped
-    by the bank size), computed ``_CHUNK`` rows at a time so memory stays at ``_CHUNK x len(bank)``."""
-    k = min(k, bank.shape[0])
-    return torch.cat([(c @ bank.T).topk(k, dim=1).values[:, -1] for c in z.split(_CHUNK)])
-
-
-def _minus_distance(similarity: Tensor) -> Tensor:
-    """``-||a - b||`` for unit vectors with cosine similarity ``a.b``: ``-sqrt(2 - 2 a.b)``."""
-    return -(2 - 2 * similarity).clamp_min(0).sqrt()
+def _kth_distance(z: Tensor, bank: Tensor, k: int) -> Tensor:
+    """Euclidean distance of each unit row of ``z`` to its k-th nearest unit row of ``bank`` (k capped by the
+    bank size), by pytorch-ood's ``KNN`` on float64 rows (its scikit-learn index is rebuilt from the bank)."""
+    knn = KNN(None, k=min(k, bank.shape[0]), normalize=False)  # the rows are unit vectors already
+    knn.fit_features(bank.double(), torch.zeros(bank.shape[0], dtype=torch.long))
+    return knn.predict_features(z.double()).float().cpu()
 
 
 class ViMScore(Detector):
     """Virtual-logit matching: ``logsumexp(logits) - alpha * ||x^{P-perp}||``.
+
+    Hand-written: pytorch-ood's ``ViM`` runs in float32 and needs the head's W and b (here optional).
 
     Wang et al., "ViM: Out-Of-Distribution with Virtual-logit Matching", CVPR 2022. Features are
     centred at the origin ``u = -pinv(W) b`` of the final linear layer (logits = W f + b); ``P`` is the
@@ -443,12 +429,11 @@ class ViMScore(Detector):
     """
 
     name = "vim"
-    params = ("dim",)
     fitted = ("origin", "basis", "alpha")
     needs_features = True
 
     def __init__(self, dim: int | None = None) -> None:
-        self.dim = None if dim is None else _positive(self.name, "dim", dim, integer=True)
+        self.dim = None if dim is None else positive_option(self.name, "dim", dim, integer=True)
         self.origin: OptTensor = None
         self.basis: OptTensor = None
         self.alpha: OptTensor = None
@@ -525,41 +510,14 @@ DETECTORS: dict[str, type[Detector]] = {
 }
 
 
-PAIR_SEPARATOR = "+"
-
-
-def level_scores(name: str) -> tuple[str, str]:
-    """The (superclass, subclass) detector names of a score: ``"knn"`` -> both knn; ``"vim+knn"`` -> ViM for
-    the superclass, kNN for the subclass. A pair lets each level use the detector that separates its own kind
-    of novelty best (a new family vs a new species of a known family)."""
-    parts = name.split(PAIR_SEPARATOR)
-    if len(parts) > 2 or not all(parts):
-        raise SupersubError(f"score {name!r}: one name, or two joined by '{PAIR_SEPARATOR}' (superclass+subclass)")
-    for part in parts:
-        _detector_class(part)
-    return (parts[0], parts[-1])
-
-
-def options_for_detector(name: str, options: dict[str, Any]) -> dict[str, Any]:
-    """The options among ``options`` that detector ``name`` takes (a pair's options go to the parts that take them)."""
-    params = _detector_class(name).params
-    return {k: v for k, v in options.items() if k in params}
-
-
 def _detector_class(name: str) -> type[Detector]:
-    if name not in DETECTORS:
-        raise SupersubError(f"unknown score {name!r} (choose from {', '.join(DETECTORS)})")
+    check_options(name, {})  # an unknown name is a one-line error
     return DETECTORS[name]
 
 
 def create_detector(name: str, **options: Any) -> Detector:
     """A new detector by CLI name (``--score``), e.g. ``create_detector("knn", k=50)``."""
-    cls = _detector_class(name)
-    unknown = sorted(set(options) - set(cls.params))
-    if unknown:
-        allowed = ", ".join(cls.params) or "none"
-        raise SupersubError(f"score '{name}': unknown option(s) {', '.join(unknown)} (options: {allowed})")
-    return cls(**options)
+    return _detector_class(name)(**check_options(name, options))
 
 
 def detector_from_state(state: dict[str, Any]) -> Detector:

@@ -1,6 +1,6 @@
 """Per-level novelty confidences of a trained model: one fitted detector per level, saved with the run.
 
-A :class:`NoveltyScorer` turns a model's :class:`~supersub.inference.Outputs` into the two confidences
+A :class:`NoveltyScorer` turns a model's :class:`~supersub.novelty.outputs.Outputs` into the two confidences
 the decision rule thresholds (higher = more seen, see :mod:`supersub.novelty.decide`):
 
 * ``msp``: superclass max softmax, and at the subclass level the subclass head's (unnormalised)
@@ -26,9 +26,9 @@ from typing import Any
 import torch
 
 from ..errors import SupersubError
-from ..inference import Outputs
 from ..io import torch_save_atomic
 from .decide import decide
+from .outputs import Outputs
 from .scores import DETECTORS, Detector, create_detector, detector_from_state, level_scores, options_for_detector
 
 DETECTORS_FORMAT = "supersub-detectors-1"

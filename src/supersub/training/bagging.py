@@ -2,8 +2,8 @@
 resample of the stage's training images (Breiman, "Bagging Predictors", 1996), then one
 :class:`~supersub.models.ensemble.BaggingEnsemble`.
 
-Member ``k`` trains like any single model (:func:`supersub.training.fitters.fit_model`, so members may have
-XGBoost heads too) with seed ``1000 * seed + k`` (its own initialisation and batch order) on a sample of
+Member ``k`` trains like any single model (``fit_member``: :func:`supersub.training.fitters.fit_model`, so
+members may have XGBoost heads too) with seed ``1000 * seed + k`` (its own initialisation and batch order) on a sample of
 ``round(subsample * n)`` training images, drawn with replacement when ``model.with_replacement``. All members
 early-stop on the same validation images. With ``finetune: frozen`` the backbone features come from the disk cache
 the first member filled, so K members cost K heads' trainings, not K feature extractions. Checkpoints and logs
@@ -13,7 +13,7 @@ of member k go to ``checkpoints/<stage>/member-<k>/`` and ``logs/<stage>/member-
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -52,16 +52,15 @@ def member_indices(train_idx: Sequence[int], k: int, cfg: TrainConfig) -> list[i
 
 def fit_bagging(images: torch.Tensor, y_super: torch.Tensor, y_sub: torch.Tensor, train_idx: Sequence[int],
                 val_idx: Sequence[int], taxonomy: Taxonomy, cfg: TrainConfig, run_path: Path, stage: str,
-                epochs: int | None = None, resume: bool = False) -> FitResult:
-    """Train every member, then assemble the ensemble (same signature as ``fit_stage``)."""
-    from .fitters import fit_model  # members are fitted like any model (and that module registers this one)
-
+                epochs: int | None = None, resume: bool = False, *, fit_member: Callable[..., FitResult]) -> FitResult:
+    """Train every member with ``fit_member`` (the routine a single model of its config gets,
+    :func:`supersub.training.fitters.fit_model`), then assemble the ensemble (otherwise ``fit_stage``'s signature)."""
     results: list[FitResult] = []
     for k in range(cfg.model.members):
         idx = member_indices(train_idx, k, cfg)
         log.info("%s: member %d of %d: %d training images (%d distinct)", stage, k + 1, cfg.model.members,
                  len(idx), len(set(idx)))
-        results.append(fit_model(images, y_super, y_sub, idx, val_idx, taxonomy, member_config(cfg, k), run_path,
+        results.append(fit_member(images, y_super, y_sub, idx, val_idx, taxonomy, member_config(cfg, k), run_path,
                                  f"{stage}/member-{k}", epochs, resume))
     scores = [r.best_score for r in results if r.best_score is not None]
     per_epoch = [r.seconds_per_epoch for r in results if r.seconds_per_epoch is not None]

@@ -23,6 +23,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import BaseFinetuning
+from timm.optim import param_groups_weight_decay
 
 from ..config import OptimConfig, TrainConfig
 from ..inference import Outputs
@@ -37,12 +38,44 @@ log = logging.getLogger(__name__)
 
 
 def parameter_groups(model: HierarchicalClassifier, o: OptimConfig) -> list[dict[str, Any]]:
-    """Optimizer parameter groups of the regime; named so the LR monitor logs each group's rate.
+    """Optimizer parameter groups of the regime, each split into a decayed and a ``-no-decay`` half.
 
+    Norms, biases and scalars (the cosine head's scale) get no weight decay, as timm's
+    ``param_groups_weight_decay`` decides. Groups are named so the LR monitor logs each group's rate.
     ``gradual`` lists the backbone group from the start (its parameters frozen until the unfreeze epoch,
     so they get no gradient and the optimizer skips them): every LR scheduler, one-cycle included, then
     schedules that group too, and a resumed run restores the optimizer exactly.
     """
+    exempt = _exempt_from_decay(model)
+    return [half for group in _regime_groups(model, o) for half in _split_decay(group, exempt)]
+
+
+def _exempt_from_decay(model: HierarchicalClassifier) -> set[int]:
+    """Ids of the parameters timm's ``param_groups_weight_decay`` puts in its no-decay group.
+
+    timm skips frozen parameters, and a regime's backbone may be frozen when the optimizer is built
+    (gradual), so every parameter is asked about as if it trained.
+    """
+    trains = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.requires_grad_(True)
+        groups = param_groups_weight_decay(model, weight_decay=1.0)
+    finally:
+        for p, flag in trains:
+            p.requires_grad_(flag)
+    return {id(p) for g in groups if g["weight_decay"] == 0.0 for p in g["params"]}
+
+
+def _split_decay(group: dict[str, Any], exempt: set[int]) -> list[dict[str, Any]]:
+    decayed = [p for p in group["params"] if id(p) not in exempt]
+    free = [p for p in group["params"] if id(p) in exempt]
+    halves = [{**group, "params": decayed}, {**group, "params": free, "weight_decay": 0.0,
+                                             "name": f"{group['name']}-no-decay"}]
+    return [h for h in halves if h["params"]]
+
+
+def _regime_groups(model: HierarchicalClassifier, o: OptimConfig) -> list[dict[str, Any]]:
+    """The regime's parameter groups and learning rates (see the module docstring)."""
     new = list(model.new_parameters())
     backbone = [p for b in model.backbones() for p in b.parameters()]
     if o.finetune == "frozen":
@@ -64,6 +97,11 @@ def freeze_backbones(model: HierarchicalClassifier) -> None:
 
 class GradualUnfreeze(BaseFinetuning):
     """Backbones frozen (batch-norm included) before training; trainable from ``unfreeze_epoch`` on.
+
+    Hand-written on Lightning's ``BaseFinetuning`` rather than its ``BackboneFinetuning``, which adds the
+    backbone's parameter group at the unfreeze epoch: one-cycle (the default scheduler) cannot schedule a
+    group added mid-run, and BackboneFinetuning wants a single ``pl_module.backbone`` (two-model approaches
+    have two).
 
     ``>=`` rather than ``==`` so that a run resumed after the unfreeze epoch trains its backbones again.
     The backbone parameter group already exists (see :func:`parameter_groups`), so nothing is added to

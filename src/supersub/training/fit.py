@@ -14,7 +14,7 @@ import lightning as L
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 import torch
 from torch import nn
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, ProgressBar
 
 from ..config import TrainConfig, config_to_dict
 from ..data.module import TensorDataModule
@@ -25,6 +25,7 @@ from .distributed import local_device
 from .finetune import GradualUnfreeze, cached_rows
 from .loggers import build_loggers, keep_csv_history
 from .module import HierarchicalModule
+from .progress import progress_callback
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def _build_trainer(cfg: TrainConfig, run_path: Path, stage: str, epochs: int, ca
         callbacks=callbacks,
         logger=build_loggers(cfg.trainer.loggers, run_path, stage),
         gradient_clip_val=cfg.optim.grad_clip,
-        enable_progress_bar=cfg.trainer.progress,
+        enable_progress_bar=any(isinstance(c, ProgressBar) for c in callbacks),
         enable_model_summary=False,
         log_every_n_steps=1,
         num_sanity_val_steps=0,
@@ -165,8 +166,9 @@ def fit_stage(
     ]
     if cfg.optim.finetune == "gradual":
         callbacks.append(GradualUnfreeze(cfg.optim.unfreeze_epoch))
-    if cfg.trainer.progress:
-        callbacks.append(RichProgressBar(leave=True))
+    progress = progress_callback(stage, cfg.trainer.progress)
+    if progress is not None:
+        callbacks.append(progress)
     try:
         trainer = _build_trainer(cfg, run_path, stage, epochs, callbacks)
     except (ValueError, TypeError, MisconfigurationException) as e:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -25,7 +26,14 @@ from .boosting import fit_boosted
 from .fit import FitResult, fit_stage
 
 Fitter = Callable[..., FitResult]
-FITTERS: dict[str, Fitter] = {"lightning": fit_stage, "trees": fit_boosted, "bagging": fit_bagging}
+
+
+def _bagging(*args: Any, **kwargs: Any) -> FitResult:
+    """Bagging fits each member as a single model of its config."""
+    return fit_bagging(*args, fit_member=fit_model, **kwargs)
+
+
+FITTERS: dict[str, Fitter] = {"lightning": fit_stage, "trees": fit_boosted, "bagging": _bagging}
 
 
 def fitter_name(cfg: ModelConfig) -> str:

@@ -1,16 +1,15 @@
-"""What every model gives the rest of the pipeline: per-level logits, features, and an ensemble's members.
+"""What a model hands the novelty maths: each level's logits, the shared features, and an ensemble's members.
 
-A single network fills the first three fields. An ensemble (:mod:`.ensemble`) also fills ``super_members``
-/ ``sub_members``, its members' own logits ``(N, K, C)``, which the disagreement scores of
-:mod:`supersub.novelty.scores` read (``mi``, ``expected-entropy``); its ``super_logits`` / ``sub_logits``
-are the combined ones every other score, the decision rule and the probabilities use.
+A single network fills the first three fields. An ensemble (:mod:`supersub.models.ensemble`) also fills
+``super_members`` / ``sub_members``, its members' own logits ``(N, K, C)``, which the disagreement scores of
+:mod:`supersub.novelty.scores` read (``mi``, ``expected-entropy``); its ``super_logits`` / ``sub_logits`` are
+the combined ones every other score, the decision rule and the probabilities use.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -60,9 +59,3 @@ class Outputs:
     def _fields(self) -> tuple[torch.Tensor | None, ...]:
         return self.super_logits, self.sub_logits, self.features, self.super_members, self.sub_members
 
-
-def outputs_of(model: Any, images: torch.Tensor) -> Outputs:
-    """``model.outputs(images)`` for supersub's models (an ensemble adds its members' logits); any other module
-    that returns ``(super_logits, sub_logits, features)`` works too."""
-    method = getattr(model, "outputs", None)
-    return method(images) if callable(method) else Outputs(*model(images))

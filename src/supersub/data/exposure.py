@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.formats import images_folder_for
-from ..data.images import is_image_file
-from ..data.records import Dataset, ImageRecord
+from .formats import images_folder_for
+from .images import is_image_file
+from .records import Dataset, ImageRecord
 from ..errors import SupersubError
 from ..taxonomy import Taxonomy
 

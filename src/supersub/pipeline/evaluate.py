@@ -1,0 +1,43 @@
+"""``supersub evaluate``: predict labelled images and score them with the competition's metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data.formats import read_labels, read_nested_labels
+from ..io import write_json_atomic
+from ..metrics import competition_metrics, open_set_report
+from ..reporting import save_open_set_report
+from ..run import RunDir
+from .predict import predict_dataset
+
+
+def evaluate_run(
+    run_dir: str | Path, images: str | Path, labels: str | Path | None = None, *, skip_bad: bool = False,
+    save: bool = True, out: str | Path | None = None, device: str | None = None,
+) -> dict[str, Any]:
+    """:func:`supersub.api.evaluate`: labels from a CSV or from nested folder names, metrics, saved report."""
+    run = RunDir.open(run_dir)
+    taxonomy = run.load_taxonomy()
+    if labels is not None:
+        ds = read_labels(Path(labels), Path(images), taxonomy)
+    else:
+        ds = read_nested_labels(Path(images), taxonomy)
+    pred, kept = predict_dataset(run_dir, ds, skip_bad, device)
+    truth_super, truth_sub = np.array(kept.super_labels), np.array(kept.sub_labels)
+    metrics = competition_metrics(
+        truth_super, truth_sub, pred.super_pred.numpy(), pred.sub_pred.numpy(),
+        taxonomy.novel_super, taxonomy.novel_sub, pred.super_probs.numpy(), pred.sub_probs.numpy(),
+    )
+    report = open_set_report(truth_super, truth_sub, pred.super_pred, pred.sub_pred, pred.super_probs,
+                             pred.sub_probs, pred.super_conf, pred.sub_conf, taxonomy)
+    metrics.update(report.metrics)
+    if save:
+        folder = Path(out) if out is not None else run.path / "evaluations"
+        stem = Path(labels).stem if labels is not None else Path(images).name
+        write_json_atomic(folder / f"{stem}.json", {"labels": str(labels if labels is not None else images), **metrics})
+        save_open_set_report(report, folder, stem)
+    return metrics

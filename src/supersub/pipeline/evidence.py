@@ -1,0 +1,94 @@
+"""Evidence: a trained model's outputs on its stage's images, which calibration works from."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..config import TrainConfig
+from ..errors import SupersubError
+from ..inference import Outputs, pick_device, run_model
+from ..io import load_checkpoint
+from ..run import load_model_file
+from ..models.ensemble import BaggingEnsemble
+from ..models.model import HierarchicalClassifier
+from ..novelty.scoring import Head, SeenView, linear_heads, seen_view
+from ..taxonomy import Taxonomy
+from ..training.finetune import CACHED_REGIMES, cached_outputs
+from ..training.module import HierarchicalModule
+from .stages import Pool, Stage, stage_labels
+
+
+@dataclass
+class Evidence:
+    """One model's outputs on its stage's images, restricted to its seen classes, with stage labels."""
+
+    taxonomy: Taxonomy
+    train: SeenView
+    train_y_super: torch.Tensor
+    train_y_sub: torch.Tensor
+    val: SeenView | None
+    val_y_super: torch.Tensor
+    val_y_sub: torch.Tensor
+    held: SeenView | None = None
+    held_y_super: torch.Tensor | None = None
+    novel: SeenView | None = None
+    # each level's linear read-out (W, b) of the model, restricted to the seen classes (None: not affine)
+    heads: dict[str, Head | None] = field(default_factory=dict)
+
+
+def collect_evidence(
+    model: HierarchicalClassifier | BaggingEnsemble, pool: Pool, taxonomy: Taxonomy, stage: Stage, accelerator: str = "auto",
+    cfg: TrainConfig | None = None,
+) -> Evidence:
+    """Run ``model`` on the stage's labelled training, validation, held-out and novel images.
+
+    With a cached regime (``cfg.optim.finetune`` frozen/partial) the frozen part's outputs come from the
+    cache that training filled, so the backbone does not run again.
+    """
+    tax, y_super, y_sub = stage_labels(pool, taxonomy, stage, "uniform")
+    device = pick_device(accelerator)
+    everything: Outputs | None = None
+    if cfg is not None and cfg.optim.finetune in CACHED_REGIMES:
+        everything = cached_outputs(model, pool.images, cfg, device)
+
+    def view(idx: Sequence[int]) -> SeenView | None:
+        if not idx:
+            return None
+        if everything is not None:
+            out = everything.select(idx)
+        else:
+            out = run_model(model, pool.images[list(idx)], device=device)
+        return seen_view(out, tax.n_super, tax.n_sub)
+
+    train = [i for i in stage.train if y_super[i] >= 0 and y_sub[i] >= 0]
+    trained = view(train)
+    if trained is None:
+        raise SupersubError(f"{stage.name} model: no labelled training images")
+    return Evidence(
+        tax, trained, y_super[train], y_sub[train], view(stage.val), y_super[stage.val], y_sub[stage.val],
+        view(stage.held), y_super[stage.held] if stage.held else None, view(stage.novel),
+        linear_heads(model, tax.n_super, tax.n_sub),
+    )
+
+
+STAGE_MODEL_FILE = "model.pt"  # checkpoints/<stage>/model.pt: a stage's trained model, in the format of RUN/model.pt
+
+
+def load_stage_model(run_path: Path, stage: str) -> HierarchicalClassifier | BaggingEnsemble:
+    """A calibration or LOSO model: ``checkpoints/<stage>/model.pt`` (any approach: networks, ensembles, trees),
+    else, for runs made before that file existed, its best Lightning checkpoint (``weights_only`` loading)."""
+    saved = run_path / "checkpoints" / stage / STAGE_MODEL_FILE
+    if saved.is_file():
+        return load_model_file(saved)[0]
+    path = run_path / "checkpoints" / stage / "best.ckpt"
+    ckpt = load_checkpoint(path)
+    try:
+        module = HierarchicalModule(ckpt["hyper_parameters"]["config"], ckpt["hyper_parameters"]["taxonomy"])
+        module.load_state_dict(ckpt["state_dict"])
+    except (KeyError, TypeError, RuntimeError) as e:
+        raise SupersubError(f"{path}: not a checkpoint of this run's {stage} model ({type(e).__name__})") from None
+    return module.model.eval()

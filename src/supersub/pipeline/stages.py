@@ -1,0 +1,193 @@
+"""Which models a run trains and on which rows of its image pool; the split file that records it.
+
+A run trains up to three kinds of model on one pool of decoded images (labelled images first, then
+outlier-exposure images labelled :data:`~supersub.losses.OUTLIER`, then novel-subclass images labelled
+with their superclass and :data:`~supersub.losses.NOVEL_SUB`):
+
+* ``final``: every seen class; the model that predicts.
+* ``calibration`` (seed 001): a share of every superclass's subclasses held out as pseudo-novel. tau_sub
+  separates its validation images from the held-out subclasses; tau_super separates validation plus
+  held-out images (a held-out subclass is still a *seen superclass*) from held-back outlier images.
+* ``loso-<k>`` (``novelty.super_protocol: loso``, optional because it trains one more model per
+  superclass): the calibration split without superclass k, whose images then stand in for a novel
+  superclass; the pooled result sets tau_super when there are no outlier images to calibrate on.
+
+How thresholds are chosen from these models is :mod:`supersub.pipeline.calibration`. Every index list is saved in ``calibration/split.json`` so ``supersub calibrate`` can re-score a trained
+run with another score or objective without retraining.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..config import NoveltyConfig, TrainConfig
+from ..data.splits import holdout_subclasses, stratified_split
+from ..errors import SupersubError
+from ..io import write_json_atomic
+from ..losses import NOVEL_SUB, OUTLIER
+from ..taxonomy import Taxonomy
+
+SPLIT_FILE = "split.json"
+EXTRA_CLASS = "__novel__"  # name of the explicit novel class of ``novelty.oe: class`` at both levels
+UNUSED = -100  # label of a labelled image that a stage does not train on (never reaches a loss)
+
+
+@dataclass
+class Pool:
+    """Decoded images of a run and their labels; ``n_labelled`` labelled images come first."""
+
+    images: torch.Tensor
+    y_super: torch.Tensor
+    y_sub: torch.Tensor
+    n_labelled: int
+
+    @property
+    def outliers(self) -> list[int]:
+        return torch.nonzero(self.y_super == OUTLIER).flatten().tolist()
+
+    @property
+    def novel_sub(self) -> list[int]:
+        return torch.nonzero((self.y_super >= 0) & (self.y_sub == NOVEL_SUB)).flatten().tolist()
+
+
+@dataclass
+class Stage:
+    """One model's share of the pool: its classes (original indices) and image index lists.
+
+    ``held`` are images of held-out subclasses of seen superclasses, ``novel`` images of a novel
+    superclass (held-back outliers, or the left-out superclass of a LOSO model).
+    """
+
+    name: str
+    keep_super: list[int]
+    keep_sub: list[int]
+    train: list[int]
+    val: list[int]
+    held: list[int] = field(default_factory=list)
+    novel: list[int] = field(default_factory=list)
+
+
+def stage_taxonomy(taxonomy: Taxonomy, stage: Stage) -> tuple[Taxonomy, dict[int, int], dict[int, int]]:
+    """The stage's taxonomy and the original -> stage index maps of both levels."""
+    super_map = {k: i for i, k in enumerate(stage.keep_super)}
+    sub_map = {j: i for i, j in enumerate(stage.keep_sub)}
+    tax = Taxonomy(
+        tuple(taxonomy.super_names[k] for k in stage.keep_super),
+        tuple(taxonomy.sub_names[j] for j in stage.keep_sub),
+        tuple(super_map[taxonomy.sub_to_super[j]] for j in stage.keep_sub),
+        taxonomy.source,
+    )
+    return tax, super_map, sub_map
+
+
+def with_extra_class(taxonomy: Taxonomy) -> Taxonomy:
+    """The taxonomy plus an explicit novel superclass owning one novel subclass (``novelty.oe: class``).
+
+    Training on it gives each head one more output, and its membership matrix is exactly
+    ``membership(with_novel=True)``, so the KL interaction loss covers the novel class too.
+    """
+    return Taxonomy(
+        (*taxonomy.super_names, EXTRA_CLASS), (*taxonomy.sub_names, EXTRA_CLASS),
+        (*taxonomy.sub_to_super, taxonomy.n_super), taxonomy.source,
+    )
+
+
+def stage_labels(
+    pool: Pool, taxonomy: Taxonomy, stage: Stage, oe: str
+) -> tuple[Taxonomy, torch.Tensor, torch.Tensor]:
+    """Training taxonomy and labels of a stage: remapped indices; exposure labels as ``oe`` needs them."""
+    tax, super_map, sub_map = stage_taxonomy(taxonomy, stage)
+    y_super = torch.tensor([super_map.get(int(k), UNUSED) if k >= 0 else int(k) for k in pool.y_super.tolist()])
+    y_sub = torch.tensor([sub_map.get(int(j), UNUSED) if j >= 0 else int(j) for j in pool.y_sub.tolist()])
+    if oe == "class":
+        outlier = pool.y_super == OUTLIER
+        y_super[outlier], y_sub[outlier] = tax.n_super, tax.n_sub
+        tax = with_extra_class(tax)
+    return tax, y_super, y_sub
+
+
+def needs_calibration_model(cfg: NoveltyConfig) -> bool:
+    return cfg.tau_super is None or cfg.tau_sub is None
+
+
+def plan_stages(pool: Pool, taxonomy: Taxonomy, cfg: TrainConfig) -> dict[str, Stage]:
+    """Every stage of a run (final, and calibration / LOSO models when thresholds are to be calibrated)."""
+    labelled_sub = pool.y_sub[: pool.n_labelled].tolist()
+    all_super, all_sub = list(range(taxonomy.n_super)), list(range(taxonomy.n_sub))
+    train, val = stratified_split(labelled_sub, cfg.data.val_fraction, cfg.seed)
+    outliers, novel_sub = pool.outliers, pool.novel_sub
+    stages = {"final": Stage("final", all_super, all_sub, train + outliers + novel_sub, val)}
+    if not needs_calibration_model(cfg.novelty):
+        return stages
+    held = holdout_subclasses(taxonomy, cfg.data.holdout_fraction, cfg.seed)
+    if not held or cfg.data.val_fraction <= 0:
+        raise SupersubError(
+            "novelty: calibration needs data.holdout_fraction > 0, data.val_fraction > 0 and a superclass with "
+            "two or more subclasses; otherwise set novelty.tau_super and novelty.tau_sub by hand"
+        )
+    held_set = set(held)
+    keep_sub = [j for j in all_sub if j not in held_set]
+    is_held = [j in held_set for j in labelled_sub]
+    seen_rows = [i for i, h in enumerate(is_held) if not h]
+    tr, va = stratified_split([labelled_sub[i] for i in seen_rows], cfg.data.val_fraction, cfg.seed)
+    if not va:
+        raise SupersubError(
+            f"novelty: data.val_fraction = {cfg.data.val_fraction} leaves no validation image to calibrate on "
+            "(too few images per subclass); raise it or set novelty.tau_super and novelty.tau_sub by hand"
+        )
+    n_cal = int(round(cfg.data.novel_calibration_fraction * len(outliers)))
+    cal = Stage(
+        "calibration", all_super, keep_sub, [seen_rows[i] for i in tr] + outliers[n_cal:] + novel_sub,
+        [seen_rows[i] for i in va], [i for i, h in enumerate(is_held) if h], outliers[:n_cal],
+    )
+    stages["calibration"] = cal
+    if cfg.novelty.super_protocol == "loso" and cfg.novelty.tau_super is None:
+        stages.update(_loso_stages(pool, taxonomy, cal))
+    return stages
+
+
+def _loso_stages(pool: Pool, taxonomy: Taxonomy, cal: Stage) -> dict[str, Stage]:
+    """One stage per superclass k: the calibration split without k; all labelled images of k are novel."""
+    if taxonomy.n_super < 2:
+        raise SupersubError("novelty.super_protocol: loso needs at least two superclasses")
+    sup = pool.y_super.tolist()
+    n = pool.n_labelled
+    stages: dict[str, Stage] = {}
+    for k in range(taxonomy.n_super):
+        keep_super = [c for c in range(taxonomy.n_super) if c != k]
+        keep_sub = [j for j in cal.keep_sub if taxonomy.sub_to_super[j] != k]
+        others = [i for i in cal.train if sup[i] != k]  # drops k's labelled and novel-subclass images
+        stages[f"loso-{k}"] = Stage(
+            f"loso-{k}", keep_super, keep_sub, others, [i for i in cal.val if sup[i] != k],
+            [i for i in cal.held if sup[i] != k], [i for i in range(n) if sup[i] == k],
+        )
+    return stages
+
+
+# ---- split file ------------------------------------------------------------------------------------
+
+
+def save_split(folder: Path, data: str, pool: Pool, stages: dict[str, Stage]) -> None:
+    """Record the data source and every stage's index lists (what ``supersub calibrate`` needs)."""
+    write_json_atomic(
+        folder / SPLIT_FILE,
+        {"data": data, "n_images": len(pool.y_super), "n_labelled": pool.n_labelled,
+         "stages": {name: asdict(stage) for name, stage in stages.items()}},
+    )
+
+
+def load_split(folder: Path) -> tuple[str, int, int, dict[str, Stage]]:
+    """``(data, n_images, n_labelled, stages)`` as :func:`save_split` wrote them."""
+    path = folder / SPLIT_FILE
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        stages = {name: Stage(**s) for name, s in d["stages"].items()}
+        return str(d["data"]), int(d["n_images"]), int(d["n_labelled"]), stages
+    except FileNotFoundError:
+        raise SupersubError(f"{path}: missing (the run was trained before 'supersub calibrate' existed)") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SupersubError(f"{path}: unreadable split file ({type(e).__name__}: {e})") from None

@@ -1,0 +1,103 @@
+"""``supersub train``: decode the data, plan the stages, fit each model, calibrate, write the run directory."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from ..config import TrainConfig, warn_ignored_options
+from ..errors import SupersubError
+from ..novelty.decide import decide
+from ..run import RunDir, save_model_file
+from ..taxonomy import Taxonomy
+from ..training.distributed import is_global_zero
+from ..training.fitters import fit_model
+from .calibration import calibrate_and_save
+from .configure import resolve_config
+from .evidence import STAGE_MODEL_FILE, Evidence, collect_evidence
+from .inputs import load_labelled, training_pool
+from .stages import Pool, Stage, plan_stages, save_split, stage_labels
+
+log = logging.getLogger("supersub")
+
+
+def train_run(
+    data: str | Path,
+    out: str | Path,
+    config: TrainConfig | dict[str, Any] | str | Path | None = None,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """:func:`supersub.api.train`: every stage's model, then calibration; rank 0 writes the run directory."""
+    cfg = resolve_config(config, **overrides)
+    t0 = time.perf_counter()
+    # under DDP every rank runs train() (Lightning re-runs the command) and joins each fit; only rank 0 writes
+    lead = is_global_zero()
+    if lead:
+        warn_ignored_options(cfg)  # options this approach would silently drop: one warning line per reason
+    if lead and not resume:
+        RunDir.check_creatable(out, overwrite)  # fail before the slow decode, and touch nothing yet
+    # bad input (images, CSVs, novel data, split options) fails here, before a run directory exists
+    data_ = load_labelled(data, cfg)
+    taxonomy = data_.dataset.taxonomy
+    assert taxonomy is not None
+    log.info("%s: %d images, %d superclasses, %d subclasses", data, len(data_.dataset), taxonomy.n_super, taxonomy.n_sub)
+    summary: dict[str, Any] = {"data": str(data), "n_images": len(data_.dataset)}
+    pool = training_pool(data_, cfg, summary)
+    stages = plan_stages(pool, taxonomy, cfg)
+    run = RunDir(out) if not lead else RunDir.open(out) if resume else RunDir.create(out, overwrite=overwrite)
+    evidence: dict[str, Evidence] = {}
+    try:
+        if lead:
+            run.save_config(cfg)
+            run.save_taxonomy(taxonomy)
+            save_split(run.calibration_dir, str(Path(data).resolve()), pool, stages)
+        for name, stage in sorted(stages.items(), key=lambda item: item[0] == "final"):  # final model last
+            result = _fit_stage(pool, taxonomy, stage, cfg, run, resume)
+            summary[name] = {"epochs_run": result.epochs_run, result.monitor: result.best_score,
+                             "seconds_per_epoch": result.seconds_per_epoch and round(result.seconds_per_epoch, 2),
+                             **result.details}
+            if lead:  # every stage's model in one format: model.pt, checkpoints/<stage>/model.pt (for calibrate)
+                stage_tax = stage_labels(pool, taxonomy, stage, cfg.novelty.oe)[0]
+                target = run.model_file if name == "final" else run.checkpoints_dir / name / STAGE_MODEL_FILE
+                save_model_file(target, result.model, cfg, stage_tax)
+            evidence[name] = collect_evidence(result.model, pool, taxonomy, stage, cfg.trainer.accelerator, cfg)
+    except SupersubError:
+        # a bad option found when the first stage starts (backbone, weights, trainer, logger): nothing was
+        # trained, so leave no half-made run behind; a run with checkpoints stays for --resume
+        if lead and not resume and not any(run.checkpoints_dir.rglob("*.ckpt")):
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
+    if not lead:
+        return summary  # a DDP worker's share (the fits) is done: rank 0 calibrates and writes the run
+    cal = calibrate_and_save(run, cfg, evidence)
+    if "calibration" in stages:
+        held = [taxonomy.sub_names[j] for j in sorted(set(range(taxonomy.n_sub)) - set(stages["calibration"].keep_sub))]
+        summary["calibration"] = {"held_out_subclasses": held, **summary["calibration"], **cal.summary}
+    else:
+        summary["calibration"] = {"hand_set": True}
+        summary["novelty"] = cal.summary
+    final_val = evidence["final"].val
+    if final_val is not None:
+        d = decide(final_val.outputs.super_probs, final_val.outputs.sub_probs, list(taxonomy.sub_to_super), 0.0, 0.0)
+        summary["final"]["val_acc_super"] = round(100 * float((d.super_pred == evidence["final"].val_y_super).float().mean()), 2)
+        summary["final"]["val_acc_sub"] = round(100 * float((d.sub_pred == evidence["final"].val_y_sub).float().mean()), 2)
+    summary["thresholds"] = cal.thresholds.to_dict()
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    run.save_metrics(summary)
+    return summary
+
+
+def _fit_stage(pool: Pool, taxonomy: Taxonomy, stage: Stage, cfg: TrainConfig, run: RunDir, resume: bool) -> Any:
+    """Train one stage's model (final, calibration or LOSO) on its share of the pool."""
+    tax, y_super, y_sub = stage_labels(pool, taxonomy, stage, cfg.novelty.oe)
+    log.info("%s model: %d subclasses, %d train / %d validation images", stage.name, len(stage.keep_sub),
+             len(stage.train), len(stage.val))
+    epochs = None if stage.name == "final" else cfg.novelty.calibration_epochs
+    return fit_model(pool.images, y_super, y_sub, stage.train, stage.val, tax, cfg, run.path, stage.name,
+                     epochs=epochs, resume=resume)

@@ -1,0 +1,65 @@
+"""Files a person looks at: threshold sweeps and confusion matrices as CSV tables and PNG plots.
+
+The maths that produces them (:mod:`supersub.novelty.calibrate`, :mod:`supersub.metrics`) never imports
+matplotlib; only this module does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from .errors import SupersubError
+from .io import atomic_path, write_atomic
+from .metrics import LEVELS, OpenSetReport
+from .novelty.calibrate import SWEEP_COLUMNS
+
+
+def save_sweep(
+    df: pd.DataFrame, csv_path: str | Path, png_path: str | Path, title: str, tau: float | None = None
+) -> None:
+    """Write the sweep as CSV and as a PNG plot of the three rates against tau (``tau`` marked)."""
+    missing = [c for c in SWEEP_COLUMNS if c not in df.columns]
+    if missing:
+        raise SupersubError(f"save_sweep: data frame lacks column(s) {', '.join(missing)}")
+    write_atomic(csv_path, lambda fh: df.to_csv(fh, index=False))
+    fig = Figure(figsize=(6.4, 4.0))
+    ax = fig.subplots()
+    for col, label in (("seen_acc", "seen accuracy"), ("unseen_acc", "novel flagged"), ("balanced", "balanced")):
+        ax.plot(df["tau"], df[col], label=label)
+    if tau is not None:
+        ax.axvline(tau, color="black", linestyle="--", linewidth=1, label=f"tau = {tau:.3f}")
+    ax.set(xlabel="threshold tau (seen iff confidence >= tau)", ylabel="rate", ylim=(-0.02, 1.02), title=title)
+    ax.legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+
+
+def save_open_set_report(report: OpenSetReport, folder: Path, stem: str) -> None:
+    """``{stem}_confusion_{level}.csv`` (rows = truth, columns = prediction) and ``.png`` per level."""
+    for level in LEVELS:
+        names = report.class_names[level]
+        df = pd.DataFrame(report.confusion[level], index=pd.Index(names, name="truth"), columns=names)
+        write_atomic(folder / f"{stem}_confusion_{level}.csv", lambda fh, df=df: df.to_csv(fh))
+        _confusion_png(report.confusion[level], names, folder / f"{stem}_confusion_{level}.png", level)
+
+
+def _confusion_png(counts: np.ndarray, names: list[str], path: Path, level: str) -> None:
+    """Row-normalised confusion (share of each true class), class names shown when they fit."""
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    side = min(12.0, 3.0 + 0.25 * len(names))
+    fig = Figure(figsize=(side, side))
+    ax = fig.subplots()
+    image = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
+    if len(names) <= 30:
+        ax.set_xticks(range(len(names)), names, rotation=90, fontsize="small")
+        ax.set_yticks(range(len(names)), names, fontsize="small")
+    ax.set(xlabel="predicted (novel last)", ylabel="true (novel last)", title=f"{level}class confusion")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
