@@ -292,6 +292,6 @@ def test_a_frozen_model_predicts_from_the_feature_cache_exactly_as_from_images(t
     ds = read_flat(synth_dir / "test_images")
     images = decode_images(ds.records, cfg.data.image_size).images
     scorer = load_scorer(path, thresholds.score)
-    cached = predict_tensors(model, taxonomy, thresholds, images, ds.names, "cpu", scorer, cfg)
+    cached = predict_tensors(model, taxonomy, thresholds, images, ds.names, "cpu", scorer, cfg=cfg)
     raw = predict_tensors(model, taxonomy, thresholds, images, ds.names, "cpu", scorer)  # no cfg: on the images
     assert torch.equal(cached.sub_probs, raw.sub_probs) and torch.equal(cached.super_conf, raw.super_conf)
