@@ -67,6 +67,33 @@ def test_the_gate_learns_from_the_subclass_loss_end_to_end():
     assert model.linear_readout("super") is not None and model.linear_readout("sub") is None
 
 
+def _members(same_backbone: bool) -> list[HierarchicalClassifier]:
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone="cnn", width=8, depth=[1])
+    members = [HierarchicalClassifier(cfg, 2, 5, [0, 0, 1, 1, 1]).eval() for _ in range(3)]
+    if same_backbone:  # as after frozen training: every member starts from (and keeps) the same weights
+        for m in members[1:]:
+            m.backbone.load_state_dict(members[0].backbone.state_dict())
+    return members
+
+
+@pytest.mark.parametrize("same_backbone", [True, False])
+def test_an_ensemble_runs_each_distinct_backbone_once_and_averages_its_members(same_backbone: bool):
+    members = _members(same_backbone)
+    images = torch.randint(0, 256, (4, 3, 24, 24), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    alone = [m.outputs(images) for m in members]
+    ensemble = BaggingEnsemble.from_members(members)
+    assert len(ensemble.backbones()) == (1 if same_backbone else 3) and ensemble.shared_features == same_backbone
+    out = ensemble.outputs(images)
+    assert torch.allclose(out.sub_members, torch.stack([o.sub_logits for o in alone], 1), atol=1e-5)
+    assert torch.allclose(out.super_probs, torch.stack([o.super_probs for o in alone]).mean(0), atol=1e-6)
+    width = members[0].num_features
+    assert out.features.shape[1] == (width if same_backbone else 3 * width)  # concatenated when they differ
+    rows = ensemble.outputs_from_rows(ensemble.backbone_features(images))  # the cached-features path
+    assert torch.allclose(rows.sub_logits, out.sub_logits, atol=1e-6)
+    assert torch.equal(ensemble(images)[1], out.sub_logits)
+
+
 def _disagreement_example(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Logistic-regression members on bootstrap samples of two 2-D Gaussian classes; their (N, K, 2) logits on
     points inside the training data and on points 10x farther out along random directions."""
