@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
+from torch import nn
 
 from .errors import SupersubError
 from .novelty.outputs import Outputs  # the type run_model returns, re-exported
@@ -33,7 +32,7 @@ def named_device(name: str) -> torch.device:
 
 
 @torch.no_grad()
-def run_model(model: Any, images: torch.Tensor, batch_size: int = 256, device: torch.device | None = None) -> Outputs:
+def run_model(model: nn.Module, images: torch.Tensor, batch_size: int = 256, device: torch.device | None = None) -> Outputs:
     """Evaluate ``model`` (see :func:`outputs_of`) on uint8 (N,3,H,W) images in eval mode; results on the CPU."""
     device = device or pick_device()
     model = model.to(device, memory_format=torch.channels_last).eval()  # faster convolutions, same results
@@ -46,7 +45,7 @@ def run_model(model: Any, images: torch.Tensor, batch_size: int = 256, device: t
     return Outputs.cat(batches)
 
 
-def outputs_of(model: Any, images: torch.Tensor) -> Outputs:
+def outputs_of(model: nn.Module, images: torch.Tensor) -> Outputs:
     """``model.outputs(images)`` for supersub's models (an ensemble adds its members' logits); any other module
     that returns ``(super_logits, sub_logits, features)`` works too."""
     method = getattr(model, "outputs", None)

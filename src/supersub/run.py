@@ -30,6 +30,8 @@ from .config import TrainConfig, build_config, config_to_dict, config_yaml
 from .errors import SupersubError
 from .io import _first_line, load_checkpoint, torch_save_atomic, write_json_atomic, write_text_atomic  # noqa: F401 - re-exported
 from .models.build import create_model
+from .models.ensemble import BaggingEnsemble
+from .models.model import HierarchicalClassifier
 from .taxonomy import Taxonomy
 
 MARKER = "supersub-run.json"
@@ -147,7 +149,7 @@ class RunDir:
     def save_model(self, model: nn.Module, cfg: TrainConfig, taxonomy: Taxonomy) -> None:
         save_model_file(self.model_file, model, cfg, taxonomy)
 
-    def load_model(self) -> tuple[Any, TrainConfig, Taxonomy]:
+    def load_model(self) -> tuple[HierarchicalClassifier | BaggingEnsemble, TrainConfig, Taxonomy]:
         """Rebuild the model from the file's plain-data spec; every way the file can be wrong is one line."""
         return load_model_file(self.model_file)
 
@@ -179,7 +181,7 @@ def save_model_file(path: Path, model: nn.Module, cfg: TrainConfig, taxonomy: Ta
     torch_save_atomic(payload, path)
 
 
-def load_model_file(path: Path) -> tuple[Any, TrainConfig, Taxonomy]:
+def load_model_file(path: Path) -> tuple[HierarchicalClassifier | BaggingEnsemble, TrainConfig, Taxonomy]:
     """A model written by :func:`save_model_file` (any approach), in eval mode, with its config and taxonomy."""
     where = str(path)
     payload = load_checkpoint(path)
