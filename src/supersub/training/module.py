@@ -44,8 +44,10 @@ class HierarchicalModule(L.LightningModule):
         self.loss = build_loss(self.cfg, self.taxonomy)
         self.augment = build_augmentation(self.cfg.augment, self.cfg.data.image_size)
         self.mixer = BatchMixer(self.cfg.augment)
-        self.val_acc_super = MulticlassAccuracy(self.taxonomy.n_super, average="micro")
-        self.val_acc_sub = MulticlassAccuracy(self.taxonomy.n_sub, average="micro")
+        # at least 2 classes: a leave-one-superclass-out model of a 2-superclass taxonomy keeps only one
+        # (torchmetrics refuses num_classes=1); updated with argmax labels, which any class count accepts
+        self.val_acc_super = MulticlassAccuracy(max(2, self.taxonomy.n_super), average="micro")
+        self.val_acc_sub = MulticlassAccuracy(max(2, self.taxonomy.n_sub), average="micro")
         self._seeded_epoch: int | None = None
 
     def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -92,8 +94,8 @@ class HierarchicalModule(L.LightningModule):
         parts = self.loss(super_logits, sub_logits, y_super, y_sub)
         known_super = y_super >= 0
         known_sub = known_super & (y_sub >= 0)
-        self.val_acc_super(super_logits[known_super], y_super[known_super])
-        self.val_acc_sub(sub_logits[known_sub], y_sub[known_sub])
+        self.val_acc_super(super_logits[known_super].argmax(dim=1), y_super[known_super])
+        self.val_acc_sub(sub_logits[known_sub].argmax(dim=1), y_sub[known_sub])
         bs = inputs.shape[0]
         self.log("val_loss", parts.total, prog_bar=True, on_epoch=True, batch_size=bs, sync_dist=True)
         self.log_dict(
