@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
     {"data", "models", "reporting"},
     {"inference", "run"},
     {"training"},
-    {"pipeline"},
+    {"pipeline", "pretrain"},
     {"api"},
     {"cli"},
 ]

@@ -658,7 +658,7 @@ USAGE_MISTAKES = [
     (["train", "--data", "d", "--out", "o", "--epochs", "abc"], "Invalid value for '--epochs'"),
     (["train", "--data", "d"], "Missing option '--out'"),
     (["predict", "run", "images"], "Missing option '--out'"),
-    (["trian"], "No such command 'trian'. Did you mean 'train'?"),
+    (["trian"], "No such command 'trian'. Did you mean 'train'"),
 ]
 
 

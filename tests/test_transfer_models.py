@@ -16,7 +16,7 @@ from supersub.models.model import HierarchicalClassifier
 from supersub.run import RunDir
 from supersub.taxonomy import Taxonomy
 from supersub.training.finetune import GradualUnfreeze, parameter_groups
-from supersub.training.fit import _check_resumable
+from supersub.training.fit import check_resumable
 from supersub.training.module import HierarchicalModule
 from supersub.training.objective import build_loss
 
@@ -190,7 +190,7 @@ def test_gradual_unfreeze_freezes_until_its_epoch_and_stays_unfrozen_after_a_res
 def test_resuming_one_cycle_needs_the_same_schedule(tmp_path: Path):
     saved = TrainConfig(optim=OptimConfig(epochs=3)).model_dump(mode="json")
     checkpoint = {"hyper_parameters": {"config": saved}}
-    _check_resumable(checkpoint, TrainConfig(optim=OptimConfig(epochs=3)), tmp_path / "last.ckpt")
-    _check_resumable(checkpoint, TrainConfig(optim=OptimConfig(epochs=5, scheduler="cosine")), tmp_path)
+    check_resumable(checkpoint, TrainConfig(optim=OptimConfig(epochs=3)), tmp_path / "last.ckpt")
+    check_resumable(checkpoint, TrainConfig(optim=OptimConfig(epochs=5, scheduler="cosine")), tmp_path)
     with pytest.raises(SupersubError, match=r"needs the interrupted run's optim\.epochs \(3\), not 5"):
-        _check_resumable(checkpoint, TrainConfig(optim=OptimConfig(epochs=5)), tmp_path / "last.ckpt")
+        check_resumable(checkpoint, TrainConfig(optim=OptimConfig(epochs=5)), tmp_path / "last.ckpt")

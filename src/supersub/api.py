@@ -26,7 +26,7 @@ from .pipeline.predict import Prediction, predict_images, predict_tensors  # noq
 from .pipeline.train import train_run
 from .run import RunDir  # noqa: F401 - part of the API
 
-__all__ = ["synth", "resolve_config", "train", "calibration_evidence", "calibrate", "predict", "evaluate", "demo",
+__all__ = ["synth", "resolve_config", "train", "pretrain", "calibration_evidence", "calibrate", "predict", "evaluate", "demo",
            "predict_tensors", "Prediction", "load_labelled"]
 
 
@@ -48,6 +48,29 @@ def train(
     is the configuration it runs with.
     """
     return train_run(data, out, config, overwrite=overwrite, resume=resume, **overrides)
+
+
+def pretrain(
+    data: str | Path,
+    out: str | Path,
+    config: TrainConfig | dict[str, Any] | str | Path | None = None,
+    *,
+    test_data: str | Path | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Train a backbone on the class folder ``data`` (``root/<class>/*.jpg``) and save it to ``out``.
+
+    ``out`` loads with ``train(..., **{"model.weights": out})``. Seed 002's binary-partition heads are
+    ``pretrain.binary_partition`` (B) and ``pretrain.partitions`` (K); ``pretrain.classes`` restricts the
+    classes. With ``test_data`` (same class folder names) the summary holds its accuracy. Given starting
+    weights, the run is a fine-tuning: a new class head, the backbone at ``lr`` and the head at
+    ``head_lr_mult`` x ``lr`` (finetune discriminative). Returns the summary (also written to ``out.json``).
+    """
+    from .pretrain.run import pretrain_run  # Lightning and the backbone registry load here
+
+    return pretrain_run(data, out, config, test_data=test_data, overwrite=overwrite, resume=resume, **overrides)
 
 
 def calibrate(run_dir: str | Path, *, evidence: dict[str, Evidence] | None = None, **novelty: Any) -> dict[str, Any]:

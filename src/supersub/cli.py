@@ -216,6 +216,17 @@ def train(
                                            show_default=_default("trainer.strategy")),
     precision: Optional[str] = typer.Option(None, help="Lightning precision: 32-true, 16-mixed, bf16-mixed",
                                             show_default=_default("trainer.precision")),
+    ptr: Optional[bool] = typer.Option(
+        None, "--ptr/--no-ptr", help="seed 004's pseudo-task regularisation (not with --finetune frozen)",
+        show_default=_default("ptr.enabled")),
+    ptr_ratio: Optional[float] = typer.Option(
+        None, "--ptr-ratio", help="PtR: R, the CE / PtR gradient-norm ratio kept each step",
+        show_default=_default("ptr.ratio")),
+    ptr_loss: Optional[str] = typer.Option(None, "--ptr-loss", help="PtR regression loss: smooth-l1 or l2",
+                                           show_default=_default("ptr.loss")),
+    ptr_target: Optional[str] = typer.Option(
+        None, "--ptr-target", help="PtR random targets: normal (N(0,1)) or uniform (U(0,1))",
+        show_default=_default("ptr.target")),
     skip_bad_images: Optional[bool] = typer.Option(None, "--skip-bad-images/--no-skip-bad-images",
                                                    help="warn and skip unreadable images",
                                                    show_default=_default("data.skip_bad_images")),
@@ -246,6 +257,7 @@ def train(
         "novelty.oe": oe,
         "trainer.accelerator": accelerator, "trainer.devices": devices, "trainer.strategy": strategy,
         "trainer.precision": precision, "data.skip_bad_images": skip_bad_images, "trainer.progress": progress,
+        "ptr.enabled": ptr, "ptr.ratio": ptr_ratio, "ptr.loss": ptr_loss, "ptr.target": ptr_target,
     }
     overrides.update({f"novelty.{k}": v for k, v in _operating_options(novel_share, recall).items()})
     if score_option:
@@ -286,6 +298,71 @@ def _train_table(summary: dict[str, Any], out: Path) -> Any:
     table.caption = f"{t['score']}: tau_super={t['tau_super']:.4g} tau_sub={t['tau_sub']:.4g}"
     table.caption_justify = "left"
     return table
+
+
+@app.command()
+def pretrain(
+    data: Path = typer.Option(..., "--data", help="class folder: root/<class>/*.jpg (e.g. Tiny-ImageNet's train/)"),
+    out: Path = typer.Option(..., "--out", help="checkpoint to write (load it with 'train --weights OUT')"),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML experiment file; flags override it",
+                                          show_default="none"),
+    classes: Optional[Path] = typer.Option(None, "--classes", help="text file of class folders to use, one a line",
+                                           show_default="all folders"),
+    per_class: Optional[int] = typer.Option(None, "--per-class", help="at most N images per class (seeded sample)",
+                                            show_default="all"),
+    test_data: Optional[Path] = typer.Option(
+        None, "--test-data", help="class folder with the same class names: its accuracy goes in the summary",
+        show_default="none"),
+    binary_partition: Optional[float] = typer.Option(
+        None, "--binary-partition", help="seed 002: B in (1-B) CE + B BCE of random balanced class splits (0 = off)",
+        show_default=_default("pretrain.binary_partition")),
+    partitions: Optional[int] = typer.Option(None, "--partitions", help="seed 002: K random balanced splits",
+                                             show_default=_default("pretrain.partitions")),
+    epochs: Optional[int] = typer.Option(None, help="training epochs", show_default=_default("optim.epochs")),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", show_default=_default("optim.batch_size")),
+    lr: Optional[float] = typer.Option(None, help="learning rate (of the backbone when fine-tuning from weights)",
+                                       show_default=_default("optim.lr")),
+    seed: Optional[int] = typer.Option(None, help="random seed: also fixes the partitions",
+                                       show_default=_default("seed")),
+    backbone: Optional[str] = typer.Option(None, help="as for train: efficientnet_lite0/1/2, 'cnn' or a timm name",
+                                           show_default=_default("model.backbone")),
+    pretrained: Optional[bool] = typer.Option(
+        None, "--pretrained/--no-pretrained", help="start from ImageNet weights",
+        show_default="yes for the bundled backbones"),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="start from a local backbone state dict",
+                                           show_default="none"),
+    finetune: Optional[str] = typer.Option(
+        None, help="full, or discriminative (backbone at lr, new head at head_lr_mult x lr)",
+        show_default="full from scratch, discriminative from weights"),
+    image_size: Optional[int] = typer.Option(None, "--image-size", show_default=_default("data.image_size")),
+    val_fraction: Optional[float] = typer.Option(None, "--val-fraction", show_default=_default("data.val_fraction")),
+    accelerator: Optional[str] = typer.Option(None, help="Lightning accelerator: auto, cpu, gpu, mps",
+                                              show_default=_default("trainer.accelerator")),
+    overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite", help="replace an existing checkpoint and its run"),
+    resume: bool = typer.Option(False, "--resume/--no-resume",
+                                help="continue an interrupted run from OUT.d/checkpoints/last.ckpt"),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="progress bars",
+                                            show_default=_default("trainer.progress")),
+    set_: list[str] = typer.Option([], "--set", help="any config key, e.g. --set model.width=64 (repeatable)",
+                                   show_default="none"),
+) -> None:
+    """Train a backbone on a classification folder (seed 002's binary-partition heads optional) into OUT."""
+    from . import api
+
+    overrides: dict[str, Any] = {
+        "pretrain.classes": str(classes) if classes else None, "pretrain.per_class": per_class,
+        "pretrain.binary_partition": binary_partition, "pretrain.partitions": partitions,
+        "optim.epochs": epochs, "optim.batch_size": batch_size, "optim.lr": lr, "seed": seed,
+        "model.backbone": backbone, "model.pretrained": pretrained, "model.weights": str(weights) if weights else None,
+        "optim.finetune": finetune, "data.image_size": image_size, "data.val_fraction": val_fraction,
+        "trainer.accelerator": accelerator, "trainer.progress": progress,
+    }
+    overrides.update(_parse_sets(set_))
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    summary = api.pretrain(data, out, config, test_data=test_data, overwrite=overwrite, resume=resume, **overrides)
+    accs = ", ".join(f"{k} {summary[k]}%" for k in ("val_acc", "test_acc") if k in summary)
+    console.print(f"[bold green]pretrained[/] {out} ({summary['n_classes']} classes, {summary['epochs_run']} epochs, "
+                  f"{summary['seconds']}s){': ' + accs if accs else ''}")
 
 
 @app.command()

@@ -379,6 +379,33 @@ class NoveltyConfig(_Strict):
         return value
 
 
+class PtrConfig(_Strict):
+    """Seed 004's pseudo-task regularisation: regress the pooled representation onto fresh random targets,
+    weighted each step so its gradient on the representation is 1/ratio of the classification loss's."""
+
+    enabled: bool = Field(False, description="add the PtR loss (needs a trainable representation: not finetune=frozen)")
+    ratio: float = Field(10.0, gt=0.0, description="R: target ratio of the classification to the PtR gradient norm")
+    loss: Literal["smooth-l1", "l2"] = Field("smooth-l1", description="regression loss of the pseudo task")
+    target: Literal["normal", "uniform"] = Field("normal", description="random targets: N(0,1) or U(0,1), per sample")
+    warmup_epochs: int = Field(
+        1, ge=0, description="classification loss alone for this many first epochs (it is far from its minimum)"
+    )
+    ce_below: float | None = Field(
+        None, gt=0.0, description="also: PtR only on batches whose classification loss is below this (None = no test)"
+    )
+
+
+class PretrainConfig(_Strict):
+    """``supersub pretrain``: a backbone trained on a class folder, with seed 002's binary-partition heads."""
+
+    classes: Path | None = Field(None, description="text file of class folder names to use, one a line (None = all)")
+    per_class: int | None = Field(None, ge=1, description="at most this many images per class (a seeded sample)")
+    binary_partition: float = Field(
+        0.0, ge=0.0, lt=1.0, description="B: loss (1-B) CE + B BCE of random balanced class splits (0 = no binary head)"
+    )
+    partitions: int = Field(1, ge=1, le=64, description="K: independent random splits, one binary output each")
+
+
 class TrainerConfig(_Strict):
     """Passed through to Lightning so the same run works on CPU, one GPU or many."""
 
@@ -414,6 +441,8 @@ class TrainConfig(_Strict):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     boost: BoostConfig = Field(default_factory=BoostConfig)
     novelty: NoveltyConfig = Field(default_factory=NoveltyConfig)
+    ptr: PtrConfig = Field(default_factory=PtrConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
 
     @model_validator(mode="after")
@@ -453,6 +482,13 @@ class TrainConfig(_Strict):
             optim["finetune"] = RECIPE_FINETUNE if pretrained or model.get("weights") or trees else "full"
         data["model"], data["optim"] = model, optim
         return data
+
+    @model_validator(mode="after")
+    def _ptr_needs_trainable_representation(self) -> TrainConfig:
+        if self.ptr.enabled and self.optim.finetune == "frozen":
+            raise ValueError("PtR needs a trainable representation, and finetune=frozen trains only the heads on "
+                             "cached features: use --finetune partial, full, discriminative or gradual")
+        return self
 
 
 def _has_bundled_weights(model: dict[str, Any]) -> bool:
@@ -580,6 +616,11 @@ def _ignored_rules(cfg: TrainConfig) -> Iterator[tuple[dict[str, bool], str]]:
     if m.backbone != "cnn":
         yield ({"model.width": True, "model.depth": True, "model.block_dropout": True},
                f"they shape the 'cnn' backbone, not {m.backbone}")
+    if not cfg.ptr.enabled:
+        yield ({f"ptr.{k}": True for k in ("ratio", "loss", "target", "warmup_epochs", "ce_below")},
+               "ptr.enabled is off")
+    yield ({f"pretrain.{k}": True for k in ("classes", "per_class", "binary_partition", "partitions")},
+           "only 'supersub pretrain' uses them")
     if d.novel_data is None:
         yield ({"data.novel_count": d.novel_count is not None, "data.novel_calibration_fraction": True,
                 "novelty.oe": n.oe != "uniform"}, "there is no data.novel_data")

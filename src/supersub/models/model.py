@@ -109,6 +109,8 @@ class HierarchicalClassifier(nn.Module):
         self.combine: Callable[[HierarchicalClassifier, torch.Tensor | None, torch.Tensor], Logits] = (
             _mixture if spec.experts else _implied_super if not spec.super_head else _as_is)
         self.num_features = feat + (sub_feat if self.sub_backbone is not None else 0)
+        # width of backbone_features(): the pooled representation before any neck
+        self.num_backbone_features = sum(int(b.num_features) for b in self.backbones())
         self.register_load_state_dict_pre_hook(_legacy_linear_heads)
 
     # ---- pieces ------------------------------------------------------------------------------
@@ -130,18 +132,11 @@ class HierarchicalClassifier(nn.Module):
         return [[p for p in self.parameters() if id(p) not in inside], [p for m in sub for p in m.parameters()]]
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float()
-        if images.dtype == torch.uint8:
-            x = x / 255.0
-        return (x - self.mean) / self.std
+        return normalize_images(images, self.mean, self.std)
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """The backbone's input: normalised, then resized to ``input_size`` when one is set."""
-        x = self.normalize(images)
-        size = self.input_size
-        if size is not None and tuple(x.shape[-2:]) != (size, size):
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        return x
+        return prepare_images(images, self.mean, self.std, self.input_size)
 
     # ---- forward -----------------------------------------------------------------------------
     def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
@@ -223,6 +218,21 @@ def _mixture(model: HierarchicalClassifier, gate_logits: torch.Tensor | None, ex
     """moe: the gate is the superclass head; the subclass logits are the mixture's (see :mod:`.moe`)."""
     assert gate_logits is not None
     return gate_logits, mixture_sub_logits(gate_logits, expert_logits, model.owner)
+
+def normalize_images(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 0..255 or float 0..1 images -> the backbone's normalised floats."""
+    x = images.float()
+    if images.dtype == torch.uint8:
+        x = x / 255.0
+    return (x - mean) / std
+
+
+def prepare_images(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, size: int | None) -> torch.Tensor:
+    """Normalised, then resized to ``size`` when one is set: what every backbone of supersub is fed."""
+    x = normalize_images(images, mean, std)
+    if size is not None and tuple(x.shape[-2:]) != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x
 
 
 def _same_weights(a: nn.Module, b: nn.Module) -> bool:

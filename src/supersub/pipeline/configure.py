@@ -45,3 +45,5 @@ def _absolute_paths(cfg: TrainConfig) -> None:
             setattr(cfg.data, key, Path(value).resolve())
     if cfg.model.weights is not None:
         cfg.model.weights = Path(cfg.model.weights).resolve()
+    if cfg.pretrain.classes is not None:
+        cfg.pretrain.classes = Path(cfg.pretrain.classes).resolve()

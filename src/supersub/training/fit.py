@@ -59,7 +59,7 @@ class EpochTimer(L.Callback):
         pl_module.log("epoch_seconds", self.seconds[-1], on_epoch=True, sync_dist=True)
 
 
-def _quiet_lightning() -> None:
+def quiet_lightning() -> None:
     """Lightning's tips about workers and summaries are noise for in-memory tensor datasets."""
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -81,7 +81,7 @@ def _devices(value: str) -> int | str | list[int]:
     return value
 
 
-def _check_resumable(checkpoint: dict[str, Any], cfg: TrainConfig, last: Path) -> None:
+def check_resumable(checkpoint: dict[str, Any], cfg: TrainConfig, last: Path) -> None:
     """One-cycle fixes its total number of steps when it starts: a resumed run must keep what sets it."""
     if cfg.optim.scheduler != "onecycle":
         return
@@ -94,7 +94,7 @@ def _check_resumable(checkpoint: dict[str, Any], cfg: TrainConfig, last: Path) -
                                 f"{section}.{key} ({before}), not {now}")
 
 
-def _build_trainer(cfg: TrainConfig, run_path: Path, stage: str, epochs: int, callbacks: list[L.Callback]) -> L.Trainer:
+def build_trainer(cfg: TrainConfig, run_path: Path, stage: str, epochs: int, callbacks: list[L.Callback]) -> L.Trainer:
     """The Lightning Trainer for one stage; bad accelerator/devices/precision values surface as ValueErrors."""
     return L.Trainer(
         max_epochs=epochs,
@@ -151,7 +151,7 @@ def fit_stage(
     continued, and its weights, not the hub's, are the starting point. With ``optim.finetune=frozen`` the
     backbone features of all ``images`` are computed once here and the trainer only sees those rows.
     """
-    _quiet_lightning()
+    quiet_lightning()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     epochs = epochs or cfg.optim.epochs
     ckpt_dir = run_path / "checkpoints" / stage
@@ -160,7 +160,7 @@ def fit_stage(
     module = HierarchicalModule(config_to_dict(cfg), taxonomy.to_dict(), load_weights=not resuming)
     if resuming:
         checkpoint = load_checkpoint(last)
-        _check_resumable(checkpoint, cfg, last)
+        check_resumable(checkpoint, cfg, last)
         module.load_state_dict(checkpoint["state_dict"])
     inputs, feature_seconds = images, None
     if module.on_cache:
@@ -188,7 +188,7 @@ def fit_stage(
     if progress is not None:
         callbacks.append(progress)
     try:
-        trainer = _build_trainer(cfg, run_path, stage, epochs, callbacks)
+        trainer = build_trainer(cfg, run_path, stage, epochs, callbacks)
     except (ValueError, TypeError, MisconfigurationException) as e:
         raise SupersubError(f"trainer: {str(e).strip().splitlines()[0]}") from None
     if cfg.optim.finetune == "gradual" and trainer.world_size > 1:

@@ -8,13 +8,14 @@ import lightning as L
 import torch
 from torchmetrics.classification import MulticlassAccuracy
 
-from ..config import TrainConfig
+from ..config import OptimConfig, TrainConfig
 from ..data.augment import BatchMixer, augment_uint8, build_augmentation
 from ..data.module import epoch_seed
 from ..models.model import build_model
 from ..taxonomy import Taxonomy
 from .finetune import CACHED_REGIMES, forward_cached, freeze_backbones, parameter_groups
 from .objective import build_loss, mixed_loss
+from .ptr import PseudoTaskRegressor, ptr_active
 
 
 class HierarchicalModule(L.LightningModule):
@@ -49,9 +50,18 @@ class HierarchicalModule(L.LightningModule):
         self.val_acc_super = MulticlassAccuracy(max(2, self.taxonomy.n_super), average="micro")
         self.val_acc_sub = MulticlassAccuracy(max(2, self.taxonomy.n_sub), average="micro")
         self._seeded_epoch: int | None = None
+        # seed 004's pseudo task sits on the pooled backbone outputs; it is not part of the saved model
+        self.ptr = PseudoTaskRegressor(self.model.num_backbone_features, self.cfg.ptr) if self.cfg.ptr.enabled else None
 
     def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return forward_cached(self.model, inputs, self.splits) if self.on_cache else self.model(inputs)
+
+    def representation(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The pooled backbone outputs (both backbones side by side for two-model approaches): what PtR regresses."""
+        if not self.on_cache:
+            return self.model.backbone_features(inputs)
+        rows = inputs.float()
+        return rows if self.splits is None else torch.cat([s.top(rows) for s in self.splits], dim=1)
 
     def _reseed_at_epoch_start(self) -> None:
         """Augmentation, mixing and dropout draw from the global RNGs: reseed them from (seed, epoch, rank)
@@ -76,17 +86,33 @@ class HierarchicalModule(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         inputs, y_super, y_sub = batch
         mix = None if self.on_cache else self.mixer(inputs)
-        super_logits, sub_logits, _ = self(inputs if mix is None else mix.images)
+        rep = self.representation(inputs if mix is None else mix.images)
+        super_logits, sub_logits, _ = self.model.head_forward(rep)
         parts = mixed_loss(self.loss, super_logits, sub_logits, y_super, y_sub, mix)
         bs = inputs.shape[0]
         self.log("train_loss", parts.total, prog_bar=True, on_step=False, on_epoch=True, batch_size=bs,
                  sync_dist=True)
+        if self.ptr is not None:
+            return parts.total + self._ptr_term(parts.total, rep, bs)
         self.log_dict(
             {"train_ce_super": parts.ce_super, "train_ce_sub": parts.ce_sub, "train_kl": parts.kl,
              "train_outlier": parts.outlier},
             on_step=False, on_epoch=True, batch_size=bs, sync_dist=True,
         )
         return parts.total
+
+    def _ptr_term(self, ce: torch.Tensor, rep: torch.Tensor, bs: int) -> torch.Tensor:
+        """Seed 004: ``w * PtR`` once the switch-on rule holds (else 0); w and both gradient norms are logged."""
+        assert self.ptr is not None
+        p = self.cfg.ptr
+        on = ptr_active(self.current_epoch, float(ce.detach()), p.warmup_epochs, p.ce_below) and rep.requires_grad
+        self.log("ptr_on", float(on), on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
+        if not on:
+            return ce.new_zeros(())
+        step = self.ptr.step(ce, rep)
+        self.log_dict({"ptr_w": step.weight, "ptr_grad_ce": step.grad_ce, "ptr_grad_ptr": step.grad_ptr},
+                      on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
+        return step.loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         inputs, y_super, y_sub = batch
@@ -118,20 +144,27 @@ class HierarchicalModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         o = self.cfg.optim
         groups = parameter_groups(self.model, o)
-        if o.optimizer == "adam":
-            opt: torch.optim.Optimizer = torch.optim.Adam(groups, lr=o.lr, weight_decay=o.weight_decay)
-        elif o.optimizer == "adamw":
-            opt = torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)
-        else:
-            opt = torch.optim.SGD(groups, lr=o.lr, weight_decay=o.weight_decay, momentum=0.9, nesterov=True)
-        if o.scheduler == "none":
-            return opt
-        if o.scheduler == "cosine":
-            sched: Any = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, int(self.trainer.max_epochs or o.epochs)))
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
-        if o.scheduler == "step":
-            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=o.step_size, gamma=o.gamma)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
-        total = int(self.trainer.estimated_stepping_batches)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=max(1, total))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        if self.ptr is not None:  # the pseudo task's regressor is a new layer: the rate of the new layers
+            groups.append({"params": list(self.ptr.parameters()), "lr": groups[0]["lr"], "name": "ptr"})
+        return configure_optimizer(groups, o, self.trainer)
+
+
+def configure_optimizer(groups: list[dict[str, Any]], o: OptimConfig, trainer: L.Trainer) -> Any:
+    """The configured optimizer over ``groups`` and its LR schedule, in Lightning's return format."""
+    if o.optimizer == "adam":
+        opt: torch.optim.Optimizer = torch.optim.Adam(groups, lr=o.lr, weight_decay=o.weight_decay)
+    elif o.optimizer == "adamw":
+        opt = torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)
+    else:
+        opt = torch.optim.SGD(groups, lr=o.lr, weight_decay=o.weight_decay, momentum=0.9, nesterov=True)
+    if o.scheduler == "none":
+        return opt
+    if o.scheduler == "cosine":
+        sched: Any = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, int(trainer.max_epochs or o.epochs)))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+    if o.scheduler == "step":
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=o.step_size, gamma=o.gamma)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+    total = int(trainer.estimated_stepping_batches)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=max(1, total))
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""The competition table of finished `benchmarks/protocol.py` runs: one row per (name, seed), then mean ± std.
+
+    python benchmarks/protocol_table.py --variant loso-reptile --names ptr-off-partial,ptr-r10-partial [--work bench-out]
+
+Reads ``WORK/<variant>-<seed>/<name>/result.json`` (the scorer's numbers), the run's ``metrics.json``
+(final validation subclass accuracy) and, when the run used PtR, the final model's last-epoch ``ptr_w``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+from pathlib import Path
+
+COLUMNS = ("super_acc_overall", "super_acc_seen", "super_acc_unseen", "sub_acc_overall", "sub_acc_seen",
+           "sub_acc_unseen", "super_ce", "sub_ce")
+
+
+def last_ptr_w(run: Path) -> str:
+    path = run / "logs" / "final" / "metrics.csv"
+    if not path.is_file():
+        return "-"
+    with open(path, newline="") as fh:
+        values = [r["ptr_w"] for r in csv.DictReader(fh) if r.get("ptr_w")]
+    return f"{float(values[-1]):.3g}" if values else "-"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variant", default="loso-reptile")
+    ap.add_argument("--names", required=True, help="comma-separated run names")
+    ap.add_argument("--work", type=Path, default=Path("bench-out"))
+    a = ap.parse_args()
+    print("| name | seed | super overall | super seen | super unseen | sub overall | sub seen | sub unseen | super CE "
+          "| sub CE | val sub acc | last ptr_w | train s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    summary: dict[str, list[dict]] = {}
+    for name in a.names.split(","):
+        for folder in sorted(a.work.glob(f"{a.variant}-*")):
+            result = folder / name / "result.json"
+            if not result.is_file():
+                continue
+            r = json.loads(result.read_text())
+            metrics = json.loads((folder / name / "run" / "metrics.json").read_text())
+            r["val_sub"] = metrics.get("final", {}).get("val_acc_sub")
+            summary.setdefault(name, []).append(r)
+            print(f"| {name} | {r['seed']} | " + " | ".join(str(r[c]) for c in COLUMNS) +
+                  f" | {r['val_sub']} | {last_ptr_w(folder / name / 'run')} | {r['seconds']['train']} |")
+    print()
+    print("| name | seeds | super overall | sub overall | super CE | sub CE | val sub acc | paired diff vs first name, "
+          "super / sub overall (pp) |")
+    print("|---|---|---|---|---|---|---|---|")
+    first = {r["seed"]: r for r in summary.get(a.names.split(",")[0], [])}
+    for name, rs in summary.items():
+        pairs = [(r, first[r["seed"]]) for r in rs if r["seed"] in first]
+
+        def diff(key: str) -> str:
+            ds = [float(r[key]) - float(f[key]) for r, f in pairs]
+            return f"{statistics.mean(ds):+.2f} ± {statistics.stdev(ds) if len(ds) > 1 else 0.0:.2f}"
+        paired = f"{diff('super_acc_overall')} / {diff('sub_acc_overall')} (n={len(pairs)})" \
+            if pairs and name != a.names.split(",")[0] else "-"
+        def ms(key: str) -> str:
+            xs = [float(r[key]) for r in rs]
+            return f"{statistics.mean(xs):.3g} ± {statistics.stdev(xs):.2g}" if len(xs) > 1 else f"{xs[0]:.3g}"
+        print(f"| {name} | {','.join(str(r['seed']) for r in rs)} | {ms('super_acc_overall')} | "
+              f"{ms('sub_acc_overall')} | {ms('super_ce')} | {ms('sub_ce')} | {ms('val_sub')} | {paired} |")
+
+
+if __name__ == "__main__":
+    main()
