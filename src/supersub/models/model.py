@@ -219,6 +219,7 @@ def _mixture(model: HierarchicalClassifier, gate_logits: torch.Tensor | None, ex
     assert gate_logits is not None
     return gate_logits, mixture_sub_logits(gate_logits, expert_logits, model.owner)
 
+
 def normalize_images(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """uint8 0..255 or float 0..1 images -> the backbone's normalised floats."""
     x = images.float()
