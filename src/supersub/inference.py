@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from .errors import SupersubError
-from .models.model import HierarchicalClassifier
-from .novelty.outputs import Outputs  # noqa: F401 - the type run_model returns, re-exported
+from .novelty.outputs import Outputs  # the type run_model returns, re-exported
 
 
 def pick_device(accelerator: str = "auto") -> torch.device:
@@ -32,18 +32,21 @@ def named_device(name: str) -> torch.device:
 
 
 @torch.no_grad()
-def run_model(
-    model: HierarchicalClassifier, images: torch.Tensor, batch_size: int = 256, device: torch.device | None = None
-) -> Outputs:
-    """Evaluate ``model`` on uint8 (N,3,H,W) images in eval mode; results on the CPU."""
+def run_model(model: nn.Module, images: torch.Tensor, batch_size: int = 256, device: torch.device | None = None) -> Outputs:
+    """Evaluate ``model`` (see :func:`outputs_of`) on uint8 (N,3,H,W) images in eval mode; results on the CPU."""
     device = device or pick_device()
     model = model.to(device, memory_format=torch.channels_last).eval()  # faster convolutions, same results
-    sup, sub, feat = [], [], []
-    for start in range(0, len(images), batch_size):
-        s, b, f = model(images[start : start + batch_size].to(device).contiguous(memory_format=torch.channels_last))
-        sup.append(s.float().cpu())
-        sub.append(b.float().cpu())
-        feat.append(f.float().cpu())
-    if not sup:
+    batches = [
+        outputs_of(model, images[start : start + batch_size].to(device).contiguous(memory_format=torch.channels_last))
+        .cpu_float() for start in range(0, len(images), batch_size)
+    ]
+    if not batches:
         raise ValueError("run_model needs at least one image")
-    return Outputs(torch.cat(sup), torch.cat(sub), torch.cat(feat))
+    return Outputs.cat(batches)
+
+
+def outputs_of(model: nn.Module, images: torch.Tensor) -> Outputs:
+    """``model.outputs(images)`` for supersub's models (an ensemble adds its members' logits); any other module
+    that returns ``(super_logits, sub_logits, features)`` works too."""
+    method = getattr(model, "outputs", None)
+    return method(images) if callable(method) else Outputs(*model(images))

@@ -23,12 +23,15 @@ from typing import Any
 
 import torch
 import yaml
+from torch import nn
 
 from . import __version__
 from .config import TrainConfig, build_config, config_to_dict, config_yaml
 from .errors import SupersubError
 from .io import _first_line, load_checkpoint, torch_save_atomic, write_json_atomic, write_text_atomic  # noqa: F401 - re-exported
-from .models.model import HierarchicalClassifier, build_model
+from .models.build import create_model
+from .models.ensemble import BaggingEnsemble
+from .models.model import HierarchicalClassifier
 from .taxonomy import Taxonomy
 
 MARKER = "supersub-run.json"
@@ -143,32 +146,12 @@ class RunDir:
         return _taxonomy(_read_json(self.taxonomy_file), str(self.taxonomy_file))
 
     # ---- model -------------------------------------------------------------------------------
-    def save_model(self, model: HierarchicalClassifier, cfg: TrainConfig, taxonomy: Taxonomy) -> None:
-        payload = {
-            "format": "supersub-model-1",
-            "config": config_to_dict(cfg),
-            "taxonomy": taxonomy.to_dict(),
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        }
-        torch_save_atomic(payload, self.model_file)
+    def save_model(self, model: nn.Module, cfg: TrainConfig, taxonomy: Taxonomy) -> None:
+        save_model_file(self.model_file, model, cfg, taxonomy)
 
-    def load_model(self) -> tuple[HierarchicalClassifier, TrainConfig, Taxonomy]:
+    def load_model(self) -> tuple[HierarchicalClassifier | BaggingEnsemble, TrainConfig, Taxonomy]:
         """Rebuild the model from the file's plain-data spec; every way the file can be wrong is one line."""
-        where = str(self.model_file)
-        payload = load_checkpoint(self.model_file)
-        if payload.get("format") != "supersub-model-1":
-            raise SupersubError(f"{where}: not a supersub model file")
-        for key in ("config", "taxonomy", "state_dict"):
-            if key not in payload:
-                raise SupersubError(f"{where}: incomplete model file (no {key!r})")
-        cfg = build_config(payload["config"], where)
-        taxonomy = _taxonomy(payload["taxonomy"], where)
-        model = build_model(cfg.model, taxonomy)
-        try:
-            model.load_state_dict(payload["state_dict"])
-        except (RuntimeError, TypeError, AttributeError) as e:
-            raise SupersubError(f"{where}: weights do not fit the model the file describes ({_detail(e)})") from None
-        return model.eval(), cfg, taxonomy
+        return load_model_file(self.model_file)
 
     # ---- thresholds / metrics ----------------------------------------------------------------
     def save_thresholds(self, t: Thresholds) -> None:
@@ -181,6 +164,40 @@ class RunDir:
 
     def save_metrics(self, metrics: dict[str, Any]) -> None:
         write_json_atomic(self.metrics_file, metrics)
+
+
+MODEL_FORMAT = "supersub-model-1"
+
+
+def save_model_file(path: Path, model: nn.Module, cfg: TrainConfig, taxonomy: Taxonomy) -> None:
+    """Weights + the plain-data spec that rebuilds the model (config, taxonomy), written atomically.
+    Tensors that share storage (an ensemble's shared backbone) are stored once by ``torch.save``."""
+    payload = {
+        "format": MODEL_FORMAT,
+        "config": config_to_dict(cfg),
+        "taxonomy": taxonomy.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    torch_save_atomic(payload, path)
+
+
+def load_model_file(path: Path) -> tuple[HierarchicalClassifier | BaggingEnsemble, TrainConfig, Taxonomy]:
+    """A model written by :func:`save_model_file` (any approach), in eval mode, with its config and taxonomy."""
+    where = str(path)
+    payload = load_checkpoint(path)
+    if payload.get("format") != MODEL_FORMAT:
+        raise SupersubError(f"{where}: not a supersub model file")
+    for key in ("config", "taxonomy", "state_dict"):
+        if key not in payload:
+            raise SupersubError(f"{where}: incomplete model file (no {key!r})")
+    cfg = build_config(payload["config"], where)
+    taxonomy = _taxonomy(payload["taxonomy"], where)
+    model = create_model(cfg.model, taxonomy)
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise SupersubError(f"{where}: weights do not fit the model the file describes ({_detail(e)})") from None
+    return model.eval(), cfg, taxonomy
 
 
 def _detail(error: Exception) -> str:

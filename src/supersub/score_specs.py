@@ -7,6 +7,7 @@ detectors from the same table, and a test checks that the two agree.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ class ScoreSpec:
     name: str
     options: dict[str, type] = field(default_factory=dict)
     confidence_range: tuple[float, float] | None = None
+    needs_members: bool = False  # reads an ensemble's member logits (model.approach bagging)
 
     @property
     def params(self) -> tuple[str, ...]:
@@ -39,6 +41,8 @@ SCORE_SPECS: dict[str, ScoreSpec] = {s.name: s for s in (
     ScoreSpec("knn", {"k": int}, (-2.0, 0.0)),  # minus a cosine distance
     ScoreSpec("knn-class", {"k": int}, (-2.0, 0.0)),
     ScoreSpec("vim", {"dim": int}),
+    ScoreSpec("mi", {}, (-math.inf, 0.0), needs_members=True),  # minus the members' mutual information
+    ScoreSpec("expected-entropy", {}, (-math.inf, 0.0), needs_members=True),  # minus their mean entropy
 )}
 
 

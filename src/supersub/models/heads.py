@@ -6,6 +6,8 @@
   class cannot win by feature norm alone; that tends to give better-calibrated max-softmax scores for
   novelty detection and helps rare subclasses whose weight vectors would otherwise stay short.
 * ``mlp`` - seed 000's linear bottleneck: Linear(in, b) -> BatchNorm1d -> ReLU -> Dropout -> Linear(b, n).
+* ``xgboost`` - seed 000's boosting: gradient-boosted trees on fixed features (:mod:`.boosted`); it is fitted
+  by :mod:`supersub.training.boosting`, not by gradient descent (:func:`trains_by_gradient`).
 
 Every factory has the same signature, so a config only needs a name. ``bottleneck`` is the hidden width
 of ``mlp``; the other heads have no hidden layer and refuse a non-zero bottleneck rather than ignore it.
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SupersubError
+from .boosted import XGBoostHead
 
 HeadFactory = Callable[[int, int, float, int], nn.Module]
 
@@ -77,7 +80,12 @@ def mlp_head(in_features: int, n_classes: int, dropout: float, bottleneck: int) 
     )
 
 
-HEADS: dict[str, HeadFactory] = {"linear": linear_head, "cosine": cosine_head, "mlp": mlp_head}
+HEADS: dict[str, HeadFactory] = {"linear": linear_head, "cosine": cosine_head, "mlp": mlp_head, "xgboost": XGBoostHead}
+FITTED_HEADS = ("xgboost",)  # heads fitted on feature rows by their own ``fit``, not by gradient descent
+
+
+def trains_by_gradient(name: str) -> bool:
+    return name not in FITTED_HEADS
 
 
 def create_head(name: str, in_features: int, n_classes: int, dropout: float = 0.0, bottleneck: int = 0) -> nn.Module:

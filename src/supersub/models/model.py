@@ -1,6 +1,7 @@
 """The hierarchical classifier: backbone(s) -> optional neck -> a superclass and a subclass head.
 
-Approaches (seed 001), all returning ``(super_logits, sub_logits, features)``:
+Approaches (seed 001 and seed 000), all returning ``(super_logits, sub_logits, features)``; each is one
+:class:`Approach` entry in :data:`APPROACHES`:
 
 * ``two-heads`` (A): one shared backbone, both heads on its features; trained with the KL interaction loss.
 * ``two-models`` (B): an independent backbone (and neck) per level, each with its own head. Both train in
@@ -9,6 +10,9 @@ Approaches (seed 001), all returning ``(super_logits, sub_logits, features)``:
 * ``cosine`` (C): B whose subclass head is a cosine classifier.
 * ``sub-only``: a single-level baseline: one subclass network; the superclass scores are the log of the
   summed subclass probabilities of each superclass. (The super-only baseline is B's superclass half.)
+* ``moe``: one backbone; the superclass head gates one subclass expert per superclass (:mod:`.moe`).
+
+``bagging`` is not a network but an ensemble of them (:mod:`.ensemble`); :func:`.build.create_model` builds either.
 
 Module names: ``backbone``/``neck``/``super_head`` belong to the superclass side (or are shared), and
 ``sub_backbone``/``sub_neck`` exist only in the two-model approaches, so a two-heads model keeps the
@@ -17,7 +21,8 @@ state-dict keys it always had and :func:`supersub.models.hub.load_backbone_weigh
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,9 +34,32 @@ from ..losses import implied_super_log_probs
 from ..taxonomy import Taxonomy
 from .backbones import Backbone, create_backbone
 from .heads import create_head
+from .moe import ExpertHeads, mixture_sub_logits
+from ..novelty.outputs import Outputs
 from .stages import StageSplit, split_backbone
 
-TWO_MODELS = ("two-models", "cosine")
+Logits = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Approach:
+    """What an approach changes in the network; the model, the objective and the config rules read these flags."""
+
+    two_networks: bool = False  # one backbone (+ neck) per level
+    super_head: bool = True  # a trained superclass head (sub-only derives the superclass scores)
+    sub_head: str | None = None  # forced subclass head kind (None: model.head)
+    experts: bool = False  # the subclass head is one expert per superclass, gated by the superclass head
+    interaction: bool = False  # trains with the KL interaction term (alpha); the others train with alpha 0
+
+
+APPROACHES: dict[str, Approach] = {
+    "two-heads": Approach(interaction=True),
+    "two-models": Approach(two_networks=True),
+    "cosine": Approach(two_networks=True, sub_head="cosine"),
+    "sub-only": Approach(super_head=False),
+    "moe": Approach(experts=True),
+}
+TWO_MODELS = tuple(name for name, a in APPROACHES.items() if a.two_networks)
 
 
 class HierarchicalClassifier(nn.Module):
@@ -47,6 +75,7 @@ class HierarchicalClassifier(nn.Module):
                  load_weights: bool = False) -> None:
         super().__init__()
         self.approach = cfg.approach
+        spec = APPROACHES[cfg.approach]
         main = create_backbone(cfg, load_weights)
         self.input_size = main.input_size
         self.register_buffer("mean", torch.tensor(main.norm.mean).view(1, 3, 1, 1), persistent=False)
@@ -56,21 +85,29 @@ class HierarchicalClassifier(nn.Module):
         self.sub_backbone: nn.Module | None = None
         self.sub_neck: nn.Module | None = None
         sub_feat = feat
-        if cfg.approach in TWO_MODELS:
+        if spec.two_networks:
             other = create_backbone(cfg, load_weights)
             self.sub_backbone = other.module
             self.sub_neck, sub_feat = _neck(other, cfg)
         hidden = cfg.bottleneck if cfg.head == "mlp" else 0
         self.super_head: nn.Module | None = None
-        if cfg.approach != "sub-only":
+        if spec.super_head:
             self.super_head = create_head(cfg.head, feat, n_super, cfg.dropout, hidden)
-        sub_kind = "cosine" if cfg.approach == "cosine" else cfg.head
-        self.sub_head = create_head(sub_kind, sub_feat, n_sub, cfg.dropout, hidden if sub_kind == "mlp" else 0)
-        if cfg.approach == "sub-only":
+        sub_kind = spec.sub_head or cfg.head
+        sub_hidden = hidden if sub_kind == "mlp" else 0
+        if spec.experts or not spec.super_head:
             if sub_to_super is None or len(sub_to_super) != n_sub:
-                raise ValueError("approach 'sub-only' needs sub_to_super for every subclass")
-            membership = F.one_hot(torch.as_tensor(list(sub_to_super)), n_super).float()
-            self.register_buffer("membership", membership, persistent=False)
+                raise ValueError(f"approach {cfg.approach!r} needs sub_to_super for every subclass")
+            owner = torch.as_tensor(list(sub_to_super))
+            self.register_buffer("membership", F.one_hot(owner, n_super).float(), persistent=False)
+            self.register_buffer("owner", owner, persistent=False)
+        if spec.experts:
+            assert sub_to_super is not None
+            self.sub_head: nn.Module = ExpertHeads(sub_kind, sub_feat, sub_to_super, n_super, cfg.dropout, sub_hidden)
+        else:
+            self.sub_head = create_head(sub_kind, sub_feat, n_sub, cfg.dropout, sub_hidden)
+        self.combine: Callable[[HierarchicalClassifier, torch.Tensor | None, torch.Tensor], Logits] = (
+            _mixture if spec.experts else _implied_super if not spec.super_head else _as_is)
         self.num_features = feat + (sub_feat if self.sub_backbone is not None else 0)
         # width of backbone_features(): the pooled representation before any neck
         self.num_backbone_features = sum(int(b.num_features) for b in self.backbones())
@@ -107,21 +144,31 @@ class HierarchicalClassifier(nn.Module):
         x = self.prepare(images)
         return torch.cat([b(x) for b in self.backbones()], dim=1)
 
-    def head_forward(self, backbone_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Everything after the backbones, from :meth:`backbone_features` rows."""
+    def head_inputs(self, backbone_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What each level's head reads (neck outputs): ``(superclass side, subclass side)``."""
         split = int(self.backbone.num_features)
         f = self.neck(backbone_features[:, :split])
         g = f if self.sub_neck is None else self.sub_neck(backbone_features[:, split:])
-        sub_logits = self.sub_head(g)
-        if self.super_head is None:
-            super_logits = implied_super_log_probs(sub_logits, self.membership, 1.0)
-        else:
-            super_logits = self.super_head(f)
+        return f, g
+
+    def head_forward(self, backbone_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Everything after the backbones, from :meth:`backbone_features` rows."""
+        f, g = self.head_inputs(backbone_features)
+        sub_raw = self.sub_head(g)  # before the superclass head: dropout draws in the order runs always had
+        super_logits, sub_logits = self.combine(self, None if self.super_head is None else self.super_head(f), sub_raw)
         features = f if self.sub_neck is None else torch.cat([f, g], dim=1)
         return super_logits, sub_logits, features
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.head_forward(self.backbone_features(images))
+
+    def outputs(self, images: torch.Tensor) -> Outputs:
+        """:meth:`forward` as :class:`Outputs` (what inference and calibration collect)."""
+        return Outputs(*self(images))
+
+    def outputs_from_rows(self, rows: torch.Tensor, splits: Sequence[StageSplit] | None = None) -> Outputs:
+        """Outputs from cached rows: backbone features, or trunk activations when ``splits`` is given."""
+        return Outputs(*(self.head_forward(rows) if splits is None else self.top_forward(rows, splits)))
 
     def stage_splits(self, trainable_stages: int) -> list[StageSplit]:
         """Each backbone cut into a frozen trunk and a trainable top (``finetune=partial``).
@@ -146,6 +193,8 @@ class HierarchicalClassifier(nn.Module):
         superclass scores of ``sub-only``; two-model weights are zero-padded over the other level's features.
         """
         head = self.super_head if level == "super" else self.sub_head
+        if self.combine is _mixture and level == "sub":
+            return None  # moe: the subclass logits mix the gate and the experts
         if not (isinstance(head, nn.Sequential) and len(head) == 2 and isinstance(head[1], nn.Linear)):
             return None  # linear heads are (Dropout, Linear)
         w, b = head[1].weight.detach(), head[1].bias.detach()
@@ -153,6 +202,22 @@ class HierarchicalClassifier(nn.Module):
             pad = w.new_zeros(w.shape[0], self.num_features - w.shape[1])
             w = torch.cat([w, pad] if level == "super" else [pad, w], dim=1)
         return w, b
+
+
+def _as_is(model: HierarchicalClassifier, super_logits: torch.Tensor | None, sub_logits: torch.Tensor) -> Logits:
+    assert super_logits is not None
+    return super_logits, sub_logits
+
+
+def _implied_super(model: HierarchicalClassifier, super_logits: torch.Tensor | None, sub_logits: torch.Tensor) -> Logits:
+    """sub-only: the superclass scores are the log of the summed subclass probabilities."""
+    return implied_super_log_probs(sub_logits, model.membership, 1.0), sub_logits
+
+
+def _mixture(model: HierarchicalClassifier, gate_logits: torch.Tensor | None, expert_logits: torch.Tensor) -> Logits:
+    """moe: the gate is the superclass head; the subclass logits are the mixture's (see :mod:`.moe`)."""
+    assert gate_logits is not None
+    return gate_logits, mixture_sub_logits(gate_logits, expert_logits, model.owner)
 
 
 def normalize_images(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -195,6 +260,7 @@ def _legacy_linear_heads(module: nn.Module, state_dict: dict[str, Any], prefix: 
 
 
 def build_model(cfg: ModelConfig, taxonomy: Taxonomy, load_weights: bool = False) -> HierarchicalClassifier:
+    """One network of ``cfg.approach`` (an ensemble's members too; :func:`.build.create_model` builds any model)."""
     return HierarchicalClassifier(cfg, taxonomy.n_super, taxonomy.n_sub, taxonomy.sub_to_super, load_weights)
 
 

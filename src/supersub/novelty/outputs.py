@@ -1,7 +1,14 @@
-"""What a model hands the novelty maths: each level's logits and the shared features, plain tensors."""
+"""What a model hands the novelty maths: each level's logits, the shared features, and an ensemble's members.
+
+A single network fills the first three fields. An ensemble (:mod:`supersub.models.ensemble`) also fills
+``super_members`` / ``sub_members``, its members' own logits ``(N, K, C)``, which the disagreement scores of
+:mod:`supersub.novelty.scores` read (``mi``, ``expected-entropy``); its ``super_logits`` / ``sub_logits`` are
+the combined ones every other score, the decision rule and the probabilities use.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -9,11 +16,11 @@ import torch
 
 @dataclass
 class Outputs:
-    """A model's outputs on N images: ``(N, C_super)`` and ``(N, C_sub)`` logits, ``(N, D)`` features."""
-
     super_logits: torch.Tensor
     sub_logits: torch.Tensor
     features: torch.Tensor
+    super_members: torch.Tensor | None = None
+    sub_members: torch.Tensor | None = None
 
     @property
     def super_probs(self) -> torch.Tensor:
@@ -22,3 +29,33 @@ class Outputs:
     @property
     def sub_probs(self) -> torch.Tensor:
         return self.sub_logits.softmax(dim=1)
+
+    def members(self, level: str) -> torch.Tensor | None:
+        """The members' logits of ``level`` ("super" / "sub"), None for a single network."""
+        return self.super_members if level == "super" else self.sub_members
+
+    def select(self, rows: Sequence[int] | torch.Tensor) -> Outputs:
+        """The outputs of some rows (index list or boolean mask)."""
+        index = rows if isinstance(rows, torch.Tensor) else torch.as_tensor(list(rows), dtype=torch.long)
+        return Outputs(*(None if t is None else t[index] for t in self._fields()))
+
+    def seen_classes(self, n_super: int, n_sub: int) -> Outputs:
+        """The first ``n_super`` / ``n_sub`` classes of each level (drops an explicit novel output)."""
+        sm, bm = self.super_members, self.sub_members
+        return Outputs(self.super_logits[:, :n_super], self.sub_logits[:, :n_sub], self.features,
+                       None if sm is None else sm[..., :n_super], None if bm is None else bm[..., :n_sub])
+
+    def cpu_float(self) -> Outputs:
+        return Outputs(*(None if t is None else t.float().cpu() for t in self._fields()))
+
+    @staticmethod
+    def cat(parts: Sequence[Outputs]) -> Outputs:
+        """Row-wise concatenation of batches of the same model."""
+        if not parts:
+            raise ValueError("Outputs.cat needs at least one batch")
+        columns = list(zip(*(p._fields() for p in parts)))
+        return Outputs(*(None if col[0] is None else torch.cat(col) for col in columns))
+
+    def _fields(self) -> tuple[torch.Tensor | None, ...]:
+        return self.super_logits, self.sub_logits, self.features, self.super_members, self.sub_members
+

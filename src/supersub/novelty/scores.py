@@ -42,12 +42,15 @@ class Detector(ABC):
     params: ClassVar[tuple[str, ...]] = ()
     fitted: ClassVar[tuple[str, ...]] = ()
     needs_features: ClassVar[bool] = False
+    # ensemble scores read the members' logits (N, K, C) instead of the combined (N, C) ones (see NoveltyScorer);
+    # set from the score's entry in supersub.score_specs like the options
+    needs_members: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "name" in cls.__dict__:
             spec = SCORE_SPECS[cls.name]
-            cls.params, cls.confidence_range = spec.params, spec.confidence_range
+            cls.params, cls.confidence_range, cls.needs_members = spec.params, spec.confidence_range, spec.needs_members
 
     @property
     def is_fitted(self) -> bool:
@@ -63,7 +66,7 @@ class Detector(ABC):
         head_bias: OptTensor = None,
     ) -> D:
         """Fit on the training rows; only ``vim`` uses the head, but every score takes the same arguments."""
-        _check_logits(self.name, logits)
+        _check_logits(self.name, logits, 3 if self.needs_members else 2)
         self._fit(logits, features, labels, head_weight, head_bias)
         return self
 
@@ -72,7 +75,7 @@ class Detector(ABC):
 
     def confidence(self, logits: Tensor, features: OptTensor = None) -> Tensor:
         """``(N,)`` float32, higher = more seen."""
-        _check_logits(self.name, logits)
+        _check_logits(self.name, logits, 3 if self.needs_members else 2)
         if not self.is_fitted:
             raise SupersubError(f"score '{self.name}': not fitted (call fit on training outputs first)")
         if self.needs_features:
@@ -112,10 +115,11 @@ class Detector(ABC):
 # ---- input checks -------------------------------------------------------------------------------
 
 
-def _check_logits(score: str, logits: Tensor) -> None:
-    if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[1] == 0:
+def _check_logits(score: str, logits: Tensor, ndim: int = 2) -> None:
+    if not isinstance(logits, Tensor) or logits.ndim != ndim or 0 in logits.shape[1:]:
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise SupersubError(f"score '{score}': logits must have shape (N, C), got {shape}")
+        expected = "(N, C)" if ndim == 2 else "(N, K, C): one row of logits per ensemble member"
+        raise SupersubError(f"score '{score}': logits must have shape {expected}, got {shape}")
     if not torch.isfinite(logits).all():
         raise SupersubError(f"score '{score}': logits contain a non-finite value")
 
@@ -230,6 +234,47 @@ class GENScore(Detector):
 
     def _confidence(self, logits: Tensor, features: OptTensor) -> Tensor:
         return -GEN.score(logits.float(), gamma=self.gamma, M=min(self.top_m, logits.shape[1]))
+
+
+# ---- ensemble scores: the members' logits (N, K, C) ------------------------------------------------
+
+
+def _mean_probs_logits(members: Tensor) -> Tensor:
+    """log of the members' mean probability: logits whose softmax is the ensemble's averaged distribution."""
+    return members.float().log_softmax(dim=-1).logsumexp(dim=1) - torch.log(torch.tensor(float(members.shape[1])))
+
+
+def _member_entropy(members: Tensor) -> Tensor:
+    """(N, K) entropy of each member's softmax."""
+    n, k, c = members.shape
+    return Entropy.score(members.float().reshape(n * k, c)).reshape(n, k)
+
+
+class MutualInformationScore(Detector):
+    """Member disagreement: negative mutual information between the prediction and the member,
+    ``H(mean_k p_k) - mean_k H(p_k)``.
+
+    Depeweg et al., "Decomposition of Uncertainty in Bayesian Deep Learning", ICML 2018; Lakshminarayanan et al.,
+    "Simple and Scalable Predictive Uncertainty Estimation using Deep Ensembles", NeurIPS 2017. Zero when every
+    member predicts the same distribution, large when confident members disagree: the epistemic part of the total
+    entropy, which grows away from the training data. Entropies via pytorch-ood ``Entropy.score``.
+    """
+
+    name = "mi"
+
+    def _confidence(self, logits: Tensor, features: OptTensor) -> Tensor:
+        total = Entropy.score(_mean_probs_logits(logits))
+        return -(total - _member_entropy(logits).mean(dim=1)).clamp_min(0)
+
+
+class ExpectedEntropyScore(Detector):
+    """Negative expected entropy of the members, ``-mean_k H(p_k)``: the aleatoric part of the total entropy
+    (Depeweg et al., ICML 2018), each member's own doubt averaged. Entropies via pytorch-ood ``Entropy.score``."""
+
+    name = "expected-entropy"
+
+    def _confidence(self, logits: Tensor, features: OptTensor) -> Tensor:
+        return -_member_entropy(logits).mean(dim=1)
 
 
 # ---- feature scores ------------------------------------------------------------------------------
@@ -460,7 +505,7 @@ DETECTORS: dict[str, type[Detector]] = {
     cls.name: cls
     for cls in (
         MSPScore, MaxLogitScore, EnergyScore, EntropyScore, GENScore, MahalanobisScore, KNNScore,
-        KNNClassScore, ViMScore,
+        KNNClassScore, ViMScore, MutualInformationScore, ExpectedEntropyScore,
     )
 }
 

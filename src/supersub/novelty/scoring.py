@@ -55,7 +55,7 @@ def seen_view(outputs: Outputs, n_super: int, n_sub: int) -> SeenView:
             f"model outputs {outputs.super_logits.shape[1]} superclass and {outputs.sub_logits.shape[1]} subclass "
             f"scores but the taxonomy has {n_super} and {n_sub} classes"
         )
-    seen = Outputs(outputs.super_logits[:, :n_super], outputs.sub_logits[:, :n_sub], outputs.features)
+    seen = outputs.seen_classes(n_super, n_sub)
     return SeenView(seen, 1 - outputs.super_probs[:, n_super], 1 - outputs.sub_probs[:, n_sub])
 
 
@@ -86,6 +86,17 @@ class Confidences:
     sub_conf: torch.Tensor
 
 
+def _logits_for(detector: Detector, outputs: Outputs, level: str) -> torch.Tensor:
+    """The logits ``detector`` reads at ``level``: the members' (N, K, C) for an ensemble score, else the model's."""
+    if not detector.needs_members:
+        return outputs.super_logits if level == "super" else outputs.sub_logits
+    members = outputs.members(level)
+    if members is None:
+        raise SupersubError(f"score '{detector.name}' reads the members of an ensemble, and this model has none "
+                            "(train with model.approach bagging)")
+    return members
+
+
 class NoveltyScorer:
     """A detector per level under one score name; ``msp`` is max softmax (see the module docstring)."""
 
@@ -113,16 +124,15 @@ class NoveltyScorer:
         out = train.outputs
         heads = heads or {}
         detectors = []
-        for detector, level, logits, labels in zip(level_scores(name), ("super", "sub"),
-                                                   (out.super_logits, out.sub_logits), (y_super, y_sub)):
+        for detector, level, labels in zip(level_scores(name), ("super", "sub"), (y_super, y_sub)):
             keep = labels >= 0
             if not keep.any():
                 raise SupersubError(f"score '{name}': no labelled training images to fit on")
             head = heads.get(level)
             weight, bias = head if head is not None else (None, None)
             made = create_detector(detector, **options_for_detector(detector, dict(options or {})))
-            detectors.append(made.fit(logits[keep], out.features[keep], labels[keep], head_weight=weight,
-                                      head_bias=bias))
+            detectors.append(made.fit(_logits_for(made, out, level)[keep], out.features[keep], labels[keep],
+                                      head_weight=weight, head_bias=bias))
         return cls(name, *detectors)
 
     def confidences(self, view: SeenView, sub_to_super: Sequence[int]) -> Confidences:
@@ -133,12 +143,12 @@ class NoveltyScorer:
             assert d is not None
             super_conf = d.super_conf if view.super_seen_mass is None else view.super_seen_mass
         else:
-            super_conf = self.super_detector.confidence(out.super_logits, out.features)
+            super_conf = self.super_detector.confidence(_logits_for(self.super_detector, out, "super"), out.features)
         if sub_name == "msp":
             assert d is not None
             sub_conf = d.sub_conf
         else:
-            sub_conf = self.sub_detector.confidence(out.sub_logits, out.features)
+            sub_conf = self.sub_detector.confidence(_logits_for(self.sub_detector, out, "sub"), out.features)
         return Confidences(super_conf.float(), sub_conf.float())
 
     # ---- persistence -----------------------------------------------------------------------------

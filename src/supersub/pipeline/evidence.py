@@ -12,6 +12,8 @@ from ..config import TrainConfig
 from ..errors import SupersubError
 from ..inference import Outputs, pick_device, run_model
 from ..io import load_checkpoint
+from ..run import load_model_file
+from ..models.ensemble import BaggingEnsemble
 from ..models.model import HierarchicalClassifier
 from ..novelty.scoring import Head, SeenView, linear_heads, seen_view
 from ..taxonomy import Taxonomy
@@ -39,7 +41,7 @@ class Evidence:
 
 
 def collect_evidence(
-    model: HierarchicalClassifier, pool: Pool, taxonomy: Taxonomy, stage: Stage, accelerator: str = "auto",
+    model: HierarchicalClassifier | BaggingEnsemble, pool: Pool, taxonomy: Taxonomy, stage: Stage, accelerator: str = "auto",
     cfg: TrainConfig | None = None,
 ) -> Evidence:
     """Run ``model`` on the stage's labelled training, validation, held-out and novel images.
@@ -57,8 +59,7 @@ def collect_evidence(
         if not idx:
             return None
         if everything is not None:
-            rows = list(idx)
-            out = Outputs(everything.super_logits[rows], everything.sub_logits[rows], everything.features[rows])
+            out = everything.select(idx)
         else:
             out = run_model(model, pool.images[list(idx)], device=device)
         return seen_view(out, tax.n_super, tax.n_sub)
@@ -74,8 +75,15 @@ def collect_evidence(
     )
 
 
-def load_stage_model(run_path: Path, stage: str) -> HierarchicalClassifier:
-    """A calibration or LOSO model from its best Lightning checkpoint (``weights_only`` loading)."""
+STAGE_MODEL_FILE = "model.pt"  # checkpoints/<stage>/model.pt: a stage's trained model, in the format of RUN/model.pt
+
+
+def load_stage_model(run_path: Path, stage: str) -> HierarchicalClassifier | BaggingEnsemble:
+    """A calibration or LOSO model: ``checkpoints/<stage>/model.pt`` (any approach: networks, ensembles, trees),
+    else, for runs made before that file existed, its best Lightning checkpoint (``weights_only`` loading)."""
+    saved = run_path / "checkpoints" / stage / STAGE_MODEL_FILE
+    if saved.is_file():
+        return load_model_file(saved)[0]
     path = run_path / "checkpoints" / stage / "best.ckpt"
     ckpt = load_checkpoint(path)
     try:

@@ -22,6 +22,8 @@ from ..data.records import Dataset
 from ..errors import SupersubError
 from ..inference import Outputs, named_device, pick_device, run_model
 from ..io import write_atomic
+from ..config import TrainConfig
+from ..models.ensemble import BaggingEnsemble
 from ..models.model import HierarchicalClassifier
 from ..novelty.decide import Decision, decide
 from ..novelty.probs import novel_probability, with_novel_column
@@ -29,6 +31,7 @@ from ..novelty.scores import create_detector
 from ..novelty.scoring import NoveltyScorer, seen_view
 from ..run import RunDir, Thresholds
 from ..taxonomy import Taxonomy
+from ..training.finetune import cached_outputs
 from .calibration import load_scorer
 
 log = logging.getLogger("supersub")
@@ -88,21 +91,33 @@ class Prediction:
 
 
 def predict_tensors(
-    model: HierarchicalClassifier, taxonomy: Taxonomy, thresholds: Thresholds, images: torch.Tensor,
+    model: HierarchicalClassifier | BaggingEnsemble, taxonomy: Taxonomy, thresholds: Thresholds, images: torch.Tensor,
     names: list[str], accelerator: str = "auto", scorer: NoveltyScorer | None = None,
-    device: torch.device | None = None,
+    device: torch.device | None = None, cfg: TrainConfig | None = None,
 ) -> Prediction:
     """The decision rule and calibrated probabilities for decoded images.
 
     The thresholds are in the units of ``thresholds.score``, so the confidences must come from that score:
     ``scorer`` is the run's fitted detectors (``supersub.pipeline.calibration.load_scorer(run_dir,
-    thresholds.score)``). It may be left out only for ``msp``, which needs no fitting.
+    thresholds.score)``). It may be left out only for ``msp``, which needs no fitting. With the run's ``cfg``
+    a ``finetune: frozen`` model reads its backbone features from the disk cache (see :func:`model_outputs`).
     """
     scorer = _scorer_for(thresholds, scorer)
-    outputs: Outputs = run_model(model, images, device=device or pick_device(accelerator))
+    outputs = model_outputs(model, images, cfg, device or pick_device(accelerator))
     a = apply_novelty(outputs, taxonomy, thresholds, scorer)
     d = a.decision
     return Prediction(names, d.super_pred, d.sub_pred, a.super_probs, a.sub_probs, d.super_conf, d.sub_conf)
+
+
+def model_outputs(model: HierarchicalClassifier | BaggingEnsemble, images: torch.Tensor, cfg: TrainConfig | None,
+                  device: torch.device) -> Outputs:
+    """The model's outputs on ``images``. A ``finetune: frozen`` model with ``data.feature_cache`` reads its (float32)
+    backbone features from the disk cache and computes only the missing ones, as calibration does: predicting
+    the same images again, or with another run on the same frozen backbone (the configurations of a benchmark,
+    a bagging ensemble and its single-model baseline), skips the backbone. Every other model runs on the images."""
+    if cfg is not None and cfg.optim.finetune == "frozen" and cfg.data.feature_cache:
+        return cached_outputs(model, images, cfg, device)
+    return run_model(model, images, device=device)
 
 
 def _scorer_for(thresholds: Thresholds, scorer: NoveltyScorer | None) -> NoveltyScorer:
@@ -134,7 +149,7 @@ def predict_dataset(run_dir: str | Path, ds: Dataset, skip_bad: bool, device: st
     if not kept.records:
         raise SupersubError(f"{ds.source}: no readable images")
     pred = predict_tensors(model, taxonomy, thresholds, decoded.images, kept.names, cfg.trainer.accelerator, scorer,
-                           named_device(device) if device else None)
+                           named_device(device) if device else None, cfg)
     return pred, kept
 
 

@@ -11,13 +11,13 @@ from typing import Any
 from ..config import TrainConfig, warn_ignored_options
 from ..errors import SupersubError
 from ..novelty.decide import decide
-from ..run import RunDir
+from ..run import RunDir, save_model_file
 from ..taxonomy import Taxonomy
 from ..training.distributed import is_global_zero
-from ..training.fit import fit_stage
+from ..training.fitters import fit_model
 from .calibration import calibrate_and_save
 from .configure import resolve_config
-from .evidence import Evidence, collect_evidence
+from .evidence import STAGE_MODEL_FILE, Evidence, collect_evidence
 from .inputs import load_labelled, training_pool
 from .stages import Pool, Stage, plan_stages, save_split, stage_labels
 
@@ -60,9 +60,12 @@ def train_run(
         for name, stage in sorted(stages.items(), key=lambda item: item[0] == "final"):  # final model last
             result = _fit_stage(pool, taxonomy, stage, cfg, run, resume)
             summary[name] = {"epochs_run": result.epochs_run, result.monitor: result.best_score,
-                             "seconds_per_epoch": result.seconds_per_epoch and round(result.seconds_per_epoch, 2)}
-            if name == "final" and lead:
-                run.save_model(result.model, cfg, stage_labels(pool, taxonomy, stage, cfg.novelty.oe)[0])
+                             "seconds_per_epoch": result.seconds_per_epoch and round(result.seconds_per_epoch, 2),
+                             **result.details}
+            if lead:  # every stage's model in one format: model.pt, checkpoints/<stage>/model.pt (for calibrate)
+                stage_tax = stage_labels(pool, taxonomy, stage, cfg.novelty.oe)[0]
+                target = run.model_file if name == "final" else run.checkpoints_dir / name / STAGE_MODEL_FILE
+                save_model_file(target, result.model, cfg, stage_tax)
             evidence[name] = collect_evidence(result.model, pool, taxonomy, stage, cfg.trainer.accelerator, cfg)
     except SupersubError:
         # a bad option found when the first stage starts (backbone, weights, trainer, logger): nothing was
@@ -96,5 +99,5 @@ def _fit_stage(pool: Pool, taxonomy: Taxonomy, stage: Stage, cfg: TrainConfig, r
     log.info("%s model: %d subclasses, %d train / %d validation images", stage.name, len(stage.keep_sub),
              len(stage.train), len(stage.val))
     epochs = None if stage.name == "final" else cfg.novelty.calibration_epochs
-    return fit_stage(pool.images, y_super, y_sub, stage.train, stage.val, tax, cfg, run.path, stage.name,
+    return fit_model(pool.images, y_super, y_sub, stage.train, stage.val, tax, cfg, run.path, stage.name,
                      epochs=epochs, resume=resume)

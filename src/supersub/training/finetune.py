@@ -28,6 +28,7 @@ from timm.optim import param_groups_weight_decay
 from ..config import OptimConfig, TrainConfig
 from ..inference import Outputs
 from ..models.feature_cache import default_cache_dir, extract_features
+from ..models.ensemble import BaggingEnsemble
 from ..models.model import HierarchicalClassifier
 from ..models.stages import StageSplit
 
@@ -137,11 +138,12 @@ def cache_dir(cfg: TrainConfig) -> Path | None:
     return cfg.data.cache_dir or default_cache_dir()
 
 
-def cached_rows(model: HierarchicalClassifier, images: torch.Tensor, cfg: TrainConfig, device: torch.device,
+def cached_rows(model: HierarchicalClassifier | BaggingEnsemble, images: torch.Tensor, cfg: TrainConfig, device: torch.device,
                 views: Sequence[str] = ("identity",)) -> torch.Tensor:
     """What a cached regime trains on, one slice per augmentation view: ``(N, V, ...)``.
 
-    ``frozen``: the backbone features (both backbones side by side for two-model approaches);
+    ``frozen``: the backbone features (both backbones side by side for two-model approaches, each distinct
+    backbone of an ensemble side by side);
     ``partial``: the trunk activations (float16, they are large), shared by both tops. Each view is one
     cache entry, keyed by the weights and the (mirrored) pixels, so the calibration and final stages,
     ``calibrate`` and later runs with the same frozen network reuse them.
@@ -163,7 +165,7 @@ def _view(images: torch.Tensor, view: str) -> torch.Tensor:
     raise ValueError(f"unknown cached view {view!r}")
 
 
-def _rows_of_view(model: HierarchicalClassifier, images: torch.Tensor, cfg: TrainConfig,
+def _rows_of_view(model: HierarchicalClassifier | BaggingEnsemble, images: torch.Tensor, cfg: TrainConfig,
                   device: torch.device) -> torch.Tensor:
     where, bs = cache_dir(cfg), cfg.optim.batch_size
     if cfg.optim.finetune == "partial":
@@ -183,17 +185,18 @@ def forward_cached(model: HierarchicalClassifier, rows: torch.Tensor, splits: Se
 
 
 @torch.no_grad()
-def cached_outputs(model: HierarchicalClassifier, images: torch.Tensor, cfg: TrainConfig, device: torch.device,
+def cached_outputs(model: HierarchicalClassifier | BaggingEnsemble, images: torch.Tensor, cfg: TrainConfig, device: torch.device,
                    batch_size: int = 256) -> Outputs:
-    """Outputs of a trained model of a cached regime on ``images``, from the cache (the backbone runs only on a
-    miss): what calibration collects as evidence, identical to ``run_model`` up to float16 trunk storage."""
+    """Outputs of a trained model of a cached regime on ``images`` (a classifier or an ensemble), from the cache
+    (the backbone runs only on a miss): what calibration collects as evidence, identical to ``run_model`` up to
+    float16 trunk storage."""
     rows = cached_rows(model, images, cfg, device)[:, 0]
     splits = model.stage_splits(cfg.optim.trainable_stages) if cfg.optim.finetune == "partial" else None
     was_training = model.training
     model.to(device).eval()
     try:
-        chunks = [forward_cached(model, rows[i:i + batch_size].to(device), splits) for i in range(0, len(rows), batch_size)]
+        chunks = [model.outputs_from_rows(rows[i:i + batch_size].float().to(device), splits).cpu_float()
+                  for i in range(0, len(rows), batch_size)]
     finally:
         model.train(was_training)
-    sup, sub, feat = (torch.cat([c[j].float().cpu() for c in chunks]) for j in range(3))
-    return Outputs(sup, sub, feat)
+    return Outputs.cat(chunks)

@@ -7,19 +7,19 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 import torch
+from torch import nn
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, ProgressBar
 
 from ..config import TrainConfig, config_to_dict
 from ..data.module import TensorDataModule
 from ..errors import SupersubError
-from ..models.model import HierarchicalClassifier
 from ..io import load_checkpoint
 from ..taxonomy import Taxonomy
 from .distributed import local_device
@@ -34,13 +34,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class FitResult:
-    model: HierarchicalClassifier
+    model: nn.Module  # a HierarchicalClassifier, or a BaggingEnsemble of them; on the CPU, in eval mode
     best_checkpoint: Path | None
     epochs_run: int
     best_score: float | None
     monitor: str
     seconds_per_epoch: float | None = None  # mean wall time of an epoch (training and its validation)
     feature_seconds: float | None = None  # finetune=frozen: the one-off backbone feature extraction
+    details: dict[str, Any] = field(default_factory=dict)  # what else the fitter reports (trees, members)
 
 
 class EpochTimer(L.Callback):

@@ -3,6 +3,8 @@
 * two-heads: ``CE_super + CE_sub + alpha * KL + outlier terms`` (:class:`supersub.losses.HierarchicalLoss`).
 * two-models / cosine: the same with ``alpha = 0``: with no shared parameter and no interaction term, the
   sum separates into two independent single-level trainings.
+* moe: the same with ``alpha = 0``: its subclass distribution already sums to the gate's per superclass, so
+  the KL term is zero; ``CE_sub`` on the mixture is ``-log p_gate(k) - log p_expert(j)``.
 * sub-only: ``CE_sub`` + the uniform-target term on the subclass head only.
 """
 
@@ -15,7 +17,7 @@ from torch import nn
 from ..config import TrainConfig
 from ..data.augment import Mix
 from ..losses import HierarchicalLoss, LossParts, uniform_outlier_loss
-from ..models.model import TWO_MODELS
+from ..models.model import APPROACHES
 from ..taxonomy import Taxonomy
 
 
@@ -40,10 +42,11 @@ class SubOnlyLoss(nn.Module):
 
 def build_loss(cfg: TrainConfig, taxonomy: Taxonomy) -> nn.Module:
     """The loss module of ``cfg.model.approach`` (same call signature and :class:`LossParts` for all)."""
-    if cfg.model.approach == "sub-only":
+    approach = APPROACHES[cfg.model.base_approach]
+    if not approach.super_head:
         return SubOnlyLoss(cfg.loss.label_smoothing, cfg.loss.outlier_weight)
     loss_cfg = cfg.loss
-    if cfg.model.approach in TWO_MODELS:
+    if not approach.interaction:
         loss_cfg = loss_cfg.model_copy(update={"alpha": 0.0})
     return HierarchicalLoss(loss_cfg, taxonomy.membership())
 
