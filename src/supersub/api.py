@@ -17,9 +17,11 @@ import pandas as pd
 from .config import TrainConfig
 from .data.synth import write_synth
 from .pipeline.calibration import calibration_evidence, recalibrate  # noqa: F401 - calibration_evidence is API
+from .pipeline.compare import Comparison, compare_runs
 from .pipeline.configure import resolve_config  # noqa: F401 - part of the API
 from .pipeline.demo import run_demo
 from .pipeline.evaluate import evaluate_run
+from .pipeline.experiment import Experiment, run_experiment
 from .pipeline.evidence import Evidence
 from .pipeline.inputs import LabelledImages, load_labelled  # noqa: F401 - part of the API
 from .pipeline.predict import Prediction, predict_images, predict_tensors  # noqa: F401 - part of the API
@@ -27,7 +29,7 @@ from .pipeline.train import train_run
 from .run import RunDir  # noqa: F401 - part of the API
 
 __all__ = ["synth", "resolve_config", "train", "pretrain", "calibration_evidence", "calibrate", "predict", "evaluate", "demo",
-           "predict_tensors", "Prediction", "load_labelled"]
+           "experiment", "compare", "predict_tensors", "Prediction", "load_labelled"]
 
 
 def train(
@@ -130,3 +132,26 @@ def demo(out: str | Path = "runs/demo", *, overwrite: bool = False, seed: int = 
     Returns ``{"train": summary, "test": metrics, "seconds": ...}``; ``overrides`` are dotted config keys.
     """
     return run_demo(out, overwrite=overwrite, seed=seed, **overrides)
+
+
+def experiment(grid: str | Path | dict[str, Any], out: str | Path | None = None, *, overwrite: bool = False,
+               dry_run: bool = False, **overrides: Any) -> Experiment:
+    """Train every run of a grid file (one after another), evaluate each on the grid's test folder, and
+    write ``OUT/results.csv`` and ``results.md``.
+
+    Each run is an ordinary run directory ``OUT/<name>/``. Finished runs are skipped, interrupted ones
+    resumed; a folder holding another configuration is an error unless ``overwrite``. ``overrides`` are
+    dotted config keys for every run; ``dry_run`` only lists each run's state. See
+    :mod:`supersub.pipeline.grid` for the file's fields.
+    """
+    return run_experiment(grid, out, overwrite=overwrite, dry_run=dry_run, **overrides)
+
+
+def compare(runs: list[str | Path], *, baseline: str | Path | None = None, group_by: list[str] | None = None,
+            evaluation: str | None = None, out: str | Path | None = None, overwrite: bool = False) -> Comparison:
+    """Competition metrics and AUROCs of evaluated runs, mean ± std per group (runs differing only by seed,
+    or by ``group_by`` keys), and each group's change against the baseline run's group (default: the
+    first run's). With ``out``: compare.csv, compare.md, compare_deltas.csv and the chart compare_delta.png.
+    """
+    return compare_runs(runs, baseline=baseline, group_by=group_by, evaluation=evaluation, out=out,
+                        overwrite=overwrite)

@@ -497,6 +497,57 @@ def demo(
     )
 
 
+@app.command()
+def experiment(
+    grid: Path = typer.Argument(..., help="grid YAML: data, test, base, grid (key: [values]), seeds, out"),
+    out: Optional[Path] = typer.Option(None, "--out", help="folder of the runs and the results table",
+                                       show_default="the grid's 'out', else runs/<grid file name>"),
+    set_: list[str] = typer.Option([], "--set", help="a config key for every run, e.g. --set optim.epochs=2 "
+                                   "(repeatable; not a grid key)", show_default="none"),
+    dry_run: bool = typer.Option(False, "--dry-run/--no-dry-run", help="list the runs and what each would do"),
+    overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite",
+                                   help="retrain run folders that hold another configuration"),
+) -> None:
+    """Train a grid of configs (one run after another), evaluate each run, collect one results table.
+
+    Finished runs are skipped and interrupted ones resumed, so the same command continues a grid.
+    """
+    from . import api
+    from .pipeline.compare import ACCURACY, METRICS, frame_rich_table
+
+    result = api.experiment(grid, out, overwrite=overwrite, dry_run=dry_run, **_parse_sets(set_))
+    shown = [c for c in ("run", "status", "train_seconds", *ACCURACY) if c in result.table.columns]  # fits a terminal
+    done = "planned" if dry_run else f"every column in {result.out / 'results.csv'} and results.md"
+    console.print(frame_rich_table(result.table[shown].rename(columns=METRICS),
+                                   title=f"{grid}: {len(result.table)} runs in {result.out}", caption=done))
+
+
+@app.command()
+def compare(
+    runs: list[Path] = typer.Argument(..., help="evaluated run directories (e.g. an experiment's OUT/*/)"),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="a run of the group the others are compared "
+                                            "with", show_default="the first run"),
+    group_by: Optional[str] = typer.Option(None, "--group-by", help="group by these config keys (comma-separated), "
+                                           "e.g. model.approach", show_default="runs differing only by seed"),
+    evaluation: Optional[str] = typer.Option(None, "--evaluation", help="which RUN/evaluations/NAME.json to read",
+                                             show_default="the run's only one"),
+    out: Path = typer.Option(Path("compare"), "--out", help="folder for compare.csv, compare.md, compare_deltas.csv "
+                             "and compare_delta.png"),
+    overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite", help="replace those files"),
+) -> None:
+    """Table of the competition metrics and AUROCs (mean ± std over seeds) and a chart of the deltas."""
+    from . import api
+    from .pipeline.compare import by_metric, delta_cells, frame_rich_table, summary_cells
+
+    keys = [k.strip() for k in group_by.split(",") if k.strip()] if group_by else None
+    c = api.compare(runs, baseline=baseline, group_by=keys, evaluation=evaluation, out=out, overwrite=overwrite)
+    console.print(frame_rich_table(by_metric(summary_cells(c)), title="mean ± std over seeds",
+                                   caption="accuracy %, CE nats, AUROC of the novelty score"))
+    if len(c.deltas):
+        console.print(frame_rich_table(by_metric(delta_cells(c)), title=f"change against {c.baseline}"))
+    console.print(f"wrote {', '.join(str(f) for f in c.files)}")
+
+
 def _click_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
     """(usage/click exceptions, abort exceptions) of the typer in use.
 

@@ -1,4 +1,5 @@
-"""Files a person looks at: threshold sweeps and confusion matrices as CSV tables and PNG plots.
+"""Files a person looks at: threshold sweeps and confusion matrices as CSV tables and PNG plots, and the
+delta charts of `supersub compare`.
 
 The maths that produces them (:mod:`supersub.novelty.calibrate`, :mod:`supersub.metrics`) never imports
 matplotlib; only this module does.
@@ -6,6 +7,8 @@ matplotlib; only this module does.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -61,5 +64,52 @@ def _confusion_png(counts: np.ndarray, names: list[str], path: Path, level: str)
         ax.set_yticks(range(len(names)), names, fontsize="small")
     ax.set(xlabel="predicted (novel last)", ylabel="true (novel last)", title=f"{level}class confusion")
     fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+
+
+# ---- delta charts of `supersub compare` -------------------------------------------------------------------
+
+@dataclass
+class DeltaPanel:
+    """One panel of a delta chart: metrics sharing a unit, and per compared group their deltas and stds."""
+
+    ylabel: str
+    metrics: list[str]
+    delta: np.ndarray  # (groups, metrics)
+    std: np.ndarray  # (groups, metrics); NaN = no error bar (a single seed)
+
+
+def save_delta_chart(path: str | Path, panels: Sequence[DeltaPanel], groups: Sequence[str], title: str) -> None:
+    """Bars of each metric's change against the baseline (the seed paper's Figures 2-4), error bars = std
+    over seeds; one colour per compared group, the value written on each bar when at most two groups."""
+    widths = [max(len(p.metrics), 1) + 1 for p in panels]
+    fig = Figure(figsize=(min(4.0 + 0.9 * sum(widths), 14.0), 4.2))
+    axes = fig.subplots(1, len(panels), gridspec_kw={"width_ratios": widths}, squeeze=False)[0]
+    colours = [f"C{i % 10}" for i in range(len(groups))]
+    width = 0.8 / max(len(groups), 1)
+    for ax, panel in zip(axes, panels):
+        x = np.arange(len(panel.metrics))
+        for i, group in enumerate(groups):
+            offset = (i - (len(groups) - 1) / 2) * width
+            err = np.nan_to_num(panel.std[i], nan=0.0)
+            bars = ax.bar(x + offset, np.nan_to_num(panel.delta[i], nan=0.0), width, yerr=err, capsize=3,
+                          color=colours[i], label=group, error_kw={"elinewidth": 1})
+            if len(groups) <= 2:
+                for bar, value in zip(bars, panel.delta[i]):
+                    if not np.isnan(value):
+                        ax.annotate(f"{value:+.2f}" if abs(value) < 10 else f"{value:+.1f}",
+                                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                                    xytext=(0, 3 if value >= 0 else -10), textcoords="offset points",
+                                    ha="center", fontsize="x-small")
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.set_xticks(x, panel.metrics, rotation=30, ha="right", fontsize="small")
+        ax.set_ylabel(panel.ylabel, fontsize="small")
+        ax.margins(y=0.15)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(title, fontsize="medium")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(groups), 3), fontsize="small", frameon=False)
+    fig.tight_layout(rect=(0, 0.06 + 0.04 * ((len(groups) - 1) // 3), 1, 1))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
