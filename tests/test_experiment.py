@@ -80,7 +80,7 @@ def test_a_grid_trains_every_point_once_and_skips_finished_runs(synth_dir: Path,
     pd.testing.assert_frame_equal(again[list(METRICS)], table[list(METRICS)])
 
     # the runs are ordinary run directories: compare groups the two seeds of each approach
-    c = api.compare(sorted(out.glob("approach=*")), baseline=out / names[2])
+    c = api.compare([out], baseline=out / names[2])  # an experiment folder stands for its runs
     assert [g.label for g in c.groups] == ["approach=two-heads", "approach=two-models"]
     assert c.baseline == "approach=two-models"
     heads = [json.loads((out / n / "evaluations" / "test_truth.json").read_text())["sub_acc_overall"] for n in names[:2]]

@@ -524,7 +524,8 @@ def experiment(
 
 @app.command()
 def compare(
-    runs: list[Path] = typer.Argument(..., help="evaluated run directories (e.g. an experiment's OUT/*/)"),
+    runs: list[Path] = typer.Argument(..., help="evaluated run directories, or an experiment folder (all its "
+                                      "runs)"),
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="a run of the group the others are compared "
                                             "with", show_default="the first run"),
     group_by: Optional[str] = typer.Option(None, "--group-by", help="group by these config keys (comma-separated), "

@@ -78,6 +78,7 @@ class DeltaPanel:
     metrics: list[str]
     delta: np.ndarray  # (groups, metrics)
     std: np.ndarray  # (groups, metrics); NaN = no error bar (a single seed)
+    places: int = 2  # decimals of the value written on each bar
 
 
 def save_delta_chart(path: str | Path, panels: Sequence[DeltaPanel], groups: Sequence[str], title: str) -> None:
@@ -96,10 +97,11 @@ def save_delta_chart(path: str | Path, panels: Sequence[DeltaPanel], groups: Seq
             bars = ax.bar(x + offset, np.nan_to_num(panel.delta[i], nan=0.0), width, yerr=err, capsize=3,
                           color=colours[i], label=group, error_kw={"elinewidth": 1})
             if len(groups) <= 2:
-                for bar, value in zip(bars, panel.delta[i]):
-                    if not np.isnan(value):
-                        ax.annotate(f"{value:+.2f}" if abs(value) < 10 else f"{value:+.1f}",
-                                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                for bar, value, spread in zip(bars, panel.delta[i], err):
+                    if not np.isnan(value):  # beyond the error bar, on the side the bar points to
+                        tip = value + spread if value >= 0 else value - spread
+                        ax.annotate(f"{value:+.{panel.places}f}",
+                                    (bar.get_x() + bar.get_width() / 2, tip),
                                     xytext=(0, 3 if value >= 0 else -10), textcoords="offset points",
                                     ha="center", fontsize="x-small")
         ax.axhline(0.0, color="black", linewidth=0.8)

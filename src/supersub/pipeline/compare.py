@@ -22,8 +22,8 @@ from rich.table import Table
 from ..errors import SupersubError
 from ..io import write_atomic, write_text_atomic
 from ..reporting import DeltaPanel, save_delta_chart
-from ..run import RunDir
-from .grid import check_key, format_value, identity_dict, short_keys
+from ..run import MARKER, RunDir
+from .grid import EXPERIMENT_MARKER, check_key, format_value, identity_dict, short_keys
 
 # column -> header: the competition's metrics per level, then the threshold-free AUROC of each level
 METRICS: dict[str, str] = {
@@ -79,7 +79,7 @@ class Comparison:
 def compare_runs(runs: list[str | Path], *, baseline: str | Path | None = None, group_by: list[str] | None = None,
                  evaluation: str | None = None, out: str | Path | None = None, overwrite: bool = False) -> Comparison:
     """:func:`supersub.api.compare`: load, group, summarise, compare with the baseline, write the files."""
-    paths = [Path(r) for r in runs]
+    paths = [run for r in runs for run in expand_runs(Path(r))]
     if not paths:
         raise SupersubError("compare: no run directories given")
     if baseline is not None and Path(baseline).resolve() not in {p.resolve() for p in paths}:
@@ -97,6 +97,13 @@ def compare_runs(runs: list[str | Path], *, baseline: str | Path | None = None, 
     if out is not None:
         result.files = _write(result, Path(out))
     return result
+
+
+def expand_runs(path: Path) -> list[Path]:
+    """A run directory as itself; an experiment folder (`supersub experiment --out`) as every run in it."""
+    if (path / EXPERIMENT_MARKER).is_file() and not (path / MARKER).is_file():
+        return sorted(p for p in path.iterdir() if (p / MARKER).is_file())
+    return [path]
 
 
 def load_record(path: Path, evaluation: str | None = None) -> RunRecord:
@@ -247,7 +254,7 @@ def frame_rich_table(df: pd.DataFrame, title: str | None = None, caption: str | 
     """Any table of this module for the terminal: first column left, the others right-aligned."""
     table = Table(title=title, caption=caption)
     for i, col in enumerate(df.columns):
-        table.add_column(str(col), justify="left" if i == 0 else "right")
+        table.add_column(str(col), justify="left" if i == 0 else "right", overflow="fold")  # run names: no "…"
     for row in df.itertuples(index=False):
         table.add_row(*("" if v is None or (isinstance(v, float) and math.isnan(v)) else
                         f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
@@ -273,7 +280,8 @@ def _write(c: Comparison, out: Path) -> list[Path]:
     if len(c.deltas):
         write_atomic(deltas_csv, lambda fh: c.deltas.to_csv(fh, index=False))
         panels = [DeltaPanel(ylabel, [METRICS[m] for m in ms], c.deltas[[f"{m}_delta" for m in ms]].to_numpy(float),
-                             c.deltas[[f"{m}_std" for m in ms]].to_numpy(float)) for ylabel, ms in PANELS]
+                             c.deltas[[f"{m}_std" for m in ms]].to_numpy(float), decimals(ms[0]))
+                  for ylabel, ms in PANELS]
         save_delta_chart(png, panels, list(c.deltas["group"]), f"change against {c.baseline}")
         files += [deltas_csv, png]
     return files

@@ -27,12 +27,11 @@ from ..io import write_atomic, write_json_atomic, write_text_atomic
 from ..run import MARKER, RunDir
 from .compare import METRICS, format_frame_markdown
 from .evaluate import evaluate_run
-from .grid import Grid, GridRun, identity_dict, load_grid
+from .grid import EXPERIMENT_MARKER, Grid, GridRun, identity_dict, load_grid
 from .train import train_run
 
 log = logging.getLogger("supersub")
 
-EXPERIMENT_MARKER = "supersub-experiment.json"
 RESULTS_STEM = "results"  # OUT/results.csv and OUT/results.md
 VALIDATION = {"val_acc_super": "val super %", "val_acc_sub": "val sub %"}  # the final model's seen validation accuracy
 
@@ -157,7 +156,8 @@ def _prepare_out(out: Path, g: Grid) -> None:
         raise SupersubError(f"{out}: is a run directory; an experiment needs a folder of its own")
     write_json_atomic(out / EXPERIMENT_MARKER, {"supersub": __version__, "grid": g.source})
     # the grid as validated (a valid grid file again), beside the runs it made
-    write_text_atomic(out / "grid.yaml", yaml.safe_dump(g.spec.model_dump(mode="json", exclude_none=True), sort_keys=False))
+    spec = g.spec.model_dump(mode="json", exclude_none=True)
+    write_text_atomic(out / "grid.yaml", yaml.safe_dump(spec, sort_keys=False))
 
 
 def _write_results(out: Path, df: pd.DataFrame, g: Grid) -> None:

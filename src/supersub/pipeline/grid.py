@@ -36,6 +36,7 @@ from .configure import _flatten, resolve_config
 # keys that change how a run is carried out, not what it computes: two runs that differ only here are the
 # same experiment (for skipping finished runs and for grouping in `compare`)
 NOT_IDENTITY = frozenset({"trainer.progress", "data.num_workers", "data.cache_dir"})
+EXPERIMENT_MARKER = "supersub-experiment.json"  # marks a folder made by `supersub experiment`
 MAX_NAME = 120  # longer names are cut and end in a hash of the whole name (folder names stay portable)
 
 
@@ -173,7 +174,8 @@ def check_key(key: str, where: str) -> None:
         if depth < len(parts) - 1 and not _is_mapping(annotation):
             raise SupersubError(f"{where}: {key}: {'.'.join(parts[:depth + 1])} is a value, not a section")
         return
-    raise SupersubError(f"{where}: {key}: is a section; name a key inside it, e.g. {key}.{next(iter(node.model_fields))}")
+    example = f"{key}.{next(iter(node.model_fields))}"
+    raise SupersubError(f"{where}: {key}: is a section; name a key inside it, e.g. {example}")
 
 
 def config_keys(node: type[BaseModel] = TrainConfig, prefix: str = "") -> list[str]:
