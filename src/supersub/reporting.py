@@ -1,4 +1,4 @@
-"""Files a person looks at: threshold sweeps and confusion matrices as CSV tables and PNG plots.
+"""Files a person looks at: threshold sweeps, confusion matrices and training curves as CSV tables and PNG plots.
 
 The maths that produces them (:mod:`supersub.novelty.calibrate`, :mod:`supersub.metrics`) never imports
 matplotlib; only this module does.
@@ -6,6 +6,7 @@ matplotlib; only this module does.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,11 @@ def save_sweep(
     if missing:
         raise SupersubError(f"save_sweep: data frame lacks column(s) {', '.join(missing)}")
     write_atomic(csv_path, lambda fh: df.to_csv(fh, index=False))
+    save_figure(sweep_figure(df, title, tau), png_path)
+
+
+def sweep_figure(df: pd.DataFrame, title: str, tau: float | None = None) -> Figure:
+    """The three rates of a sweep against tau, ``tau`` marked by a dashed line."""
     fig = Figure(figsize=(6.4, 4.0))
     ax = fig.subplots()
     for col, label in (("seen_acc", "seen accuracy"), ("unseen_acc", "novel flagged"), ("balanced", "balanced")):
@@ -35,8 +41,19 @@ def save_sweep(
     ax.set(xlabel="threshold tau (seen iff confidence >= tau)", ylabel="rate", ylim=(-0.02, 1.02), title=title)
     ax.legend(loc="best", fontsize="small")
     fig.tight_layout()
-    with atomic_path(png_path) as tmp:
+    return fig
+
+
+def save_figure(fig: Figure, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
+
+
+def figure_png(fig: Figure) -> bytes:
+    """The figure as PNG bytes (for pages that embed their images)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
 
 
 def save_open_set_report(report: OpenSetReport, folder: Path, stem: str) -> None:
@@ -49,6 +66,10 @@ def save_open_set_report(report: OpenSetReport, folder: Path, stem: str) -> None
 
 
 def _confusion_png(counts: np.ndarray, names: list[str], path: Path, level: str) -> None:
+    save_figure(confusion_figure(counts, names, level), path)
+
+
+def confusion_figure(counts: np.ndarray, names: list[str], level: str) -> Figure:
     """Row-normalised confusion (share of each true class), class names shown when they fit."""
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     side = min(12.0, 3.0 + 0.25 * len(names))
@@ -61,5 +82,28 @@ def _confusion_png(counts: np.ndarray, names: list[str], path: Path, level: str)
         ax.set_yticks(range(len(names)), names, fontsize="small")
     ax.set(xlabel="predicted (novel last)", ylabel="true (novel last)", title=f"{level}class confusion")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+    return fig
+
+
+def curves_figure(epochs: pd.DataFrame, title: str) -> Figure | None:
+    """Training curves of one stage: its loss columns and its accuracy columns against the epoch.
+
+    ``epochs`` has one row per epoch (index = epoch); None when it holds no loss or accuracy column.
+    """
+    losses = [c for c in epochs.columns if "loss" in c and epochs[c].notna().any()]
+    accs = [c for c in epochs.columns if "acc" in c and epochs[c].notna().any()]
+    panels = [(cols, label) for cols, label in ((losses, "loss"), (accs, "accuracy")) if cols]
+    if not panels:
+        return None
+    fig = Figure(figsize=(4.2 * len(panels), 3.2))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (cols, label) in zip(axes, panels):
+        for col in cols:
+            series = epochs[col].dropna()
+            ax.plot(series.index, series.to_numpy(), marker="o", markersize=3, label=col)
+        ax.set(xlabel="epoch", ylabel=label)
+        ax.legend(loc="best", fontsize="small")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
