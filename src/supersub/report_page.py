@@ -23,6 +23,7 @@ class Chart:
     title: str
     png: bytes
     caption: str = ""
+    wide: bool = False  # a whole row of the page (a large confusion matrix); otherwise two charts share a row
 
     @property
     def uri(self) -> str:
@@ -98,7 +99,17 @@ def thumbnail_uri(path: Path, size: int = 128) -> str:
 def render_page(page: Page) -> str:
     """The page as one HTML document (UTF-8 text)."""
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.tests["number"] = _is_number
     return env.from_string(_TEMPLATE).render(page=page)
+
+
+def _is_number(text: object) -> bool:
+    """Numbers are right-aligned in a table, words left-aligned."""
+    try:
+        float(str(text))
+    except ValueError:
+        return str(text) == "n/a"
+    return True
 
 
 _TEMPLATE = """<!DOCTYPE html>
@@ -121,13 +132,17 @@ h2 { font-size: 18px; border-bottom: 1px solid #d0d7de; padding-bottom: 6px; }
 h3 { font-size: 15px; margin: 18px 0 6px; }
 .missing { background: #fff8c5; border: 1px solid #d4a72c; border-radius: 6px; padding: 8px 16px; margin: 16px 0; }
 table { border-collapse: collapse; margin: 8px 0 4px; }
-th, td { border: 1px solid #d0d7de; padding: 4px 10px; text-align: right; }
+th, td { border: 1px solid #d0d7de; padding: 4px 10px; text-align: left; vertical-align: top; max-width: 520px;
+         overflow-wrap: anywhere; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
 th { background: #f6f8fa; }
-td:first-child, th:first-child { text-align: left; }
 caption { caption-side: bottom; text-align: left; color: #57606a; font-size: 12px; padding-top: 4px; }
-figure { display: inline-block; margin: 8px 16px 8px 0; vertical-align: top; }
-figure img { max-width: 100%; border: 1px solid #d0d7de; }
-figcaption { color: #57606a; font-size: 12px; max-width: 640px; }
+.tables, .charts { display: flex; flex-wrap: wrap; gap: 8px 32px; align-items: flex-start; }
+figure { margin: 8px 0; flex: 0 1 calc(50% - 16px); min-width: 320px; }
+figure.wide { flex-basis: 100%; }
+figure img { max-width: 100%; height: auto; border: 1px solid #d0d7de; }
+figure.wide img { max-width: 100%; }
+figcaption { color: #57606a; font-size: 12px; }
 pre { background: #f6f8fa; border: 1px solid #d0d7de; padding: 10px; overflow: auto; max-height: 480px;
       font-size: 12px; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)); gap: 10px; }
@@ -135,7 +150,7 @@ pre { background: #f6f8fa; border: 1px solid #d0d7de; padding: 10px; overflow: a
 .tile.ok { border-color: #1a7f37; }
 .tile img { width: 128px; height: 128px; object-fit: contain; display: block; margin: 0 auto 4px;
             image-rendering: auto; background: #eaeef2; }
-.tile div { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+.tile div { overflow-wrap: anywhere; }
 .tile .lab { color: #57606a; }
 </style>
 </head>
@@ -156,6 +171,7 @@ pre { background: #f6f8fa; border: 1px solid #d0d7de; padding: 10px; overflow: a
 <section id="{{ s.anchor }}">
 <h2>{{ s.title }}</h2>
 {% for p in s.paragraphs %}<p>{{ p }}</p>{% endfor %}
+{% if s.tables %}<div class="tables">{% endif %}
 {% for t in s.tables %}
 <table>
 {% if t.caption %}<caption>{{ t.caption }}</caption>{% endif %}
@@ -163,14 +179,17 @@ pre { background: #f6f8fa; border: 1px solid #d0d7de; padding: 10px; overflow: a
 <tbody>
 {% for row in t.rows %}
 {% set i = loop.index0 %}
-<tr>{% for cell in row %}{% set key = t.keys[i][loop.index0] if t.keys else "" %}<td{% if key %} data-metric="{{ key }}"{% endif %}>{{ cell }}</td>{% endfor %}</tr>
+<tr>{% for cell in row %}{% set key = t.keys[i][loop.index0] if t.keys else "" %}<td{% if cell is number %} class="num"{% endif %}{% if key %} data-metric="{{ key }}"{% endif %}>{{ cell }}</td>{% endfor %}</tr>
 {% endfor %}
 </tbody>
 </table>
 {% endfor %}
+{% if s.tables %}</div>{% endif %}
+{% if s.charts %}<div class="charts">{% endif %}
 {% for c in s.charts %}
-<figure><h3>{{ c.title }}</h3><img src="{{ c.uri }}" alt="{{ c.title }}">{% if c.caption %}<figcaption>{{ c.caption }}</figcaption>{% endif %}</figure>
+<figure{% if c.wide %} class="wide"{% endif %}><h3>{{ c.title }}</h3><img src="{{ c.uri }}" alt="{{ c.title }}">{% if c.caption %}<figcaption>{{ c.caption }}</figcaption>{% endif %}</figure>
 {% endfor %}
+{% if s.charts %}</div>{% endif %}
 {% for g in s.grids %}
 <h3>{{ g.title }}</h3>
 <p>{{ g.description }}</p>

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from .errors import SupersubError
 from .io import atomic_path, write_atomic
@@ -77,15 +78,23 @@ def confusion_figure(counts: np.ndarray, names: list[str], level: str) -> Figure
     ax = fig.subplots()
     image = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
-    if len(names) <= 30:
-        ax.set_xticks(range(len(names)), names, rotation=90, fontsize="small")
-        ax.set_yticks(range(len(names)), names, fontsize="small")
+    if len(names) <= 60:
+        shown = [_short(name) for name in names]
+        size = "small" if len(names) <= 30 else 6
+        ax.set_xticks(range(len(names)), shown, rotation=90, fontsize=size)
+        ax.set_yticks(range(len(names)), shown, fontsize=size)
     ax.set(xlabel="predicted (novel last)", ylabel="true (novel last)", title=f"{level}class confusion")
     fig.tight_layout()
     return fig
 
 
-def curves_figure(epochs: pd.DataFrame, title: str) -> Figure | None:
+def _short(name: str, limit: int = 24) -> str:
+    """A tick label: the first of a class's comma-separated synonyms ("Scotch terrier, Scottie"), clipped."""
+    first = name.split(",")[0].strip() or name
+    return first if len(first) <= limit else first[: limit - 1] + "…"
+
+
+def curves_figure(epochs: pd.DataFrame, title: str | None = None) -> Figure | None:
     """Training curves of one stage: its loss columns and its accuracy columns against the epoch.
 
     ``epochs`` has one row per epoch (index = epoch); None when it holds no loss or accuracy column.
@@ -95,15 +104,17 @@ def curves_figure(epochs: pd.DataFrame, title: str) -> Figure | None:
     panels = [(cols, label) for cols, label in ((losses, "loss"), (accs, "accuracy")) if cols]
     if not panels:
         return None
-    fig = Figure(figsize=(4.2 * len(panels), 3.2))
+    fig = Figure(figsize=(3.4 * len(panels), 2.9))
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (cols, label) in zip(axes, panels):
         for col in cols:
             series = epochs[col].dropna()
             ax.plot(series.index, series.to_numpy(), marker="o", markersize=3, label=col)
         ax.set(xlabel="epoch", ylabel=label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(loc="best", fontsize="small")
         ax.grid(alpha=0.3)
-    fig.suptitle(title)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -215,7 +215,7 @@ def _curves_section(run: RunDir, missing: list[str]) -> Section:
         except (OSError, SupersubError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
             missing.append(f"Training curves of stage {stage}: {path} is unreadable ({type(e).__name__}).")
             continue
-        fig = curves_figure(frame, f"stage {stage}")
+        fig = curves_figure(frame)
         if fig is not None:
             charts.append(Chart(f"stage {stage}", figure_png(fig), f"From {path.relative_to(run.path)}: "
                                 "loss and accuracy (fraction) per epoch; val = the stage's validation images."))
@@ -227,31 +227,35 @@ def _curves_section(run: RunDir, missing: list[str]) -> Section:
 
 def _sweeps_section(run: RunDir, lab: Labelled | None, taxonomy: Taxonomy, thresholds: Thresholds,
                     missing: list[str]) -> Section:
+    """Per level (one row each): the calibration sweep of the run, then the same sweep on the labelled folder."""
     charts = []
+    paragraphs = ["seen accuracy = share of images of seen classes kept as seen and classified correctly; novel "
+                  "flagged = share of novel images flagged; both against the threshold tau."]
+    inputs = _test_sweep_inputs(lab, taxonomy) if lab is not None else {}
     for level in LEVELS:
         png = run.calibration_dir / f"sweep_{level}.png"
         if png.is_file():
             charts.append(Chart(f"{LEVEL_NAME[level]}, calibration", png.read_bytes(),
                                 "Made during training on the calibration holdout (pseudo-novel held-out "
                                 "subclasses or outlier images); the dashed line is the threshold chosen there."))
-    if not charts:
-        missing.append("Calibration sweeps: the run has none in calibration/ (its thresholds were given by hand).")
-    paragraphs = ["seen accuracy = share of images of seen classes kept as seen and classified correctly; novel "
-                  "flagged = share of novel images flagged; both against the threshold tau."]
-    if lab is not None:
-        for level, (conf_seen, conf_novel, correct) in _test_sweep_inputs(lab, taxonomy).items():
-            tau = thresholds.tau_super if level == "super" else thresholds.tau_sub
-            if len(conf_seen) == 0:
-                paragraphs.append(f"No {LEVEL_NAME[level]} sweep on {lab.source}: it has no image of a seen class.")
-                continue
-            df = sweep(conf_seen, conf_novel, correct)
-            what = "images of seen superclasses" if level == "sub" else "all images"
-            charts.append(Chart(f"{LEVEL_NAME[level]}, {Path(lab.source).name}",
-                                figure_png(sweep_figure(df, f"{LEVEL_NAME[level]} on {Path(lab.source).name}, "
-                                                        f"{thresholds.score}", tau)),
-                                f"On the labelled folder ({what}); the dashed line is the run's threshold."))
-            if len(conf_novel) == 0:
-                paragraphs.append(f"{lab.source} has no novel {LEVEL_NAME[level]}: its novel-flagged curve is empty.")
+        else:
+            missing.append(f"The {LEVEL_NAME[level]} calibration sweep: the run has no {png.name} in calibration/ "
+                           "(a threshold given by hand is not calibrated).")
+        if lab is None:
+            continue
+        conf_seen, conf_novel, correct = inputs[level]
+        if len(conf_seen) == 0:
+            paragraphs.append(f"No {LEVEL_NAME[level]} sweep on {lab.source}: it has no image of a seen class.")
+            continue
+        name = Path(lab.source).name
+        tau = thresholds.tau_super if level == "super" else thresholds.tau_sub
+        fig = sweep_figure(sweep(conf_seen, conf_novel, correct), f"{LEVEL_NAME[level]} on {name}, {thresholds.score}",
+                           tau)
+        what = "images of seen superclasses" if level == "sub" else "all images"
+        charts.append(Chart(f"{LEVEL_NAME[level]}, labelled folder {name}", figure_png(fig),
+                            f"On {lab.source} ({what}); the dashed line is the run's threshold."))
+        if len(conf_novel) == 0:
+            paragraphs.append(f"{lab.source} has no novel {LEVEL_NAME[level]}: its novel-flagged curve is empty.")
     return Section("sweeps", "Threshold sweeps", paragraphs, charts=charts)
 
 
@@ -277,7 +281,8 @@ def _confusion_section(report: OpenSetReport) -> Section:
     tables.append(_top_confusions(report.confusion["sub"], names["sub"]))
     charts = [Chart(f"{LEVEL_NAME[level]} confusion", figure_png(confusion_figure(report.confusion[level],
                                                                                  names[level], level)),
-                    "Rows = true class, columns = prediction, novel last; each row shows shares of its true class.")
+                    "Rows = true class, columns = prediction, novel last; each row shows shares of its true class.",
+                    wide=len(names[level]) > 12)
               for level in LEVELS]
     return Section("confusion", "Confusion matrices", [], tables, charts)
 
@@ -308,19 +313,23 @@ def _grids_section(lab: Labelled, taxonomy: Taxonomy, n: int) -> Section:
     confidence = np.where(ps != ys, p_super[rows, ps], p_sub[rows, pb])
     flagged_super = ps == taxonomy.novel_super
     flagged_sub = ~flagged_super & (pb == taxonomy.novel_sub)
+    spread = "evenly spread from the highest novel probability to the lowest"
     picks = [
-        ("Most confident mistakes", wrong, confidence,
+        ("Most confident mistakes", wrong, confidence, False,
          "Wrong at either level, most probable wrong answer first (the probability given to it in brackets)."),
-        ("Flagged novel superclass", flagged_super, p_super[:, taxonomy.novel_super],
-         "Predicted novel at both levels, highest novel probability first; green = truly novel."),
-        ("Flagged novel subclass of a known superclass", flagged_sub, p_sub[:, taxonomy.novel_sub],
-         "A seen superclass with a novel subclass, highest novel probability first; green = right at both levels."),
+        ("Flagged novel superclass", flagged_super, p_super[:, taxonomy.novel_super], True,
+         f"Predicted novel at both levels, {spread}; green = truly novel."),
+        ("Flagged novel subclass of a known superclass", flagged_sub, p_sub[:, taxonomy.novel_sub], True,
+         f"A seen superclass with a novel subclass, {spread}; green = right at both levels."),
     ]
     supers, subs = [*taxonomy.super_names, "novel"], [*taxonomy.sub_names, "novel"]
     grids = []
-    for title, mask, score, text in picks:
+    for title, mask, score, even, text in picks:
         chosen = np.flatnonzero(mask)
-        chosen = chosen[np.argsort(-score[chosen], kind="stable")][:n]
+        chosen = chosen[np.argsort(-score[chosen], kind="stable")]
+        # the top of a flagged list is the easy cases: a spread shows the whole range down to the threshold
+        chosen = chosen[np.unique(np.linspace(0, len(chosen) - 1, n).round().astype(int))] if even and len(chosen) > n \
+            else chosen[:n]
         tiles = []
         for i in chosen.tolist():
             record = lab.kept.records[i]
@@ -328,12 +337,17 @@ def _grids_section(lab: Labelled, taxonomy: Taxonomy, n: int) -> Section:
             if not uri:
                 continue
             prob = p_super[i, ps[i]] if ps[i] != ys[i] else p_sub[i, pb[i]]
-            tiles.append(Tile(uri, record.name, f"{supers[ys[i]]} / {subs[yb[i]]}",
-                              f"{supers[ps[i]]} / {subs[pb[i]]} ({prob:.2f})", not wrong[i]))
+            tiles.append(Tile(uri, record.name, _pair(supers[ys[i]], subs[yb[i]]),
+                              f"{_pair(supers[ps[i]], subs[pb[i]])} ({prob:.2f})", not wrong[i]))
         shown = f"{len(tiles)} of {int(mask.sum())} shown. {text}" if mask.any() else "None."
         grids.append(Grid(title, shown, tiles))
     return Section("images", "Images", ["Thumbnails from the labelled folder: true and predicted "
                                         "superclass / subclass; red border = wrong, green = right."], grids=grids)
+
+
+def _pair(super_name: str, sub_name: str) -> str:
+    """"dog / beagle"; a subclass already spelt "dog/beagle" (the competition mapping's way) is not repeated."""
+    return f"{super_name} / {sub_name.removeprefix(super_name + '/')}"
 
 
 # ---- small readers ---------------------------------------------------------------------------------------
