@@ -475,7 +475,8 @@ def evaluate(
 def report(
     run_dir: Path = typer.Argument(..., help="a run directory made by 'supersub train'"),
     test: Optional[Path] = typer.Option(None, "--test", help="labelled folder: test_truth.csv + test_images/, or "
-                                        "<superclass>/<subclass>/ folders; adds metrics, confusions and image grids"),
+                                        "<superclass>/<subclass>/ folders; adds metrics, confusions and image grids",
+                                        show_default="none: the page shows what the run directory holds"),
     out: Optional[Path] = typer.Option(None, "--out", help="HTML file to write", show_default="RUN_DIR/report.html"),
     images: int = typer.Option(24, "--images", help="thumbnails per image grid"),
     device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP, show_default="the run's accelerator"),
