@@ -25,10 +25,11 @@ from .pipeline.experiment import Experiment, run_experiment
 from .pipeline.evidence import Evidence
 from .pipeline.inputs import LabelledImages, load_labelled  # noqa: F401 - part of the API
 from .pipeline.predict import Prediction, predict_images, predict_tensors  # noqa: F401 - part of the API
+from .pipeline.report import build_report
 from .pipeline.train import train_run
 from .run import RunDir  # noqa: F401 - part of the API
 
-__all__ = ["synth", "resolve_config", "train", "pretrain", "calibration_evidence", "calibrate", "predict", "evaluate", "demo",
+__all__ = ["synth", "resolve_config", "train", "pretrain", "calibration_evidence", "calibrate", "predict", "evaluate", "report", "demo",
            "experiment", "compare", "predict_tensors", "Prediction", "load_labelled"]
 
 
@@ -119,6 +120,19 @@ def evaluate(
     The metrics and the open-set report go to ``out`` (default: ``RUN/evaluations``) unless ``save`` is off.
     """
     return evaluate_run(run_dir, images, labels, skip_bad=skip_bad, save=save, out=out, device=device)
+
+
+def report(
+    run_dir: str | Path, test: str | Path | None = None, out: str | Path | None = None, *, overwrite: bool = False,
+    device: str | None = None, skip_bad: bool = False, images: int = 24,
+) -> Path:
+    """Write one self-contained HTML page about a run (default ``RUN_DIR/report.html``) and return its path.
+
+    ``test`` is a labelled folder (``test_truth.csv`` + ``test_images/``, or ``<superclass>/<subclass>/``
+    folders): with it the page adds the metrics ``evaluate`` computes, sweeps and confusions on it and grids of
+    the most confident mistakes and of the images flagged novel (``images`` thumbnails each).
+    """
+    return build_report(run_dir, test, out, overwrite=overwrite, device=device, skip_bad=skip_bad, images=images)
 
 
 def synth(out: str | Path, seed: int = 0, **kwargs: Any) -> dict[str, Any]:

@@ -472,6 +472,26 @@ def evaluate(
 
 
 @app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="a run directory made by 'supersub train'"),
+    test: Optional[Path] = typer.Option(None, "--test", help="labelled folder: test_truth.csv + test_images/, or "
+                                        "<superclass>/<subclass>/ folders; adds metrics, confusions and image grids",
+                                        show_default="none: the page shows what the run directory holds"),
+    out: Optional[Path] = typer.Option(None, "--out", help="HTML file to write", show_default="RUN_DIR/report.html"),
+    images: int = typer.Option(24, "--images", help="thumbnails per image grid"),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP, show_default="the run's accelerator"),
+    overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite", help="replace an existing report"),
+    skip_bad_images: bool = typer.Option(False, "--skip-bad-images/--no-skip-bad-images",
+                                         help="warn and skip unreadable images"),
+) -> None:
+    """One self-contained HTML page: config, metrics, training curves, sweeps, confusions, image grids."""
+    from . import api
+
+    path = api.report(run_dir, test, out, overwrite=overwrite, device=device, skip_bad=skip_bad_images, images=images)
+    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="where data, run and predictions go"),
     overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite", help="replace a previous demo in OUT"),

@@ -8,11 +8,13 @@ from typing import Any
 import numpy as np
 
 from ..data.formats import read_labels, read_nested_labels
+from ..data.records import Dataset
 from ..io import write_json_atomic
-from ..metrics import competition_metrics, open_set_report
+from ..metrics import OpenSetReport, competition_metrics, open_set_report
 from ..reporting import save_open_set_report
 from ..run import RunDir
-from .predict import predict_dataset
+from ..taxonomy import Taxonomy
+from .predict import Prediction, predict_dataset
 
 
 def evaluate_run(
@@ -27,17 +29,23 @@ def evaluate_run(
     else:
         ds = read_nested_labels(Path(images), taxonomy)
     pred, kept = predict_dataset(run_dir, ds, skip_bad, device)
-    truth_super, truth_sub = np.array(kept.super_labels), np.array(kept.sub_labels)
-    metrics = competition_metrics(
-        truth_super, truth_sub, pred.super_pred.numpy(), pred.sub_pred.numpy(),
-        taxonomy.novel_super, taxonomy.novel_sub, pred.super_probs.numpy(), pred.sub_probs.numpy(),
-    )
-    report = open_set_report(truth_super, truth_sub, pred.super_pred, pred.sub_pred, pred.super_probs,
-                             pred.sub_probs, pred.super_conf, pred.sub_conf, taxonomy)
-    metrics.update(report.metrics)
+    metrics, report = score_prediction(pred, kept, taxonomy)
     if save:
         folder = Path(out) if out is not None else run.path / "evaluations"
         stem = Path(labels).stem if labels is not None else Path(images).name
         write_json_atomic(folder / f"{stem}.json", {"labels": str(labels if labels is not None else images), **metrics})
         save_open_set_report(report, folder, stem)
     return metrics
+
+
+def score_prediction(pred: Prediction, kept: Dataset, taxonomy: Taxonomy) -> tuple[dict[str, Any], OpenSetReport]:
+    """The competition metrics plus the open-set ones of a prediction of labelled images (evaluate and report)."""
+    truth_super, truth_sub = np.array(kept.super_labels), np.array(kept.sub_labels)
+    metrics: dict[str, Any] = competition_metrics(
+        truth_super, truth_sub, pred.super_pred.numpy(), pred.sub_pred.numpy(),
+        taxonomy.novel_super, taxonomy.novel_sub, pred.super_probs.numpy(), pred.sub_probs.numpy(),
+    )
+    report = open_set_report(truth_super, truth_sub, pred.super_pred, pred.sub_pred, pred.super_probs,
+                             pred.sub_probs, pred.super_conf, pred.sub_conf, taxonomy)
+    metrics.update(report.metrics)
+    return metrics, report
