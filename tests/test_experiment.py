@@ -184,17 +184,19 @@ def test_set_may_not_name_a_grid_key(synth_dir: Path, tmp_path: Path, capsys: py
 
 
 def test_the_paper_grid_expands_to_its_figures(synth_dir: Path) -> None:
-    """configs/paper_table1.yaml on stand-in paths: 5 settings x 3 seeds with the paper's values."""
+    """configs/paper_table1.yaml on stand-in paths: 6 settings x 3 seeds with the paper's values."""
     raw = yaml.safe_load((CONFIGS / "paper_table1.yaml").read_text())
     raw["data"], raw["test"] = str(synth_dir), {"images": str(synth_dir / "test_images")}
     raw["base"]["data.novel_data"] = str(synth_dir / "novel_images")
     g = load_grid(raw)
     settings = sorted({r.name.rsplit(",seed=", 1)[0] for r in g.runs})
-    assert len(g.runs) == 15 and settings == [
-        "approach=cosine,novel_count=5000,finetune=full", "approach=two-heads,novel_count=5000,finetune=full",
-        "approach=two-models,novel_count=1000,finetune=full",
-        "approach=two-models,novel_count=5000,finetune=frozen,lr=0.01",
-        "approach=two-models,novel_count=5000,finetune=full"]
+    assert len(g.runs) == 18 and settings == [
+        "approach=cosine,novel_count=5000,finetune=frozen,lr=0.01",
+        "approach=two-heads,novel_count=1000,finetune=frozen,lr=0.01,input_size=64",
+        "approach=two-heads,novel_count=1000,finetune=full,input_size=64",
+        "approach=two-heads,novel_count=5000,finetune=frozen,lr=0.01",
+        "approach=two-models,novel_count=1000,finetune=frozen,lr=0.01",
+        "approach=two-models,novel_count=5000,finetune=frozen,lr=0.01"]
     for run in g.runs:
         cfg = run.config
         assert (cfg.optim.optimizer, cfg.optim.batch_size, cfg.optim.epochs, cfg.optim.weight_decay) == ("adam", 64, 15, 1e-4)
