@@ -61,6 +61,21 @@ def _pair_default(first: str, second: str) -> str:
     return f"{_default(first)},{_default(second)}"
 
 
+# Options that train and pretrain share: one declaration, one help text (typer reads an OptionInfo, never changes it).
+CONFIG_OPTION = typer.Option(None, "--config", help="YAML experiment file; flags override it", show_default="none")
+EPOCHS_OPTION = typer.Option(None, help="training epochs", show_default=_default("optim.epochs"))
+BATCH_SIZE_OPTION = typer.Option(None, "--batch-size", show_default=_default("optim.batch_size"))
+IMAGE_SIZE_OPTION = typer.Option(None, "--image-size", show_default=_default("data.image_size"))
+VAL_FRACTION_OPTION = typer.Option(None, "--val-fraction", show_default=_default("data.val_fraction"))
+ACCELERATOR_OPTION = typer.Option(None, help="Lightning accelerator: auto, cpu, gpu, mps",
+                                  show_default=_default("trainer.accelerator"))
+PROGRESS_OPTION = typer.Option(None, "--progress/--no-progress",
+                               help="progress bar on a terminal, one line per epoch in a log file",
+                               show_default=_default("trainer.progress"))
+SET_OPTION = typer.Option([], "--set", help="any config key, e.g. --set model.width=64 (repeatable)",
+                          show_default="none")
+
+
 def _parse_sets(sets: list[str], option: str = "--set", example: str = "optim.lr=0.001") -> dict[str, Any]:
     """``--set optim.lr=0.001`` style overrides; values are parsed as YAML scalars/lists."""
     import yaml
@@ -131,12 +146,11 @@ def train(
     data: Path = typer.Option(..., "--data", help="competition layout (train_data.csv ...) or root/<super>/<sub>/*.jpg"),
     out: Optional[Path] = typer.Option(None, "--out", help="run directory to create (needed unless --print-config)",
                                       show_default="none"),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML experiment file; flags override it",
-                                          show_default="none"),
+    config: Optional[Path] = CONFIG_OPTION,
     print_config: bool = typer.Option(False, "--print-config/--no-print-config",
                                       help="print the resolved configuration as YAML and exit"),
-    epochs: Optional[int] = typer.Option(None, help="training epochs", show_default=_default("optim.epochs")),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", show_default=_default("optim.batch_size")),
+    epochs: Optional[int] = EPOCHS_OPTION,
+    batch_size: Optional[int] = BATCH_SIZE_OPTION,
     lr: Optional[float] = typer.Option(None, help="learning rate", show_default=_default("optim.lr")),
     weight_decay: Optional[float] = typer.Option(None, "--weight-decay", show_default=_default("optim.weight_decay")),
     seed: Optional[int] = typer.Option(None, help="random seed", show_default=_default("seed")),
@@ -172,7 +186,7 @@ def train(
     trainable_stages: Optional[int] = typer.Option(
         None, "--trainable-stages", help="finetune=partial: how many last backbone stages train",
         show_default=_default("optim.trainable_stages")),
-    image_size: Optional[int] = typer.Option(None, "--image-size", show_default=_default("data.image_size")),
+    image_size: Optional[int] = IMAGE_SIZE_OPTION,
     alpha: Optional[float] = typer.Option(None, help="weight of the KL interaction loss",
                                           show_default=_default("loss.alpha")),
     temperature: Optional[float] = typer.Option(None, help="temperature of the KL interaction loss",
@@ -207,9 +221,8 @@ def train(
                                          show_default=_pair_default("novelty.super_recall", "novelty.sub_recall")),
     oe: Optional[str] = typer.Option(None, "--oe", help="outlier exposure: uniform (target loss) or class (extra output)",
                                      show_default=_default("novelty.oe")),
-    val_fraction: Optional[float] = typer.Option(None, "--val-fraction", show_default=_default("data.val_fraction")),
-    accelerator: Optional[str] = typer.Option(None, help="Lightning accelerator: auto, cpu, gpu, mps",
-                                              show_default=_default("trainer.accelerator")),
+    val_fraction: Optional[float] = VAL_FRACTION_OPTION,
+    accelerator: Optional[str] = ACCELERATOR_OPTION,
     devices: Optional[str] = typer.Option(None, help="Lightning devices: auto, 1, 2, '0,1'",
                                           show_default=_default("trainer.devices")),
     strategy: Optional[str] = typer.Option(None, help="Lightning strategy: auto, ddp, ...",
@@ -233,11 +246,8 @@ def train(
     overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite", help="replace an existing run directory"),
     resume: bool = typer.Option(False, "--resume/--no-resume",
                                 help="continue an interrupted run from its last checkpoints"),
-    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
-                                            help="progress bar on a terminal, one line per epoch in a log file",
-                                            show_default=_default("trainer.progress")),
-    set_: list[str] = typer.Option([], "--set", help="any config key, e.g. --set model.width=64 (repeatable)",
-                                   show_default="none"),
+    progress: Optional[bool] = PROGRESS_OPTION,
+    set_: list[str] = SET_OPTION,
 ) -> None:
     """Train a model (any approach), calibrate the novelty thresholds, save everything in OUT."""
     from . import api
@@ -304,8 +314,7 @@ def _train_table(summary: dict[str, Any], out: Path) -> Any:
 def pretrain(
     data: Path = typer.Option(..., "--data", help="class folder: root/<class>/*.jpg (e.g. Tiny-ImageNet's train/)"),
     out: Path = typer.Option(..., "--out", help="checkpoint to write (load it with 'train --weights OUT')"),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML experiment file; flags override it",
-                                          show_default="none"),
+    config: Optional[Path] = CONFIG_OPTION,
     classes: Optional[Path] = typer.Option(None, "--classes", help="text file of class folders to use, one a line",
                                            show_default="all folders"),
     per_class: Optional[int] = typer.Option(None, "--per-class", help="at most N images per class (seeded sample)",
@@ -318,8 +327,8 @@ def pretrain(
         show_default=_default("pretrain.binary_partition")),
     partitions: Optional[int] = typer.Option(None, "--partitions", help="seed 002: K random balanced splits",
                                              show_default=_default("pretrain.partitions")),
-    epochs: Optional[int] = typer.Option(None, help="training epochs", show_default=_default("optim.epochs")),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", show_default=_default("optim.batch_size")),
+    epochs: Optional[int] = EPOCHS_OPTION,
+    batch_size: Optional[int] = BATCH_SIZE_OPTION,
     lr: Optional[float] = typer.Option(None, help="learning rate (of the backbone when fine-tuning from weights)",
                                        show_default=_default("optim.lr")),
     seed: Optional[int] = typer.Option(None, help="random seed: also fixes the partitions",
@@ -334,17 +343,14 @@ def pretrain(
     finetune: Optional[str] = typer.Option(
         None, help="full, or discriminative (backbone at lr, new head at head_lr_mult x lr)",
         show_default="full from scratch, discriminative from weights"),
-    image_size: Optional[int] = typer.Option(None, "--image-size", show_default=_default("data.image_size")),
-    val_fraction: Optional[float] = typer.Option(None, "--val-fraction", show_default=_default("data.val_fraction")),
-    accelerator: Optional[str] = typer.Option(None, help="Lightning accelerator: auto, cpu, gpu, mps",
-                                              show_default=_default("trainer.accelerator")),
+    image_size: Optional[int] = IMAGE_SIZE_OPTION,
+    val_fraction: Optional[float] = VAL_FRACTION_OPTION,
+    accelerator: Optional[str] = ACCELERATOR_OPTION,
     overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite", help="replace an existing checkpoint and its run"),
     resume: bool = typer.Option(False, "--resume/--no-resume",
                                 help="continue an interrupted run from OUT.d/checkpoints/last.ckpt"),
-    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="progress bars",
-                                            show_default=_default("trainer.progress")),
-    set_: list[str] = typer.Option([], "--set", help="any config key, e.g. --set model.width=64 (repeatable)",
-                                   show_default="none"),
+    progress: Optional[bool] = PROGRESS_OPTION,
+    set_: list[str] = SET_OPTION,
 ) -> None:
     """Train a backbone on a classification folder (seed 002's binary-partition heads optional) into OUT."""
     from . import api
