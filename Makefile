@@ -10,7 +10,7 @@ STAMP := $(VENV)/.supersub-installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip >/dev/null
-	$(PY) -m pip install -e ".[test,pretrained]"
+	$(PY) -m pip install -e ".[test,pretrained,boost]"
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -41,9 +41,30 @@ def _third_party_imports() -> set[str]:
     return {n for n in names if n not in stdlib and n != "supersub" and n not in OPTIONAL}
 
 
+def _names(requirements: list[str]) -> set[str]:
+    return {re.split(r"[<>=!~\[ ;]", d, maxsplit=1)[0].lower().replace("_", "-") for d in requirements}
+
+
+def _project() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+
+
 def _declared() -> set[str]:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    return {re.split(r"[<>=!~\[ ;]", d, maxsplit=1)[0].lower().replace("_", "-") for d in project["dependencies"]}
+    """Core dependencies plus the extras of supersub's own features (not the test or logger tools)."""
+    project = _project()
+    extras = project.get("optional-dependencies", {})
+    return _names(project["dependencies"]) | _names(extras.get("boost", []))
+
+
+def _module_level_imports(path: Path) -> set[str]:
+    """Top-level names imported when the module is imported (not inside a function)."""
+    names: set[str] = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
 
 
 def _normalise(import_name: str) -> str:
@@ -58,3 +79,22 @@ def test_every_import_is_declared() -> None:
 def test_every_declared_dependency_is_imported() -> None:
     unused = _declared() - {_normalise(n) for n in _third_party_imports()}
     assert not unused, f"declared in pyproject but never imported by src/supersub: {sorted(unused)}"
+
+
+def test_extras_are_imported_lazily() -> None:
+    """A package of an extra (xgboost) is imported only inside the function that needs it, so a core install
+    imports every module and fails with a one-line hint only when the feature is used."""
+    extra = _names(_project().get("optional-dependencies", {}).get("boost", []))
+    assert extra, "the boost extra declares xgboost"
+    eager = {str(path.relative_to(SRC)): sorted(extra & {_normalise(n) for n in _module_level_imports(path)})
+             for path in SRC.rglob("*.py")}
+    assert not {k: v for k, v in eager.items() if v}, f"extras imported at module level: {eager}"
+
+
+def test_a_missing_extra_is_a_one_line_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    from supersub.errors import SupersubError
+    from supersub.models.boosted import _xgboost
+
+    monkeypatch.setitem(sys.modules, "xgboost", None)  # what an install without the extra looks like
+    with pytest.raises(SupersubError, match=r'pip install "supersub\[boost\]"'):
+        _xgboost()

@@ -31,7 +31,7 @@ def _xgboost() -> Any:
     try:
         import xgboost
     except ImportError:
-        raise SupersubError("head xgboost needs the package xgboost (pip install xgboost)") from None
+        raise SupersubError('head xgboost needs the package xgboost: pip install "supersub[boost]"') from None
     return xgboost
 
 
