@@ -143,6 +143,7 @@ def fit_stage(
     stage: str,
     epochs: int | None = None,
     resume: bool = False,
+    extra_callbacks: Sequence[L.Callback] = (),
 ) -> FitResult:
     """Train on ``train_idx`` (early stopping on ``val_idx``) and return the model at its best epoch.
 
@@ -150,6 +151,7 @@ def fit_stage(
     ``run_path/logs/`` (``<stage>/metrics.csv`` for CSV). With ``resume`` an existing last.ckpt is
     continued, and its weights, not the hub's, are the starting point. With ``optim.finetune=frozen`` the
     backbone features of all ``images`` are computed once here and the trainer only sees those rows.
+    ``extra_callbacks`` are added to the trainer's own (benchmarks/speed.py times the steps with one).
     """
     quiet_lightning()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -188,7 +190,7 @@ def fit_stage(
     if progress is not None:
         callbacks.append(progress)
     try:
-        trainer = build_trainer(cfg, run_path, stage, epochs, callbacks)
+        trainer = build_trainer(cfg, run_path, stage, epochs, [*callbacks, *extra_callbacks])
     except (ValueError, TypeError, MisconfigurationException) as e:
         raise SupersubError(f"trainer: {str(e).strip().splitlines()[0]}") from None
     if cfg.optim.finetune == "gradual" and trainer.world_size > 1:
