@@ -107,7 +107,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--predict-images", type=int, default=5000, help="(c): images in the folder to predict")
     ap.add_argument("--predict-repeats", type=int, default=1, help="(c): timed predict calls")
     ap.add_argument("--forward-batches", type=int, default=8, help="(c): forward batches per turn")
-    ap.add_argument("--run-per-class", type=int, default=5, help="(c): images per subclass to train the run on")
+    ap.add_argument("--run-per-class", type=int, default=6, help="(c): images per subclass to train the run on")
     ap.add_argument("--run-epochs", type=int, default=3, help="(c): epochs of the run")
     return ap.parse_args(argv)
 
@@ -154,7 +154,7 @@ class Prepared:
 def prepare(plan: Plan, work: Path) -> Prepared:
     """In a worker (the driver never imports torch): decode the data, copy the folder, train the run."""
     data_overrides = plan.overrides(work / "images")
-    run_overrides = {k: v for k, v in plan.overrides(None, **{"optim.epochs": plan.run_epochs}).items()
+    run_overrides = {k: v for k, v in plan.overrides(None, **{"optim.epochs": plan.run_epochs, "data.val_fraction": 0.3}).items()
                      if k != "data.cache_dir"}  # predict must not find the run's cache: each call starts empty
     kwargs = {"plan": asdict(plan), "work": str(work), "data_overrides": data_overrides, "run_overrides": run_overrides}
     with _workers(("prepare", "prepare_inputs", kwargs), threads=plan.threads) as (w,):

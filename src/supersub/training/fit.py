@@ -14,6 +14,7 @@ from typing import Any
 import lightning as L
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 import torch
+import torch.utils.deterministic  # the fill flag of torch.use_deterministic_algorithms
 from torch import nn
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, ProgressBar
 
@@ -95,8 +96,14 @@ def check_resumable(checkpoint: dict[str, Any], cfg: TrainConfig, last: Path) ->
 
 
 def build_trainer(cfg: TrainConfig, run_path: Path, stage: str, epochs: int, callbacks: list[L.Callback]) -> L.Trainer:
-    """The Lightning Trainer for one stage; bad accelerator/devices/precision values surface as ValueErrors."""
-    return L.Trainer(
+    """The Lightning Trainer for one stage; bad accelerator/devices/precision values surface as ValueErrors.
+
+    ``trainer.deterministic`` turns on torch's deterministic algorithms (Lightning does, for the whole process),
+    which also fill every new tensor with NaN, a guard against code that reads uninitialised memory. supersub
+    writes every tensor it allocates, and the fill cost 13% of a full fine-tuning step on a CPU
+    (benchmarks/speed.py), so it is turned off; the algorithms stay deterministic.
+    """
+    trainer = L.Trainer(
         max_epochs=epochs,
         accelerator=cfg.trainer.accelerator,
         devices=_devices(cfg.trainer.devices),
@@ -112,6 +119,8 @@ def build_trainer(cfg: TrainConfig, run_path: Path, stage: str, epochs: int, cal
         num_sanity_val_steps=0,
         default_root_dir=run_path,
     )
+    torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
+    return trainer
 
 
 @contextmanager
