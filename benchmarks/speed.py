@@ -17,9 +17,9 @@ batch ``optim.batch_size``), it measures:
 (c) prediction images/s of ``supersub predict`` (``api.predict``: decode, preprocess, forward, novelty
     scores, CSV) on a folder of ``--predict-images`` images with an empty feature cache, against the backbone's
     forward pass alone on pre-loaded tensors at the same batch and input size; target >= 0.80;
-(d) the peak memory of each side: every side runs in its own worker process, which reports its
-    ``ru_maxrss`` (the kernel's high-water mark of its resident set, imports included; the idle-worker row
-    is that baseline).
+(d) the peak memory of each side: every side runs in its own worker process, which reports the kernel's
+    high-water mark of its resident set (``VmHWM``; torch allocates outside Python's heap, so tracemalloc
+    would miss most of it); the idle-worker row is what a worker holds before it does anything.
 
 Each side is set up and warmed up before it is timed; the two sides of a ratio stay set up side by side and
 take turns (A B B A ...), so the load of a shared machine drifts over both alike; both use ``--threads``
@@ -82,9 +82,9 @@ class Plan:
 
     def overrides(self, cache_dir: Path | str | None, **more: Any) -> dict[str, Any]:
         """The config of every side: the plan's backbone and sizes, no progress bar, ``data.cache_dir``."""
-        base = {"model.backbone": self.backbone, "data.image_size": self.image_size, "optim.batch_size": self.batch_size,
-                "model.input_size": self.input_size, "trainer.progress": False, "seed": self.seed,
-                "data.cache_dir": None if cache_dir is None else str(cache_dir)}
+        base = {"model.backbone": self.backbone, "data.image_size": self.image_size,
+                "optim.batch_size": self.batch_size, "model.input_size": self.input_size, "trainer.progress": False,
+                "seed": self.seed, "data.cache_dir": None if cache_dir is None else str(cache_dir)}
         return {**base, **more}
 
 
@@ -99,7 +99,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int, default=None, help="optim.batch_size (default: the config's)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads of every side (default: torch's)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--warmup-batches", type=int, default=1, help="(a): untimed batches of each side first")
+    ap.add_argument("--warmup-batches", type=int, default=2, help="(a): untimed batches of each side first")
     ap.add_argument("--train-batches", type=int, default=2, help="(a): batches per turn")
     ap.add_argument("--train-rounds", type=int, default=4, help="(a): turns of each side")
     ap.add_argument("--regime-images", type=int, default=512, help="(b): training images of the cached regimes")
@@ -154,8 +154,10 @@ class Prepared:
 def prepare(plan: Plan, work: Path) -> Prepared:
     """In a worker (the driver never imports torch): decode the data, copy the folder, train the run."""
     data_overrides = plan.overrides(work / "images")
-    run_overrides = {k: v for k, v in plan.overrides(None, **{"optim.epochs": plan.run_epochs, "data.val_fraction": 0.3}).items()
-                     if k != "data.cache_dir"}  # predict must not find the run's cache: each call starts empty
+    # the run's config keeps no cache folder, so that each predict call starts from an empty one; a third of
+    # its few images validate (calibration needs validation images of every subclass)
+    run = plan.overrides(None, **{"optim.epochs": plan.run_epochs, "data.val_fraction": 0.3})
+    run_overrides = {k: v for k, v in run.items() if k != "data.cache_dir"}
     kwargs = {"plan": asdict(plan), "work": str(work), "data_overrides": data_overrides, "run_overrides": run_overrides}
     with _workers(("prepare", "prepare_inputs", kwargs), threads=plan.threads) as (w,):
         got = w.run(1)

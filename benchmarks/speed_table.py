@@ -64,7 +64,8 @@ def build_rows(plan: Plan, prep: Prepared, r: dict[str, Any]) -> list[Row]:
 def _num(x: float | None, unit: str = "") -> str:
     if x is None:
         return "-"
-    text = f"{x:,.0f}" if abs(x) >= 100 else f"{x:,.1f}" if abs(x) >= 10 else f"{x:.2f}" if abs(x) >= 0.1 else f"{x:.3f}"
+    digits = 0 if abs(x) >= 100 else 1 if abs(x) >= 10 else 2 if abs(x) >= 0.1 else 3
+    text = f"{x:,.{digits}f}"
     return f"{text} {unit}".strip()
 
 
@@ -76,8 +77,8 @@ def _cells(row: Row) -> list[str]:
         sign = "" if row.ratio_kind == "x" else "x"
         target = f">= {row.target:g}{sign} {'yes' if row.met else 'NO'}"
     rss = " / ".join(_num(v) for v in row.rss_mb if v is not None)
-    return [row.measurement, _num(row.supersub, row.unit), _num(row.reference, row.unit if row.reference else ""), ratio,
-            target, rss]
+    reference = _num(row.reference, row.unit if row.reference else "")
+    return [row.measurement, _num(row.supersub, row.unit), reference, ratio, target, rss]
 
 
 HEADER = ["measurement", "supersub", "reference", "ratio", "target", "peak RSS MB (supersub / reference)"]
@@ -109,6 +110,8 @@ def describe(plan: Plan, prep: Prepared, r: dict[str, Any], command: str, second
     def ratios(xs: list[float]) -> str:
         return ", ".join(f"{x:.3f}" for x in xs)
 
+    run_images = "the synthetic data" if plan.smoke else f"{plan.run_per_class} images per subclass"
+
     def epochs(regime: dict[str, Any]) -> str:
         return ", ".join(f"{e['seconds']:.2f}" for e in regime["epochs_measured"])
 
@@ -134,11 +137,12 @@ def describe(plan: Plan, prep: Prepared, r: dict[str, Any], command: str, second
         f"empty feature cache, {plan.predict_repeats} timed call(s) after an untimed one on "
         f"{2 * plan.batch_size} images, between turns of the reference ({plan.forward_batches} batches each): "
         f"the run's backbone on pre-loaded, pre-resized tensors, eval mode, inference_mode, channels-last, batch "
-        f"{plan.batch_size}; per-call ratios {ratios(p['round_ratios'])}. The run is the recipe trained on "
-        f"{plan.run_per_class} images per subclass for {plan.run_epochs} epochs (speed does not depend on it).",
-        "- (d) peak RSS: `resource.getrusage(RUSAGE_SELF).ru_maxrss` of each side's own worker process (forked "
-        "from a server that imported torch, Lightning and supersub; the idle row is that starting point), over "
-        "the worker's whole life: set-up, warm-up and measurement.",
+        f"{plan.batch_size}; per-call ratios {ratios(p['round_ratios'])}. The run is the recipe trained for "
+        f"{plan.run_epochs} epoch(s) on {run_images} (speed does not depend on it).",
+        "- (d) peak RSS: the high-water mark of each side's own worker process (`VmHWM` in /proc/self/status; "
+        "`ru_maxrss` off Linux), over the worker's whole life: set-up, warm-up and measurement. Workers are "
+        "forked from a server that imported torch, Lightning and supersub; the idle row is what such a worker "
+        "holds before it does anything (library pages it never touches are shared and not counted).",
         f"- Machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, torch "
         f"{prep.versions['torch']}, Lightning {prep.versions['lightning']}; load average "
         f"{load.get('start', '?')} at the start, {load.get('end', '?')} at the end; benchmark wall time "

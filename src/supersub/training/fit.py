@@ -100,8 +100,9 @@ def build_trainer(cfg: TrainConfig, run_path: Path, stage: str, epochs: int, cal
 
     ``trainer.deterministic`` turns on torch's deterministic algorithms (Lightning does, for the whole process),
     which also fill every new tensor with NaN, a guard against code that reads uninitialised memory. supersub
-    writes every tensor it allocates, and the fill cost 13% of a full fine-tuning step on a CPU
-    (benchmarks/speed.py), so it is turned off; the algorithms stay deterministic.
+    writes every tensor it allocates, and the fill made a full fine-tuning step on a CPU 22% slower (measured
+    with benchmarks/speed.py's workers, docs/results/speed.md), so it is turned off; the algorithms stay
+    deterministic.
     """
     trainer = L.Trainer(
         max_epochs=epochs,
