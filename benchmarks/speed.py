@@ -166,13 +166,15 @@ def prepare(plan: Plan, work: Path) -> Prepared:
 
 
 # ---- measurements ----------------------------------------------------------------------------------
-def _alternate(a: Any, b: Any, rounds: int, steps_a: int, steps_b: int) -> tuple[list[dict], list[dict]]:
-    """``rounds`` turns of each worker in the order A B B A A B ..., so a linear drift in load hits both alike."""
-    got_a, got_b = [], []
+def _alternate(workers: list[Any], rounds: int, steps: int) -> list[list[dict]]:
+    """``rounds`` turns of ``steps`` for each worker, in the order A B C, C B A, A B C ..., so a linear drift in
+    the machine's load hits every side alike; each worker's results, in the workers' order."""
+    got: list[list[dict]] = [[] for _ in workers]
     for r in range(rounds):
-        for w in ((a, b) if r % 2 == 0 else (b, a)):
-            (got_a if w is a else got_b).append(w.run(steps_a if w is a else steps_b))
-    return got_a, got_b
+        order = list(range(len(workers)))
+        for i in order if r % 2 == 0 else order[::-1]:
+            got[i].append(workers[i].run(steps))
+    return got
 
 
 def _median(xs: list[float]) -> float:
@@ -207,17 +209,22 @@ def measure_idle(plan: Plan) -> dict[str, Any]:
 
 
 def measure_training(plan: Plan, prep: Prepared) -> dict[str, Any]:
-    """(a): supersub's training step against the plain loop, full fine-tuning, in alternating turns."""
+    """(a): supersub's training step against the plain loop (glibc's allocator defaults, and supersub's
+    setting), full fine-tuning, in alternating turns."""
     over = plan.overrides(prep.image_cache, **{"optim.finetune": "full", "optim.patience": 10**6})
     kwargs = {"data": str(prep.data), "overrides": over}
     with _workers(("supersub-train", "supersub_training", kwargs), ("plain-train", "plain_training", kwargs),
-                  threads=plan.threads) as (ours, plain):
-        _alternate(ours, plain, 1, plan.warmup_batches, plan.warmup_batches)
-        got_ours, got_plain = _alternate(ours, plain, plan.train_rounds, plan.train_batches, plan.train_batches)
-        rss = (ours.stop(), plain.stop())
-    per_round = [_rate([o]) / _rate([p]) for o, p in zip(got_ours, got_plain)]
-    return {"supersub_ips": _rate(got_ours), "plain_ips": _rate(got_plain), "round_ratios": per_round,
-            "batches_timed": sum(r["steps"] for r in got_ours), "rss_mb": rss}
+                  ("plain-train-kept", "plain_training", {**kwargs, "keep_memory": True}),
+                  threads=plan.threads) as workers:
+        _alternate(workers, 1, plan.warmup_batches)
+        turns = _alternate(workers, plan.train_rounds, plan.train_batches)
+        rss = [w.stop() for w in workers]
+    ours, plain, kept = turns
+    return {"supersub_ips": _rate(ours), "plain_ips": _rate(plain), "plain_kept_ips": _rate(kept),
+            "round_ratios": [_rate([o]) / _rate([p]) for o, p in zip(ours, plain)],
+            "round_ratios_kept": [_rate([o]) / _rate([k]) for o, k in zip(ours, kept)],
+            "batches_timed": sum(r["steps"] for r in ours), "rss_mb": rss,
+            "turns": {"supersub": ours, "plain": plain, "plain_kept": kept}}
 
 
 def measure_regimes(plan: Plan, prep: Prepared, work: Path) -> dict[str, Any]:
@@ -244,23 +251,30 @@ def measure_regimes(plan: Plan, prep: Prepared, work: Path) -> dict[str, Any]:
 
 
 def measure_predict(plan: Plan, prep: Prepared, work: Path) -> dict[str, Any]:
-    """(c): ``supersub predict`` on the folder against the backbone's forward pass, in turns F P F P ... F."""
+    """(c): ``supersub predict`` on the folder against the backbone's forward pass (glibc's allocator defaults,
+    and supersub's setting), in turns F F' P F' F P ... F F'."""
     predict = {"run": str(prep.run), "folder": str(prep.folder), "warmup_folder": str(prep.warmup_folder),
                "work": str(work / "predict-out")}
     forward = {"run": str(prep.run), "folder": str(prep.folder), "batch_size": plan.batch_size,
                "pool": plan.forward_pool}
     (work / "predict-out").mkdir()
     with _workers(("supersub-predict", "supersub_predict", predict), ("pure-forward", "pure_forward", forward),
-                  threads=plan.threads) as (ours, fwd):
-        got_fwd = [fwd.run(plan.forward_batches)]
-        got_ours = []
-        for _ in range(plan.predict_repeats):
-            got_ours.append(ours.run(1))
-            got_fwd.append(fwd.run(plan.forward_batches))
-        rss = (ours.stop(), fwd.stop())
-    per_round = [_rate([o]) / _rate(got_fwd[i:i + 2]) for i, o in enumerate(got_ours)]
-    return {"supersub_ips": _rate(got_ours), "forward_ips": _rate(got_fwd), "round_ratios": per_round,
-            "images": prep.n_predict, "rss_mb": rss}
+                  ("pure-forward-kept", "pure_forward", {**forward, "keep_memory": True}),
+                  threads=plan.threads) as (ours, *refs):
+        got_refs: list[list[dict]] = [[] for _ in refs]
+        got_ours: list[dict] = []
+        for r in range(plan.predict_repeats + 1):
+            for i in range(len(refs)) if r % 2 == 0 else reversed(range(len(refs))):
+                got_refs[i].append(refs[i].run(plan.forward_batches))
+            if r < plan.predict_repeats:
+                got_ours.append(ours.run(1))
+        rss = [ours.stop(), *(w.stop() for w in refs)]
+    (fwd, kept) = got_refs
+    return {"supersub_ips": _rate(got_ours), "forward_ips": _rate(fwd), "forward_kept_ips": _rate(kept),
+            "round_ratios": [_rate([o]) / _rate(fwd[i:i + 2]) for i, o in enumerate(got_ours)],
+            "round_ratios_kept": [_rate([o]) / _rate(kept[i:i + 2]) for i, o in enumerate(got_ours)],
+            "images": prep.n_predict, "rss_mb": rss,
+            "turns": {"supersub": got_ours, "forward": fwd, "forward_kept": kept}}
 
 
 def command_line() -> str:

@@ -28,6 +28,7 @@ from supersub.config import TrainConfig, load_config
 from supersub.data.augment import augment_uint8, build_augmentation
 from supersub.data.cache import decode_images
 from supersub.data.formats import read_images
+from supersub.memory import keep_freed_memory
 from supersub.models.model import build_model
 from supersub.run import RunDir
 from supersub.training.fit import fit_stage
@@ -71,9 +72,12 @@ def supersub_training(gate: Gate, data: str, overrides: dict[str, Any]) -> None:
                   Path(tmp), "speed", epochs=UNBOUNDED_EPOCHS, extra_callbacks=[_GateCallback(gate)])
 
 
-def plain_training(gate: Gate, data: str, overrides: dict[str, Any]) -> None:
+def plain_training(gate: Gate, data: str, overrides: dict[str, Any], keep_memory: bool = False) -> None:
     """The reference: a plain PyTorch loop over the same model, loss, optimizer, schedule, batch size and
-    augmentation (same rows; DataLoader over a TensorDataset; zero_grad / backward / step)."""
+    augmentation (same rows; DataLoader over a TensorDataset; zero_grad / backward / step). With ``keep_memory``
+    it runs with supersub's allocator setting (:mod:`supersub.memory`), else with glibc's defaults."""
+    if keep_memory:
+        keep_freed_memory()
     cfg, labelled, rows = _labelled(data, overrides)
     taxonomy = labelled.dataset.taxonomy
     torch.manual_seed(cfg.seed)
@@ -170,10 +174,12 @@ def supersub_predict(gate: Gate, run: str, folder: str, warmup_folder: str, work
         predict(folder)
 
 
-def pure_forward(gate: Gate, run: str, folder: str, batch_size: int, pool: int) -> None:
+def pure_forward(gate: Gate, run: str, folder: str, batch_size: int, pool: int, keep_memory: bool = False) -> None:
     """The reference: the run's backbone alone on pre-loaded tensors (decoded, normalised and resized to the
     backbone's input size beforehand), eval mode, ``torch.inference_mode``, channels-last; one gate step per
-    batch of ``batch_size``, cycling through ``pool`` images."""
+    batch of ``batch_size``, cycling through ``pool`` images. ``keep_memory``: as in :func:`plain_training`."""
+    if keep_memory:
+        keep_freed_memory()
     model, cfg, _ = RunDir.open(run).load_model()
     records = read_images(Path(folder)).records[:pool]
     images = decode_images(records, cfg.data.image_size).images

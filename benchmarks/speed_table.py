@@ -11,7 +11,8 @@ if TYPE_CHECKING:
     from speed import Plan, Prepared
 
 TARGETS = {"train": 0.95, "frozen": 50.0, "predict": 0.80}
-ROW_KEYS = ("train", "full", "frozen", "partial", "fill-frozen", "fill-partial", "predict", "idle")
+ROW_KEYS = ("train", "train-kept", "full", "frozen", "partial", "fill-frozen", "fill-partial", "predict",
+            "predict-kept", "idle")
 
 
 @dataclass
@@ -32,15 +33,18 @@ class Row:
 
 
 def build_rows(plan: Plan, prep: Prepared, r: dict[str, Any]) -> list[Row]:
-    t, g = r["train"], r["regimes"]
+    t, g, p = r["train"], r["regimes"], r["predict"]
     full_epoch = (prep.n_train // plan.batch_size) * plan.batch_size / t["supersub_ips"]
     rss_full = t["rss_mb"][0]
-    p = r["predict"]
     fill_n = f"{prep.n_train:,} images x 2 views"
+    kept = "with supersub's allocator setting"
     return [
-        Row("train", f"(a) training, full fine-tuning, batch {plan.batch_size}: fit_stage vs plain loop",
-            t["supersub_ips"], t["plain_ips"], t["supersub_ips"] / t["plain_ips"], TARGETS["train"], t["rss_mb"],
-            "img/s"),
+        Row("train", f"(a) training img/s, full fine-tuning, batch {plan.batch_size}: fit_stage vs a plain loop",
+            t["supersub_ips"], t["plain_ips"], t["supersub_ips"] / t["plain_ips"], TARGETS["train"],
+            (t["rss_mb"][0], t["rss_mb"][1]), "img/s"),
+        Row("train-kept", f"(a) the same, vs the plain loop {kept} (Lightning and data pipeline only)",
+            t["supersub_ips"], t["plain_kept_ips"], t["supersub_ips"] / t["plain_kept_ips"], TARGETS["train"],
+            (t["rss_mb"][0], t["rss_mb"][2]), "img/s"),
         Row("full", f"(b) epoch of {prep.n_train:,} training images, full fine-tuning (from (a))", full_epoch, None,
             None, None, (rss_full, None), "s"),
         Row("frozen", "(b) epoch, frozen on cached features, vs full", g["frozen"]["epoch_seconds"], full_epoch,
@@ -53,8 +57,11 @@ def build_rows(plan: Plan, prep: Prepared, r: dict[str, Any]) -> list[Row]:
             None, (g["frozen"]["rss_mb"], None), "s"),
         Row("fill-partial", f"(b) one-off cache fill, partial ({fill_n})", g["partial"]["fill_seconds"], None, None,
             None, (g["partial"]["rss_mb"], None), "s"),
-        Row("predict", f"(c) prediction of {p['images']:,} images end to end vs backbone forward only",
-            p["supersub_ips"], p["forward_ips"], p["supersub_ips"] / p["forward_ips"], TARGETS["predict"], p["rss_mb"],
+        Row("predict", f"(c) prediction img/s, {p['images']:,} images end to end vs the backbone's forward alone",
+            p["supersub_ips"], p["forward_ips"], p["supersub_ips"] / p["forward_ips"], TARGETS["predict"],
+            (p["rss_mb"][0], p["rss_mb"][1]), "img/s"),
+        Row("predict-kept", f"(c) the same, vs the forward alone {kept}", p["supersub_ips"], p["forward_kept_ips"],
+            p["supersub_ips"] / p["forward_kept_ips"], TARGETS["predict"], (p["rss_mb"][0], p["rss_mb"][2]),
             "img/s"),
         Row("idle", "(d) idle worker: imports only (the memory baseline of every row)", r["idle"]["rss_mb"], None,
             None, None, (r["idle"]["rss_mb"], None), "MB"),
@@ -112,6 +119,10 @@ def describe(plan: Plan, prep: Prepared, r: dict[str, Any], command: str, second
 
     run_images = "the synthetic data" if plan.smoke else f"{plan.run_per_class} images per subclass"
 
+    def kernel(turns: dict[str, list[dict[str, Any]]]) -> str:
+        share = {k: sum(x["system_seconds"] for x in v) / sum(x["seconds"] for x in v) for k, v in turns.items()}
+        return ", ".join(f"{k.replace('_', ' ')} {100 * v:.0f}%" for k, v in share.items())
+
     def epochs(regime: dict[str, Any]) -> str:
         return ", ".join(f"{e['seconds']:.2f}" for e in regime["epochs_measured"])
 
@@ -121,10 +132,14 @@ def describe(plan: Plan, prep: Prepared, r: dict[str, Any], command: str, second
         f"- Data: {prep.data} ({prep.n_images:,} images, {prep.n_train:,} of them training rows); backbone "
         f"{plan.backbone}, images at {plan.image_size} px resized inside the model to the backbone's input size, "
         f"batch {plan.batch_size}, {plan.threads} torch thread(s) on every side, seed {plan.seed}.",
-        f"- (a) after {plan.warmup_batches} untimed batches per side, {plan.train_rounds} turns of "
-        f"{plan.train_batches} batches per side in the order A B B A ...; per-turn ratios {ratios(t['round_ratios'])}. "
-        "A turn's time runs from one batch start to the batch start after its last batch (data loading, "
-        "augmentation, forward, backward, optimizer and Lightning's hooks all count); no validation rows.",
+        f"- (a) three sides: supersub's `fit_stage`, the plain loop with glibc's allocator defaults, the plain loop "
+        f"with supersub's allocator setting (`supersub.memory`: freed memory kept for the next batch). After "
+        f"{plan.warmup_batches} untimed batches per side, {plan.train_rounds} turns of {plan.train_batches} batches "
+        f"per side in the order A B C, C B A, ...; per-turn ratios {ratios(t['round_ratios'])} (vs the plain loop) "
+        f"and {ratios(t['round_ratios_kept'])} (vs the plain loop with the setting). A turn runs from one batch "
+        "start to the batch start after its last batch (data loading, augmentation, forward, backward, optimizer "
+        "and Lightning's hooks all count); no validation rows. Share of the time spent in the kernel (page faults): "
+        f"{kernel(t['turns'])}.",
         f"- (b) frozen and partial: `fit_stage` on {g['frozen']['rows']:,} training rows, {plan.regime_epochs} epochs "
         f"from an empty feature cache; each epoch after the first is split into its batches and the rest (epoch "
         f"start, checkpoints and logs at its end); an epoch of the {prep.n_train:,} training rows = the median "
@@ -135,10 +150,12 @@ def describe(plan: Plan, prep: Prepared, r: dict[str, Any], command: str, second
         f"{g['frozen']['rows']:,} images (2 views each) and scaled to {prep.n_train:,}.",
         f"- (c) `api.predict` (what `supersub predict RUN FOLDER --out CSV` runs) on {p['images']:,} JPEGs with an "
         f"empty feature cache, {plan.predict_repeats} timed call(s) after an untimed one on "
-        f"{2 * plan.batch_size} images, between turns of the reference ({plan.forward_batches} batches each): "
+        f"{2 * plan.batch_size} images, between turns of the two references ({plan.forward_batches} batches each): "
         f"the run's backbone on pre-loaded, pre-resized tensors, eval mode, inference_mode, channels-last, batch "
-        f"{plan.batch_size}; per-call ratios {ratios(p['round_ratios'])}. The run is the recipe trained for "
-        f"{plan.run_epochs} epoch(s) on {run_images} (speed does not depend on it).",
+        f"{plan.batch_size}, with glibc's allocator defaults and with supersub's setting; per-call ratios "
+        f"{ratios(p['round_ratios'])} and {ratios(p['round_ratios_kept'])}. Kernel share of the time: "
+        f"{kernel(p['turns'])}. The run is the recipe trained for {plan.run_epochs} epoch(s) on {run_images} "
+        "(speed does not depend on it).",
         "- (d) peak RSS: the high-water mark of each side's own worker process (`VmHWM` in /proc/self/status; "
         "`ru_maxrss` off Linux), over the worker's whole life: set-up, warm-up and measurement. Workers are "
         "forked from a server that imported torch, Lightning and supersub; the idle row is what such a worker "

@@ -71,6 +71,7 @@ class Gate:
         self.extra: dict[str, Any] = {}
         self._left = 0
         self._start = 0.0
+        self._usage = resource.getrusage(resource.RUSAGE_SELF)
         self._items = 0
         self._steps = 0
         self._announced = False  # "ready" sent
@@ -88,6 +89,7 @@ class Gate:
                 self.stopped = True
                 return False
             self._left, self._items, self._steps, self._pending = int(command), 0, 0, True
+            self._usage = resource.getrusage(resource.RUSAGE_SELF)
             self._start = time.perf_counter()
         self._left -= 1
         self._items += items
@@ -111,7 +113,11 @@ class Gate:
             self._announced = True
 
     def _report(self, now: float) -> None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
         self.conn.send(("timed", {"seconds": now - self._start, "items": self._items, "steps": self._steps,
+                                  "user_seconds": usage.ru_utime - self._usage.ru_utime,
+                                  "system_seconds": usage.ru_stime - self._usage.ru_stime,
+                                  "page_faults": usage.ru_minflt - self._usage.ru_minflt, "rss_mb": rss_mb(),
                                   **self.extra}))
         self.extra, self._pending = {}, False
 

@@ -15,8 +15,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "speed.py"
-ROWS = ("train", "full", "frozen", "partial", "fill-frozen", "fill-partial", "predict", "idle")
-RATIOS = ("train", "frozen", "partial", "predict")  # the rows that compare supersub with a reference
+ROWS = ("train", "train-kept", "full", "frozen", "partial", "fill-frozen", "fill-partial", "predict", "predict-kept",
+        "idle")
+RATIOS = ("train", "train-kept", "frozen", "partial", "predict", "predict-kept")  # supersub against a reference
 
 
 def _run(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:

@@ -22,6 +22,7 @@ from ..config import TrainConfig, config_to_dict
 from ..data.module import TensorDataModule
 from ..errors import SupersubError
 from ..io import load_checkpoint
+from ..memory import keep_freed_memory
 from ..taxonomy import Taxonomy
 from .distributed import local_device
 from .finetune import GradualUnfreeze, cached_rows
@@ -102,8 +103,9 @@ def build_trainer(cfg: TrainConfig, run_path: Path, stage: str, epochs: int, cal
     which also fill every new tensor with NaN, a guard against code that reads uninitialised memory. supersub
     writes every tensor it allocates, and the fill made a full fine-tuning step on a CPU 22% slower (measured
     with benchmarks/speed.py's workers, docs/results/speed.md), so it is turned off; the algorithms stay
-    deterministic.
+    deterministic. Freed memory stays in the process for the next batch (:mod:`supersub.memory`).
     """
+    keep_freed_memory()
     trainer = L.Trainer(
         max_epochs=epochs,
         accelerator=cfg.trainer.accelerator,
