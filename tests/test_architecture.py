@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "supersub"
 
 # lowest first; a unit is a top-level module or sub-package of supersub
 LAYERS: list[set[str]] = [
-    {"__init__", "errors", "taxonomy", "io", "score_specs"},  # ground floor
+    {"__init__", "errors", "taxonomy", "io", "score_specs", "memory"},  # ground floor
     {"config"},
     {"novelty", "metrics", "losses"},  # maths on arrays and tensors
     {"data", "models", "reporting", "report_page"},

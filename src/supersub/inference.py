@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .errors import SupersubError
+from .memory import keep_freed_memory
 from .novelty.outputs import Outputs  # the type run_model returns, re-exported
 
 
@@ -35,6 +36,7 @@ def named_device(name: str) -> torch.device:
 def run_model(model: nn.Module, images: torch.Tensor, batch_size: int = 256, device: torch.device | None = None) -> Outputs:
     """Evaluate ``model`` (see :func:`outputs_of`) on uint8 (N,3,H,W) images in eval mode; results on the CPU."""
     device = device or pick_device()
+    keep_freed_memory()  # every batch reuses the previous batch's activation memory
     model = model.to(device, memory_format=torch.channels_last).eval()  # faster convolutions, same results
     batches = [
         outputs_of(model, images[start : start + batch_size].to(device).contiguous(memory_format=torch.channels_last))

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..errors import SupersubError
 from ..io import torch_save_atomic
+from ..memory import keep_freed_memory
 
 FEATURES_FORMAT = "supersub-features-1"
 # images per cache file: blocks let a pool that only grew (outlier images appended) reuse its first blocks
@@ -140,6 +141,7 @@ def _evaluating(module: nn.Module, device: torch.device) -> Iterator[nn.Module]:
 
 def _compute(backbone: nn.Module, images: torch.Tensor, normalize: Normalize, batch_size: int,
              device: torch.device, input_size: int | None, dtype: torch.dtype) -> torch.Tensor:
+    keep_freed_memory()  # every batch reuses the previous batch's activation memory
     chunks: list[torch.Tensor] = []
     with _evaluating(backbone, device), torch.inference_mode():
         for start in range(0, len(images), batch_size):

@@ -14,6 +14,7 @@ from typing import Any
 import lightning as L
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 import torch
+import torch.utils.deterministic  # the fill flag of torch.use_deterministic_algorithms
 from torch import nn
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, ProgressBar
 
@@ -21,6 +22,7 @@ from ..config import TrainConfig, config_to_dict
 from ..data.module import TensorDataModule
 from ..errors import SupersubError
 from ..io import load_checkpoint
+from ..memory import keep_freed_memory
 from ..taxonomy import Taxonomy
 from .distributed import local_device
 from .finetune import GradualUnfreeze, cached_rows
@@ -95,8 +97,16 @@ def check_resumable(checkpoint: dict[str, Any], cfg: TrainConfig, last: Path) ->
 
 
 def build_trainer(cfg: TrainConfig, run_path: Path, stage: str, epochs: int, callbacks: list[L.Callback]) -> L.Trainer:
-    """The Lightning Trainer for one stage; bad accelerator/devices/precision values surface as ValueErrors."""
-    return L.Trainer(
+    """The Lightning Trainer for one stage; bad accelerator/devices/precision values surface as ValueErrors.
+
+    ``trainer.deterministic`` turns on torch's deterministic algorithms (Lightning does, for the whole process),
+    which also fill every new tensor with NaN, a guard against code that reads uninitialised memory. supersub
+    writes every tensor it allocates, and the fill made a full fine-tuning step on a CPU 22% slower (measured
+    with benchmarks/speed.py's workers, docs/results/speed.md), so it is turned off; the algorithms stay
+    deterministic. Freed memory stays in the process for the next batch (:mod:`supersub.memory`).
+    """
+    keep_freed_memory()
+    trainer = L.Trainer(
         max_epochs=epochs,
         accelerator=cfg.trainer.accelerator,
         devices=_devices(cfg.trainer.devices),
@@ -112,6 +122,8 @@ def build_trainer(cfg: TrainConfig, run_path: Path, stage: str, epochs: int, cal
         num_sanity_val_steps=0,
         default_root_dir=run_path,
     )
+    torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
+    return trainer
 
 
 @contextmanager
@@ -143,6 +155,7 @@ def fit_stage(
     stage: str,
     epochs: int | None = None,
     resume: bool = False,
+    extra_callbacks: Sequence[L.Callback] = (),
 ) -> FitResult:
     """Train on ``train_idx`` (early stopping on ``val_idx``) and return the model at its best epoch.
 
@@ -150,6 +163,7 @@ def fit_stage(
     ``run_path/logs/`` (``<stage>/metrics.csv`` for CSV). With ``resume`` an existing last.ckpt is
     continued, and its weights, not the hub's, are the starting point. With ``optim.finetune=frozen`` the
     backbone features of all ``images`` are computed once here and the trainer only sees those rows.
+    ``extra_callbacks`` are added to the trainer's own (benchmarks/speed.py times the steps with one).
     """
     quiet_lightning()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -188,7 +202,7 @@ def fit_stage(
     if progress is not None:
         callbacks.append(progress)
     try:
-        trainer = build_trainer(cfg, run_path, stage, epochs, callbacks)
+        trainer = build_trainer(cfg, run_path, stage, epochs, [*callbacks, *extra_callbacks])
     except (ValueError, TypeError, MisconfigurationException) as e:
         raise SupersubError(f"trainer: {str(e).strip().splitlines()[0]}") from None
     if cfg.optim.finetune == "gradual" and trainer.world_size > 1:
