@@ -52,7 +52,7 @@ def _tiny(tmp_path, **extra):
 
 
 def test_partial_trains_only_the_top_and_runs_the_trunk_once_per_view(synth, tmp_path, monkeypatch):
-    cfg = _tiny(tmp_path)
+    cfg = _tiny(tmp_path, **{"augment.cached_hflip": True})
     data = api.load_labelled(synth, cfg)
     n = len(data.images)
     calls: list[int] = []

@@ -87,8 +87,9 @@ def _count_backbone_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 @pytest.mark.parametrize("regime", ["frozen", "full"])
 def test_frozen_regime_runs_the_backbone_once_per_image(regime, synth, tmp_path, monkeypatch):
+    cached = {"augment.cached_hflip": True} if regime == "frozen" else {}  # two cached views: both computed once
     cfg = load_config(None, {**TINY, "optim.epochs": 3, "optim.finetune": regime, "optim.patience": 5,
-                             "data.cache_dir": str(tmp_path / "cache")})
+                             "data.cache_dir": str(tmp_path / "cache"), **cached})
     data = api.load_labelled(synth, cfg)
     val = list(range(0, 72, 4))  # 18 validation images, 54 training images
     train = [i for i in range(72) if i % 4]
