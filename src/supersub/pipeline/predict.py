@@ -142,15 +142,22 @@ def predict_dataset(run_dir: str | Path, ds: Dataset, skip_bad: bool, device: st
     thresholds = run.load_thresholds()
     taxonomy = run.load_taxonomy()  # the model's own may carry the extra class of novelty.oe: class
     scorer = load_scorer(run.path, thresholds.score)
-    decoded = decode_images(ds.records, cfg.data.image_size, skip_bad=skip_bad)
+    images, kept = decode_readable(ds, cfg.data.image_size, skip_bad)
+    pred = predict_tensors(model, taxonomy, thresholds, images, kept.names, cfg.trainer.accelerator, scorer,
+                           named_device(device) if device else None, cfg)
+    return pred, kept
+
+
+def decode_readable(ds: Dataset, image_size: int, skip_bad: bool) -> tuple[torch.Tensor, Dataset]:
+    """The decoded images and the dataset of their records; with ``skip_bad`` unreadable files are logged and
+    left out (recorded in ``Dataset.skipped``), else the first one is an error naming the file."""
+    decoded = decode_images(ds.records, image_size, skip_bad=skip_bad)
     if decoded.bad:
         log.warning("skipped %d unreadable image(s), e.g. %s", len(decoded.bad), decoded.bad[0])
     kept = Dataset([ds.records[i] for i in decoded.kept], ds.taxonomy, ds.source, ds.skipped + decoded.bad)
     if not kept.records:
         raise SupersubError(f"{ds.source}: no readable images")
-    pred = predict_tensors(model, taxonomy, thresholds, decoded.images, kept.names, cfg.trainer.accelerator, scorer,
-                           named_device(device) if device else None, cfg)
-    return pred, kept
+    return decoded.images, kept
 
 
 def predict_images(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..data.cache import decode_images
 from ..data.formats import read_labels, read_nested_labels
 from ..data.records import Dataset
 from ..errors import SupersubError
@@ -37,9 +35,8 @@ from ..run import MARKER, RunDir, Thresholds
 from ..taxonomy import Taxonomy
 from .calibration import load_scorer
 from .evaluate import score_prediction
-from .predict import Prediction, apply_novelty, model_outputs
+from .predict import Prediction, apply_novelty, decode_readable, model_outputs
 
-log = logging.getLogger("supersub")
 
 COMPETITION_TRUTH, COMPETITION_IMAGES = "test_truth.csv", "test_images"
 TOP_CONFUSIONS = 15
@@ -114,14 +111,9 @@ def _predict_labelled(run: RunDir, folder: Path, taxonomy: Taxonomy, thresholds:
     ds = read_labelled_folder(folder, taxonomy)
     model, cfg, _ = run.load_model()
     scorer = load_scorer(run.path, thresholds.score)
-    decoded = decode_images(ds.records, cfg.data.image_size, skip_bad=skip_bad)
-    if decoded.bad:
-        log.warning("skipped %d unreadable image(s), e.g. %s", len(decoded.bad), decoded.bad[0])
-    kept = Dataset([ds.records[i] for i in decoded.kept], ds.taxonomy, ds.source, ds.skipped + decoded.bad)
-    if not kept.records:
-        raise SupersubError(f"{ds.source}: no readable images")
+    images, kept = decode_readable(ds, cfg.data.image_size, skip_bad)
     dev = named_device(device) if device else pick_device(cfg.trainer.accelerator)
-    outputs = model_outputs(model, decoded.images, cfg, dev)
+    outputs = model_outputs(model, images, cfg, dev)
     applied = apply_novelty(outputs, taxonomy, thresholds, scorer)
     d = applied.decision
     pred = Prediction(kept.names, d.super_pred, d.sub_pred, applied.super_probs, applied.sub_probs, d.super_conf,
