@@ -37,14 +37,15 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the modules beside this file (the workers get the driver's sys.path)
 
-from speed_table import build_rows, describe, markdown, print_rich  # noqa: E402 - after the path
+from speed_plan import Plan, Prepared  # noqa: E402 - after the path
+from speed_table import build_rows, describe, markdown, print_rich  # noqa: E402
 from speed_workers import Worker, start_server  # noqa: E402
 
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "bird-dog-reptile"
@@ -54,38 +55,6 @@ _T0 = time.perf_counter()
 def say(message: str) -> None:
     """Progress on stderr, with the minutes since the start."""
     print(f"[{(time.perf_counter() - _T0) / 60:5.1f} min] {message}", file=sys.stderr, flush=True)
-
-
-@dataclass
-class Plan:
-    """Everything the run depends on (saved with the results)."""
-
-    data: str
-    backbone: str
-    image_size: int
-    input_size: int | None
-    batch_size: int
-    threads: int
-    seed: int
-    warmup_batches: int
-    train_batches: int  # per turn
-    train_rounds: int
-    regime_images: int
-    regime_epochs: int
-    predict_images: int
-    predict_repeats: int
-    forward_batches: int  # per turn
-    forward_pool: int
-    run_per_class: int  # images per subclass of the run trained for (c)
-    run_epochs: int
-    smoke: bool = False
-
-    def overrides(self, cache_dir: Path | str | None, **more: Any) -> dict[str, Any]:
-        """The config of every side: the plan's backbone and sizes, no progress bar, ``data.cache_dir``."""
-        base = {"model.backbone": self.backbone, "data.image_size": self.image_size,
-                "optim.batch_size": self.batch_size, "model.input_size": self.input_size, "trainer.progress": False,
-                "seed": self.seed, "data.cache_dir": None if cache_dir is None else str(cache_dir)}
-        return {**base, **more}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -134,23 +103,6 @@ def make_plan(a: argparse.Namespace) -> Plan:
 
 
 # ---- preparation -----------------------------------------------------------------------------------
-@dataclass
-class Prepared:
-    """What :func:`speed_sides.prepare_inputs` made (paths as strings) and found (threads, versions)."""
-
-    data: str  # labelled training set
-    image_cache: str  # decoded images, shared by every side
-    n_images: int
-    n_train: int
-    folder: str  # images to predict
-    n_predict: int
-    warmup_folder: str
-    run: str  # a trained run (the recipe) for (c)
-    threads: int  # torch's default thread count, when --threads is not given
-    versions: dict[str, str]
-    seconds: float
-
-
 def prepare(plan: Plan, work: Path) -> Prepared:
     """In a worker (the driver never imports torch): decode the data, copy the folder, train the run."""
     data_overrides = plan.overrides(work / "images")

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from speed_workers import Gate
+from speed_gate import Gate
 from supersub import api
 from supersub.config import TrainConfig, load_config
 from supersub.data.augment import augment_uint8, build_augmentation

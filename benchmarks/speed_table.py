@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from speed import Plan, Prepared
+    from speed_plan import Plan, Prepared
 
 TARGETS = {"train": 0.95, "frozen": 50.0, "predict": 0.80}
 ROW_KEYS = ("train", "train-kept", "full", "frozen", "partial", "fill-frozen", "fill-partial", "predict",
