@@ -108,3 +108,19 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def _first_line(error: Exception) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def read_mapping(path: Path, fmt: str, not_mapping: str) -> dict[str, Any]:
+    """A JSON or YAML file (``fmt`` "JSON" or "YAML") whose top level is a mapping; any failure is a one-line
+    SupersubError naming the file (``not_mapping`` says what a non-mapping top level lacks)."""
+    import yaml  # only the YAML readers need it
+
+    errors = (OSError, UnicodeDecodeError, json.JSONDecodeError if fmt == "JSON" else yaml.YAMLError)
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if fmt == "JSON" else yaml.safe_load(text)
+    except errors as e:
+        raise SupersubError(f"{path}: not valid {fmt} ({' '.join(str(e).split())[:200]})") from None
+    if not isinstance(data, dict):
+        raise SupersubError(f"{path}: {not_mapping}")
+    return data

@@ -16,11 +16,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 from rich.table import Table
 
 from ..errors import SupersubError
-from ..io import write_atomic, write_text_atomic
+from ..io import read_mapping, write_atomic, write_text_atomic
 from ..reporting import DeltaPanel, save_delta_chart
 from ..run import MARKER, RunDir
 from .grid import EXPERIMENT_MARKER, check_key, format_value, identity_dict, short_keys
@@ -109,17 +108,12 @@ def expand_runs(path: Path) -> list[Path]:
 def load_record(path: Path, evaluation: str | None = None) -> RunRecord:
     """A run directory's seed, identity and evaluation metrics; a missing piece is a one-line error."""
     run = RunDir.open(path)
-    try:
-        config = yaml.safe_load(run.config_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise SupersubError(f"{run.config_file}: unreadable ({' '.join(str(e).split())[:200]})") from None
-    if not isinstance(config, dict):
-        raise SupersubError(f"{run.config_file}: not a configuration")
+    config = read_mapping(run.config_file, "YAML", "not a configuration")
     identity = identity_dict(config)
     seed = identity.pop("seed", 0)
     file = _evaluation_file(run, evaluation)
-    scores = _read_json(file)
-    summary = _read_json(run.metrics_file) if run.metrics_file.is_file() else {}
+    scores = read_mapping(file, "JSON", "expected a JSON object")
+    summary = read_mapping(run.metrics_file, "JSON", "expected a JSON object") if run.metrics_file.is_file() else {}
     identity[DATA_KEY] = summary.get("data")
     identity[TEST_KEY] = scores.get("labels")
     metrics = {m: _number(scores.get(m), file, m) for m in METRICS}
@@ -304,16 +298,6 @@ def _evaluation_file(run: RunDir, name: str | None) -> Path:
         names = ", ".join(f.stem for f in found)
         raise SupersubError(f"{run.path}: several evaluations ({names}); choose one with --evaluation NAME")
     return found[0]
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SupersubError(f"{path}: not valid JSON ({' '.join(str(e).split())[:200]})") from None
-    if not isinstance(data, dict):
-        raise SupersubError(f"{path}: expected a JSON object")
-    return data
 
 
 def _number(value: Any, file: Path, key: str) -> float:

@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sklearn.model_selection import ParameterGrid
 
 from ..config import TrainConfig, config_to_dict
 from ..errors import SupersubError
+from ..io import read_mapping
 from .configure import _flatten, resolve_config
 
 # keys that change how a run is carried out, not what it computes: two runs that differ only here are the
@@ -235,13 +235,7 @@ def _read(grid: str | Path | dict[str, Any]) -> tuple[str, Any]:
     path = Path(grid)
     if not path.is_file():
         raise SupersubError(f"{path}: grid file not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise SupersubError(f"{path}: not valid YAML ({' '.join(str(e).split())[:200]})") from None
-    if not isinstance(raw, dict):
-        raise SupersubError(f"{path}: top level must be a mapping (data, grid, seeds, ...)")
-    return str(path), raw
+    return str(path), read_mapping(path, "YAML", "top level must be a mapping (data, grid, seeds, ...)")
 
 
 def _validation_message(err: ValidationError, source: str, raw: dict[str, Any]) -> str:
