@@ -130,7 +130,8 @@ def _pool(per_class: int = 10, n_outliers: int = 10, n_novel_sub: int = 4) -> Po
 
 def test_stages_partition_the_images() -> None:
     pool = _pool()
-    cfg = build_config({"data": {"val_fraction": 0.2, "holdout_fraction": 0.3}, "novelty": {"super_protocol": "loso"}})
+    cfg = build_config({"data": {"val_fraction": 0.2, "holdout_fraction": 0.3},
+                        "novelty": {"super_protocol": "loso", "calibration_folds": 1}})
     stages = plan_stages(pool, TAX, cfg)
     assert sorted(stages) == ["calibration", "final", "loso-0", "loso-1"]
     final, cal = stages["final"], stages["calibration"]

@@ -313,6 +313,13 @@ class NoveltyConfig(_Strict):
         0.95, gt=0.0, le=1.0, description="recall objective: tau_sub keeps this share of seen validation images"
     )
     calibration_epochs: int | None = Field(None, ge=1, description="epochs of the calibration run (default: epochs)")
+    calibration_folds: int | None = Field(
+        None, ge=1,
+        description="calibration models, each holding out a different holdout_fraction of every superclass's "
+        "subclasses; each threshold is the mean of theirs (moved to the final model), so it does not hang on one "
+        "random draw of pseudo-novel subclasses. Unset: 1/holdout_fraction folds (every subclass pseudo-novel "
+        "once) when finetune is frozen, where a fold costs seconds of head training on cached features; 1 otherwise",
+    )
 
     @model_validator(mode="after")
     def _shares(self) -> NoveltyConfig:
@@ -485,6 +492,15 @@ class TrainConfig(_Strict):
         return data
 
     @model_validator(mode="after")
+    def _resolve_calibration_folds(self) -> TrainConfig:
+        """Unset folds: one per holdout_fraction share when a fold is cheap (heads on cached frozen features)."""
+        if self.novelty.calibration_folds is None:
+            calibrated = self.novelty.tau_super is None or self.novelty.tau_sub is None
+            cheap = self.optim.finetune == "frozen" and self.data.holdout_fraction > 0 and calibrated
+            self.novelty.calibration_folds = max(1, round(1 / self.data.holdout_fraction)) if cheap else 1
+        return self
+
+    @model_validator(mode="after")
     def _ptr_needs_trainable_representation(self) -> TrainConfig:
         if self.ptr.enabled and self.optim.finetune == "frozen":
             raise ValueError("PtR needs a trainable representation, and finetune=frozen trains only the heads on "
@@ -634,6 +650,7 @@ def _ignored_rules(cfg: TrainConfig) -> Iterator[tuple[dict[str, bool], str]]:
     if n.tau_super is not None and n.tau_sub is not None:
         yield ({"data.holdout_fraction": True, "novelty.objective": True, "novelty.transfer": True,
                 "novelty.super_protocol": True, "novelty.calibration_epochs": n.calibration_epochs is not None,
+                "novelty.calibration_folds": (n.calibration_folds or 1) > 1,
                 "novelty.novel_share_super": True, "novelty.novel_share_sub": True, "novelty.super_recall": True,
                 "novelty.sub_recall": True},
                "both thresholds are hand-set, so nothing is calibrated")

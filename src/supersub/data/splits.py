@@ -28,6 +28,32 @@ def holdout_subclasses(taxonomy: Taxonomy, fraction: float, seed: int) -> list[i
     return sorted(held)
 
 
+def holdout_folds(taxonomy: Taxonomy, fraction: float, seed: int, folds: int) -> list[list[int]]:
+    """``folds`` held-out sets of ``fraction`` of each superclass's subclasses, as disjoint as they can be.
+
+    Fold 0 is :func:`holdout_subclasses` (so one fold is the single calibration model of before); the next
+    folds walk on through a seeded order of each superclass's other subclasses, so with ``folds`` =
+    1/``fraction`` every subclass is held out once (the last window wraps round to the first subclasses).
+    """
+    first = holdout_subclasses(taxonomy, fraction, seed)
+    if not first or folds <= 1:
+        return [first] if first else []
+    rng = np.random.default_rng([seed, 1])
+    held: list[set[int]] = [set(first)] + [set() for _ in range(folds - 1)]
+    chosen = set(first)
+    for k in range(taxonomy.n_super):
+        subs = [int(j) for j in taxonomy.subs_of(k)]
+        window = [j for j in subs if j in chosen]
+        if not window:
+            continue  # a superclass with one subclass is never held out
+        rest = [j for j in subs if j not in chosen]
+        rng.shuffle(rest)
+        order = window + rest
+        for f in range(1, folds):
+            held[f].update(order[(f * len(window) + i) % len(order)] for i in range(len(window)))
+    return [sorted(h) for h in held]
+
+
 def stratified_split(labels: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Indices (train, val) with ``fraction`` of every label in val; a label with one item stays in train."""
     if fraction <= 0:

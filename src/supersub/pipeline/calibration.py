@@ -34,7 +34,7 @@ from ..run import RunDir, Thresholds
 from ..taxonomy import Taxonomy
 from .evidence import Evidence, collect_evidence, load_stage_model
 from .inputs import load_labelled, training_pool
-from .stages import load_split, needs_calibration_model
+from .stages import calibration_stage_names, load_split, needs_calibration_model
 
 log = logging.getLogger("supersub")
 
@@ -121,12 +121,13 @@ def _loso_choice(score: str, loso: list[Evidence], cfg: NoveltyConfig) -> _Level
 
 
 def calibrate_run(
-    score: str, cfg: NoveltyConfig, final: Evidence, calibration: Evidence | None = None,
+    score: str, cfg: NoveltyConfig, final: Evidence, calibration: Evidence | Sequence[Evidence] | None = None,
     loso: Sequence[Evidence] = (),
 ) -> Calibration:
-    """Choose thresholds (hand-set values in ``cfg`` win), transfer them to the final model, fit its
-    detectors and temperatures."""
-    if calibration is None and needs_calibration_model(cfg):
+    """Choose thresholds (hand-set values in ``cfg`` win) on the calibration folds, transfer them to the final
+    model, fit its detectors and temperatures."""
+    folds = [calibration] if isinstance(calibration, Evidence) else list(calibration or ())
+    if not folds and needs_calibration_model(cfg):
         raise SupersubError(
             "this run has no calibration model (it was trained with hand-set thresholds): set both "
             "tau_super and tau_sub"
@@ -135,11 +136,13 @@ def calibrate_run(
     # without a validation split (hand-set thresholds only) the training images give the score's scale
     f_val = scorer.confidences(final.val or final.train, final.taxonomy.sub_to_super)
     scale_f = {"super": _scale(f_val.super_conf), "sub": _scale(f_val.sub_conf)}
-    chosen: dict[str, _LevelChoice] = {}
     summary: dict[str, Any] = {"score": score, "objective": cfg.objective, "transfer": cfg.transfer}
-    if calibration is not None:
-        chosen, cal_summary = _calibrate_levels(score, cfg, calibration, list(loso))
-        summary.update(cal_summary)
+    # one choice per fold; fold 0's figures and sweeps stand for all in the summary
+    per_fold = [_calibrate_levels(score, cfg, ev, list(loso)) for ev in folds]
+    chosen = per_fold[0][0] if per_fold else {}
+    if per_fold:
+        summary.update(per_fold[0][1])
+        summary["calibration_folds"] = len(folds)
     taus, slopes = {}, {}
     for level, hand in (("super", cfg.tau_super), ("sub", cfg.tau_sub)):
         f_conf = getattr(f_val, f"{level}_conf")
@@ -147,12 +150,15 @@ def calibrate_run(
             taus[level] = float(hand) if hand is not None else 0.0
             slopes[level] = DEFAULT_Z_SLOPE / scale_f[level]
             summary[f"{level}_hand_set"] = hand is not None
-        elif cfg.transfer == "quantile":
-            taus[level] = transfer_threshold(chosen[level].share, f_conf)
-            slopes[level] = chosen[level].z_slope / scale_f[level]
-        else:
-            taus[level] = chosen[level].tau
-            slopes[level] = chosen[level].z_slope / summary[f"{level}_scale_calibration"]
+            continue
+        # each fold's threshold on the final model's scale, then their mean: the bagged estimate of one cut
+        # (not the cut of the pooled folds, whose tail the most novel-looking held-out subclasses decide)
+        on_final = [_on_final_model(c[level], f_conf, scale_f[level], fold_summary[f"{level}_scale_calibration"], cfg)
+                    for c, fold_summary in per_fold]
+        taus[level] = float(np.mean([tau for tau, _ in on_final]))
+        slopes[level] = float(np.mean([slope for _, slope in on_final]))
+        if len(folds) > 1:
+            summary[f"{level}_tau_per_fold"] = [round(tau, 4) for tau, _ in on_final]
         summary[f"final_{level}_seen_kept"] = round(100 * kept_share(f_conf, taus[level]), 2)
     t_super = t_sub = 1.0
     if cfg.temperature_scaling and final.val is not None:
@@ -167,10 +173,19 @@ def calibrate_run(
     return Calibration(thresholds, scorer, sweeps, summary)
 
 
+def _on_final_model(
+    choice: _LevelChoice, final_conf: torch.Tensor, final_scale: float, calibration_scale: float, cfg: NoveltyConfig
+) -> tuple[float, float]:
+    """A threshold chosen on a calibration model, moved to the final model: ``(tau, slope)``."""
+    if cfg.transfer == "quantile":
+        return transfer_threshold(choice.share, final_conf), choice.z_slope / final_scale
+    return choice.tau, choice.z_slope / calibration_scale
+
+
 def _calibrate_levels(
     score: str, cfg: NoveltyConfig, ev: Evidence, loso: list[Evidence]
 ) -> tuple[dict[str, _LevelChoice], dict[str, Any]]:
-    """Thresholds on the calibration model (LOSO models for tau_super when there are any)."""
+    """Thresholds on one calibration model (LOSO models for tau_super when there are any)."""
     if ev.val is None or ev.held is None or ev.held_y_super is None:
         raise SupersubError("calibration model: needs validation and held-out subclass images to calibrate on")
     scorer = NoveltyScorer.fit(score, ev.train, ev.train_y_super, ev.train_y_sub, ev.heads, options=cfg.options_for(score))
@@ -215,6 +230,8 @@ def _calibrate_levels(
     if "sub" in chosen:
         summary["sub_seen_acc_at_tau"] = round(100 * float(((c_val.sub_conf >= chosen["sub"].tau) * ok_sub).mean()), 2)
         summary["sub_unseen_acc_at_tau"] = round(100 * float((c_held.sub_conf < chosen["sub"].tau).float().mean()), 2)
+    if "super" in chosen:
+        summary["super_held_out_kept_calibration"] = round(100 * kept_share(c_held.super_conf, chosen["super"].tau), 2)
     if "super" in chosen and c_novel is not None:
         flagged = (c_novel.super_conf < chosen["super"].tau).float().mean()
         summary["super_unseen_acc_at_tau"] = round(100 * float(flagged), 2)
@@ -259,7 +276,8 @@ def load_scorer(run_path: Path, score: str) -> NoveltyScorer:
 def calibrate_and_save(run: RunDir, cfg: TrainConfig, evidence: dict[str, Evidence]) -> Any:
     """Choose and save thresholds, detectors and sweeps from the stages' outputs."""
     loso = [ev for name, ev in sorted(evidence.items()) if name.startswith("loso-")]
-    cal = calibrate_run(cfg.novelty.score, cfg.novelty, evidence["final"], evidence.get("calibration"), loso)
+    folds = [evidence[name] for name in calibration_stage_names(evidence)]
+    cal = calibrate_run(cfg.novelty.score, cfg.novelty, evidence["final"], folds, loso)
     run.save_thresholds(cal.thresholds)
     save_calibration(cal, run.path)
     t = cal.thresholds
@@ -283,7 +301,7 @@ def calibration_evidence(run_dir: str | Path, cfg: TrainConfig | None = None) ->
             f"{data}: now gives {pool.n_labelled} labelled + {len(pool.y_super) - pool.n_labelled} exposure images, "
             f"but the run was trained on {n_labelled} + {n_images - n_labelled}; the data changed since training"
         )
-    wanted = {"final"} | ({"calibration"} if needs_calibration_model(cfg.novelty) else set())
+    wanted = {"final"} | (set(calibration_stage_names(stages)) if needs_calibration_model(cfg.novelty) else set())
     if cfg.novelty.super_protocol == "loso" and cfg.novelty.tau_super is None:
         wanted |= {name for name in stages if name.startswith("loso-")}
     evidence: dict[str, Evidence] = {}

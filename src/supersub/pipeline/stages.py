@@ -8,6 +8,9 @@ with their superclass and :data:`~supersub.losses.NOVEL_SUB`):
 * ``calibration`` (seed 001): a share of every superclass's subclasses held out as pseudo-novel. tau_sub
   separates its validation images from the held-out subclasses; tau_super separates validation plus
   held-out images (a held-out subclass is still a *seen superclass*) from held-back outlier images.
+  With ``novelty.calibration_folds`` K > 1, folds ``calibration-1`` .. ``calibration-{K-1}`` hold out other
+  subclasses the same way, and each threshold is the mean of the K folds' (one draw of pseudo-novel
+  subclasses is a noisy stand-in for the novel subclasses a test brings).
 * ``loso-<k>`` (``novelty.super_protocol: loso``, optional because it trains one more model per
   superclass): the calibration split without superclass k, whose images then stand in for a novel
   superclass; the pooled result sets tau_super when there are no outlier images to calibrate on.
@@ -19,13 +22,14 @@ run with another score or objective without retraining.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..config import NoveltyConfig, TrainConfig
-from ..data.splits import holdout_subclasses, stratified_split
+from ..data.splits import holdout_folds, stratified_split
 from ..errors import SupersubError
 from ..io import write_json_atomic
 from ..losses import NOVEL_SUB, OUTLIER
@@ -114,8 +118,17 @@ def needs_calibration_model(cfg: NoveltyConfig) -> bool:
     return cfg.tau_super is None or cfg.tau_sub is None
 
 
+CALIBRATION = "calibration"  # the first calibration fold's stage; the others are calibration-1, calibration-2, ...
+
+
+def calibration_stage_names(names: Iterable[str]) -> list[str]:
+    """The calibration folds among stage ``names``, fold 0 first (its scale is the one thresholds are on)."""
+    folds = [n for n in names if n == CALIBRATION or (n.startswith(CALIBRATION + "-") and n[len(CALIBRATION) + 1:].isdigit())]
+    return sorted(folds, key=lambda n: 0 if n == CALIBRATION else int(n[len(CALIBRATION) + 1:]))
+
+
 def plan_stages(pool: Pool, taxonomy: Taxonomy, cfg: TrainConfig) -> dict[str, Stage]:
-    """Every stage of a run (final, and calibration / LOSO models when thresholds are to be calibrated)."""
+    """Every stage of a run (final, and calibration folds / LOSO models when thresholds are to be calibrated)."""
     labelled_sub = pool.y_sub[: pool.n_labelled].tolist()
     all_super, all_sub = list(range(taxonomy.n_super)), list(range(taxonomy.n_sub))
     train, val = stratified_split(labelled_sub, cfg.data.val_fraction, cfg.seed)
@@ -123,30 +136,31 @@ def plan_stages(pool: Pool, taxonomy: Taxonomy, cfg: TrainConfig) -> dict[str, S
     stages = {"final": Stage("final", all_super, all_sub, train + outliers + novel_sub, val)}
     if not needs_calibration_model(cfg.novelty):
         return stages
-    held = holdout_subclasses(taxonomy, cfg.data.holdout_fraction, cfg.seed)
-    if not held or cfg.data.val_fraction <= 0:
+    folds = holdout_folds(taxonomy, cfg.data.holdout_fraction, cfg.seed, cfg.novelty.calibration_folds or 1)
+    if not folds or cfg.data.val_fraction <= 0:
         raise SupersubError(
             "novelty: calibration needs data.holdout_fraction > 0, data.val_fraction > 0 and a superclass with "
             "two or more subclasses; otherwise set novelty.tau_super and novelty.tau_sub by hand"
         )
-    held_set = set(held)
-    keep_sub = [j for j in all_sub if j not in held_set]
-    is_held = [j in held_set for j in labelled_sub]
-    seen_rows = [i for i, h in enumerate(is_held) if not h]
-    tr, va = stratified_split([labelled_sub[i] for i in seen_rows], cfg.data.val_fraction, cfg.seed)
-    if not va:
-        raise SupersubError(
-            f"novelty: data.val_fraction = {cfg.data.val_fraction} leaves no validation image to calibrate on "
-            "(too few images per subclass); raise it or set novelty.tau_super and novelty.tau_sub by hand"
-        )
     n_cal = int(round(cfg.data.novel_calibration_fraction * len(outliers)))
-    cal = Stage(
-        "calibration", all_super, keep_sub, [seen_rows[i] for i in tr] + outliers[n_cal:] + novel_sub,
-        [seen_rows[i] for i in va], [i for i, h in enumerate(is_held) if h], outliers[:n_cal],
-    )
-    stages["calibration"] = cal
+    for f, held in enumerate(folds):
+        name = CALIBRATION if f == 0 else f"{CALIBRATION}-{f}"
+        held_set = set(held)
+        is_held = [j in held_set for j in labelled_sub]
+        seen_rows = [i for i, h in enumerate(is_held) if not h]
+        tr, va = stratified_split([labelled_sub[i] for i in seen_rows], cfg.data.val_fraction, cfg.seed)
+        if not va:
+            raise SupersubError(
+                f"novelty: data.val_fraction = {cfg.data.val_fraction} leaves no validation image to calibrate on "
+                "(too few images per subclass); raise it or set novelty.tau_super and novelty.tau_sub by hand"
+            )
+        stages[name] = Stage(
+            name, all_super, [j for j in all_sub if j not in held_set],
+            [seen_rows[i] for i in tr] + outliers[n_cal:] + novel_sub, [seen_rows[i] for i in va],
+            [i for i, h in enumerate(is_held) if h], outliers[:n_cal],
+        )
     if cfg.novelty.super_protocol == "loso" and cfg.novelty.tau_super is None:
-        stages.update(_loso_stages(pool, taxonomy, cal))
+        stages.update(_loso_stages(pool, taxonomy, stages[CALIBRATION]))
     return stages
 
 

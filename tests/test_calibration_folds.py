@@ -1,0 +1,129 @@
+"""Calibration folds: several calibration models, each holding out other subclasses, pooled for thresholds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import run_cli
+from supersub import api
+from supersub.config import build_config
+from supersub.data.splits import holdout_folds, holdout_subclasses
+from supersub.losses import OUTLIER
+from supersub.pipeline.calibration import calibrate_run, calibration_evidence
+from supersub.pipeline.stages import Pool, calibration_stage_names, plan_stages
+from supersub.run import RunDir
+from supersub.taxonomy import Taxonomy
+
+# superclass 0 owns subclasses 0..5, superclass 1 owns 6..8, superclass 2 only 9
+TAX = Taxonomy(("a", "b", "c"), tuple(f"s{j}" for j in range(10)), (0, 0, 0, 0, 0, 0, 1, 1, 1, 2))
+
+
+def test_one_fold_is_the_single_held_out_set_of_before() -> None:
+    assert holdout_folds(TAX, 0.34, seed=3, folds=1) == [holdout_subclasses(TAX, 0.34, seed=3)]
+    assert holdout_folds(TAX, 0.0, seed=3, folds=4) == []
+
+
+def test_folds_cover_every_subclass_once_when_folds_is_one_over_the_fraction() -> None:
+    folds = holdout_folds(TAX, 1 / 3, seed=0, folds=3)
+    assert folds[0] == holdout_subclasses(TAX, 1 / 3, seed=0)
+    held_a = [[j for j in f if TAX.sub_to_super[j] == 0] for f in folds]
+    assert [len(h) for h in held_a] == [2, 2, 2]
+    assert sorted(j for h in held_a for j in h) == [0, 1, 2, 3, 4, 5]  # disjoint and complete
+    assert all(9 not in f for f in folds)  # a superclass's only subclass is never held out
+    assert holdout_folds(TAX, 1 / 3, seed=0, folds=3) == folds
+    assert holdout_folds(TAX, 1 / 3, seed=1, folds=3) != folds
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.integers(1, 9), min_size=1, max_size=4), fraction=st.floats(0.05, 0.9),
+       folds=st.integers(1, 8), seed=st.integers(0, 99))
+def test_every_fold_holds_the_same_share_and_never_a_whole_superclass(sizes: list[int], fraction: float, folds: int,
+                                                                     seed: int) -> None:
+    sub_to_super = tuple(k for k, n in enumerate(sizes) for _ in range(n))
+    tax = Taxonomy(tuple(f"S{k}" for k in range(len(sizes))), tuple(f"s{j}" for j in range(len(sub_to_super))),
+                   sub_to_super)
+    result = holdout_folds(tax, fraction, seed, folds)
+    first = holdout_subclasses(tax, fraction, seed)
+    if not first:
+        assert result == []
+        return
+    assert len(result) == folds and result[0] == first
+    for k, n in enumerate(sizes):
+        counts = {sum(tax.sub_to_super[j] == k for j in f) for f in result}
+        assert len(counts) == 1 and counts.pop() < max(n, 2)  # same count in every fold, never all of k
+
+
+def _pool(per_class: int = 8) -> Pool:
+    y_sub = torch.arange(TAX.n_sub).repeat_interleave(per_class)
+    y_super = torch.tensor(TAX.sub_to_super)[y_sub]
+    y_super = torch.cat([y_super, torch.full((6,), OUTLIER)])
+    y_sub = torch.cat([y_sub, torch.full((6,), OUTLIER)])
+    return Pool(torch.zeros(len(y_sub), 3, 4, 4, dtype=torch.uint8), y_super, y_sub, per_class * TAX.n_sub)
+
+
+def test_stages_hold_out_each_folds_subclasses() -> None:
+    pool = _pool()
+    cfg = build_config({"data": {"val_fraction": 0.25, "holdout_fraction": 1 / 3},
+                        "novelty": {"calibration_folds": 3}})
+    stages = plan_stages(pool, TAX, cfg)
+    names = calibration_stage_names(stages)
+    assert names == ["calibration", "calibration-1", "calibration-2"] and len(stages) == 4
+    held_subs = [{int(pool.y_sub[i]) for i in stages[n].held} for n in names]
+    assert set().union(*held_subs) == set(range(9)) and sum(len(h) for h in held_subs) == 9
+    for name, held in zip(names, held_subs):
+        stage = stages[name]
+        assert set(stage.keep_sub) == set(range(10)) - held
+        assert {int(pool.y_sub[i]) for i in stage.train + stage.val} <= set(stage.keep_sub) | {OUTLIER}
+        assert sorted(stage.train + stage.val + stage.held + stage.novel) == list(range(len(pool.y_sub)))
+
+
+def test_folds_default_to_one_per_holdout_share_only_when_frozen() -> None:
+    assert build_config({"optim": {"finetune": "frozen"}, "data": {"holdout_fraction": 0.25}}).novelty.calibration_folds == 4
+    assert build_config({"optim": {"finetune": "partial"}}).novelty.calibration_folds == 1
+    assert build_config({"optim": {"finetune": "frozen"}, "novelty": {"calibration_folds": 2}}).novelty.calibration_folds == 2
+    assert calibration_stage_names(["final", "calibration-10", "calibration-2", "calibration", "loso-0",
+                                    "calibration-x"]) == ["calibration", "calibration-2", "calibration-10"]
+
+
+@pytest.fixture(scope="module")
+def folded_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from supersub.data.synth import write_synth
+
+    root = tmp_path_factory.mktemp("folds")
+    write_synth(root / "data", train_per_class=4, test_per_class=1)
+    run = root / "run"
+    assert run_cli(["train", "--data", str(root / "data"), "--out", str(run), "--epochs", "1", "--image-size", "24",
+                    "--batch-size", "16", "--no-progress", "--val-fraction", "0.25", "--backbone", "cnn",
+                    "--set", "model.width=4", "--set", "model.depth=[1]", "--set", "novelty.calibration_folds=3",
+                    "--set", "data.holdout_fraction=0.34"]) == 0
+    return run
+
+
+def test_a_folded_run_trains_every_fold_and_averages_their_thresholds(folded_run: Path) -> None:
+    import json
+
+    metrics = json.loads((folded_run / "metrics.json").read_text())
+    cal = metrics["calibration"]
+    names = ["calibration", "calibration-1", "calibration-2"]
+    assert cal["calibration_folds"] == 3 and "calibration-2" in metrics
+    assert all((folded_run / "checkpoints" / n / "model.pt").is_file() for n in names)
+    split = json.loads((folded_run / "calibration" / "split.json").read_text())
+    held = [set(split["stages"][n]["held"]) for n in names]
+    assert not held[0] & held[1] and not held[1] & held[2]
+    # each threshold is the mean of the three single-fold thresholds on the final model, computed here fold by fold
+    run_cfg = RunDir.open(folded_run).load_config()
+    evidence = calibration_evidence(folded_run, run_cfg)
+    single = [calibrate_run(run_cfg.novelty.score, run_cfg.novelty, evidence["final"], evidence[n]).thresholds for n in names]
+    for level in ("super", "sub"):
+        per_fold = [getattr(t, f"tau_{level}") for t in single]
+        assert cal[f"{level}_tau_per_fold"] == pytest.approx(per_fold, abs=1e-4)
+        assert metrics["thresholds"][f"tau_{level}"] == pytest.approx(sum(per_fold) / 3, rel=1e-5, abs=1e-6)
+    # the folds disagree somewhere, so the mean is not simply fold 0's threshold
+    assert any(len({round(getattr(t, f"tau_{level}"), 6) for t in single}) > 1 for level in ("super", "sub"))
+    again = api.calibrate(folded_run)
+    assert again["calibration_folds"] == 3 and again["thresholds"] == metrics["thresholds"]
