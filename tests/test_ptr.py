@@ -53,7 +53,24 @@ def test_targets_follow_the_configured_distribution() -> None:
     uniform = PseudoTaskRegressor(8, PtrConfig(target="uniform")).targets(like)
     assert abs(normal.mean().item()) < 0.02 and abs(normal.std().item() - 1) < 0.02 and normal.min() < 0
     assert uniform.min() >= 0 and uniform.max() <= 1 and abs(uniform.mean().item() - 0.5) < 0.01
-    assert not torch.equal(normal, PseudoTaskRegressor(8, PtrConfig()).targets(like))  # fresh every draw
+    again = PseudoTaskRegressor(8, PtrConfig())
+    assert torch.equal(normal, again.targets(like))  # the same seed, the same stream
+    assert not torch.equal(normal, again.targets(like))  # fresh every draw
+
+
+def test_targets_leave_the_global_rng_alone_and_restart_with_reseed() -> None:
+    """Switching PtR on must change the loss only: dropout masks and view choices keep their random numbers."""
+    regressor = PseudoTaskRegressor(8, PtrConfig())
+    torch.manual_seed(5)
+    expected = torch.rand(6)
+    torch.manual_seed(5)
+    regressor.reseed(11)
+    first = regressor.targets(torch.empty(3, 8))
+    assert torch.equal(torch.rand(6), expected)
+    regressor.reseed(11)
+    assert torch.equal(regressor.targets(torch.empty(3, 8)), first)
+    regressor.reseed(12)
+    assert not torch.equal(regressor.targets(torch.empty(3, 8)), first)
 
 
 def test_switch_on_rule() -> None:

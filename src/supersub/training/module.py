@@ -17,6 +17,8 @@ from .finetune import CACHED_REGIMES, forward_cached, freeze_backbones, paramete
 from .objective import build_loss, mixed_loss
 from .ptr import PseudoTaskRegressor, ptr_active
 
+PTR_SEED_OFFSET = 7919  # the pseudo task's targets: a stream of their own, apart from the global RNG's
+
 
 class HierarchicalModule(L.LightningModule):
     """Trains a :class:`HierarchicalClassifier` with its approach's objective (see :mod:`.objective`).
@@ -68,7 +70,10 @@ class HierarchicalModule(L.LightningModule):
         at an epoch's first batch, so a run resumed from its last checkpoint continues exactly as the
         uninterrupted run would have (the batch order is seeded the same way, see EpochShuffleSampler)."""
         if self._seeded_epoch != self.current_epoch:
-            L.seed_everything(epoch_seed(self.cfg.seed, self.current_epoch, self.global_rank), verbose=False)
+            seed = epoch_seed(self.cfg.seed, self.current_epoch, self.global_rank)
+            L.seed_everything(seed, verbose=False)
+            if self.ptr is not None:
+                self.ptr.reseed(seed + PTR_SEED_OFFSET)
             self._seeded_epoch = self.current_epoch
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -92,13 +97,13 @@ class HierarchicalModule(L.LightningModule):
         bs = inputs.shape[0]
         self.log("train_loss", parts.total, prog_bar=True, on_step=False, on_epoch=True, batch_size=bs,
                  sync_dist=True)
-        if self.ptr is not None:
-            return parts.total + self._ptr_term(parts.total, rep, bs)
         self.log_dict(
             {"train_ce_super": parts.ce_super, "train_ce_sub": parts.ce_sub, "train_kl": parts.kl,
              "train_outlier": parts.outlier},
             on_step=False, on_epoch=True, batch_size=bs, sync_dist=True,
         )
+        if self.ptr is not None:
+            return parts.total + self._ptr_term(parts.total, rep, bs)
         return parts.total
 
     def _ptr_term(self, ce: torch.Tensor, rep: torch.Tensor, bs: int) -> torch.Tensor:

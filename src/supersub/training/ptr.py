@@ -55,10 +55,21 @@ class PseudoTaskRegressor(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.regressor = nn.Linear(dim, dim)
+        # the targets come from a generator of their own, so switching PtR on changes the loss and nothing
+        # else: dropout masks and view choices keep drawing the same numbers from the global RNG as without it
+        self._seed = 0
+        self._generator: torch.Generator | None = None
+
+    def reseed(self, seed: int) -> None:
+        """Restart the targets' generator (the module calls this at every epoch's start, for exact resumes)."""
+        self._seed, self._generator = seed, None
 
     def targets(self, like: torch.Tensor) -> torch.Tensor:
-        """Fresh targets shaped like the regression output: N(0,1) or U(0,1), from the (seeded) global RNG."""
-        return torch.randn_like(like) if self.cfg.target == "normal" else torch.rand_like(like)
+        """Fresh targets shaped like the regression output: N(0,1) or U(0,1), from the pseudo task's generator."""
+        if self._generator is None or self._generator.device != like.device:
+            self._generator = torch.Generator(device=like.device).manual_seed(self._seed)
+        draw = torch.randn if self.cfg.target == "normal" else torch.rand
+        return draw(like.shape, generator=self._generator, device=like.device, dtype=like.dtype)
 
     def loss(self, rep: torch.Tensor) -> torch.Tensor:
         pred = self.regressor(rep)
