@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from conftest import run_cli
 from supersub import api
 from supersub.config import build_config
+from supersub.errors import SupersubError
 from supersub.data.splits import holdout_folds, holdout_subclasses
 from supersub.losses import OUTLIER
 from supersub.pipeline.calibration import calibrate_run, calibration_evidence
@@ -127,3 +128,5 @@ def test_a_folded_run_trains_every_fold_and_averages_their_thresholds(folded_run
     assert any(len({round(getattr(t, f"tau_{level}"), 6) for t in single}) > 1 for level in ("super", "sub"))
     again = api.calibrate(folded_run)
     assert again["calibration_folds"] == 3 and again["thresholds"] == metrics["thresholds"]
+    with pytest.raises(SupersubError, match="calibration_folds is fixed when the models are trained"):
+        api.calibrate(folded_run, calibration_folds=5)

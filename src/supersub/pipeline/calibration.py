@@ -318,6 +318,9 @@ def recalibrate(
 ) -> dict[str, Any]:
     """:func:`supersub.api.calibrate`: new novelty options on the run's config, thresholds re-chosen and saved
     (also in metrics.json)."""
+    trained = sorted({"calibration_folds", "calibration_epochs"} & set(novelty))
+    if trained:
+        raise SupersubError(f"calibrate: novelty.{trained[0]} is fixed when the models are trained; train again to change it")
     run = RunDir.open(run_dir)
     cfg = run.load_config()
     current = {**cfg.novelty.model_dump(), "tau_super": None, "tau_sub": None}
