@@ -138,7 +138,9 @@ def calibrate_run(
     scale_f = {"super": _scale(f_val.super_conf), "sub": _scale(f_val.sub_conf)}
     summary: dict[str, Any] = {"score": score, "objective": cfg.objective, "transfer": cfg.transfer}
     # one choice per fold; fold 0's figures and sweeps stand for all in the summary
-    per_fold = [_calibrate_levels(score, cfg, ev, list(loso)) for ev in folds]
+    # the LOSO models do not depend on the fold: their choice is made once and shared by every fold
+    by_loso = _loso_choice(score, list(loso), cfg) if loso and cfg.super_protocol == "loso" and cfg.tau_super is None else None
+    per_fold = [_calibrate_levels(score, cfg, ev, by_loso) for ev in folds]
     chosen = per_fold[0][0] if per_fold else {}
     if per_fold:
         summary.update(per_fold[0][1])
@@ -183,7 +185,7 @@ def _on_final_model(
 
 
 def _calibrate_levels(
-    score: str, cfg: NoveltyConfig, ev: Evidence, loso: list[Evidence]
+    score: str, cfg: NoveltyConfig, ev: Evidence, by_loso: _LevelChoice | None
 ) -> tuple[dict[str, _LevelChoice], dict[str, Any]]:
     """Thresholds on one calibration model (LOSO models for tau_super when there are any)."""
     if ev.val is None or ev.held is None or ev.held_y_super is None:
@@ -200,10 +202,11 @@ def _calibrate_levels(
     chosen: dict[str, _LevelChoice] = {}
     if cfg.tau_sub is None:
         chosen["sub"] = _choose(c_val.sub_conf, c_held.sub_conf, ok_sub, cfg, cfg.objective, "sub")
-    protocol = _super_protocol(cfg, c_novel is not None, bool(loso))
+    protocol = _super_protocol(cfg, c_novel is not None, by_loso is not None)
     if cfg.tau_super is None:
         if protocol == "loso":
-            pooled = _loso_choice(score, loso, cfg)
+            assert by_loso is not None
+            pooled = by_loso
             tau = transfer_threshold(pooled.share, super_seen)
             chosen["super"] = _LevelChoice(tau, pooled.share, pooled.z_slope, pooled.sweep, pooled.metrics)
         elif protocol == "outliers":
