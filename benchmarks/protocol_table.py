@@ -4,7 +4,10 @@
     python benchmarks/protocol_table.py --variant loso-reptile --names ptr-off-partial,ptr-r10-partial [--work bench-out]
 
 Reads ``WORK/<variant>-<seed>/<name>/result.json`` (the scorer's numbers), the run's ``metrics.json``
-(final validation subclass accuracy) and, when the run used PtR, the final model's last-epoch ``ptr_w``.
+(final validation subclass accuracy), when the run used PtR the final model's last-epoch ``ptr_w``, and
+``predictions.csv`` (written with ``--probs``) for the threshold-free novelty AUROCs: how well P(novel) ranks
+novel-superclass images above the rest (super) and novel-subclass or novel-superclass images above seen ones
+(sub). Accuracies hang on where tau lands; the AUROCs say whether the features themselves separate novelty.
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ import csv
 import json
 import statistics
 from pathlib import Path
+
+import pandas as pd
+from sklearn.metrics import roc_auc_score
 
 COLUMNS = ("super_acc_overall", "super_acc_seen", "super_acc_unseen", "sub_acc_overall", "sub_acc_seen",
            "sub_acc_unseen", "super_ce", "sub_ce")
@@ -28,6 +34,19 @@ def last_ptr_w(run: Path) -> str:
     return f"{float(values[-1]):.3g}" if values else "-"
 
 
+def novelty_aurocs(folder: Path, name: str) -> tuple[float, float] | None:
+    """Super and sub AUROC of P(novel) (the last probability column: novel = last index in this format)."""
+    predictions = folder / name / "predictions.csv"
+    if not predictions.is_file():
+        return None
+    both = pd.read_csv(folder / "data" / "test_truth.csv").merge(pd.read_csv(predictions), on="image",
+                                                                  suffixes=("", "_pred"))
+    p_super = [c for c in both.columns if c.startswith("super_prob_")][-1]
+    p_sub = [c for c in both.columns if c.startswith("sub_prob_")][-1]
+    return (round(100 * roc_auc_score(both["kind"] == "novel_super", both[p_super]), 2),
+            round(100 * roc_auc_score(both["kind"] != "seen", both[p_sub]), 2))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variant", default="loso-reptile")
@@ -35,8 +54,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("bench-out"))
     a = ap.parse_args()
     print("| name | seed | super overall | super seen | super unseen | sub overall | sub seen | sub unseen | super CE "
-          "| sub CE | val sub acc | last ptr_w | train s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| sub CE | super AUROC | sub AUROC | val sub acc | last ptr_w | train s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     summary: dict[str, list[dict]] = {}
     for name in a.names.split(","):
         for folder in sorted(a.work.glob(f"{a.variant}-*")):
@@ -46,13 +65,14 @@ def main() -> None:
             r = json.loads(result.read_text())
             metrics = json.loads((folder / name / "run" / "metrics.json").read_text())
             r["val_sub"] = metrics.get("final", {}).get("val_acc_sub")
+            r["super_auroc"], r["sub_auroc"] = novelty_aurocs(folder, name) or ("-", "-")
             summary.setdefault(name, []).append(r)
             print(f"| {name} | {r['seed']} | " + " | ".join(str(r[c]) for c in COLUMNS) +
-                  f" | {r['val_sub']} | {last_ptr_w(folder / name / 'run')} | {r['seconds']['train']} |")
+                  f" | {r['super_auroc']} | {r['sub_auroc']} | {r['val_sub']} | {last_ptr_w(folder / name / 'run')} | {r['seconds']['train']} |")
     print()
-    print("| name | seeds | super overall | sub overall | super CE | sub CE | val sub acc | paired diff vs first name, "
-          "super / sub overall (pp) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| name | seeds | super overall | sub overall | super CE | sub CE | super AUROC | sub AUROC | val sub acc "
+          "| paired diff vs first name, super / sub overall (pp) | paired diff, super / sub AUROC / val sub acc (pp) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     first = {r["seed"]: r for r in summary.get(a.names.split(",")[0], [])}
     for name, rs in summary.items():
         pairs = [(r, first[r["seed"]]) for r in rs if r["seed"] in first]
@@ -60,13 +80,18 @@ def main() -> None:
         def diff(key: str) -> str:
             ds = [float(r[key]) - float(f[key]) for r, f in pairs]
             return f"{statistics.mean(ds):+.2f} ± {statistics.stdev(ds) if len(ds) > 1 else 0.0:.2f}"
-        paired = f"{diff('super_acc_overall')} / {diff('sub_acc_overall')} (n={len(pairs)})" \
-            if pairs and name != a.names.split(",")[0] else "-"
+        is_first = not pairs or name == a.names.split(",")[0]
+        paired = "-" if is_first else f"{diff('super_acc_overall')} / {diff('sub_acc_overall')} (n={len(pairs)})"
+        paired_auroc = "-" if is_first or any(r["super_auroc"] == "-" or f["super_auroc"] == "-" for r, f in pairs) \
+            else f"{diff('super_auroc')} / {diff('sub_auroc')} / {diff('val_sub')}"
         def ms(key: str) -> str:
+            if any(r[key] == "-" for r in rs):
+                return "-"
             xs = [float(r[key]) for r in rs]
             return f"{statistics.mean(xs):.3g} ± {statistics.stdev(xs):.2g}" if len(xs) > 1 else f"{xs[0]:.3g}"
         print(f"| {name} | {','.join(str(r['seed']) for r in rs)} | {ms('super_acc_overall')} | "
-              f"{ms('sub_acc_overall')} | {ms('super_ce')} | {ms('sub_ce')} | {ms('val_sub')} | {paired} |")
+              f"{ms('sub_acc_overall')} | {ms('super_ce')} | {ms('sub_ce')} | {ms('super_auroc')} | {ms('sub_auroc')} | "
+              f"{ms('val_sub')} | {paired} | {paired_auroc} |")
 
 
 if __name__ == "__main__":
