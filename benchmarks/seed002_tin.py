@@ -6,6 +6,7 @@ weight B, K splits), fine-tune on classes B (new head, backbone at a reduced LR)
     python benchmarks/seed002_tin.py run --bp 0.3 --seed 1 [--partitions 1] [--work bench-out/s002]
     python benchmarks/seed002_tin.py scratch --seed 1           # reference: B trained from scratch, no A
     python benchmarks/seed002_tin.py table                      # mean +- std per (B, K) from results.jsonl
+    python benchmarks/seed002_tin.py run --size medium --work bench-out/s002-medium --bp 0.3 --seed 1
 
 Sizes (chosen for 2 shared CPU cores; see docs/experiments.md) are the constants below. Each finished run
 appends one line to results.jsonl, so a stopped session keeps every finished run.
@@ -23,10 +24,19 @@ import sys
 from pathlib import Path
 
 TIN = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "tiny-imagenet"
-MODEL = ["--backbone", "cnn", "--image-size", "32", "--batch-size", "128", "--no-progress",
-         "--set", "model.width=16", "--set", "data.cache_dir=bench-out/cache"]
-PRETRAIN = ["--per-class", "100", "--epochs", "6", "--lr", "0.003"]  # A: 100 classes x 100 images
-FINETUNE = ["--per-class", "50", "--epochs", "6", "--lr", "0.0003", "--set", "optim.head_lr_mult=10"]  # B: x 50
+COMMON = ["--backbone", "cnn", "--image-size", "32", "--batch-size", "128", "--no-progress",
+          "--set", "data.cache_dir=bench-out/cache"]
+# (model, pretraining on A, fine-tuning on B) per size; "small" is the size of every n=3 table so far,
+# "medium" (width 32: ~0.8 M parameters, 2x the images of A, 2x the epochs) tests the seed's "needs capacity".
+SIZES = {
+    "small": (["--set", "model.width=16"],
+              ["--per-class", "100", "--epochs", "6", "--lr", "0.003"],
+              ["--per-class", "50", "--epochs", "6", "--lr", "0.0003", "--set", "optim.head_lr_mult=10"]),
+    "medium": (["--set", "model.width=32"],
+               ["--per-class", "200", "--epochs", "12", "--lr", "0.003"],
+               ["--per-class", "50", "--epochs", "10", "--lr", "0.0003", "--set", "optim.head_lr_mult=10"]),
+}
+MODEL, PRETRAIN, FINETUNE = [*COMMON, *SIZES["small"][0]], SIZES["small"][1], SIZES["small"][2]
 
 
 def cli(args: list[str]) -> None:
@@ -101,7 +111,11 @@ def main() -> None:
     ap.add_argument("--bp", type=float, default=0.0)
     ap.add_argument("--partitions", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--size", choices=sorted(SIZES), default="small",
+                    help="run size; keep one size per --work folder (the table pairs runs by seed)")
     a = ap.parse_args()
+    global MODEL, PRETRAIN, FINETUNE
+    MODEL, PRETRAIN, FINETUNE = [*COMMON, *SIZES[a.size][0]], SIZES[a.size][1], SIZES[a.size][2]
     if a.action == "split":
         split(a.work)
     elif a.action == "run":
