@@ -5,9 +5,10 @@
 
 Reads ``WORK/<variant>-<seed>/<name>/result.json`` (the scorer's numbers), the run's ``metrics.json``
 (final validation subclass accuracy), when the run used PtR the final model's last-epoch ``ptr_w``, and
-``predictions.csv`` (written with ``--probs``) for the threshold-free novelty AUROCs: how well P(novel) ranks
-novel-superclass images above the rest (super) and novel-subclass or novel-superclass images above seen ones
-(sub). Accuracies hang on where tau lands; the AUROCs say whether the features themselves separate novelty.
+``predictions.csv`` (written with ``--probs``) for the threshold-free novelty AUROCs, defined as in
+``supersub evaluate`` (``metrics.open_set_report``): P(novel superclass) ranking novel-superclass images above
+all others (super), and P(novel subclass) ranking novel-subclass images above seen ones among images of seen
+superclasses (sub). Accuracies hang on where tau lands; the AUROCs say whether the features separate novelty.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import statistics
 from pathlib import Path
 
 import pandas as pd
-from sklearn.metrics import roc_auc_score
+
+from supersub.novelty.ood_metrics import open_set_metrics
 
 COLUMNS = ("super_acc_overall", "super_acc_seen", "super_acc_unseen", "sub_acc_overall", "sub_acc_seen",
            "sub_acc_unseen", "super_ce", "sub_ce")
@@ -35,16 +37,19 @@ def last_ptr_w(run: Path) -> str:
 
 
 def novelty_aurocs(folder: Path, name: str) -> tuple[float, float] | None:
-    """Super and sub AUROC of P(novel) (the last probability column: novel = last index in this format)."""
+    """Super and sub AUROC (%) of P(novel): the last probability column (novel = last index in this format)."""
     predictions = folder / name / "predictions.csv"
     if not predictions.is_file():
         return None
     both = pd.read_csv(folder / "data" / "test_truth.csv").merge(pd.read_csv(predictions), on="image",
                                                                   suffixes=("", "_pred"))
-    p_super = [c for c in both.columns if c.startswith("super_prob_")][-1]
-    p_sub = [c for c in both.columns if c.startswith("sub_prob_")][-1]
-    return (round(100 * roc_auc_score(both["kind"] == "novel_super", both[p_super]), 2),
-            round(100 * roc_auc_score(both["kind"] != "seen", both[p_sub]), 2))
+    seen_conf = {level: -both[[c for c in both.columns if c.startswith(f"{level}_prob_")][-1]]
+                 for level in ("super", "sub")}
+    novel_super, known = both["kind"] == "novel_super", both["kind"] != "novel_super"
+    super_auroc = open_set_metrics(seen_conf["super"][~novel_super], seen_conf["super"][novel_super])["auroc"]
+    sub_auroc = open_set_metrics(seen_conf["sub"][known & (both["kind"] == "seen")],
+                                 seen_conf["sub"][both["kind"] == "novel_sub"])["auroc"]
+    return round(100 * super_auroc, 2), round(100 * sub_auroc, 2)
 
 
 def main() -> None:

@@ -36,7 +36,12 @@ SIZES = {
                ["--per-class", "200", "--epochs", "12", "--lr", "0.003"],
                ["--per-class", "50", "--epochs", "10", "--lr", "0.0003", "--set", "optim.head_lr_mult=10"]),
 }
-MODEL, PRETRAIN, FINETUNE = [*COMMON, *SIZES["small"][0]], SIZES["small"][1], SIZES["small"][2]
+
+
+def size_args(size: str) -> tuple[list[str], list[str], list[str]]:
+    """(model, pretraining, fine-tuning) CLI arguments of one run size."""
+    model, pretrain, finetune = SIZES[size]
+    return [*COMMON, *model], pretrain, finetune
 
 
 def cli(args: list[str]) -> None:
@@ -53,15 +58,16 @@ def split(work: Path) -> None:
     (work / "B.txt").write_text("\n".join(sorted(wnids[100:])) + "\n")
 
 
-def run(work: Path, bp: float, k: int, seed: int) -> None:
+def run(work: Path, bp: float, k: int, seed: int, size: str = "small") -> None:
+    model, pretrain, finetune = size_args(size)
     name = f"bp{bp}-k{k}-s{seed}"
     pre, fine = work / f"{name}-A.pt", work / f"{name}-B.pt"
     cli(["pretrain", "--data", str(TIN / "train"), "--classes", str(work / "A.txt"), "--out", str(pre),
          "--binary-partition", str(bp), "--partitions", str(k), "--seed", str(seed), "--test-data", str(TIN / "val"),
-         "--overwrite", *MODEL, *PRETRAIN])
+         "--overwrite", *model, *pretrain])
     cli(["pretrain", "--data", str(TIN / "train"), "--classes", str(work / "B.txt"), "--out", str(fine),
-         "--weights", str(pre), "--seed", str(seed), "--test-data", str(TIN / "val"), "--overwrite", *MODEL,
-         *FINETUNE])
+         "--weights", str(pre), "--seed", str(seed), "--test-data", str(TIN / "val"), "--overwrite", *model,
+         *finetune])
     a, b = (json.loads(Path(f"{p}.json").read_text()) for p in (pre, fine))
     row = {"bp": bp, "k": k, "seed": seed, "A_test_acc": a["test_acc"], "B_test_acc": b["test_acc"],
            "seconds": round(a["seconds"] + b["seconds"], 1)}
@@ -70,12 +76,13 @@ def run(work: Path, bp: float, k: int, seed: int) -> None:
     print(json.dumps(row), flush=True)
 
 
-def scratch(work: Path, seed: int) -> None:
+def scratch(work: Path, seed: int, size: str = "small") -> None:
     """The no-transfer reference: B's classifier from random weights, at the pretraining LR (full)."""
+    model, _, finetune = size_args(size)
     out = work / f"scratch-s{seed}-B.pt"
     cli(["pretrain", "--data", str(TIN / "train"), "--classes", str(work / "B.txt"), "--out", str(out),
-         "--seed", str(seed), "--test-data", str(TIN / "val"), "--overwrite", *MODEL, "--per-class", "50",
-         "--epochs", "6", "--lr", "0.003"])
+         "--seed", str(seed), "--test-data", str(TIN / "val"), "--overwrite", *model,
+         *finetune[:4], "--lr", "0.003"])  # B's images and epochs, the pretraining LR
     b = json.loads(Path(f"{out}.json").read_text())
     row = {"bp": -1.0, "k": 0, "seed": seed, "A_test_acc": None, "B_test_acc": b["test_acc"],
            "seconds": b["seconds"]}
@@ -114,14 +121,12 @@ def main() -> None:
     ap.add_argument("--size", choices=sorted(SIZES), default="small",
                     help="run size; keep one size per --work folder (the table pairs runs by seed)")
     a = ap.parse_args()
-    global MODEL, PRETRAIN, FINETUNE
-    MODEL, PRETRAIN, FINETUNE = [*COMMON, *SIZES[a.size][0]], SIZES[a.size][1], SIZES[a.size][2]
     if a.action == "split":
         split(a.work)
     elif a.action == "run":
-        run(a.work, a.bp, a.partitions, a.seed)
+        run(a.work, a.bp, a.partitions, a.seed, a.size)
     elif a.action == "scratch":
-        scratch(a.work, a.seed)
+        scratch(a.work, a.seed, a.size)
     else:
         table(a.work)
 
