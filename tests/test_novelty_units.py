@@ -227,7 +227,7 @@ def test_calibrate_run_transfers_the_calibration_share(transfer: str) -> None:
     ev_final = collect_evidence(_Affine(2, TAX.n_sub, scale=5.0), pool, TAX, stages["final"], "cpu")
     cal = calibrate_run("knn", cfg.novelty, ev_final, ev_cal)
     t, s = cal.thresholds, cal.summary
-    assert t.score == "knn" and s["super_protocol"] == "outliers" and s["super_auroc_calibration"] > 0.9
+    assert t.score == "knn" and s["super_protocol"] == "auto+outliers" and s["super_auroc_calibration"] > 0.9
     final_val = cal.scorer.confidences(ev_final.val, TAX.sub_to_super)
     if transfer == "quantile":
         for level in ("super", "sub"):
@@ -399,3 +399,26 @@ def test_tau_super_transfers_the_share_of_seen_subclass_validation_images() -> N
     assert kept_share(torch.cat([val, held]), tau) == pytest.approx(cfg.novelty.super_recall, abs=0.05)
     assert kept_share(held, tau) < kept_share(val, tau)  # held-out subclasses score lower: the shares differ
     assert s["super_seen_kept_calibration"] / 100 == pytest.approx(kept_share(val, tau), abs=1e-6)
+
+
+def test_outliers_can_only_make_tau_super_stricter_than_the_recall_rule() -> None:
+    """Outliers far from the training images (photos against drawings) would set a lax cut: auto keeps the recall
+    cut then, and uses the outliers' cut only where it is stricter; protocol ``outliers`` uses it regardless."""
+    pool = _feature_pool()  # its outliers sit far below every seen cluster
+
+    def tau(protocol: str, recall: float = 0.95) -> tuple[float, dict]:
+        cfg = build_config({"data": {"val_fraction": 0.25, "holdout_fraction": 0.3},
+                            "novelty": {"score": "knn", "super_protocol": protocol, "super_recall": recall}})
+        stages = plan_stages(pool, TAX, cfg)
+        cal_tax = TAX.subset(stages["calibration"].keep_sub)[0]
+        ev_cal = collect_evidence(_Affine(2, cal_tax.n_sub), pool, TAX, stages["calibration"], "cpu")
+        ev_final = collect_evidence(_Affine(2, TAX.n_sub, scale=5.0), pool, TAX, stages["final"], "cpu")
+        cal = calibrate_run("knn", cfg.novelty, ev_final, ev_cal)
+        return cal.thresholds.tau_super, cal.summary
+
+    t_auto, s_auto = tau("auto", recall=0.8)
+    t_recall, _ = tau("recall", recall=0.8)
+    t_outliers, _ = tau("outliers", recall=0.8)
+    assert t_outliers < t_recall  # the far outliers' own cut is the laxer one here
+    assert t_auto == pytest.approx(t_recall) and s_auto["super_outliers_set_tau"] == 0
+    assert s_auto["super_protocol"] == "auto+outliers"

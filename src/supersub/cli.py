@@ -382,7 +382,7 @@ def calibrate(
     recall: Optional[str] = typer.Option(None, "--recall", help=RECALL_HELP, show_default="the run's"),
     transfer: Optional[str] = typer.Option(None, help="quantile or absolute", show_default="the run's"),
     super_protocol: Optional[str] = typer.Option(
-        None, "--super-protocol", help="auto, recall, or loso (needs a run trained with loso)", show_default="the run's"
+        None, "--super-protocol", help="auto, outliers, recall, or loso (needs a run trained with loso)", show_default="the run's"
     ),
     tau_super: Optional[float] = typer.Option(None, "--tau-super", help="hand-set superclass threshold",
                                               show_default="calibrated"),

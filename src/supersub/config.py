@@ -17,7 +17,7 @@ from pydantic import (
 )
 
 from .errors import SupersubError
-from .score_specs import SCORE_SPECS, check_options, level_scores, options_for_detector
+from .score_specs import SCORE_SPECS, check_options, level_scores, options_for_detector, score_spec
 
 
 class _Strict(BaseModel):
@@ -106,6 +106,12 @@ class ModelConfig(_Strict):
     block_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout inside CNN residual blocks")
     bottleneck: int = Field(
         0, ge=0, description="head 'mlp': its hidden width; linear/cosine heads: a shared Linear-BN-ReLU neck (0 = none)"
+    )
+    tap_blocks: int = Field(
+        2, ge=0, le=8,
+        description="the backbone's last blocks whose pooled outputs the model also returns (layers block-1, "
+        "block-2, ... for novelty.super_layer / sub_layer); timm backbones only, computed in the same pass and "
+        "cached with the frozen features; 0 = final features only",
     )
 
     @model_validator(mode="before")
@@ -257,6 +263,9 @@ class BoostConfig(_Strict):
     threads: int = Field(0, ge=0, description="CPU threads (0 = all cores); results do not depend on it")
 
 
+LAYER_PATTERN = r"^(auto|(final|block-[1-8])(\+(final|block-[1-8]))*)$"
+
+
 class NoveltyConfig(_Strict):
     """Novelty score and thresholds; a ``None`` threshold is calibrated (see :mod:`supersub.pipeline.calibration`)."""
 
@@ -268,6 +277,15 @@ class NoveltyConfig(_Strict):
         "data.novel_data: energy (outlier exposure flattens the head on outliers, which breaks ViM); msp = the seed "
         "paper's max softmax",
     )
+    super_layer: str = Field(
+        "auto", pattern=LAYER_PATTERN,
+        description="the features the superclass score reads: final (the heads' features), block-1 (the backbone's "
+        "last block, pooled), block-2, ... or a +-joined list (block-1+final); every layer but final alone is "
+        "L2-normalised; tapped blocks need a timm backbone (model.tap_blocks). auto: block-1 where the backbone "
+        "has tapped blocks (the novelty suite's choice, docs/results/novelty-suite.md), else final",
+    )
+    sub_layer: str = Field("final", pattern=LAYER_PATTERN, description="the features the subclass score reads (as "
+                           "super_layer; auto = final: the subclass head's own features rank new species best)")
     score_options: dict[str, int | float] = Field(
         default_factory=dict,
         description="options of the score's detector (supersub.novelty.scores, its 'params'), e.g. {k: 50} for "
@@ -292,10 +310,13 @@ class NoveltyConfig(_Strict):
         description="expected objective: share of test images from a novel subclass, novel superclasses included "
         "(the competition: about 0.79); must be above novel_share_super",
     )
-    super_protocol: Literal["auto", "loso", "recall"] = Field(
+    super_protocol: Literal["auto", "outliers", "loso", "recall"] = Field(
         "auto",
-        description="tau_super from: held-back novel_data (auto, else recall), leave-one-superclass-out models "
-        "(loso: one extra model per superclass, expensive), or a recall target on seen images",
+        description="tau_super from: auto = the recall target, and with data.novel_data the stricter of that and "
+        "the cut against the held-back outlier images (outliers unlike your images, e.g. photos against drawings, "
+        "would otherwise set a cut that lets a new family of your own kind through); outliers = against the "
+        "held-back outliers alone; loso = leave-one-superclass-out models (one extra model per superclass); "
+        "recall = a recall target on seen images",
     )
     transfer: Literal["quantile", "absolute"] = Field(
         "quantile",
@@ -353,6 +374,11 @@ class NoveltyConfig(_Strict):
                              f"{first} nor {second}")
         return self
 
+    @property
+    def layers(self) -> tuple[str, str]:
+        """(super_layer, sub_layer): what :class:`supersub.novelty.scoring.NoveltyScorer` reads at each level."""
+        return self.super_layer, self.sub_layer
+
     def options_for(self, score: str) -> dict[str, int | float]:
         """The detector options of ``score``: ``score_options`` when it is this config's score, else none
         (a benchmark scoring the same run with another score uses that score's defaults)."""
@@ -371,7 +397,7 @@ class NoveltyConfig(_Strict):
         if value is None or not isinstance(name, str):
             return value
         score = level_scores(name)[0 if info.field_name == "tau_super" else 1]
-        bounds = SCORE_SPECS[score].confidence_range
+        bounds = score_spec(score).confidence_range
         if bounds is not None and not bounds[0] <= value <= bounds[1]:
             hint = "" if score == "msp" else " (for max-softmax thresholds such as 0.99 set --score msp)"
             raise ValueError(f"a {score} threshold must lie in [{bounds[0]:g}, {bounds[1]:g}]{hint}")
@@ -460,7 +486,7 @@ class TrainConfig(_Strict):
         if self.model.head == "xgboost" and self.optim.finetune != "frozen":
             raise ValueError(f"model.head xgboost fits trees on fixed backbone features: it needs optim.finetune "
                              f"frozen, not {self.optim.finetune}")
-        needs_members = [name for name in set(level_scores(self.novelty.score)) if SCORE_SPECS[name].needs_members]
+        needs_members = [name for name in set(level_scores(self.novelty.score)) if score_spec(name).needs_members]
         if needs_members and self.model.approach != "bagging":
             raise ValueError(f"novelty.score: {', '.join(sorted(needs_members))} reads the members of an ensemble; "
                              f"approach {self.model.approach} has none (use model.approach bagging)")
@@ -660,7 +686,7 @@ def _ignored_rules(cfg: TrainConfig) -> Iterator[tuple[dict[str, bool], str]]:
                f"only objective=expected uses them, not {n.objective}")
     if n.objective != "recall":
         yield ({"novelty.sub_recall": True}, f"only objective=recall uses it, not {n.objective}")
-        recall_protocol = n.super_protocol == "recall" or (n.super_protocol == "auto" and d.novel_data is None)
+        recall_protocol = n.super_protocol in ("recall", "auto")
         if not recall_protocol:
             yield ({"novelty.super_recall": True},
                    f"only objective=recall or the recall superclass protocol use it (objective {n.objective}, "

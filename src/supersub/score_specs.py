@@ -14,6 +14,8 @@ from typing import Any
 from .errors import SupersubError
 
 PAIR_SEPARATOR = "+"
+# "maxlogit,knn-class": the average of the parts' standardised confidences (supersub.novelty.scores.AveragedScore)
+AVERAGE_SEPARATOR = ","
 
 
 @dataclass(frozen=True)
@@ -47,9 +49,27 @@ SCORE_SPECS: dict[str, ScoreSpec] = {s.name: s for s in (
 
 
 def score_spec(name: str) -> ScoreSpec:
+    """A score's spec; ``a,b`` (an average of scores) takes the options of its parts and has no fixed range."""
+    if AVERAGE_SEPARATOR in name:
+        parts = average_parts(name)
+        options = {k: v for part in parts for k, v in SCORE_SPECS[part].options.items()}
+        return ScoreSpec(name, options, None, any(SCORE_SPECS[p].needs_members for p in parts))
     if name not in SCORE_SPECS:
         raise SupersubError(f"unknown score {name!r} (choose from {', '.join(SCORE_SPECS)})")
     return SCORE_SPECS[name]
+
+
+def average_parts(name: str) -> list[str]:
+    """The parts of an averaged score ``a,b[,c]``: known, distinct, not ``msp`` (its subclass form is not a detector)."""
+    parts = name.split(AVERAGE_SEPARATOR)
+    if len(parts) < 2 or len(set(parts)) != len(parts) or not all(parts):
+        raise SupersubError(f"score {name!r}: an average needs two or more distinct scores joined by "
+                            f"'{AVERAGE_SEPARATOR}'")
+    for part in parts:
+        if part not in SCORE_SPECS or part == "msp":
+            raise SupersubError(f"score {name!r}: {part!r} cannot be averaged (choose from "
+                                f"{', '.join(n for n in SCORE_SPECS if n != 'msp')})")
+    return parts
 
 
 def level_scores(name: str) -> tuple[str, str]:

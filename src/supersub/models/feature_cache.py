@@ -2,10 +2,11 @@
 
 With the backbone (or its trunk, see :mod:`.stages`) frozen, its outputs never change between epochs, so
 extracting them once turns each epoch into a few matrix products (or the last stages' passes). The disk
-cache makes that once per (network and weights, images, augmentation view, input size, normalisation)
-rather than once per run, in blocks of :data:`CACHE_BLOCK` images, so a second ``train`` or ``calibrate`` on the same data never runs the
-network: the key hashes the actual tensors, so changing a single weight or pixel (or mirroring the
-images) is a miss, never a stale hit. The cache lives in :func:`default_cache_dir` unless
+cache makes that once per (network and weights, image, augmentation view, input size, normalisation)
+rather than once per run: it is content-addressed per image (shards of up to :data:`CACHE_BLOCK` images), so a
+second ``train`` or ``calibrate``, another split or subset of the same images in any order, or a grown pool never
+runs the network on an image it has seen: the key hashes the actual tensors, so changing a single weight or
+pixel (or mirroring the images) is a miss, never a stale hit. The cache lives in :func:`default_cache_dir` unless
 ``data.cache_dir`` says otherwise.
 """
 
@@ -27,8 +28,8 @@ from ..errors import SupersubError
 from ..io import torch_save_atomic
 from ..memory import keep_freed_memory
 
-FEATURES_FORMAT = "supersub-features-1"
-# images per cache file: blocks let a pool that only grew (outlier images appended) reuse its first blocks
+FEATURES_FORMAT = "supersub-features-2"
+# images per cache shard (the misses of one call are saved in shards of this size)
 CACHE_BLOCK = 1024
 log = logging.getLogger(__name__)
 
@@ -57,21 +58,62 @@ def extract_features(
     if cache_dir is None:
         return _compute(backbone, images, normalize, batch_size, torch.device(device), input_size, dtype)
     network = network_digest(backbone, normalize, input_size, dtype)
-    parts, hits = [], 0
-    for start in range(0, len(images), CACHE_BLOCK):
-        block = images[start : start + CACHE_BLOCK]
-        key = _block_key(network, block)
-        target = Path(cache_dir) / f"features-{key[:32]}.pt"
-        cached = _load(target, key, len(block))
-        if cached is None:
-            cached = _compute(backbone, block, normalize, batch_size, torch.device(device), input_size, dtype)
-            _save(target, key, cached)
-        else:
-            hits += 1
-        parts.append(cached)
-    log.info("backbone outputs of %d images: %d of %d cache blocks read from %s", len(images), hits, len(parts),
-             cache_dir)
-    return torch.cat(parts)
+    keys = image_keys(images)
+    store = _ShardIndex(Path(cache_dir), network)
+    missing = [i for i, key in enumerate(keys) if key not in store]
+    # the misses are computed in blocks of CACHE_BLOCK and each block saved as one shard
+    for start in range(0, len(missing), CACHE_BLOCK):
+        rows = missing[start : start + CACHE_BLOCK]
+        computed = _compute(backbone, images[rows], normalize, batch_size, torch.device(device), input_size, dtype)
+        store.add([keys[i] for i in rows], computed)
+    log.info("backbone outputs of %d images: %d read from the cache in %s, %d computed", len(images),
+             len(images) - len(missing), cache_dir, len(missing))
+    return store.gather(keys)
+
+
+def image_keys(images: torch.Tensor) -> list[str]:
+    """sha256 of each image's shape and pixels: the cache is content-addressed per image, so any subset or
+    order of already-seen images (another split of the same photos, a grown pool) is a hit."""
+    shape = f"{tuple(images.shape[1:])}\0".encode()
+    return [hashlib.sha256(shape + _tensor_bytes(image)).hexdigest() for image in images]
+
+
+class _ShardIndex:
+    """The cached rows of one network: shard files ``features-<network>-<id>.pt`` of up to
+    :data:`CACHE_BLOCK` images, each holding its images' keys and their outputs."""
+
+    def __init__(self, folder: Path, network: str) -> None:
+        self.folder, self.network = folder, network
+        self.where: dict[str, tuple[int, int]] = {}
+        self.shards: list[torch.Tensor] = []
+        for path in sorted(folder.glob(f"features-{network[:16]}-*.pt")) if folder.is_dir() else ():
+            payload = _load(path, network)
+            if payload is None:
+                continue
+            keys, rows = payload
+            self._index(keys, rows)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.where
+
+    def _index(self, keys: list[str], rows: torch.Tensor) -> None:
+        shard = len(self.shards)
+        self.shards.append(rows)
+        for row, key in enumerate(keys):
+            self.where.setdefault(key, (shard, row))
+
+    def add(self, keys: list[str], rows: torch.Tensor) -> None:
+        self._index(keys, rows)
+        digest = hashlib.sha256("".join(keys).encode()).hexdigest()[:16]
+        _save(self.folder / f"features-{self.network[:16]}-{digest}.pt", self.network, keys, rows)
+
+    def gather(self, keys: list[str]) -> torch.Tensor:
+        first = self.shards[self.where[keys[0]][0]]
+        out = torch.empty((len(keys), *first.shape[1:]), dtype=first.dtype)
+        for i, key in enumerate(keys):
+            shard, row = self.where[key]
+            out[i] = self.shards[shard][row]
+        return out
 
 
 def default_cache_dir() -> Path:
@@ -100,13 +142,8 @@ def network_digest(backbone: nn.Module, normalize: Normalize, input_size: int | 
 
 def cache_key(backbone: nn.Module, images: torch.Tensor, normalize: Normalize, input_size: int | None) -> str:
     """The key of ``images`` as one cache block: the network's digest and the pixels (float32 outputs)."""
-    return _block_key(network_digest(backbone, normalize, input_size), images)
-
-
-def _block_key(network: str, images: torch.Tensor) -> str:
-    h = hashlib.sha256(f"{network}\0images\0{tuple(images.shape)}\0".encode())
-    h.update(_tensor_bytes(images))
-    return h.hexdigest()
+    network = network_digest(backbone, normalize, input_size)
+    return hashlib.sha256("\0".join([network, *image_keys(images)]).encode()).hexdigest()
 
 
 def _check_images(images: torch.Tensor) -> None:
@@ -153,25 +190,24 @@ def _compute(backbone: nn.Module, images: torch.Tensor, normalize: Normalize, ba
     return torch.cat(chunks)
 
 
-def _load(target: Path, key: str, n_rows: int) -> torch.Tensor | None:
-    """The cached features if the file is intact and made for ``key``; anything else is a miss."""
-    if not target.is_file():
-        return None
+def _load(target: Path, network: str) -> tuple[list[str], torch.Tensor] | None:
+    """A shard's keys and rows if the file is intact and made by ``network``; anything else is a miss."""
     try:
         payload: Any = torch.load(target, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a corrupt or foreign cache file is recomputed, never fatal
         log.warning("%s: unreadable feature cache, recomputing (%s)", target, type(e).__name__)
         return None
-    if not isinstance(payload, dict) or payload.get("key") != key:
+    if not isinstance(payload, dict) or payload.get("network") != network:
         return None
-    features = payload.get("features")
-    if not isinstance(features, torch.Tensor) or features.ndim < 2 or len(features) != n_rows:
+    keys, features = payload.get("keys"), payload.get("features")
+    if not isinstance(keys, list) or not isinstance(features, torch.Tensor) or features.ndim < 2 \
+            or len(features) != len(keys):
         return None
-    return features
+    return keys, features
 
 
-def _save(target: Path, key: str, features: torch.Tensor) -> None:
+def _save(target: Path, network: str, keys: list[str], features: torch.Tensor) -> None:
     try:
-        torch_save_atomic({"format": FEATURES_FORMAT, "key": key, "features": features}, target)
+        torch_save_atomic({"format": FEATURES_FORMAT, "network": network, "keys": keys, "features": features}, target)
     except OSError as e:
         raise SupersubError(f"{target}: cannot write the feature cache ({e.strerror or e})") from None

@@ -37,6 +37,7 @@ from .heads import create_head
 from .moe import ExpertHeads, mixture_sub_logits
 from ..novelty.outputs import Outputs
 from .stages import StageSplit, split_backbone
+from .taps import TappedBackbone, supports_taps, tap_names, tap_widths
 
 Logits = tuple[torch.Tensor, torch.Tensor]
 
@@ -111,6 +112,9 @@ class HierarchicalClassifier(nn.Module):
         self.num_features = feat + (sub_feat if self.sub_backbone is not None else 0)
         # width of backbone_features(): the pooled representation before any neck
         self.num_backbone_features = sum(int(b.num_features) for b in self.backbones())
+        # pooled outputs of the main backbone's last blocks, for novelty scores (see .taps); never trained on
+        self.tap_blocks = cfg.tap_blocks if supports_taps(self.backbone) else 0
+        self.tap_widths = tap_widths(self.backbone, self.tap_blocks, self.input_size)
         self.register_load_state_dict_pre_hook(_legacy_linear_heads)
 
     # ---- pieces ------------------------------------------------------------------------------
@@ -145,11 +149,37 @@ class HierarchicalClassifier(nn.Module):
         return torch.cat([b(x) for b in self.backbones()], dim=1)
 
     def head_inputs(self, backbone_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """What each level's head reads (neck outputs): ``(superclass side, subclass side)``."""
+        """What each level's head reads (neck outputs): ``(superclass side, subclass side)``; tapped columns after
+        the backbones' own (:meth:`feature_extractors`) are ignored."""
         split = int(self.backbone.num_features)
         f = self.neck(backbone_features[:, :split])
-        g = f if self.sub_neck is None else self.sub_neck(backbone_features[:, split:])
+        g = f if self.sub_neck is None else self.sub_neck(backbone_features[:, split:self.num_backbone_features])
         return f, g
+
+    def feature_extractors(self) -> list[nn.Module]:
+        """What the frozen cache runs: the main backbone with its taps (one pass), then the other backbone."""
+        main = TappedBackbone(self.backbone, self.tap_blocks) if self.tap_blocks else self.backbone
+        return [main] + ([self.sub_backbone] if self.sub_backbone is not None else [])
+
+    def arrange_rows(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        """:meth:`feature_extractors` outputs -> rows ``[backbone features | tapped layers]``."""
+        split = int(self.backbone.num_features)
+        return torch.cat([parts[0][:, :split], *parts[1:], parts[0][:, split:]], dim=1)
+
+    def tapped_rows(self, images: torch.Tensor) -> torch.Tensor:
+        """Rows of :meth:`arrange_rows` computed from images (what the frozen cache holds)."""
+        x = self.prepare(images)
+        return self.arrange_rows([e(x) for e in self.feature_extractors()])
+
+    def layers_of_rows(self, rows: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """The tapped layers of rows that carry them (``block-n`` .. ``block-1``), else None."""
+        if not self.tap_blocks or rows.shape[1] <= self.num_backbone_features:
+            return None
+        layers, start = {}, self.num_backbone_features
+        for name, width in zip(tap_names(self.tap_blocks), self.tap_widths):
+            layers[name] = rows[:, start:start + width]
+            start += width
+        return layers
 
     def head_forward(self, backbone_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Everything after the backbones, from :meth:`backbone_features` rows."""
@@ -163,12 +193,15 @@ class HierarchicalClassifier(nn.Module):
         return self.head_forward(self.backbone_features(images))
 
     def outputs(self, images: torch.Tensor) -> Outputs:
-        """:meth:`forward` as :class:`Outputs` (what inference and calibration collect)."""
-        return Outputs(*self(images))
+        """:meth:`forward` as :class:`Outputs`, with the tapped layers (what inference and calibration collect)."""
+        return self.outputs_from_rows(self.tapped_rows(images))
 
     def outputs_from_rows(self, rows: torch.Tensor, splits: Sequence[StageSplit] | None = None) -> Outputs:
-        """Outputs from cached rows: backbone features, or trunk activations when ``splits`` is given."""
-        return Outputs(*(self.head_forward(rows) if splits is None else self.top_forward(rows, splits)))
+        """Outputs from cached rows: backbone features (and tapped layers), or trunk activations when ``splits``
+        is given."""
+        if splits is not None:
+            return Outputs(*self.top_forward(rows, splits))
+        return Outputs(*self.head_forward(rows), layers=self.layers_of_rows(rows))
 
     def stage_splits(self, trainable_stages: int) -> list[StageSplit]:
         """Each backbone cut into a frozen trunk and a trainable top (``finetune=partial``).

@@ -21,6 +21,8 @@ class Outputs:
     features: torch.Tensor
     super_members: torch.Tensor | None = None
     sub_members: torch.Tensor | None = None
+    # pooled outputs of the backbone's last blocks by name (block-1, block-2, ...; see supersub.models.taps)
+    layers: dict[str, torch.Tensor] | None = None
 
     @property
     def super_probs(self) -> torch.Tensor:
@@ -37,16 +39,24 @@ class Outputs:
     def select(self, rows: Sequence[int] | torch.Tensor) -> Outputs:
         """The outputs of some rows (index list or boolean mask)."""
         index = rows if isinstance(rows, torch.Tensor) else torch.as_tensor(list(rows), dtype=torch.long)
-        return Outputs(*(None if t is None else t[index] for t in self._fields()))
+        layers = None if self.layers is None else {k: v[index] for k, v in self.layers.items()}
+        return Outputs(*(None if t is None else t[index] for t in self._fields()), layers=layers)
 
     def seen_classes(self, n_super: int, n_sub: int) -> Outputs:
         """The first ``n_super`` / ``n_sub`` classes of each level (drops an explicit novel output)."""
         sm, bm = self.super_members, self.sub_members
         return Outputs(self.super_logits[:, :n_super], self.sub_logits[:, :n_sub], self.features,
-                       None if sm is None else sm[..., :n_super], None if bm is None else bm[..., :n_sub])
+                       None if sm is None else sm[..., :n_super], None if bm is None else bm[..., :n_sub], self.layers)
 
     def cpu_float(self) -> Outputs:
-        return Outputs(*(None if t is None else t.float().cpu() for t in self._fields()))
+        layers = None if self.layers is None else {k: v.float().cpu() for k, v in self.layers.items()}
+        return Outputs(*(None if t is None else t.float().cpu() for t in self._fields()), layers=layers)
+
+    def layer(self, name: str) -> torch.Tensor | None:
+        """Features of one layer: ``final`` (the features the heads read) or a tapped block; None if absent."""
+        if name == "final":
+            return self.features
+        return None if self.layers is None else self.layers.get(name)
 
     @staticmethod
     def cat(parts: Sequence[Outputs]) -> Outputs:
@@ -54,7 +64,9 @@ class Outputs:
         if not parts:
             raise ValueError("Outputs.cat needs at least one batch")
         columns = list(zip(*(p._fields() for p in parts)))
-        return Outputs(*(None if col[0] is None else torch.cat(col) for col in columns))
+        layers = None if parts[0].layers is None else {k: torch.cat([p.layers[k] for p in parts])  # type: ignore[index]
+                                                       for k in parts[0].layers}
+        return Outputs(*(None if col[0] is None else torch.cat(col) for col in columns), layers=layers)
 
     def _fields(self) -> tuple[torch.Tensor | None, ...]:
         return self.super_logits, self.sub_logits, self.features, self.super_members, self.sub_members

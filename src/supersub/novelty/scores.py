@@ -21,7 +21,9 @@ from pytorch_ood.detector import GEN, KNN, EnergyBased, Entropy, MaxLogit, MaxSo
 from sklearn.covariance import LedoitWolf
 
 from ..errors import SupersubError
-from ..score_specs import SCORE_SPECS, check_options, level_scores, options_for_detector, positive_option  # noqa: F401 - re-exported
+from ..score_specs import (  # noqa: F401 - re-exported
+    AVERAGE_SEPARATOR, SCORE_SPECS, average_parts, check_options, level_scores, options_for_detector, positive_option,
+)
 
 D = TypeVar("D", bound="Detector")
 Tensor = torch.Tensor
@@ -48,7 +50,7 @@ class Detector(ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "name" in cls.__dict__:
+        if "name" in cls.__dict__ and cls.name in SCORE_SPECS:  # AveragedScore takes its parts' specs
             spec = SCORE_SPECS[cls.name]
             cls.params, cls.confidence_range, cls.needs_members = spec.params, spec.confidence_range, spec.needs_members
 
@@ -85,6 +87,11 @@ class Detector(ABC):
     @abstractmethod
     def _confidence(self, logits: Tensor, features: OptTensor) -> Tensor:
         """The score itself, higher = more seen; inputs are already checked."""
+
+    def training_confidence(self, logits: Tensor, features: OptTensor = None) -> Tensor:
+        """Confidences of the rows the detector was fitted on, as an unseen image of the same classes would get
+        them (neighbour scores leave the row itself out); what :class:`AveragedScore` standardises with."""
+        return self.confidence(logits, features)
 
     def state_dict(self) -> dict[str, Any]:
         if not self.is_fitted:
@@ -353,6 +360,9 @@ class KNNScore(Detector):
         _check_dim(self.name, features, self.bank.shape[1])
         return -_kth_distance(_unit(features.detach().cpu().float()), self.bank, self.k)
 
+    def training_confidence(self, logits: Tensor, features: OptTensor = None) -> Tensor:
+        return _leave_one_out(self, logits, features)
+
 
 class KNNClassScore(Detector):
     """Class-conditional kNN: negative distance to the k-th nearest training feature of the predicted class.
@@ -399,6 +409,19 @@ class KNNClassScore(Detector):
             bank = self.bank[by_label[start:end]] if end > start else self.bank  # unseen class: global bank
             distance[rows] = _kth_distance(z[rows], bank, self.k)
         return -distance
+
+    def training_confidence(self, logits: Tensor, features: OptTensor = None) -> Tensor:
+        return _leave_one_out(self, logits, features)
+
+
+def _leave_one_out(detector: KNNScore | KNNClassScore, logits: Tensor, features: OptTensor) -> Tensor:
+    """A bank row is its own nearest neighbour: on the bank's rows, the (k+1)-th neighbour is the k-th of the others."""
+    k = detector.k
+    detector.k = k + 1
+    try:
+        return detector.confidence(logits, features)
+    finally:
+        detector.k = k
 
 
 def _kth_distance(z: Tensor, bank: Tensor, k: int) -> Tensor:
@@ -499,6 +522,75 @@ def _check_dim(score: str, features: Tensor, n_dim: int) -> None:
         raise SupersubError(f"score '{score}': features have {features.shape[1]} dimensions, fitted on {n_dim}")
 
 
+# ---- averages of scores -----------------------------------------------------------------------------
+
+
+class AveragedScore(Detector):
+    """The mean of two or more scores, each standardised by its own training confidences: ``maxlogit,knn-class``.
+
+    Scores on different scales (logits, cosine distances) cannot be added as they are; each part's confidence is
+    turned into a z-score with the mean and spread of its confidences on the training rows (neighbour scores
+    leave each row out, :meth:`Detector.training_confidence`), then the z-scores are averaged. A z-average rather
+    than a rank average: ranks saturate beyond the training range, where novel images lie, and would tie them.
+    Options go to the parts that take them (``k`` to knn / knn-class).
+    """
+
+    name = "average"
+    needs_features = True
+
+    def __init__(self, parts: list[str], **options: Any) -> None:
+        self.parts = [create_detector(p, **options_for_detector(p, options)) for p in parts]
+        self.options = dict(options)
+        self.means: OptTensor = None
+        self.stds: OptTensor = None
+
+    @property
+    def label(self) -> str:
+        return AVERAGE_SEPARATOR.join(p.name for p in self.parts)
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.means is not None and all(p.is_fitted for p in self.parts)
+
+    def _fit(self, logits: Tensor, features: OptTensor, labels: OptTensor, weight: OptTensor, bias: OptTensor) -> None:
+        stats = []
+        for part in self.parts:
+            part.fit(logits, features, labels, head_weight=weight, head_bias=bias)
+            keep = labels >= 0 if labels is not None else slice(None)
+            c = part.training_confidence(logits[keep], None if features is None else features[keep]).double()
+            stats.append((c.mean(), c.std().clamp_min(1e-12)))
+        self.means = torch.stack([m for m, _ in stats])
+        self.stds = torch.stack([s for _, s in stats])
+
+    def confidence(self, logits: Tensor, features: OptTensor = None) -> Tensor:
+        if not self.is_fitted:
+            raise SupersubError(f"score '{self.label}': not fitted (call fit on training outputs first)")
+        assert self.means is not None and self.stds is not None
+        z = [(p.confidence(logits, features).double() - m) / s for p, m, s in zip(self.parts, self.means, self.stds)]
+        return torch.stack(z).mean(dim=0).float()
+
+    def _confidence(self, logits: Tensor, features: OptTensor) -> Tensor:  # confidence() is overridden
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        if not self.is_fitted:
+            raise SupersubError(f"score '{self.label}': cannot save a detector that was never fitted")
+        assert self.means is not None and self.stds is not None
+        return {"name": self.name, "parts": [p.state_dict() for p in self.parts], "means": self.means,
+                "stds": self.stds}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> AveragedScore:
+        parts = state.get("parts") if isinstance(state, dict) else None
+        if not isinstance(parts, list) or not all(isinstance(x, Tensor) for x in (state.get("means"), state.get("stds"))):
+            raise SupersubError("detector state for an averaged score: needs 'parts', 'means' and 'stds'")
+        detector = cls.__new__(cls)
+        detector.parts = [detector_from_state(p) for p in parts]
+        detector.options = {}
+        detector.means, detector.stds = state["means"], state["stds"]
+        return detector
+
+
 # ---- registry -------------------------------------------------------------------------------------
 
 DETECTORS: dict[str, type[Detector]] = {
@@ -516,7 +608,10 @@ def _detector_class(name: str) -> type[Detector]:
 
 
 def create_detector(name: str, **options: Any) -> Detector:
-    """A new detector by CLI name (``--score``), e.g. ``create_detector("knn", k=50)``."""
+    """A new detector by CLI name (``--score``), e.g. ``create_detector("knn", k=50)``; ``"maxlogit,knn-class"`` is
+    an :class:`AveragedScore` of both."""
+    if AVERAGE_SEPARATOR in name:
+        return AveragedScore(average_parts(name), **check_options(name, options))
     return _detector_class(name)(**check_options(name, options))
 
 
@@ -524,4 +619,6 @@ def detector_from_state(state: dict[str, Any]) -> Detector:
     """Rebuild any detector from its :meth:`Detector.state_dict` (dispatches on ``state['name']``)."""
     if not isinstance(state, dict) or not isinstance(state.get("name"), str):
         raise SupersubError("detector state: not a dictionary with a score 'name'")
+    if state["name"] == AveragedScore.name:
+        return AveragedScore.from_state(state)
     return _detector_class(state["name"]).from_state(state)

@@ -27,7 +27,7 @@ import torch
 
 from ..errors import SupersubError
 from ..io import torch_save_atomic
-from .decide import decide
+from .decide import decide, subclass_mask
 from .outputs import Outputs
 from .scores import DETECTORS, Detector, create_detector, detector_from_state, level_scores, options_for_detector
 
@@ -97,19 +97,69 @@ def _logits_for(detector: Detector, outputs: Outputs, level: str) -> torch.Tenso
     return members
 
 
+# far below any real logit, yet finite (the detectors refuse non-finite logits): a subclass of another superclass
+_OUTSIDE = 1e4
+
+
+def decided_subclass_logits(logits: torch.Tensor, super_logits: torch.Tensor, sub_to_super: Sequence[int]) -> torch.Tensor:
+    """Subclass logits with every subclass outside the predicted superclass pushed far below the others.
+
+    The decision rule picks ``j*`` among the subclasses of the predicted superclass ``k*``; a subclass score must
+    judge that subclass, not the global maximum (which may belong to another superclass). On these logits the
+    max logit is ``j*``'s logit, class-conditional scores (``knn-class``) use ``j*``'s class, and energy, entropy
+    and GEN describe the distribution over ``k*``'s subclasses. Works for ``(N, C)`` and members' ``(N, K, C)``.
+    """
+    allowed = subclass_mask(sub_to_super, super_logits.argmax(dim=1))  # (N, C)
+    if logits.ndim == 3:
+        allowed = allowed.unsqueeze(1)
+    floor = logits.detach().amin() - _OUTSIDE
+    return torch.where(allowed, logits, floor.expand_as(logits))
+
+
+AUTO_LAYERS = {"super": "block-1", "sub": "final"}  # layer "auto" where the outputs carry it (the suite's choice)
+
+
+def resolve_layer(layer: str, level: str, outputs: Outputs) -> str:
+    """``auto``: :data:`AUTO_LAYERS` of the level when the model exposes that layer (timm backbones with tapped
+    blocks), else ``final``; any other name as given."""
+    if layer != "auto":
+        return layer
+    wanted = AUTO_LAYERS[level]
+    return wanted if outputs.layer(wanted) is not None else "final"
+
+
+def layer_features(outputs: Outputs, layer: str) -> torch.Tensor:
+    """The features a level's score reads: ``final`` as they are (ViM needs them on the head's scale), any other
+    layer or a ``+``-joined list of layers with each piece L2-normalised (so no piece dominates by its scale)."""
+    if layer == "final":
+        return outputs.features
+    pieces = []
+    for name in layer.split("+"):
+        x = outputs.layer(name)
+        if x is None:
+            have = ", ".join(["final", *sorted(outputs.layers or {})])
+            raise SupersubError(f"novelty layer {name!r}: this model does not expose it (available: {have}; tapped "
+                                "blocks need a timm backbone and model.tap_blocks > 0)")
+        pieces.append(x.float() / x.float().norm(dim=1, keepdim=True).clamp_min(1e-12))
+    return torch.cat(pieces, dim=1)
+
+
 class NoveltyScorer:
     """A detector per level under one score name; ``msp`` is max softmax (see the module docstring)."""
 
-    def __init__(self, name: str, super_detector: Detector, sub_detector: Detector) -> None:
+    def __init__(self, name: str, super_detector: Detector, sub_detector: Detector,
+                 layers: tuple[str, str] = ("final", "final")) -> None:
         self.levels = level_scores(name)  # ("vim", "knn") for "vim+knn"; unknown names are one-line errors
         self.name = name
         self.super_detector = super_detector
         self.sub_detector = sub_detector
+        self.layers = (str(layers[0]), str(layers[1]))  # the features each level's detector reads
 
     @classmethod
     def fit(
         cls, name: str, train: SeenView, y_super: torch.Tensor, y_sub: torch.Tensor,
         heads: Mapping[str, Head | None] | None = None, options: Mapping[str, Any] | None = None,
+        layers: tuple[str, str] = ("final", "final"),
     ) -> NoveltyScorer:
         """Fit both levels on training outputs; rows with a negative label at a level are left out there.
 
@@ -123,17 +173,18 @@ class NoveltyScorer:
         """
         out = train.outputs
         heads = heads or {}
+        layers = (resolve_layer(layers[0], "super", out), resolve_layer(layers[1], "sub", out))
         detectors = []
-        for detector, level, labels in zip(level_scores(name), ("super", "sub"), (y_super, y_sub)):
+        for detector, level, labels, layer in zip(level_scores(name), ("super", "sub"), (y_super, y_sub), layers):
             keep = labels >= 0
             if not keep.any():
                 raise SupersubError(f"score '{name}': no labelled training images to fit on")
-            head = heads.get(level)
+            head = heads.get(level) if layer == "final" else None  # the head reads the final features only
             weight, bias = head if head is not None else (None, None)
             made = create_detector(detector, **options_for_detector(detector, dict(options or {})))
-            detectors.append(made.fit(_logits_for(made, out, level)[keep], out.features[keep], labels[keep],
-                                      head_weight=weight, head_bias=bias))
-        return cls(name, *detectors)
+            detectors.append(made.fit(_logits_for(made, out, level)[keep], layer_features(out, layer)[keep],
+                                      labels[keep], head_weight=weight, head_bias=bias))
+        return cls(name, *detectors, layers=layers)
 
     def confidences(self, view: SeenView, sub_to_super: Sequence[int]) -> Confidences:
         out = view.outputs
@@ -143,12 +194,15 @@ class NoveltyScorer:
             assert d is not None
             super_conf = d.super_conf if view.super_seen_mass is None else view.super_seen_mass
         else:
-            super_conf = self.super_detector.confidence(_logits_for(self.super_detector, out, "super"), out.features)
+            super_conf = self.super_detector.confidence(_logits_for(self.super_detector, out, "super"),
+                                                        layer_features(out, self.layers[0]))
         if sub_name == "msp":
             assert d is not None
             sub_conf = d.sub_conf
         else:
-            sub_conf = self.sub_detector.confidence(_logits_for(self.sub_detector, out, "sub"), out.features)
+            # the subclass the rule decides (j*, among the predicted superclass's subclasses) is what is scored
+            logits = decided_subclass_logits(_logits_for(self.sub_detector, out, "sub"), out.super_logits, sub_to_super)
+            sub_conf = self.sub_detector.confidence(logits, layer_features(out, self.layers[1]))
         return Confidences(super_conf.float(), sub_conf.float())
 
     # ---- persistence -----------------------------------------------------------------------------
@@ -156,6 +210,7 @@ class NoveltyScorer:
         return {
             "format": DETECTORS_FORMAT,
             "score": self.name,
+            "layers": list(self.layers),
             "super": self.super_detector.state_dict(),
             "sub": self.sub_detector.state_dict(),
         }
@@ -168,7 +223,11 @@ class NoveltyScorer:
             if key not in state:
                 raise SupersubError(f"{source}: missing key {key!r}")
         try:
-            return cls(state["score"], detector_from_state(state["super"]), detector_from_state(state["sub"]))
+            layers = state.get("layers", ["final", "final"])  # files written before layers were per level
+            if not (isinstance(layers, list) and len(layers) == 2 and all(isinstance(x, str) for x in layers)):
+                raise SupersubError("'layers' must be two layer names")
+            return cls(state["score"], detector_from_state(state["super"]), detector_from_state(state["sub"]),
+                       (layers[0], layers[1]))
         except SupersubError as e:
             raise SupersubError(f"{source}: {e}") from None
 

@@ -104,7 +104,8 @@ def _loso_choice(score: str, loso: list[Evidence], cfg: NoveltyConfig) -> _Level
     """tau_super from the pooled LOSO models, each standardised by its seen validation confidences."""
     seen_z, novel_z, correct = [], [], []
     for ev in loso:
-        scorer = NoveltyScorer.fit(score, ev.train, ev.train_y_super, ev.train_y_sub, ev.heads, options=cfg.options_for(score))
+        scorer = NoveltyScorer.fit(score, ev.train, ev.train_y_super, ev.train_y_sub, ev.heads, options=cfg.options_for(score),
+                               layers=cfg.layers)
         pairs = [(v, y) for v, y in ((ev.val, ev.val_y_super), (ev.held, ev.held_y_super)) if v is not None]
         views, labels = [v for v, _ in pairs], [y for _, y in pairs]
         confs = [scorer.confidences(v, ev.taxonomy.sub_to_super) for v in views]
@@ -132,11 +133,13 @@ def calibrate_run(
             "this run has no calibration model (it was trained with hand-set thresholds): set both "
             "tau_super and tau_sub"
         )
-    scorer = NoveltyScorer.fit(score, final.train, final.train_y_super, final.train_y_sub, final.heads, options=cfg.options_for(score))
+    scorer = NoveltyScorer.fit(score, final.train, final.train_y_super, final.train_y_sub, final.heads, options=cfg.options_for(score),
+                               layers=cfg.layers)
     # without a validation split (hand-set thresholds only) the training images give the score's scale
     f_val = scorer.confidences(final.val or final.train, final.taxonomy.sub_to_super)
     scale_f = {"super": _scale(f_val.super_conf), "sub": _scale(f_val.sub_conf)}
-    summary: dict[str, Any] = {"score": score, "objective": cfg.objective, "transfer": cfg.transfer}
+    summary: dict[str, Any] = {"score": score, "objective": cfg.objective, "transfer": cfg.transfer,
+                               "super_layer": scorer.layers[0], "sub_layer": scorer.layers[1]}
     # one choice per fold; fold 0's figures and sweeps stand for all in the summary
     # the LOSO models do not depend on the fold: their choice is made once and shared by every fold
     by_loso = _loso_choice(score, list(loso), cfg) if loso and cfg.super_protocol == "loso" and cfg.tau_super is None else None
@@ -145,6 +148,8 @@ def calibrate_run(
     if per_fold:
         summary.update(per_fold[0][1])
         summary["calibration_folds"] = len(folds)
+        if "super_outliers_set_tau" in summary:  # in how many folds the outliers made the cut stricter
+            summary["super_outliers_set_tau"] = sum(bool(f[1].get("super_outliers_set_tau")) for f in per_fold)
     taus, slopes = {}, {}
     for level, hand in (("super", cfg.tau_super), ("sub", cfg.tau_sub)):
         f_conf = getattr(f_val, f"{level}_conf")
@@ -190,7 +195,8 @@ def _calibrate_levels(
     """Thresholds on one calibration model (LOSO models for tau_super when there are any)."""
     if ev.val is None or ev.held is None or ev.held_y_super is None:
         raise SupersubError("calibration model: needs validation and held-out subclass images to calibrate on")
-    scorer = NoveltyScorer.fit(score, ev.train, ev.train_y_super, ev.train_y_sub, ev.heads, options=cfg.options_for(score))
+    scorer = NoveltyScorer.fit(score, ev.train, ev.train_y_super, ev.train_y_sub, ev.heads, options=cfg.options_for(score),
+                               layers=cfg.layers)
     tax = ev.taxonomy.sub_to_super
     c_val, c_held = scorer.confidences(ev.val, tax), scorer.confidences(ev.held, tax)
     c_novel = scorer.confidences(ev.novel, tax) if ev.novel is not None else None
@@ -203,6 +209,7 @@ def _calibrate_levels(
     if cfg.tau_sub is None:
         chosen["sub"] = _choose(c_val.sub_conf, c_held.sub_conf, ok_sub, cfg, cfg.objective, "sub")
     protocol = _super_protocol(cfg, c_novel is not None, by_loso is not None)
+    outliers_used: bool | None = None
     if cfg.tau_super is None:
         if protocol == "loso":
             assert by_loso is not None
@@ -212,6 +219,14 @@ def _calibrate_levels(
         elif protocol == "outliers":
             assert c_novel is not None
             chosen["super"] = _choose(super_seen, c_novel.super_conf, ok_super, cfg, cfg.objective, "super")
+        elif protocol == "auto+outliers":
+            # the outliers may only make the cut stricter: a cut chosen against images unlike the user's (photos
+            # against generated images) lands low and would let a new family of the user's own kind through
+            assert c_novel is not None
+            by_outliers = _choose(super_seen, c_novel.super_conf, ok_super, cfg, cfg.objective, "super")
+            by_recall = _choose(super_seen, c_novel.super_conf, ok_super, cfg, "recall", "super")
+            chosen["super"] = by_outliers if by_outliers.tau > by_recall.tau else by_recall
+            outliers_used = by_outliers.tau > by_recall.tau
         else:
             chosen["super"] = _choose(super_seen, None, ok_super, cfg, "recall", "super")
         # tau_super was chosen with held-out subclasses on the seen side, but the final model's validation
@@ -224,6 +239,8 @@ def _calibrate_levels(
     }
     if c_novel is not None:
         summary["n_novel_calibration"] = len(c_novel.super_conf)
+    if outliers_used is not None:
+        summary["super_outliers_set_tau"] = outliers_used
     for level, c in chosen.items():
         summary[f"{level}_tau_calibration"] = c.tau
         summary[f"{level}_seen_kept_calibration"] = round(100 * c.share, 2)
@@ -247,8 +264,13 @@ def _super_protocol(cfg: NoveltyConfig, has_outliers: bool, has_loso: bool) -> s
         if not has_loso:
             raise SupersubError("novelty.super_protocol: loso, but the run has no LOSO models (train with it set)")
         return "loso"
-    if cfg.super_protocol == "auto" and has_outliers:
+    if cfg.super_protocol == "outliers":
+        if not has_outliers:
+            raise SupersubError("novelty.super_protocol: outliers, but the run has no held-back outlier images "
+                                "(train with data.novel_data)")
         return "outliers"
+    if cfg.super_protocol == "auto" and has_outliers:
+        return "auto+outliers"
     return "recall"
 
 
@@ -281,10 +303,16 @@ def calibrate_and_save(run: RunDir, cfg: TrainConfig, evidence: dict[str, Eviden
     loso = [ev for name, ev in sorted(evidence.items()) if name.startswith("loso-")]
     folds = [evidence[name] for name in calibration_stage_names(evidence)]
     cal = calibrate_run(cfg.novelty.score, cfg.novelty, evidence["final"], folds, loso)
+    if cal.summary.get("super_protocol") == "auto+outliers":
+        used, n = cal.summary.get("super_outliers_set_tau", 0), cal.summary.get("calibration_folds", 1)
+        log.info("tau_super: the held-back outlier images made the cut stricter than the %.0f%% recall rule in %d of "
+                 "%d calibration folds; elsewhere they would have loosened it (outliers unlike your images), so the "
+                 "recall cut was kept", 100 * cfg.novelty.super_recall, used, n)
     run.save_thresholds(cal.thresholds)
     save_calibration(cal, run.path)
     t = cal.thresholds
-    log.info("%s thresholds: tau_super=%.4g tau_sub=%.4g", t.score, t.tau_super, t.tau_sub)
+    log.info("%s thresholds (features: %s / %s): tau_super=%.4g tau_sub=%.4g", t.score, *cal.scorer.layers,
+             t.tau_super, t.tau_sub)
     return cal
 
 

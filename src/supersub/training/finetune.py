@@ -172,9 +172,10 @@ def _rows_of_view(model: HierarchicalClassifier | BaggingEnsemble, images: torch
         trunk = model.stage_splits(cfg.optim.trainable_stages)[0].trunk
         return extract_features(trunk, images, model.prepare, batch_size=bs, device=device, cache_dir=where,
                                 dtype=torch.float16)
+    extractors = model.feature_extractors() if isinstance(model, HierarchicalClassifier) else model.backbones()
     parts = [extract_features(b, images, model.prepare, batch_size=bs, device=device, cache_dir=where)
-             for b in model.backbones()]
-    return torch.cat(parts, dim=1)
+             for b in extractors]
+    return model.arrange_rows(parts) if isinstance(model, HierarchicalClassifier) else torch.cat(parts, dim=1)
 
 
 def forward_cached(model: HierarchicalClassifier, rows: torch.Tensor, splits: Sequence[StageSplit] | None) -> tuple[
