@@ -39,6 +39,7 @@ from .stages import calibration_stage_names, load_split, needs_calibration_model
 log = logging.getLogger("supersub")
 
 DETECTORS_FILE = "detectors.pt"
+MIN_SEPARATION = 0.5  # calibration AUROC at or below which (chance, or inverted) a level's cut is the recall target
 DEFAULT_Z_SLOPE = 3.0  # novel-probability slope per standard deviation of seen confidences, when not fitted
 
 
@@ -84,6 +85,7 @@ class _LevelChoice:
     z_slope: float
     sweep: pd.DataFrame | None = None
     metrics: dict[str, float] | None = None
+    separates: bool = True  # False: the score could not tell novel from seen here (AUROC <= MIN_SEPARATION)
 
 
 def _choose(
@@ -94,10 +96,14 @@ def _choose(
         recall, share = cfg.super_recall, cfg.novel_share_super
     else:
         recall, share = cfg.sub_recall, cfg.sub_novel_share_within_seen_super()
-    tau = choose_threshold(seen, novel, objective=objective, correct_seen=correct, target_recall=recall,
-                           novel_share=share)
     metrics = open_set_metrics(seen, novel) if novel is not None and len(novel) else None
-    return _LevelChoice(tau, kept_share(seen, tau), _z_slope(seen, novel, tau), sweep(seen, novel, correct), metrics)
+    separates = metrics is None or metrics["auroc"] > MIN_SEPARATION
+    tau = choose_threshold(seen, novel if separates else None, objective=objective if separates else "recall",
+                           correct_seen=correct, target_recall=recall, novel_share=share)
+    # a score that cannot tell the (pseudo-)novel images from seen ones gives no trade-off to optimise: keep the
+    # recall target's share of seen images instead of a cut the noise placed (it flagged 93% of seen images once)
+    return _LevelChoice(tau, kept_share(seen, tau), _z_slope(seen, novel, tau), sweep(seen, novel, correct), metrics,
+                        separates)
 
 
 def _loso_choice(score: str, loso: list[Evidence], cfg: NoveltyConfig) -> _LevelChoice:
@@ -243,6 +249,8 @@ def _calibrate_levels(
         summary["super_outliers_set_tau"] = outliers_used
     for level, c in chosen.items():
         summary[f"{level}_tau_calibration"] = c.tau
+        if not c.separates:
+            summary[f"{level}_no_separation"] = True
         summary[f"{level}_seen_kept_calibration"] = round(100 * c.share, 2)
         if c.metrics is not None:
             summary.update({f"{level}_{k}_calibration": round(v, 4) for k, v in c.metrics.items()
@@ -303,6 +311,12 @@ def calibrate_and_save(run: RunDir, cfg: TrainConfig, evidence: dict[str, Eviden
     loso = [ev for name, ev in sorted(evidence.items()) if name.startswith("loso-")]
     folds = [evidence[name] for name in calibration_stage_names(evidence)]
     cal = calibrate_run(cfg.novelty.score, cfg.novelty, evidence["final"], folds, loso)
+    for level, name in (("super", "superclass"), ("sub", "subclass")):
+        if cal.summary.get(f"{level}_no_separation"):
+            log.warning("%s score %s does not separate novel from seen images on the calibration evidence (AUROC "
+                        "%.2f): tau_%s keeps %.0f%% of seen images instead", name, cal.summary["score"],
+                        cal.summary.get(f"{level}_auroc_calibration", float("nan")), level,
+                        100 * getattr(cfg.novelty, f"{level}_recall"))
     if cal.summary.get("super_protocol") == "auto+outliers":
         used, n = cal.summary.get("super_outliers_set_tau", 0), cal.summary.get("calibration_folds", 1)
         log.info("tau_super: the held-back outlier images made the cut stricter than the %.0f%% recall rule in %d of "
