@@ -476,7 +476,7 @@ def _other_taxonomy_weights(run: Path) -> None:
         (lambda r: (r / "thresholds.json").unlink(), ["thresholds.json: missing"]),
         (lambda r: (r / "model.pt").write_bytes(b"PK\x03\x04 half a zip"),
          ["model.pt: refused to load checkpoint (not a readable checkpoint"]),
-        (lambda r: (r / "model.pt").unlink(), ["model.pt: checkpoint not found"]),
+        (lambda r: (r / "model.pt").unlink(), ["model.pt: missing (the run did not finish training"]),
         (_other_taxonomy_weights, ["model.pt: weights do not fit the model", "size mismatch for sub_head"]),
         (lambda r: torch.save({"format": "supersub-model-1"}, r / "model.pt"), ["incomplete model file"]),
         (lambda r: (r / MARKER).unlink(), ["not a supersub run directory"]),
@@ -540,6 +540,8 @@ def test_malicious_lightning_checkpoint_is_refused_on_resume(run_copy: Path, mes
         payload = torch.load(last, weights_only=True)
         payload["extra"] = Payload(marker)
         torch.save(payload, last)
+    for done in run_copy.glob("checkpoints/*/stage.json"):  # as if interrupted before any stage had finished
+        done.unlink()
     result = cli("train", "--data", messy, "--out", run_copy, "--resume", *TINY, "--val-fraction", "0.5",
                  "--skip-bad-images")
     assert_user_error(result, "last.ckpt: refused to load checkpoint (it holds Python objects")

@@ -611,18 +611,48 @@ def usage_message(e: BaseException) -> str:
     return message
 
 
+RESUMABLE = ("train", "pretrain")  # commands with --resume; `experiment` resumes its runs by itself
+INTERRUPTED = 130  # the shell's code for a process ended by SIGINT (128 + 2); typer returns it for a Ctrl-C
+
+
+def continue_command(argv: list[str]) -> str:
+    """The command that continues an interrupted ``supersub ARGV``: train and pretrain with ``--resume``
+    (and never ``--overwrite``, which would delete the checkpoints), every other command as it was given."""
+    import shlex
+
+    args = list(argv)
+    command = next((a for a in args if not a.startswith("-")), "")
+    if command in RESUMABLE:
+        args = [a for a in args if a not in ("--overwrite", "--no-overwrite", "--resume", "--no-resume")]
+        args.append("--resume")
+    return shlex.join(["supersub", *args])
+
+
+def _interrupted() -> None:
+    """A Ctrl-C in any phase: one line saying how to go on, exit 130 (never 0, never a traceback)."""
+    err_console.print(f"interrupted; continue with: {continue_command(sys.argv[1:])}", markup=False,
+                      highlight=False, soft_wrap=True)
+    sys.exit(INTERRUPTED)
+
+
 def main() -> None:
-    """Console-script entry point: user errors are one line and exit code 2, never a traceback."""
+    """Console-script entry point: user errors are one line and exit code 2, never a traceback; a Ctrl-C is
+    one line and exit code 130."""
     _setup_logging()
     click_errors, aborts = _click_errors()
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+        # typer turns a KeyboardInterrupt raised inside a command into Exit(130) and, outside standalone mode,
+        # returns that code instead of raising; supersub's commands return None and never exit with 130
+        if code == INTERRUPTED:
+            _interrupted()
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except SupersubError as e:
         err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        err_console.print("interrupted")
-        sys.exit(130)
+        _interrupted()
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except aborts:

@@ -117,6 +117,10 @@ class RunDir:
             raise SupersubError(f"{p}: exists and is not a directory")
         if p.exists() and any(p.iterdir()):
             if not overwrite:
+                stages = interrupted_stages(p)
+                if stages:
+                    raise SupersubError(f"{p}: holds an interrupted run (checkpoints of {', '.join(stages)}): continue "
+                                        "it with --resume, or pass --overwrite to replace it")
                 raise SupersubError(f"{p}: run directory exists and is not empty (pass --overwrite to replace it)")
             if not (p / MARKER).is_file():
                 raise SupersubError(f"{p}: not a supersub run directory (no {MARKER}); refusing to delete it")
@@ -151,19 +155,37 @@ class RunDir:
 
     def load_model(self) -> tuple[HierarchicalClassifier | BaggingEnsemble, TrainConfig, Taxonomy]:
         """Rebuild the model from the file's plain-data spec; every way the file can be wrong is one line."""
+        self.require_finished()
         return load_model_file(self.model_file)
+
+    def require_finished(self) -> None:
+        """Refuse a run that ``train`` did not finish: it writes metrics.json last, so a model or thresholds
+        without it are those of an interrupted run (a half-done calibration must never be used)."""
+        for needed in (self.model_file, self.thresholds_file, self.metrics_file):
+            if not needed.is_file():
+                raise SupersubError(f"{needed}: missing (the run did not finish training; continue it with "
+                                    "'supersub train ... --resume')")
 
     # ---- thresholds / metrics ----------------------------------------------------------------
     def save_thresholds(self, t: Thresholds) -> None:
         write_json_atomic(self.thresholds_file, t.to_dict())
 
     def load_thresholds(self) -> Thresholds:
-        if not self.thresholds_file.is_file():
-            raise SupersubError(f"{self.thresholds_file}: missing (the run did not finish training)")
+        self.require_finished()
         return Thresholds.from_dict(_read_json(self.thresholds_file), str(self.thresholds_file))
 
     def save_metrics(self, metrics: dict[str, Any]) -> None:
         write_json_atomic(self.metrics_file, metrics)
+
+
+def interrupted_stages(path: Path) -> list[str]:
+    """Stages with checkpoints in a run directory that ``train`` has not finished (no metrics.json); else []."""
+    run = RunDir(path)
+    if not (path / MARKER).is_file() or run.metrics_file.is_file() or not run.checkpoints_dir.is_dir():
+        return []
+    found = {f.relative_to(run.checkpoints_dir).parts[0] for f in run.checkpoints_dir.rglob("*")
+             if f.is_file() and f.suffix in (".ckpt", ".pt", ".json")}
+    return sorted(found, key=lambda name: (name == "final", name))
 
 
 MODEL_FORMAT = "supersub-model-1"

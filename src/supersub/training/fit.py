@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -126,6 +128,25 @@ def build_trainer(cfg: TrainConfig, run_path: Path, stage: str, epochs: int, cal
     return trainer
 
 
+def fit_interruptibly(trainer: L.Trainer, module: L.LightningModule, **kwargs: Any) -> None:
+    """``trainer.fit``, with a Ctrl-C raised again as :class:`KeyboardInterrupt` instead of Lightning's ``exit(1)``.
+
+    Lightning catches the interrupt, tears down, ignores SIGINT from then on and calls ``sys.exit(1)``: the
+    process would end with no message and code 1, and a library caller would lose Ctrl-C for good. Here the
+    SIGINT handler is put back and the interrupt goes on up to the caller (the CLI: one line, exit 130).
+    """
+    main_thread = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGINT) if main_thread else None
+    try:
+        trainer.fit(module, **kwargs)
+    except SystemExit:
+        if not trainer.interrupted:
+            raise
+        if main_thread and handler is not None:
+            signal.signal(signal.SIGINT, handler)
+        raise KeyboardInterrupt from None
+
+
 @contextmanager
 def cpu_threads(n: int | None) -> Iterator[None]:
     """Run the block with ``n`` intra-op CPU threads (``None``: unchanged), then restore the previous count.
@@ -176,6 +197,8 @@ def fit_stage(
         checkpoint = load_checkpoint(last)
         check_resumable(checkpoint, cfg, last)
         module.load_state_dict(checkpoint["state_dict"])
+        done = int(checkpoint.get("epoch", -1)) + 1  # Lightning saves the 0-based index of the epoch just ended
+        log.info("resuming: stage %s from epoch %d of %d (%d done, %s)", stage, done + 1, epochs, done, last)
     inputs, feature_seconds = images, None
     if module.on_cache:
         views = ("identity", "hflip") if cfg.augment.cached_hflip else ("identity",)
@@ -210,7 +233,7 @@ def fit_stage(
                             "parameters when it wraps the model); use finetune=discriminative or one device")
     with keep_csv_history(run_path, stage, resuming and trainer.is_global_zero), \
             cpu_threads(1 if cfg.optim.finetune == "frozen" and trainer.world_size == 1 else None):
-        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resuming else None)
+        fit_interruptibly(trainer, module, datamodule=dm, ckpt_path=str(last) if resuming else None)
     best = Path(ckpt.best_model_path) if ckpt.best_model_path else None
     if best is not None and best.is_file():
         module.load_state_dict(load_checkpoint(best)["state_dict"])
