@@ -290,6 +290,25 @@ def test_subclass_under_two_superclasses_names_both_rows(competition: Path, tmp_
                       f"but superclass {sup} on row 1")
 
 
+@pytest.mark.parametrize("layout", ["nested", "competition"])
+def test_one_superclass_is_refused_before_anything_is_written(competition: Path, tmp_path: Path, layout: str) -> None:
+    """One superclass: its head has nothing to tell apart (trained anyway, every dog and car was a "bird")."""
+    if layout == "nested":
+        data = tmp_path / "birds-only"
+        for sub in ("robin", "wren"):
+            for i in range(3):
+                save(data / "birds" / sub / f"{i}.png", Image.new("RGB", (8, 8), (40 * i, 90, 0)))
+        name = "birds"
+    else:
+        data = competition
+        edit_csv(data / "train_data.csv", lambda rows: [row.__setitem__(1, "0") for row in rows[1:]])
+        name = read_rows(data / "superclass_mapping.csv")[1][1]  # every row labelled superclass 0
+    line = assert_user_error(cli("train", "--data", data, "--out", tmp_path / "run", *TINY),
+                             f"{data}: all images belong to one superclass ({name!r})", "add images of another")
+    assert len(line) < 300
+    assert not (tmp_path / "run").exists()
+
+
 def test_subclass_folder_under_two_superclasses(tmp_path: Path) -> None:
     for sup in ("birds", "dogs"):
         save(tmp_path / "data" / sup / "spotted" / "a.png", Image.new("RGB", (8, 8)))
