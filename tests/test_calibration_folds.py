@@ -53,10 +53,30 @@ def test_every_fold_holds_the_same_share_and_never_a_whole_superclass(sizes: lis
     if not first:
         assert result == []
         return
-    assert len(result) == folds and result[0] == first
+    assert 1 <= len(result) <= folds and result[0] == first
+    assert len({tuple(f) for f in result}) == len(result)  # no fold repeats another
+    if len(result) < folds:  # cut short: there is no other distinct fold, however many are asked for
+        assert holdout_folds(tax, fraction, seed, folds + 10) == result
     for k, n in enumerate(sizes):
         counts = {sum(tax.sub_to_super[j] == k for j in f) for f in result}
         assert len(counts) == 1 and counts.pop() < max(n, 2)  # same count in every fold, never all of k
+
+
+def test_folds_stop_at_the_number_of_distinct_holdout_sets(caplog: pytest.LogCaptureFixture) -> None:
+    """Superclasses of 2 and 4 subclasses at 15%: one held out of each, so the walk repeats after lcm(2, 4) = 4
+    folds; asking for 7 used to train folds 4-6 as copies of 0-2 and count those holdouts twice."""
+    tax = Taxonomy(("a", "b"), tuple(f"s{j}" for j in range(6)), (0, 0, 1, 1, 1, 1))
+    folds = holdout_folds(tax, 0.15, seed=0, folds=7)
+    assert len(folds) == 4 and len({tuple(f) for f in folds}) == 4
+    assert sorted(j for f in folds for j in f if tax.sub_to_super[j] == 1) == [2, 3, 4, 5]  # each once
+    assert sorted(j for f in folds for j in f if tax.sub_to_super[j] == 0) == [0, 0, 1, 1]  # each twice, paired
+    y_sub = torch.arange(6).repeat_interleave(8)
+    pool = Pool(torch.zeros(48, 3, 4, 4, dtype=torch.uint8), torch.tensor(tax.sub_to_super)[y_sub], y_sub, 48)
+    cfg = build_config({"data": {"val_fraction": 0.25, "holdout_fraction": 0.15}, "novelty": {"calibration_folds": 7}})
+    with caplog.at_level("INFO", logger="supersub"):
+        stages = plan_stages(pool, tax, cfg)
+    assert calibration_stage_names(stages) == ["calibration", "calibration-1", "calibration-2", "calibration-3"]
+    assert "calibration_folds: 7 asked, but these subclasses allow only 4 distinct held-out sets" in caplog.text
 
 
 def _pool(per_class: int = 8) -> Pool:

@@ -22,6 +22,7 @@ run with another score or objective without retraining.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +35,8 @@ from ..errors import SupersubError
 from ..io import write_json_atomic
 from ..losses import NOVEL_SUB, OUTLIER
 from ..taxonomy import Taxonomy
+
+log = logging.getLogger(__name__)
 
 SPLIT_FILE = "split.json"
 EXTRA_CLASS = "__novel__"  # name of the explicit novel class of ``novelty.oe: class`` at both levels
@@ -136,7 +139,12 @@ def plan_stages(pool: Pool, taxonomy: Taxonomy, cfg: TrainConfig) -> dict[str, S
     stages = {"final": Stage("final", all_super, all_sub, train + outliers + novel_sub, val)}
     if not needs_calibration_model(cfg.novelty):
         return stages
-    folds = holdout_folds(taxonomy, cfg.data.holdout_fraction, cfg.seed, cfg.novelty.calibration_folds or 1)
+    asked = cfg.novelty.calibration_folds or 1
+    folds = holdout_folds(taxonomy, cfg.data.holdout_fraction, cfg.seed, asked)
+    if folds and len(folds) < asked:
+        log.info("novelty.calibration_folds: %d asked, but these subclasses allow only %d distinct held-out sets "
+                 "at data.holdout_fraction %g: calibrating on %d folds (a repeated fold would count its holdout "
+                 "twice)", asked, len(folds), cfg.data.holdout_fraction, len(folds))
     if not folds or cfg.data.val_fraction <= 0:
         raise SupersubError(
             "novelty: calibration needs data.holdout_fraction > 0, data.val_fraction > 0 and a superclass with "
