@@ -75,6 +75,27 @@ def test_print_config_prints_the_resolved_yaml_and_trains_nothing(synth_dir: Pat
     assert run_cli(["train", "--data", str(synth_dir)]) == 2  # no --out and no --print-config: one-line error
 
 
+def test_set_null_unsets_a_key_of_the_yaml(synth_dir: Path, tmp_path: Path) -> None:
+    """`--set KEY=null` sets KEY to None (it used to be dropped, so a YAML threshold could not be unset)."""
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("novelty:\n  score: msp\n  tau_super: 0.5\n  tau_sub: 0.4\ndata:\n  novel_count: 30\n")
+    base = ["train", "--data", str(synth_dir), "--print-config", "--backbone", "cnn", "--config", str(exp)]
+    code, text = _stdout_of([*base, "--set", "novelty.tau_super=null", "--set", "data.novel_count=~"])
+    assert code == 0
+    cfg = yaml.safe_load(text)
+    assert cfg["novelty"]["tau_super"] is None and cfg["novelty"]["tau_sub"] == 0.4
+    assert cfg["data"]["novel_count"] is None
+    code, text = _stdout_of(base)  # control: without --set the YAML's values hold
+    assert yaml.safe_load(text)["novelty"]["tau_super"] == 0.5
+
+
+def test_set_null_where_none_is_invalid_is_one_line(synth_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(SupersubError, match=r"^config: optim\.lr: cannot be null here \(Input should be a valid"):
+        api.resolve_config(None, **{"optim.lr": None})
+    assert run_cli(["train", "--data", str(synth_dir), "--out", str(tmp_path / "r"), "--set", "optim.lr=null"]) == 2
+    assert not (tmp_path / "r").exists()
+
+
 def test_verbose_reaches_the_supersub_logger() -> None:
     assert run_cli(["--verbose", "data", "--help"]) == 0
     assert logging.getLogger("supersub").getEffectiveLevel() == logging.DEBUG

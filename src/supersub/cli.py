@@ -272,8 +272,9 @@ def train(
     overrides.update({f"novelty.{k}": v for k, v in _operating_options(novel_share, recall).items()})
     if score_option:
         overrides["novelty.score_options"] = _score_options(score_option)
-    overrides.update(_parse_sets(set_))
+    # flags left out are None; a --set KEY=null is kept: it sets the key to None (unsets a YAML threshold)
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    overrides.update(_parse_sets(set_))
     if print_config:
         from .config import config_yaml
 
@@ -363,8 +364,8 @@ def pretrain(
         "optim.finetune": finetune, "data.image_size": image_size, "data.val_fraction": val_fraction,
         "trainer.accelerator": accelerator, "trainer.progress": progress,
     }
-    overrides.update(_parse_sets(set_))
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    overrides.update(_parse_sets(set_))  # KEY=null kept, as for train
     summary = api.pretrain(data, out, config, test_data=test_data, overwrite=overwrite, resume=resume, **overrides)
     accs = ", ".join(f"{k} {summary[k]}%" for k in ("val_acc", "test_acc") if k in summary)
     console.print(f"[bold green]pretrained[/] {out} ({summary['n_classes']} classes, {summary['epochs_run']} epochs, "

@@ -524,6 +524,8 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
+    elif first.get("input", ...) is None:  # `--set KEY=null` (or `KEY:` in YAML) where None is no valid value
+        msg = f"cannot be null here ({msg})"
     more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
     return f"{source}: {key}: {msg}{more}"
 
@@ -552,9 +554,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         if loaded is not None and not isinstance(loaded, dict):
             raise SupersubError(f"{path}: top level must be a mapping of sections (data, model, optim, ...)")
         data = loaded or {}
-    for dotted, value in (overrides or {}).items():
-        if value is None:
-            continue
+    for dotted, value in (overrides or {}).items():  # None sets the key to None (``--set novelty.tau_super=null``)
         node = data
         *parents, leaf = dotted.split(".")
         for p in parents:
