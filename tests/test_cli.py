@@ -159,6 +159,31 @@ def test_evaluate_on_a_labelled_nested_folder_matches_the_csv(trained_run: Path,
     assert (tmp_path / "cli-report" / "nested.json").is_file()
 
 
+def test_evaluate_names_every_unmatched_folder_and_strict_refuses_them(
+        trained_run: Path, synth_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """`Dog/` for `dog/` used to become novel truth silently (and changed the metrics)."""
+    root = tmp_path / "nested"
+    _nested_copy(synth_dir, root)
+    sup = sorted(p.name for p in root.iterdir() if not p.name.startswith("unseen"))[0]
+    (root / sup).rename(root / sup.capitalize())  # a seen superclass under another case
+    other = next(p for p in sorted(root.iterdir()) if not p.name.startswith("unseen") and p.name != sup.capitalize())
+    sub = next(p for p in sorted(other.iterdir()) if not p.name.startswith("unseen"))
+    sub.rename(other / (sub.name + "x"))  # a seen subclass with a typo
+    with caplog.at_level(logging.WARNING, logger="supersub"):
+        api.evaluate(trained_run, root, save=False)
+    lines = [r.getMessage() for r in caplog.records if "matches no class of the run" in r.getMessage()]
+    unmatched = {sup.capitalize(), f"{other.name}/{sub.name}x", "unseen-super",
+                 *(f"{p.name}/unseen-{p.name}" for p in root.iterdir() if (p / f"unseen-{p.name}").is_dir())}
+    assert sorted(line.split("folder ")[1].split(" matches")[0].strip("'") for line in lines) == sorted(unmatched)
+    assert any(f"'{sup.capitalize()}' matches no class" in line and "a novel superclass" in line
+               and f"closest training name: '{sup}'" in line for line in lines), lines
+    assert any(f"'{other.name}/{sub.name}x'" in line and f"a novel subclass of '{other.name}'" in line
+               and f"closest training name: '{sub.name}'" in line for line in lines), lines
+    with pytest.raises(SupersubError, match="matches no class of the run.*--strict refuses unknown folders"):
+        api.evaluate(trained_run, root, save=False, strict=True)
+    assert run_cli(["evaluate", str(trained_run), "--images", str(root), "--strict"]) == 2
+
+
 def test_progress_bar_names_the_stage_and_counts_epochs_from_one() -> None:
     bar = StageProgressBar("calibration")
     bar._trainer = SimpleNamespace(max_epochs=1)

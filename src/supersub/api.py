@@ -111,15 +111,16 @@ def predict(
 
 def evaluate(
     run_dir: str | Path, images: str | Path, labels: str | Path | None = None, *, skip_bad: bool = False,
-    save: bool = True, out: str | Path | None = None, device: str | None = None,
+    save: bool = True, out: str | Path | None = None, device: str | None = None, strict: bool = False,
 ) -> dict[str, Any]:
     """Competition metrics (accuracy overall/seen/unseen, cross-entropy, per level) on labelled images.
 
     ``labels`` is a CSV (image,superclass_index,subclass_index) of the images in ``images``; without it
-    ``images`` is a labelled nested folder ``<superclass>/<subclass>/`` matched to the run's classes by name.
+    ``images`` is a labelled nested folder ``<superclass>/<subclass>/`` matched to the run's classes by name
+    (a folder matching no class is novel, with a warning naming the closest class; ``strict`` refuses it).
     The metrics and the open-set report go to ``out`` (default: ``RUN/evaluations``) unless ``save`` is off.
     """
-    return evaluate_run(run_dir, images, labels, skip_bad=skip_bad, save=save, out=out, device=device)
+    return evaluate_run(run_dir, images, labels, skip_bad=skip_bad, save=save, out=out, device=device, strict=strict)
 
 
 def report(

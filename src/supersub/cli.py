@@ -470,11 +470,14 @@ def evaluate(
     device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP, show_default="the run's accelerator"),
     skip_bad_images: bool = typer.Option(False, "--skip-bad-images/--no-skip-bad-images",
                                          help="warn and skip unreadable images"),
+    strict: bool = typer.Option(False, "--strict/--no-strict",
+                                help="nested folder: refuse a folder that matches no class of the run (else it is "
+                                "novel truth, with a warning naming the closest class)"),
 ) -> None:
     """Print the competition metric table (CE and accuracy overall/seen/unseen per level)."""
     from . import api
 
-    metrics = api.evaluate(run_dir, images, labels, skip_bad=skip_bad_images, out=out, device=device)
+    metrics = api.evaluate(run_dir, images, labels, skip_bad=skip_bad_images, out=out, device=device, strict=strict)
     _print_metrics(metrics, f"{run_dir} on {labels or images}")
 
 
