@@ -3,8 +3,8 @@
 predictions byte for byte.
 
 The interrupt is sent on an event, not after a sleep: the child process runs the real entry point with one hook
-patched in (at the end of an epoch of the final model, or right after thresholds.json is written) that writes a
-flag file and waits; the test sends SIGINT once the flag exists.
+patched in (tests/pause_driver.py: at the end of an epoch of the final model, or right after thresholds.json is
+written) that writes a flag file and waits; the test sends SIGINT once the flag exists.
 """
 
 from __future__ import annotations
@@ -24,33 +24,8 @@ import supersub.api as api
 ARGS = ["--epochs", "3", "--image-size", "16", "--batch-size", "8", "--no-progress", "--backbone", "cnn",
         "--set", "model.width=4", "--set", "model.depth=[1]", "--score", "msp", "--set", "optim.patience=5"]
 
-# the child: patch one hook to pause (flag file, then wait for the signal), then run the CLI's main()
-DRIVER = r"""
-import sys, time, pathlib
-flag, where = pathlib.Path(sys.argv[1]), sys.argv[2]
-def pause():
-    flag.write_text("paused")
-    while True:
-        time.sleep(0.05)
-if where == "epoch":
-    from supersub.training import fit
-    original = fit.EpochTimer.on_train_epoch_end
-    def hook(self, trainer, module):
-        original(self, trainer, module)
-        if str(trainer.checkpoint_callback.dirpath).endswith("final") and trainer.current_epoch == 1:
-            pause()
-    fit.EpochTimer.on_train_epoch_end = hook
-elif where == "thresholds":
-    from supersub import run
-    original = run.RunDir.save_thresholds
-    def hook(self, t):
-        original(self, t)
-        pause()
-    run.RunDir.save_thresholds = hook
-sys.argv = ["supersub", *sys.argv[3:]]
-from supersub.cli import main
-main()
-"""
+DRIVER = Path(__file__).with_name("pause_driver.py")  # runs the CLI, pausing at a chosen event
+PAUSE = {"epoch": "epoch-end:final:1", "thresholds": "thresholds"}
 
 
 def _env() -> dict[str, str]:
@@ -78,7 +53,7 @@ def reference(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 def _interrupt(where: str, args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
     """Run ``supersub ARGS`` until the hook ``where`` pauses it, then send it a real SIGINT."""
     flag = tmp_path / "paused.flag"
-    proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(flag), where, *args], env=_env(),
+    proc = subprocess.Popen([sys.executable, str(DRIVER), str(flag), PAUSE[where], *args], env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while not flag.exists() and proc.poll() is None and time.monotonic() < deadline:
