@@ -673,6 +673,33 @@ def test_unwritable_image_cache_is_only_a_warning(tmp_path: Path, caplog: pytest
     assert "image cache not saved" in caplog.text and "cannot create its folder" in caplog.text
 
 
+@pytest.mark.parametrize("where", ["SUPERSUB_CACHE_DIR", "data.cache_dir"])
+def test_unwritable_feature_cache_falls_back_to_memory(synth: Path, tmp_path: Path, where: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache that cannot be written (here a file where its folder should be: root ignores read-only modes)
+    used to abort frozen training and prediction; now each command warns once and goes on in memory."""
+    from supersub.models import feature_cache
+
+    monkeypatch.setattr(feature_cache, "_UNWRITABLE", set(), raising=False)
+    blocker = tmp_path / "cache-is-a-file"
+    blocker.write_text("not a folder")
+    extra: list[str | Path] = []
+    if where == "SUPERSUB_CACHE_DIR":
+        monkeypatch.setenv("SUPERSUB_CACHE_DIR", str(blocker / "supersub"))
+    else:
+        extra = ["--set", f"data.cache_dir={blocker / 'supersub'}"]
+    run = tmp_path / "run"
+    trained = cli("train", "--data", synth, "--out", run, *TINY, "--finetune", "frozen", *HAND_SET, *extra)
+    assert trained.code == 0, trained.err
+    assert trained.err.count("feature cache not saved") == 1, trained.err
+    monkeypatch.setattr(feature_cache, "_UNWRITABLE", set(), raising=False)  # a new process
+    monkeypatch.setenv("SUPERSUB_CACHE_DIR", str(blocker / "supersub"))
+    predicted = cli("predict", run, synth / "test_images", "--out", tmp_path / "p.csv")
+    assert predicted.code == 0, predicted.err
+    assert predicted.err.count("feature cache not saved") <= 1, predicted.err
+    assert (tmp_path / "p.csv").is_file()
+
+
 # ---- errors raised at the CLI boundary and by Lightning ---------------------------------------------
 USAGE_MISTAKES = [
     (["train", "--data", "d", "--out", "o", "--epoch", "1"], "No such option: --epoch. Did you mean --epochs"),

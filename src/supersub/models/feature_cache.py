@@ -170,8 +170,16 @@ def _load(target: Path, key: str, n_rows: int) -> torch.Tensor | None:
     return features
 
 
+_UNWRITABLE: set[Path] = set()  # cache folders already warned about in this process
+
+
 def _save(target: Path, key: str, features: torch.Tensor) -> None:
+    """Save a block; a folder that cannot be written (read-only, a file in its place, disk full) only costs the
+    reuse: the outputs stay in memory for this call, with one warning per folder, as the image cache does."""
     try:
         torch_save_atomic({"format": FEATURES_FORMAT, "key": key, "features": features}, target)
-    except OSError as e:
-        raise SupersubError(f"{target}: cannot write the feature cache ({e.strerror or e})") from None
+    except (OSError, SupersubError) as e:
+        if target.parent not in _UNWRITABLE:
+            _UNWRITABLE.add(target.parent)
+            log.warning("feature cache not saved (outputs kept in memory, recomputed next time): %s",
+                        e.strerror if isinstance(e, OSError) else e)
