@@ -17,8 +17,11 @@ from supersub.run import RunDir
 def test_train_writes_a_complete_run_directory(trained_run: Path):
     for name in ("config.yaml", "taxonomy.json", "model.pt", "thresholds.json", "metrics.json",
                  "calibration/sweep_sub.csv", "calibration/sweep_sub.png", "calibration/sweep_super.png",
-                 "logs/final/metrics.csv", "logs/calibration/metrics.csv", "checkpoints/final/last.ckpt"):
+                 "logs/final/metrics.csv", "logs/calibration/metrics.csv", "checkpoints/final/stage.json",
+                 "checkpoints/calibration/stage.json", "checkpoints/calibration/model.pt"):
         assert (trained_run / name).is_file(), name
+    # a finished stage keeps its model.pt and stage.json only: Lightning's best/last checkpoints are deleted
+    assert not list(trained_run.rglob("*.ckpt"))
     thresholds = json.loads((trained_run / "thresholds.json").read_text())
     # the fixture's score vim+maxlogit (the recipe's without outlier images): ViM at the superclass level, the
     # subclass head's max logit at the subclass level; the saved detectors are one of each

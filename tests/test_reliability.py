@@ -550,19 +550,23 @@ def test_malicious_checkpoint_is_refused(run_copy: Path, images: Path, tmp_path:
     assert not (tmp_path / "p.csv").exists()
 
 
-def test_malicious_lightning_checkpoint_is_refused_on_resume(run_copy: Path, messy: Path, tmp_path: Path) -> None:
+def test_malicious_lightning_checkpoint_is_refused_on_resume(messy: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """--resume hands Lightning's own last.ckpt files back to Lightning: each is vetted first."""
-    marker = tmp_path / "pwned"
-    lasts = sorted(run_copy.glob("checkpoints/*/last.ckpt"))
-    assert lasts
+    from conftest import interrupt_at_epoch
+
+    run, marker = tmp_path / "run", tmp_path / "pwned"
+    args = ["--data", messy, "--out", run, *TINY, "--epochs", "2", "--val-fraction", "0.5", "--skip-bad-images"]
+    interrupt_at_epoch(monkeypatch, "final", 1)  # an interrupted run: the final model's last.ckpt holds epoch 0
+    assert cli("train", *args).code == 130
+    monkeypatch.undo()
+    lasts = sorted(run.glob("checkpoints/*/last.ckpt"))
+    assert [p.parent.name for p in lasts] == ["final"]  # the finished calibration stage kept its model.pt only
     for last in lasts:
         payload = torch.load(last, weights_only=True)
         payload["extra"] = Payload(marker)
         torch.save(payload, last)
-    for done in run_copy.glob("checkpoints/*/stage.json"):  # as if interrupted before any stage had finished
-        done.unlink()
-    result = cli("train", "--data", messy, "--out", run_copy, "--resume", *TINY, "--val-fraction", "0.5",
-                 "--skip-bad-images")
+    result = cli("train", "--resume", *args)
     assert_user_error(result, "last.ckpt: refused to load checkpoint (it holds Python objects")
     assert not marker.exists()
 

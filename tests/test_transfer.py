@@ -11,7 +11,7 @@ import timm
 import torch
 from huggingface_hub import constants as hf_constants
 
-from conftest import run_cli
+from conftest import interrupt_at_epoch, run_cli
 from supersub import api
 from supersub.config import ignored_options, load_config
 from supersub.data.synth import write_synth
@@ -175,13 +175,19 @@ def _backbone_in(checkpoint: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("regime", ["frozen", "gradual"])
-def test_resume_continues_a_run_in_every_regime(regime, synth, cnn_weights, tmp_path):
+def test_resume_continues_a_run_in_every_regime(regime, synth, cnn_weights, tmp_path, monkeypatch):
     path, start = cnn_weights
     opts = {**TINY, "optim.finetune": regime, "optim.unfreeze_epoch": 1, "model.weights": str(path),
             "optim.scheduler": "cosine"}
-    api.train(synth, tmp_path / "run", epochs=2, **opts)  # as if interrupted after 2 of 3 epochs
+    interrupt_at_epoch(monkeypatch, "final", 2)  # a Ctrl-C when the 3rd epoch starts: last.ckpt holds the 2nd
+    with pytest.raises(KeyboardInterrupt):
+        api.train(synth, tmp_path / "run", epochs=3, **opts)
+    monkeypatch.undo()
     last = tmp_path / "run" / "checkpoints" / "final" / "last.ckpt"
     before = _backbone_in(last)
+    import supersub.pipeline.train as train_module
+
+    monkeypatch.setattr(train_module, "_drop_lightning_checkpoints", lambda folder: None)  # to read last.ckpt after
     summary = api.train(synth, tmp_path / "run", resume=True, epochs=3, **opts)
     after = _backbone_in(last)
     assert summary["final"]["epochs_run"] == 3

@@ -117,6 +117,7 @@ def calibrate(run_dir: str | Path, *, evidence: dict[str, Evidence] | None = Non
     saves re-running the models when trying several scores. Rewrites thresholds.json, detectors.pt, the
     sweeps and the novelty section of config.yaml; returns the calibration summary.
     """
+    RunDir.open(run_dir).require_finished()  # never calibrate an interrupted run (it would then look finished)
     with call_scope():
         return recalibrate(run_dir, evidence=evidence, **novelty)
 

@@ -138,6 +138,7 @@ def predict_dataset(run_dir: str | Path, ds: Dataset, skip_bad: bool, device: st
     Prediction, Dataset
 ]:
     run = RunDir.open(run_dir)
+    run.require_finished()  # an interrupted run's model or thresholds are never used
     model, cfg, _ = run.load_model()
     thresholds = run.load_thresholds()
     taxonomy = run.load_taxonomy()  # the model's own may carry the extra class of novelty.oe: class

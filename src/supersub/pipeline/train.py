@@ -75,11 +75,13 @@ def train_run(
                     save_model_file(model_path, model, cfg, stage_tax)
                     # written after the model: its presence says the stage is done (a resume reuses the model)
                     write_json_atomic(run.checkpoints_dir / name / STAGE_DONE_FILE, summary[name])
+                    _drop_lightning_checkpoints(run.checkpoints_dir / name)
             evidence[name] = collect_evidence(model, pool, taxonomy, stage, cfg.trainer.accelerator, cfg)
     except SupersubError:
         # a bad option found when the first stage starts (backbone, weights, trainer, logger): nothing was
         # trained, so leave no half-made run behind; a run with checkpoints stays for --resume
-        if lead and not resume and not any(run.checkpoints_dir.rglob("*.ckpt")):
+        if lead and not resume and not any(run.checkpoints_dir.rglob("*.ckpt")) \
+                and not any(run.checkpoints_dir.rglob(STAGE_DONE_FILE)):
             shutil.rmtree(run.path, ignore_errors=True)
         raise
     if not lead:
@@ -114,6 +116,13 @@ def _open_run(out: str | Path, overwrite: bool, resume: bool) -> RunDir:
             return RunDir.open(out)
         log.info("%s: nothing to resume yet: starting the run", out)
     return RunDir.create(out, overwrite=overwrite)
+
+
+def _drop_lightning_checkpoints(folder: Path) -> None:
+    """A finished stage's best.ckpt and last.ckpt (its members' too): its model.pt and stage.json are what reload,
+    ``calibrate`` and a resume use, and the checkpoints held the same weights twice more (with optimiser state)."""
+    for ckpt in folder.rglob("*.ckpt"):
+        ckpt.unlink(missing_ok=True)
 
 
 def _finished_stage(run: RunDir, name: str, model_path: Path) -> tuple[Any, dict[str, Any]] | None:
