@@ -132,15 +132,17 @@ def predict(
     overwrite: bool = False,
     skip_bad: bool = False,
     device: str | None = None,
+    cache: bool = False,
 ) -> pd.DataFrame:
     """Predict every image of a flat folder, a nested folder or a CSV of image paths; write the CSV to ``out``.
 
     ``names`` adds the class names beside the indices; ``device`` (cpu, cuda, cuda:1, mps, auto) overrides the
-    run's ``trainer.accelerator`` for inference.
+    run's ``trainer.accelerator`` for inference. Cached backbone outputs of these images are read, and kept on
+    disk only with ``cache`` (by default a prediction leaves the caches as they were).
     """
     with call_scope():
         return predict_images(run_dir, images, out, probs=probs, names=names, overwrite=overwrite, skip_bad=skip_bad,
-                              device=device)
+                              device=device, cache=cache)
 
 
 def evaluate(

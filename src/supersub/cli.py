@@ -20,6 +20,8 @@ from .errors import SupersubError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Hierarchical open-set image classification.")
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: the built-in synthetic one, exposure sets.")
 app.add_typer(data_app, name="data")
+cache_app = typer.Typer(no_args_is_help=True, help="The disk caches of decoded images and frozen backbone outputs.")
+app.add_typer(cache_app, name="cache")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -435,6 +437,46 @@ def data_tin_novel_sub(
     console.print(f"wrote {out}: {write_tin_novel_sub(tin_dir, out, keep, count, seed)} images")
 
 
+CACHE_DIR_OPTION = typer.Option(None, "--dir", help="cache folder (a run's data.cache_dir)",
+                                show_default="$SUPERSUB_CACHE_DIR, else ~/.cache/supersub")
+
+
+def _cache_folder(folder: Optional[Path]) -> Path:
+    from .models.feature_cache import default_cache_dir
+
+    return folder if folder is not None else default_cache_dir()
+
+
+@cache_app.command("info")
+def cache_info(folder: Optional[Path] = CACHE_DIR_OPTION) -> None:
+    """Files, size, oldest and newest use, and the size limit of a cache folder."""
+    import datetime as dt
+
+    from .data.cache_limit import cache_info as info
+
+    i = info(_cache_folder(folder))
+    when = {k: "-" if i[k] is None else dt.datetime.fromtimestamp(float(i[k])).isoformat(" ", "seconds")  # type: ignore[arg-type]
+            for k in ("oldest_use", "newest_use")}
+    limit = "none" if i["limit_bytes"] is None else f"{int(i['limit_bytes']) / 1e9:.3g} GB"  # type: ignore[arg-type]
+    console.print(f"{i['folder']}: {i['files']} files, {int(i['bytes']) / 1e6:.1f} MB (limit {limit}; least recently "  # type: ignore[arg-type]
+                  f"used deleted first); oldest use {when['oldest_use']}, newest {when['newest_use']}",
+                  markup=False, highlight=False, soft_wrap=True)
+
+
+@cache_app.command("clear")
+def cache_clear(
+    folder: Optional[Path] = CACHE_DIR_OPTION,
+    older_than: Optional[float] = typer.Option(None, "--older-than", help="only files not used for this many days",
+                                               show_default="all"),
+) -> None:
+    """Delete supersub's cache files (images-*.pt, features-*.pt; nothing else in the folder)."""
+    from .data.cache_limit import clear_cache
+
+    where = _cache_folder(folder)
+    files, freed = clear_cache(where, older_than)
+    console.print(f"{where}: removed {files} files, {freed / 1e6:.1f} MB", markup=False, highlight=False, soft_wrap=True)
+
+
 DEVICE_HELP = "inference device: cpu, cuda, cuda:1, mps or auto"
 
 
@@ -449,12 +491,15 @@ def predict(
     overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite", help="replace an existing predictions file"),
     skip_bad_images: bool = typer.Option(False, "--skip-bad-images/--no-skip-bad-images",
                                          help="warn and skip unreadable images"),
+    cache: bool = typer.Option(False, "--cache/--no-cache",
+                               help="keep these images' backbone outputs in the feature cache (a frozen run reads "
+                               "cached ones either way)"),
 ) -> None:
     """Write image,superclass_index,subclass_index for every image (novel = last index)."""
     from . import api
 
     df = api.predict(run_dir, images, out, probs=probs, names=names, overwrite=overwrite, skip_bad=skip_bad_images,
-                     device=device)
+                     device=device, cache=cache)
     console.print(f"wrote {out}: {len(df)} images")
 
 

@@ -40,6 +40,10 @@ class DataConfig(_Strict):
     feature_cache: bool = Field(
         True, description="finetune=frozen/partial: keep the frozen backbone outputs on disk for later stages and runs"
     )
+    cache_max_gb: float | None = Field(
+        None, ge=0.0, description="size limit of a cache folder in GB, least recently used files deleted first (0 = "
+        "no limit; None = $SUPERSUB_CACHE_MAX_GB, else 5)",
+    )
     num_workers: int = Field(0, ge=0, description="DataLoader workers (tensors are in memory: 0 is usually best)")
     novel_data: Path | None = Field(
         None, description="outlier-exposure images (novel at both levels): a flat folder, or a CSV beside its images"

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.cache_limit import enforce_limit, touch, writes_enabled
 from ..errors import SupersubError
 from ..io import torch_save_atomic
 from ..memory import keep_freed_memory
@@ -167,6 +168,7 @@ def _load(target: Path, key: str, n_rows: int) -> torch.Tensor | None:
     features = payload.get("features")
     if not isinstance(features, torch.Tensor) or features.ndim < 2 or len(features) != n_rows:
         return None
+    touch(target)  # least-recently-used eviction goes by the last use (supersub.data.cache_limit)
     return features
 
 
@@ -175,9 +177,14 @@ _UNWRITABLE: set[Path] = set()  # cache folders already warned about in this pro
 
 def _save(target: Path, key: str, features: torch.Tensor) -> None:
     """Save a block; a folder that cannot be written (read-only, a file in its place, disk full) only costs the
-    reuse: the outputs stay in memory for this call, with one warning per folder, as the image cache does."""
+    reuse: the outputs stay in memory for this call, with one warning per folder, as the image cache does. Under
+    a read-only cache policy (``predict`` without ``--cache``) nothing is written; after a write the folder is
+    trimmed to its size limit (:mod:`supersub.data.cache_limit`)."""
+    if not writes_enabled():
+        return
     try:
         torch_save_atomic({"format": FEATURES_FORMAT, "key": key, "features": features}, target)
+        enforce_limit(target.parent, keep=target)
     except (OSError, SupersubError) as e:
         if target.parent not in _UNWRITABLE:
             _UNWRITABLE.add(target.parent)

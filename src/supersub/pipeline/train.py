@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import TrainConfig, warn_ignored_options
+from ..data.cache_limit import cache_policy
 from ..errors import SupersubError
 from ..novelty.decide import decide
 from ..io import write_json_atomic
@@ -37,6 +38,11 @@ def train_run(
 ) -> dict[str, Any]:
     """:func:`supersub.api.train`: every stage's model, then calibration; rank 0 writes the run directory."""
     cfg = resolve_config(config, **overrides)
+    with cache_policy(max_gb=cfg.data.cache_max_gb):  # the caches' size limit of this run's config
+        return _train(data, out, cfg, overwrite, resume)
+
+
+def _train(data: str | Path, out: str | Path, cfg: TrainConfig, overwrite: bool, resume: bool) -> dict[str, Any]:
     t0 = time.perf_counter()
     # under DDP every rank runs train() (Lightning re-runs the command) and joins each fit; only rank 0 writes
     lead = is_global_zero()
