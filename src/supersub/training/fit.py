@@ -30,7 +30,7 @@ from ..memory import freed_memory_kept, keep_freed_memory
 from ..taxonomy import Taxonomy
 from .distributed import local_device
 from .finetune import GradualUnfreeze, cached_rows
-from .loggers import build_loggers, keep_csv_history
+from .loggers import build_loggers, end_stage_runs, keep_csv_history
 from .module import HierarchicalModule
 from .progress import progress_callback
 
@@ -301,7 +301,10 @@ def fit_stage(
                             "parameters when it wraps the model); use finetune=discriminative or one device")
     with keep_csv_history(run_path, stage, resuming and trainer.is_global_zero), \
             cpu_threads(1 if cfg.optim.finetune == "frozen" and trainer.world_size == 1 else None):
-        fit_interruptibly(trainer, module, datamodule=dm, ckpt_path=str(last) if resuming else None)
+        try:
+            fit_interruptibly(trainer, module, datamodule=dm, ckpt_path=str(last) if resuming else None)
+        finally:
+            end_stage_runs(trainer.loggers)  # the next stage opens its own tracking run
     best = Path(ckpt.best_model_path) if ckpt.best_model_path else None
     if best is not None and best.is_file():
         module.load_state_dict(load_checkpoint(best)["state_dict"])
