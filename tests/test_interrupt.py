@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 import supersub.api as api
+from conftest import run_cli
 
 ARGS = ["--epochs", "3", "--image-size", "16", "--batch-size", "8", "--no-progress", "--backbone", "cnn",
         "--set", "model.width=4", "--set", "model.depth=[1]", "--score", "msp", "--set", "optim.patience=5"]
@@ -74,7 +75,7 @@ def _one_interrupted_line(err: str) -> str:
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("where", ["epoch", "thresholds"])
 def test_sigint_stops_with_one_line_and_resume_gives_the_uninterrupted_run(
-        where: str, synth_dir: Path, reference: Path, tmp_path: Path) -> None:
+        where: str, synth_dir: Path, reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cut = tmp_path / "cut"
     args = _train_args(synth_dir, cut)
     stopped = _interrupt(where, args, tmp_path)
@@ -85,11 +86,13 @@ def test_sigint_stops_with_one_line_and_resume_gives_the_uninterrupted_run(
     assert not (cut / "metrics.json").exists()
     if where == "epoch":
         assert not (cut / "thresholds.json").exists() and not (cut / "model.pt").exists()
-    refused = _supersub(["predict", str(cut), str(synth_dir / "test_images"), "--out", str(tmp_path / "p.csv")])
-    assert refused.returncode == 2 and "did not finish training" in refused.stderr, refused.stderr
+    code = run_cli(["predict", str(cut), str(synth_dir / "test_images"), "--out", str(tmp_path / "p.csv")])
+    assert code == 2 and "did not finish training" in capsys.readouterr().err
     # without --resume: the checkpoints are pointed out, nothing is touched
-    again = _supersub(args)
-    assert again.returncode == 2 and "--resume" in again.stderr.splitlines()[-1], again.stderr
+    before = sorted((p.relative_to(cut), p.stat().st_mtime_ns) for p in cut.rglob("*") if p.is_file())
+    assert run_cli(args) == 2
+    assert "holds an interrupted run" in capsys.readouterr().err.splitlines()[-1]
+    assert sorted((p.relative_to(cut), p.stat().st_mtime_ns) for p in cut.rglob("*") if p.is_file()) == before
 
     resumed = _supersub(shlex.split(line.split("continue with: ", 1)[1])[1:])  # the command the line gave
     assert resumed.returncode == 0, resumed.stderr
