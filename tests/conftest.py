@@ -52,3 +52,18 @@ def trained_run(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
                     "--novel-data", str(synth_dir / "novel_images"), "--score", "vim+maxlogit", *TINY_TRAIN_ARGS])
     assert code == 0
     return run
+
+
+def interrupt_at_epoch(monkeypatch: pytest.MonkeyPatch, stage: str, epoch: int) -> None:
+    """Raise KeyboardInterrupt (what a Ctrl-C raises) in-process when 0-based ``epoch`` of ``stage`` starts, so
+    that stage's last.ckpt holds epoch ``epoch - 1``: an interrupted run, made on an event, not a timer."""
+    from supersub.training import fit
+
+    original = fit.EpochTimer.on_train_epoch_start
+
+    def hook(self: object, trainer: object, module: object) -> None:
+        if Path(trainer.checkpoint_callback.dirpath).name == stage and trainer.current_epoch == epoch:  # type: ignore[attr-defined]
+            raise KeyboardInterrupt
+        original(self, trainer, module)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fit.EpochTimer, "on_train_epoch_start", hook)

@@ -53,10 +53,30 @@ def test_every_fold_holds_the_same_share_and_never_a_whole_superclass(sizes: lis
     if not first:
         assert result == []
         return
-    assert len(result) == folds and result[0] == first
+    assert 1 <= len(result) <= folds and result[0] == first
+    assert len({tuple(f) for f in result}) == len(result)  # no fold repeats another
+    if len(result) < folds:  # cut short: there is no other distinct fold, however many are asked for
+        assert holdout_folds(tax, fraction, seed, folds + 10) == result
     for k, n in enumerate(sizes):
         counts = {sum(tax.sub_to_super[j] == k for j in f) for f in result}
         assert len(counts) == 1 and counts.pop() < max(n, 2)  # same count in every fold, never all of k
+
+
+def test_folds_stop_at_the_number_of_distinct_holdout_sets(caplog: pytest.LogCaptureFixture) -> None:
+    """Superclasses of 2 and 4 subclasses at 15%: one held out of each, so the walk repeats after lcm(2, 4) = 4
+    folds; asking for 7 used to train folds 4-6 as copies of 0-2 and count those holdouts twice."""
+    tax = Taxonomy(("a", "b"), tuple(f"s{j}" for j in range(6)), (0, 0, 1, 1, 1, 1))
+    folds = holdout_folds(tax, 0.15, seed=0, folds=7)
+    assert len(folds) == 4 and len({tuple(f) for f in folds}) == 4
+    assert sorted(j for f in folds for j in f if tax.sub_to_super[j] == 1) == [2, 3, 4, 5]  # each once
+    assert sorted(j for f in folds for j in f if tax.sub_to_super[j] == 0) == [0, 0, 1, 1]  # each twice, paired
+    y_sub = torch.arange(6).repeat_interleave(8)
+    pool = Pool(torch.zeros(48, 3, 4, 4, dtype=torch.uint8), torch.tensor(tax.sub_to_super)[y_sub], y_sub, 48)
+    cfg = build_config({"data": {"val_fraction": 0.25, "holdout_fraction": 0.15}, "novelty": {"calibration_folds": 7}})
+    with caplog.at_level("INFO", logger="supersub"):
+        stages = plan_stages(pool, tax, cfg)
+    assert calibration_stage_names(stages) == ["calibration", "calibration-1", "calibration-2", "calibration-3"]
+    assert "calibration_folds: 7 asked, but these subclasses allow only 4 distinct held-out sets" in caplog.text
 
 
 def _pool(per_class: int = 8) -> Pool:
@@ -130,3 +150,30 @@ def test_a_folded_run_trains_every_fold_and_averages_their_thresholds(folded_run
     assert again["calibration_folds"] == 3 and again["thresholds"] == metrics["thresholds"]
     with pytest.raises(SupersubError, match="calibration_folds is fixed when the models are trained"):
         api.calibrate(folded_run, calibration_folds=5)
+
+
+def test_held_back_outliers_are_a_seeded_random_draw_not_the_first_files() -> None:
+    """The 20% of --novel-data kept for tau_super used to be the first 20% in file-name order, which is
+    clustered by source class: here the first 50 outlier rows are one class and the last 50 another."""
+    n_lab = 8 * TAX.n_sub
+    y_sub = torch.cat([torch.arange(TAX.n_sub).repeat_interleave(8), torch.full((100,), OUTLIER)])
+    y_super = torch.cat([torch.tensor(TAX.sub_to_super)[y_sub[:n_lab]], torch.full((100,), OUTLIER)])
+    pool = Pool(torch.zeros(len(y_sub), 3, 4, 4, dtype=torch.uint8), y_super, y_sub, n_lab)
+    cfg = build_config({"data": {"val_fraction": 0.25, "holdout_fraction": 1 / 3}, "novelty": {"calibration_folds": 2}})
+    stages = plan_stages(pool, TAX, cfg)
+    held = stages["calibration"].novel
+    outliers = list(range(n_lab, n_lab + 100))
+    assert len(held) == 20 and held == sorted(held) and held != outliers[:20]
+    first_class = sum(i < n_lab + 50 for i in held)
+    assert 0 < first_class < 20  # both source classes are in the held-back share
+    for name in ("calibration", "calibration-1"):  # every fold holds back the same rows and trains on the rest
+        assert stages[name].novel == held
+        assert sorted(set(stages[name].train) & set(outliers)) == sorted(set(outliers) - set(held))
+    assert set(stages["final"].train) >= set(outliers)  # the final model trains on all of them
+    assert plan_stages(pool, TAX, cfg)["calibration"].novel == held  # seeded
+    other = plan_stages(pool, TAX, build_config({**cfg.model_dump(mode="json"), "seed": 1}))["calibration"].novel
+    assert other != held and len(other) == 20
+    # its own stream: not the rows the novel_count / novel_sub_count samples (default_rng(seed)) would pick
+    import numpy as np
+
+    assert held != sorted(n_lab + int(i) for i in np.random.default_rng(cfg.seed).choice(100, 20, replace=False))

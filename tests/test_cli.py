@@ -75,6 +75,27 @@ def test_print_config_prints_the_resolved_yaml_and_trains_nothing(synth_dir: Pat
     assert run_cli(["train", "--data", str(synth_dir)]) == 2  # no --out and no --print-config: one-line error
 
 
+def test_set_null_unsets_a_key_of_the_yaml(synth_dir: Path, tmp_path: Path) -> None:
+    """`--set KEY=null` sets KEY to None (it used to be dropped, so a YAML threshold could not be unset)."""
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("novelty:\n  score: msp\n  tau_super: 0.5\n  tau_sub: 0.4\ndata:\n  novel_count: 30\n")
+    base = ["train", "--data", str(synth_dir), "--print-config", "--backbone", "cnn", "--config", str(exp)]
+    code, text = _stdout_of([*base, "--set", "novelty.tau_super=null", "--set", "data.novel_count=~"])
+    assert code == 0
+    cfg = yaml.safe_load(text)
+    assert cfg["novelty"]["tau_super"] is None and cfg["novelty"]["tau_sub"] == 0.4
+    assert cfg["data"]["novel_count"] is None
+    code, text = _stdout_of(base)  # control: without --set the YAML's values hold
+    assert yaml.safe_load(text)["novelty"]["tau_super"] == 0.5
+
+
+def test_set_null_where_none_is_invalid_is_one_line(synth_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(SupersubError, match=r"^config: optim\.lr: cannot be null here \(Input should be a valid"):
+        api.resolve_config(None, **{"optim.lr": None})
+    assert run_cli(["train", "--data", str(synth_dir), "--out", str(tmp_path / "r"), "--set", "optim.lr=null"]) == 2
+    assert not (tmp_path / "r").exists()
+
+
 def test_verbose_reaches_the_supersub_logger() -> None:
     assert run_cli(["--verbose", "data", "--help"]) == 0
     assert logging.getLogger("supersub").getEffectiveLevel() == logging.DEBUG
@@ -136,6 +157,31 @@ def test_evaluate_on_a_labelled_nested_folder_matches_the_csv(trained_run: Path,
     assert run_cli(["evaluate", str(trained_run), "--images", str(tmp_path / "nested"),
                     "--out", str(tmp_path / "cli-report")]) == 0
     assert (tmp_path / "cli-report" / "nested.json").is_file()
+
+
+def test_evaluate_names_every_unmatched_folder_and_strict_refuses_them(
+        trained_run: Path, synth_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """`Dog/` for `dog/` used to become novel truth silently (and changed the metrics)."""
+    root = tmp_path / "nested"
+    _nested_copy(synth_dir, root)
+    sup = sorted(p.name for p in root.iterdir() if not p.name.startswith("unseen"))[0]
+    (root / sup).rename(root / sup.capitalize())  # a seen superclass under another case
+    other = next(p for p in sorted(root.iterdir()) if not p.name.startswith("unseen") and p.name != sup.capitalize())
+    sub = next(p for p in sorted(other.iterdir()) if not p.name.startswith("unseen"))
+    sub.rename(other / (sub.name + "x"))  # a seen subclass with a typo
+    with caplog.at_level(logging.WARNING, logger="supersub"):
+        api.evaluate(trained_run, root, save=False)
+    lines = [r.getMessage() for r in caplog.records if "matches no class of the run" in r.getMessage()]
+    unmatched = {sup.capitalize(), f"{other.name}/{sub.name}x", "unseen-super",
+                 *(f"{p.name}/unseen-{p.name}" for p in root.iterdir() if (p / f"unseen-{p.name}").is_dir())}
+    assert sorted(line.split("folder ")[1].split(" matches")[0].strip("'") for line in lines) == sorted(unmatched)
+    assert any(f"'{sup.capitalize()}' matches no class" in line and "a novel superclass" in line
+               and f"closest training name: '{sup}'" in line for line in lines), lines
+    assert any(f"'{other.name}/{sub.name}x'" in line and f"a novel subclass of '{other.name}'" in line
+               and f"closest training name: '{sub.name}'" in line for line in lines), lines
+    with pytest.raises(SupersubError, match="matches no class of the run.*--strict refuses unknown folders"):
+        api.evaluate(trained_run, root, save=False, strict=True)
+    assert run_cli(["evaluate", str(trained_run), "--images", str(root), "--strict"]) == 2
 
 
 def test_progress_bar_names_the_stage_and_counts_epochs_from_one() -> None:

@@ -61,29 +61,35 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.timeout(300)
 def test_sigkill_mid_training_then_resume_matches_the_uninterrupted_run(synth_dir: Path, tmp_path: Path) -> None:
+    """SIGKILL at a known point (tests/pause_driver.py pauses the process when the final model's 4th epoch starts,
+    so last.ckpt holds its 3rd), then --resume: exactly the uninterrupted run's weights and predictions."""
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     full, cut = tmp_path / "full", tmp_path / "cut"
     subprocess.run(_train_cmd(synth_dir, full), check=True, env=env, capture_output=True)
 
-    proc = subprocess.Popen(_train_cmd(synth_dir, cut), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    last = cut / "checkpoints" / "final" / "last.ckpt"
+    flag = tmp_path / "paused.flag"
+    driver = Path(__file__).with_name("pause_driver.py")
+    proc = subprocess.Popen([sys.executable, str(driver), str(flag), "epoch-start:final:3", *_train_cmd(synth_dir, cut)[3:]],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
-    while not last.is_file() and proc.poll() is None and time.monotonic() < deadline:
+    while not flag.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    time.sleep(0.2)  # into the next epoch
+    assert flag.exists(), "the pause point was never reached"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "training finished before it could be interrupted"
+    assert proc.returncode == -signal.SIGKILL
+    last = cut / "checkpoints" / "final" / "last.ckpt"
     assert last.is_file() and not (cut / "model.pt").exists()
-    interrupted_at = torch.load(last, weights_only=True)["epoch"]
-    assert interrupted_at < 5
+    assert torch.load(last, weights_only=True)["epoch"] == 2  # killed in epoch 3 (0-based) of 6
 
     subprocess.run(_train_cmd(synth_dir, cut, "--resume"), check=True, env=env, capture_output=True)
     a, b = _weights(full), _weights(cut)
     assert a.keys() == b.keys()
     for key in a:
-        assert torch.allclose(a[key].float(), b[key].float(), rtol=1e-5, atol=1e-6), key
+        assert torch.equal(a[key], b[key]), key  # exactly, not approximately
+    for run in (full, cut):
+        api.predict(run, synth_dir / "test_images", out=tmp_path / f"{run.name}.csv", probs=True)
+    assert (tmp_path / "full.csv").read_bytes() == (tmp_path / "cut.csv").read_bytes()
     # the resumed run really continued (its epoch log holds the epochs before the kill, once each)
     import pandas as pd
 

@@ -17,8 +17,11 @@ from supersub.run import RunDir
 def test_train_writes_a_complete_run_directory(trained_run: Path):
     for name in ("config.yaml", "taxonomy.json", "model.pt", "thresholds.json", "metrics.json",
                  "calibration/sweep_sub.csv", "calibration/sweep_sub.png", "calibration/sweep_super.png",
-                 "logs/final/metrics.csv", "logs/calibration/metrics.csv", "checkpoints/final/last.ckpt"):
+                 "logs/final/metrics.csv", "logs/calibration/metrics.csv", "checkpoints/final/stage.json",
+                 "checkpoints/calibration/stage.json", "checkpoints/calibration/model.pt"):
         assert (trained_run / name).is_file(), name
+    # a finished stage keeps its model.pt and stage.json only: Lightning's best/last checkpoints are deleted
+    assert not list(trained_run.rglob("*.ckpt"))
     thresholds = json.loads((trained_run / "thresholds.json").read_text())
     # the fixture's score vim+maxlogit (the recipe's without outlier images): ViM at the superclass level, the
     # subclass head's max logit at the subclass level; the saved detectors are one of each
@@ -68,14 +71,25 @@ def test_evaluate_matches_the_scored_predictions(trained_run: Path, synth_dir: P
                     "--labels", str(synth_dir / "test_truth.csv")]) == 0
 
 
-def test_saved_model_loads_weights_only_and_reproduces_predictions(trained_run: Path, synth_dir: Path):
+def test_saved_model_loads_weights_only_and_reproduces_predictions(trained_run: Path, synth_dir: Path,
+                                                                    tmp_path: Path):
     payload = torch.load(trained_run / "model.pt", weights_only=True)
     assert payload["format"] == "supersub-model-1"
     model, cfg, taxonomy = RunDir.open(trained_run).load_model()
     assert taxonomy.n_sub == 18 and cfg.model.width == 8
-    a = api.predict(trained_run, synth_dir / "test_images", probs=True)
-    b = api.predict(trained_run, synth_dir / "test_images", probs=True)
-    pd.testing.assert_frame_equal(a, b)
+    # predictions of this process (which trained the run) against a fresh interpreter that only reloads the run
+    # directory: byte for byte, so nothing a prediction needs lives outside the run directory
+    here, fresh = tmp_path / "here.csv", tmp_path / "fresh.csv"
+    api.predict(trained_run, synth_dir / "test_images", out=here, probs=True)
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "from supersub.cli import main; main()", "predict", str(trained_run),
+                           str(synth_dir / "test_images"), "--out", str(fresh), "--probs"], capture_output=True,
+                          text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    assert here.read_bytes() == fresh.read_bytes()
+    assert len(pd.read_csv(here)) == len(list((synth_dir / "test_images").iterdir()))
 
 
 def test_python_api_with_hand_set_thresholds(synth_dir: Path, tmp_path: Path):

@@ -282,7 +282,8 @@ def test_bagging_members_share_one_frozen_backbone(trained):
     assert len(model.backbones()) == 1 and model.shared_features  # one backbone in memory, computed once
     summary = json.loads((path / "metrics.json").read_text())
     assert len(summary["final"]["members"]) == 3
-    assert all((path / "checkpoints" / "final" / f"member-{k}" / "best.ckpt").is_file() for k in range(3))
+    assert (path / "checkpoints" / "final" / "stage.json").is_file()  # the members' checkpoints went with the stage
+    assert not list((path / "checkpoints" / "final").rglob("*.ckpt"))
     # members differ (own resample and seed), so the ensemble is not any one member
     heads = [m.sub_head[1].weight for m in model.members]
     assert not torch.equal(heads[0], heads[1])
@@ -303,7 +304,24 @@ def test_xgboost_members_bag_too(synth_dir: Path, shared_weights: Path, tmp_path
     assert cfg.model.with_replacement is False and isinstance(model.members[0].sub_head, XGBoostHead)
     assert not torch.equal(model.members[0].sub_head.booster_bytes[:64], model.members[1].sub_head.booster_bytes[:64]) \
         or len(model.members[0].sub_head.booster_bytes) != len(model.members[1].sub_head.booster_bytes)
-    assert len(api.predict(out, synth_dir / "test_images")) > 0
+    predicted = api.predict(out, synth_dir / "test_images", probs=True)
+    taxonomy = RunDir.open(out).load_taxonomy()
+    assert sorted(predicted["image"]) == sorted(p.name for p in (synth_dir / "test_images").iterdir())
+    assert predicted["superclass_index"].between(0, taxonomy.n_super).all()
+    assert predicted["subclass_index"].between(0, taxonomy.n_sub).all()
+    # the ensemble's probabilities are the mean of its two members' (each member's trees matter)
+    import numpy as np
+
+    from supersub.data.cache import decode_images
+    from supersub.data.formats import read_flat
+
+    ds = read_flat(synth_dir / "test_images")
+    images = decode_images(ds.records, cfg.data.image_size).images
+    with torch.no_grad():
+        ensemble = model.eval().outputs(images).sub_probs
+        members = [m.eval().outputs(images).sub_probs for m in model.members]
+    assert np.allclose(ensemble.numpy(), ((members[0] + members[1]) / 2).numpy(), atol=1e-5)
+    assert not torch.allclose(members[0], members[1])
 
 
 def test_a_frozen_model_predicts_from_the_feature_cache_exactly_as_from_images(trained, synth_dir: Path):

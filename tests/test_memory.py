@@ -51,11 +51,22 @@ def test_freed_memory_is_reused_instead_of_faulted_in_again() -> None:
     assert faults < PAGES // 20  # kept: the same heap block, already resident
 
 
-def test_opt_out_and_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_opt_out_is_honoured_and_a_block_restores_the_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     import supersub.memory as memory
 
-    monkeypatch.setattr(memory, "_applied", None)
+    calls: list[dict[int, int]] = []
+    monkeypatch.setattr(memory, "_on", False)
+    monkeypatch.setattr(memory, "_mallopt", lambda settings: calls.append(dict(settings)) or True)
+    monkeypatch.setattr(memory.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(memory.platform, "libc_ver", lambda: ("glibc", "2.36"))
     monkeypatch.setenv(ENV, "0")
-    assert memory.keep_freed_memory() is False
+    with memory.freed_memory_kept() as on:
+        assert on is False
+    assert calls == []
     monkeypatch.setenv(ENV, "1")
-    assert memory.keep_freed_memory() is False  # decided once per process: the first answer stands
+    with memory.freed_memory_kept() as on:
+        with memory.freed_memory_kept():  # nested: only the outermost block restores
+            assert memory.keep_freed_memory() is True
+        assert on and len(calls) == 1
+    assert calls == [{memory._M_MMAP_MAX: 0, memory._M_TRIM_THRESHOLD: memory.TRIM_THRESHOLD}, memory.GLIBC_DEFAULTS]
+    assert memory._on is False

@@ -290,6 +290,25 @@ def test_subclass_under_two_superclasses_names_both_rows(competition: Path, tmp_
                       f"but superclass {sup} on row 1")
 
 
+@pytest.mark.parametrize("layout", ["nested", "competition"])
+def test_one_superclass_is_refused_before_anything_is_written(competition: Path, tmp_path: Path, layout: str) -> None:
+    """One superclass: its head has nothing to tell apart (trained anyway, every dog and car was a "bird")."""
+    if layout == "nested":
+        data = tmp_path / "birds-only"
+        for sub in ("robin", "wren"):
+            for i in range(3):
+                save(data / "birds" / sub / f"{i}.png", Image.new("RGB", (8, 8), (40 * i, 90, 0)))
+        name = "birds"
+    else:
+        data = competition
+        edit_csv(data / "train_data.csv", lambda rows: [row.__setitem__(1, "0") for row in rows[1:]])
+        name = read_rows(data / "superclass_mapping.csv")[1][1]  # every row labelled superclass 0
+    line = assert_user_error(cli("train", "--data", data, "--out", tmp_path / "run", *TINY),
+                             f"{data}: all images belong to one superclass ({name!r})", "add images of another")
+    assert len(line) < 300
+    assert not (tmp_path / "run").exists()
+
+
 def test_subclass_folder_under_two_superclasses(tmp_path: Path) -> None:
     for sup in ("birds", "dogs"):
         save(tmp_path / "data" / sup / "spotted" / "a.png", Image.new("RGB", (8, 8)))
@@ -476,7 +495,7 @@ def _other_taxonomy_weights(run: Path) -> None:
         (lambda r: (r / "thresholds.json").unlink(), ["thresholds.json: missing"]),
         (lambda r: (r / "model.pt").write_bytes(b"PK\x03\x04 half a zip"),
          ["model.pt: refused to load checkpoint (not a readable checkpoint"]),
-        (lambda r: (r / "model.pt").unlink(), ["model.pt: checkpoint not found"]),
+        (lambda r: (r / "model.pt").unlink(), ["model.pt: missing (the run did not finish training"]),
         (_other_taxonomy_weights, ["model.pt: weights do not fit the model", "size mismatch for sub_head"]),
         (lambda r: torch.save({"format": "supersub-model-1"}, r / "model.pt"), ["incomplete model file"]),
         (lambda r: (r / MARKER).unlink(), ["not a supersub run directory"]),
@@ -531,17 +550,23 @@ def test_malicious_checkpoint_is_refused(run_copy: Path, images: Path, tmp_path:
     assert not (tmp_path / "p.csv").exists()
 
 
-def test_malicious_lightning_checkpoint_is_refused_on_resume(run_copy: Path, messy: Path, tmp_path: Path) -> None:
+def test_malicious_lightning_checkpoint_is_refused_on_resume(messy: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """--resume hands Lightning's own last.ckpt files back to Lightning: each is vetted first."""
-    marker = tmp_path / "pwned"
-    lasts = sorted(run_copy.glob("checkpoints/*/last.ckpt"))
-    assert lasts
+    from conftest import interrupt_at_epoch
+
+    run, marker = tmp_path / "run", tmp_path / "pwned"
+    args = ["--data", messy, "--out", run, *TINY, "--epochs", "2", "--val-fraction", "0.5", "--skip-bad-images"]
+    interrupt_at_epoch(monkeypatch, "final", 1)  # an interrupted run: the final model's last.ckpt holds epoch 0
+    assert cli("train", *args).code == 130
+    monkeypatch.undo()
+    lasts = sorted(run.glob("checkpoints/*/last.ckpt"))
+    assert [p.parent.name for p in lasts] == ["final"]  # the finished calibration stage kept its model.pt only
     for last in lasts:
         payload = torch.load(last, weights_only=True)
         payload["extra"] = Payload(marker)
         torch.save(payload, last)
-    result = cli("train", "--data", messy, "--out", run_copy, "--resume", *TINY, "--val-fraction", "0.5",
-                 "--skip-bad-images")
+    result = cli("train", "--resume", *args)
     assert_user_error(result, "last.ckpt: refused to load checkpoint (it holds Python objects")
     assert not marker.exists()
 
@@ -650,6 +675,33 @@ def test_unwritable_image_cache_is_only_a_warning(tmp_path: Path, caplog: pytest
     decoded = decode_images([ImageRecord(image, "a.png")], 4, cache_dir=blocker / "sub")
     assert decoded.kept == [0] and decoded.images[0, :, 0, 0].tolist() == [200, 0, 0]
     assert "image cache not saved" in caplog.text and "cannot create its folder" in caplog.text
+
+
+@pytest.mark.parametrize("where", ["SUPERSUB_CACHE_DIR", "data.cache_dir"])
+def test_unwritable_feature_cache_falls_back_to_memory(synth: Path, tmp_path: Path, where: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache that cannot be written (here a file where its folder should be: root ignores read-only modes)
+    used to abort frozen training and prediction; now each command warns once and goes on in memory."""
+    from supersub.models import feature_cache
+
+    monkeypatch.setattr(feature_cache, "_UNWRITABLE", set(), raising=False)
+    blocker = tmp_path / "cache-is-a-file"
+    blocker.write_text("not a folder")
+    extra: list[str | Path] = []
+    if where == "SUPERSUB_CACHE_DIR":
+        monkeypatch.setenv("SUPERSUB_CACHE_DIR", str(blocker / "supersub"))
+    else:
+        extra = ["--set", f"data.cache_dir={blocker / 'supersub'}"]
+    run = tmp_path / "run"
+    trained = cli("train", "--data", synth, "--out", run, *TINY, "--finetune", "frozen", *HAND_SET, *extra)
+    assert trained.code == 0, trained.err
+    assert trained.err.count("feature cache not saved") == 1, trained.err
+    monkeypatch.setattr(feature_cache, "_UNWRITABLE", set(), raising=False)  # a new process
+    monkeypatch.setenv("SUPERSUB_CACHE_DIR", str(blocker / "supersub"))
+    predicted = cli("predict", run, synth / "test_images", "--out", tmp_path / "p.csv")
+    assert predicted.code == 0, predicted.err
+    assert predicted.err.count("feature cache not saved") <= 1, predicted.err
+    assert (tmp_path / "p.csv").is_file()
 
 
 # ---- errors raised at the CLI boundary and by Lightning ---------------------------------------------

@@ -11,7 +11,7 @@ import timm
 import torch
 from huggingface_hub import constants as hf_constants
 
-from conftest import run_cli
+from conftest import interrupt_at_epoch, run_cli
 from supersub import api
 from supersub.config import ignored_options, load_config
 from supersub.data.synth import write_synth
@@ -158,9 +158,10 @@ def test_config_file_trains_through_the_cli_with_tensorboard(synth, tmp_path):
 
 
 @pytest.mark.parametrize("logger,package", [("wandb", "wandb"), ("mlflow", "mlflow")])
-def test_missing_optional_logger_is_a_one_line_error(logger, package, synth, tmp_path, capsys):
-    if importlib.util.find_spec(package) is not None:
-        pytest.skip(f"{package} is installed, so the missing-package error this test checks cannot occur")
+def test_missing_optional_logger_is_a_one_line_error(logger, package, synth, tmp_path, capsys, monkeypatch):
+    # runs whether or not the package is installed: find_spec is made to report it missing
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == package else find_spec(name, *a))
     code = run_cli(["train", "--data", str(synth), "--out", str(tmp_path / "run"), "--epochs", "1",
                     "--image-size", "24", "--score", "msp", "--tau-super", "0.5", "--tau-sub", "0.5",
                     "--set", f"trainer.loggers=[csv,{logger}]"])
@@ -174,13 +175,19 @@ def _backbone_in(checkpoint: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("regime", ["frozen", "gradual"])
-def test_resume_continues_a_run_in_every_regime(regime, synth, cnn_weights, tmp_path):
+def test_resume_continues_a_run_in_every_regime(regime, synth, cnn_weights, tmp_path, monkeypatch):
     path, start = cnn_weights
     opts = {**TINY, "optim.finetune": regime, "optim.unfreeze_epoch": 1, "model.weights": str(path),
             "optim.scheduler": "cosine"}
-    api.train(synth, tmp_path / "run", epochs=2, **opts)  # as if interrupted after 2 of 3 epochs
+    interrupt_at_epoch(monkeypatch, "final", 2)  # a Ctrl-C when the 3rd epoch starts: last.ckpt holds the 2nd
+    with pytest.raises(KeyboardInterrupt):
+        api.train(synth, tmp_path / "run", epochs=3, **opts)
+    monkeypatch.undo()
     last = tmp_path / "run" / "checkpoints" / "final" / "last.ckpt"
     before = _backbone_in(last)
+    import supersub.pipeline.train as train_module
+
+    monkeypatch.setattr(train_module, "_drop_lightning_checkpoints", lambda folder: None)  # to read last.ckpt after
     summary = api.train(synth, tmp_path / "run", resume=True, epochs=3, **opts)
     after = _backbone_in(last)
     assert summary["final"]["epochs_run"] == 3

@@ -9,14 +9,18 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import pandas as pd
 
 from .config import TrainConfig
 from .data.synth import write_synth
-from .pipeline.calibration import calibration_evidence, recalibrate  # noqa: F401 - calibration_evidence is API
+from .memory import freed_memory_kept
+from .pipeline.calibration import calibration_evidence as _calibration_evidence, recalibrate
 from .pipeline.compare import Comparison, compare_runs
 from .pipeline.configure import resolve_config  # noqa: F401 - part of the API
 from .pipeline.demo import run_demo
@@ -24,13 +28,38 @@ from .pipeline.evaluate import evaluate_run
 from .pipeline.experiment import Experiment, run_experiment
 from .pipeline.evidence import Evidence
 from .pipeline.inputs import LabelledImages, load_labelled  # noqa: F401 - part of the API
-from .pipeline.predict import Prediction, predict_images, predict_tensors  # noqa: F401 - part of the API
+from .pipeline.predict import Prediction, predict_images, predict_tensors as _predict_tensors
 from .pipeline.report import build_report
 from .pipeline.train import train_run
 from .run import RunDir  # noqa: F401 - part of the API
+from .training.fit import global_rng_kept
 
+P = ParamSpec("P")
+R = TypeVar("R")
 __all__ = ["synth", "resolve_config", "train", "pretrain", "calibration_evidence", "calibrate", "predict", "evaluate", "report", "demo",
            "experiment", "compare", "predict_tensors", "Prediction", "load_labelled"]
+
+
+@contextmanager
+def call_scope() -> Iterator[None]:
+    """What an API call changes in the process lasts for the call only: glibc's malloc settings
+    (:mod:`supersub.memory`) and the global random states; fits also scope what Lightning changes
+    (:func:`supersub.training.fit.scoped_process_state`)."""
+    with freed_memory_kept(), global_rng_kept():
+        yield
+
+
+def _scoped(fn: Callable[P, R]) -> Callable[P, R]:
+    """A pipeline function as an API call (:func:`call_scope`)."""
+    @functools.wraps(fn)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        with call_scope():
+            return fn(*args, **kwargs)
+    return call
+
+
+calibration_evidence = _scoped(_calibration_evidence)
+predict_tensors = _scoped(_predict_tensors)
 
 
 def train(
@@ -50,7 +79,8 @@ def train(
     the short names ``epochs``, ``lr``, ``batch_size``, ``seed``. ``resolve_config(config, **overrides)``
     is the configuration it runs with.
     """
-    return train_run(data, out, config, overwrite=overwrite, resume=resume, **overrides)
+    with call_scope():
+        return train_run(data, out, config, overwrite=overwrite, resume=resume, **overrides)
 
 
 def pretrain(
@@ -73,7 +103,8 @@ def pretrain(
     """
     from .pretrain.run import pretrain_run  # Lightning and the backbone registry load here
 
-    return pretrain_run(data, out, config, test_data=test_data, overwrite=overwrite, resume=resume, **overrides)
+    with call_scope():
+        return pretrain_run(data, out, config, test_data=test_data, overwrite=overwrite, resume=resume, **overrides)
 
 
 def calibrate(run_dir: str | Path, *, evidence: dict[str, Evidence] | None = None, **novelty: Any) -> dict[str, Any]:
@@ -86,7 +117,9 @@ def calibrate(run_dir: str | Path, *, evidence: dict[str, Evidence] | None = Non
     saves re-running the models when trying several scores. Rewrites thresholds.json, detectors.pt, the
     sweeps and the novelty section of config.yaml; returns the calibration summary.
     """
-    return recalibrate(run_dir, evidence=evidence, **novelty)
+    RunDir.open(run_dir).require_finished()  # never calibrate an interrupted run (it would then look finished)
+    with call_scope():
+        return recalibrate(run_dir, evidence=evidence, **novelty)
 
 
 def predict(
@@ -99,27 +132,32 @@ def predict(
     overwrite: bool = False,
     skip_bad: bool = False,
     device: str | None = None,
+    cache: bool = False,
 ) -> pd.DataFrame:
     """Predict every image of a flat folder, a nested folder or a CSV of image paths; write the CSV to ``out``.
 
     ``names`` adds the class names beside the indices; ``device`` (cpu, cuda, cuda:1, mps, auto) overrides the
-    run's ``trainer.accelerator`` for inference.
+    run's ``trainer.accelerator`` for inference. Cached backbone outputs of these images are read, and kept on
+    disk only with ``cache`` (by default a prediction leaves the caches as they were).
     """
-    return predict_images(run_dir, images, out, probs=probs, names=names, overwrite=overwrite, skip_bad=skip_bad,
-                          device=device)
+    with call_scope():
+        return predict_images(run_dir, images, out, probs=probs, names=names, overwrite=overwrite, skip_bad=skip_bad,
+                              device=device, cache=cache)
 
 
 def evaluate(
     run_dir: str | Path, images: str | Path, labels: str | Path | None = None, *, skip_bad: bool = False,
-    save: bool = True, out: str | Path | None = None, device: str | None = None,
+    save: bool = True, out: str | Path | None = None, device: str | None = None, strict: bool = False,
 ) -> dict[str, Any]:
     """Competition metrics (accuracy overall/seen/unseen, cross-entropy, per level) on labelled images.
 
     ``labels`` is a CSV (image,superclass_index,subclass_index) of the images in ``images``; without it
-    ``images`` is a labelled nested folder ``<superclass>/<subclass>/`` matched to the run's classes by name.
+    ``images`` is a labelled nested folder ``<superclass>/<subclass>/`` matched to the run's classes by name
+    (a folder matching no class is novel, with a warning naming the closest class; ``strict`` refuses it).
     The metrics and the open-set report go to ``out`` (default: ``RUN/evaluations``) unless ``save`` is off.
     """
-    return evaluate_run(run_dir, images, labels, skip_bad=skip_bad, save=save, out=out, device=device)
+    with call_scope():
+        return evaluate_run(run_dir, images, labels, skip_bad=skip_bad, save=save, out=out, device=device, strict=strict)
 
 
 def report(
@@ -132,7 +170,8 @@ def report(
     folders): with it the page adds the metrics ``evaluate`` computes, sweeps and confusions on it and grids of
     the most confident mistakes and of the images flagged novel (``images`` thumbnails each).
     """
-    return build_report(run_dir, test, out, overwrite=overwrite, device=device, skip_bad=skip_bad, images=images)
+    with call_scope():
+        return build_report(run_dir, test, out, overwrite=overwrite, device=device, skip_bad=skip_bad, images=images)
 
 
 def synth(out: str | Path, seed: int = 0, **kwargs: Any) -> dict[str, Any]:
@@ -145,7 +184,8 @@ def demo(out: str | Path = "runs/demo", *, overwrite: bool = False, seed: int = 
 
     Returns ``{"train": summary, "test": metrics, "seconds": ...}``; ``overrides`` are dotted config keys.
     """
-    return run_demo(out, overwrite=overwrite, seed=seed, **overrides)
+    with call_scope():
+        return run_demo(out, overwrite=overwrite, seed=seed, **overrides)
 
 
 def experiment(grid: str | Path | dict[str, Any], out: str | Path | None = None, *, overwrite: bool = False,
@@ -158,7 +198,8 @@ def experiment(grid: str | Path | dict[str, Any], out: str | Path | None = None,
     dotted config keys for every run; ``dry_run`` only lists each run's state. See
     :mod:`supersub.pipeline.grid` for the file's fields.
     """
-    return run_experiment(grid, out, overwrite=overwrite, dry_run=dry_run, **overrides)
+    with call_scope():
+        return run_experiment(grid, out, overwrite=overwrite, dry_run=dry_run, **overrides)
 
 
 def compare(runs: list[str | Path], *, baseline: str | Path | None = None, group_by: list[str] | None = None,

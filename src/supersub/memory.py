@@ -8,9 +8,12 @@ On a 2-core VM that was more than half of a full fine-tuning step and about 40% 
 batch reuses them: a step then costs its arithmetic only, and the process keeps its peak resident set (about
 15% above the default's peak in that measurement) until it exits.
 
-Process-wide and lasting, like the allocator settings of PyTorch's CUDA caching allocator; supersub turns it
-on when it starts heavy tensor work (training, feature extraction, batched inference). It does nothing on
-other C libraries, and ``SUPERSUB_KEEP_FREED_MEMORY=0`` keeps glibc's defaults.
+The setting is process-wide, so it is scoped: supersub turns it on when it starts heavy tensor work (training,
+feature extraction, batched inference) inside :func:`freed_memory_kept`, and the outermost such block puts
+glibc's default values back when it ends (a library call leaves the process as it found it; glibc's dynamic
+mmap threshold, which any mallopt call fixes, stays at its default value). A bare :func:`keep_freed_memory`
+outside any block lasts, as before. It does nothing on other C libraries, and ``SUPERSUB_KEEP_FREED_MEMORY=0``
+keeps glibc's defaults.
 """
 
 from __future__ import annotations
@@ -20,21 +23,43 @@ import ctypes.util
 import logging
 import os
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
 
 ENV = "SUPERSUB_KEEP_FREED_MEMORY"
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
 TRIM_THRESHOLD = 1 << 30  # free memory at the top of the heap beyond this goes back to the system
-_applied: bool | None = None  # None: not tried yet in this process
+GLIBC_DEFAULTS = {_M_MMAP_MAX: 65536, _M_TRIM_THRESHOLD: 128 * 1024}  # DEFAULT_MMAP_MAX, DEFAULT_TRIM_THRESHOLD
+_on = False  # the settings are in force
+_depth = 0  # nesting of freed_memory_kept blocks
+_on_outside = False  # they were in force when the outermost block began (then it leaves them on)
 
 
 def keep_freed_memory() -> bool:
-    """Ask glibc to keep freed memory for reuse (once per process); True when the settings are in force."""
-    global _applied
-    if _applied is None:
-        _applied = _apply()
-    return _applied
+    """Ask glibc to keep freed memory for reuse; True when the settings are in force."""
+    global _on
+    if not _on:
+        _on = _apply()
+    return _on
+
+
+@contextmanager
+def freed_memory_kept() -> Iterator[bool]:
+    """Keep freed memory during the block (see the module docstring); the outermost block restores glibc's
+    defaults unless the settings were already on when it began."""
+    global _depth, _on_outside, _on
+    if _depth == 0:
+        _on_outside = _on
+    _depth += 1
+    try:
+        yield keep_freed_memory()
+    finally:
+        _depth -= 1
+        if _depth == 0 and _on and not _on_outside:
+            _mallopt(GLIBC_DEFAULTS)
+            _on = False
 
 
 def _apply() -> bool:
@@ -42,11 +67,15 @@ def _apply() -> bool:
         return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False  # musl's mallopt does nothing, macOS and Windows have none
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
-    except (OSError, AttributeError):
-        return False
+    ok = _mallopt({_M_MMAP_MAX: 0, _M_TRIM_THRESHOLD: TRIM_THRESHOLD})
     if ok:
         log.debug("glibc malloc keeps freed memory (mmap off, trim threshold %d bytes)", TRIM_THRESHOLD)
     return ok
+
+
+def _mallopt(settings: dict[int, int]) -> bool:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return all(libc.mallopt(param, value) == 1 for param, value in settings.items())
+    except (OSError, AttributeError):
+        return False

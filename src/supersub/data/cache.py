@@ -19,6 +19,7 @@ import torch
 
 from ..errors import SupersubError
 from ..io import torch_save_atomic
+from .cache_limit import enforce_limit, touch, writes_enabled
 from .images import load_image
 from .records import ImageRecord
 
@@ -121,6 +122,7 @@ def _load_cache(target: Path, fingerprint: str, size: int) -> DecodedImages | No
         return None
     if not _valid_payload(payload, fingerprint, size):
         return None
+    touch(target)  # least-recently-used eviction goes by the last use
     return DecodedImages(payload["images"], list(payload["kept"]), list(payload["bad"]))
 
 
@@ -139,8 +141,11 @@ def _valid_payload(payload: Any, fingerprint: str, size: int) -> bool:
 
 def _save_cache(target: Path, fingerprint: str, decoded: DecodedImages) -> None:
     """Best effort: the images are already decoded, so an unwritable cache only costs the next run time."""
+    if not writes_enabled():
+        return
     payload = {"fingerprint": fingerprint, "images": decoded.images, "kept": decoded.kept, "bad": decoded.bad}
     try:
         torch_save_atomic(payload, target)
+        enforce_limit(target.parent, keep=target)
     except SupersubError as e:
         log.warning("image cache not saved: %s", e)

@@ -10,9 +10,10 @@ coerced into plausible garbage. Records are always sorted by name, so the same f
 from __future__ import annotations
 
 import csv
+import difflib
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -475,12 +476,14 @@ def read_images(path: Path) -> Dataset:
     return read_flat(root)
 
 
-def read_nested_labels(root: Path, taxonomy: Taxonomy) -> Dataset:
+def read_nested_labels(root: Path, taxonomy: Taxonomy, strict: bool = False) -> Dataset:
     """A labelled ``root/<superclass>/<subclass>/`` folder in a trained run's label space.
 
     Folder names are matched against ``taxonomy`` by name: an unknown superclass folder is novel at both
     levels, an unknown subclass folder under a known superclass is a novel subclass of it. A subclass matches
-    by its own name or as ``superclass/subclass`` (the competition mapping's spelling).
+    by its own name or as ``superclass/subclass`` (the competition mapping's spelling). A typo (``Dog/`` for
+    ``dog``) would silently turn seen images into "novel" truth, so every unmatched folder is logged with the
+    closest training name, and ``strict`` refuses them.
     """
     ds = read_nested(root)
     assert ds.taxonomy is not None
@@ -488,6 +491,8 @@ def read_nested_labels(root: Path, taxonomy: Taxonomy) -> Dataset:
     super_of = {name: k for k, name in enumerate(taxonomy.super_names)}
     sub_of = {name: j for j, name in enumerate(taxonomy.sub_names)}
     records: list[ImageRecord] = []
+    unmatched: dict[str, tuple[str, str | None]] = {}  # folder -> (what its images count as, closest training name)
+    counts: dict[str, int] = {}
     for r in ds.records:
         sup_name, sub_name = seen.super_names[r.super_index], seen.sub_names[r.sub_index]
         k = super_of.get(sup_name, taxonomy.novel_super)
@@ -497,5 +502,31 @@ def read_nested_labels(root: Path, taxonomy: Taxonomy) -> Dataset:
             owner = taxonomy.super_names[taxonomy.sub_to_super[j]]
             raise SupersubError(f"{root}: subclass folder {sub_name!r} is under {sup_name!r}, but the run knows it "
                                 f"as a subclass of {owner!r}")
+        if k == taxonomy.novel_super:
+            folder, what = sup_name, ("a novel superclass", _closest(sup_name, taxonomy.super_names))
+        elif j == taxonomy.novel_sub:
+            names = [taxonomy.sub_names[i].rsplit("/", 1)[-1] for i in taxonomy.subs_of(k)]
+            folder, what = f"{sup_name}/{sub_name}", (f"a novel subclass of {sup_name!r}", _closest(sub_name, names))
+        else:
+            folder = ""
+        if folder:
+            unmatched.setdefault(folder, what)
+            counts[folder] = counts.get(folder, 0) + 1
         records.append(ImageRecord(r.path, r.name, k, j))
+    for folder, (what, closest) in unmatched.items():
+        line = (f"{root}: folder {folder!r} matches no class of the run: its {counts[folder]} image(s) count as {what} "
+                f"({'closest training name: ' + repr(closest) if closest else 'no training name is close'})")
+        if strict:
+            more = f"; {len(unmatched) - 1} more unknown folder(s)" if len(unmatched) > 1 else ""
+            raise SupersubError(f"{line}{more}; --strict refuses unknown folders (without it they are novel)")
+        log.warning("%s", line)
     return Dataset(records, taxonomy, ds.source, ds.skipped)
+
+
+def _closest(name: str, candidates: Sequence[str]) -> str | None:
+    """The training name a folder name was most likely meant to be: the same up to case, else difflib's best."""
+    for candidate in candidates:
+        if candidate.lower() == name.lower():
+            return candidate
+    close = difflib.get_close_matches(name.lower(), [c.lower() for c in candidates], n=1, cutoff=0.6)
+    return next((c for c in candidates if close and c.lower() == close[0]), None)

@@ -34,6 +34,9 @@ def holdout_folds(taxonomy: Taxonomy, fraction: float, seed: int, folds: int) ->
     Fold 0 is :func:`holdout_subclasses` (so one fold is the single calibration model of before); the next
     folds walk on through a seeded order of each superclass's other subclasses, so with ``folds`` =
     1/``fraction`` every subclass is held out once (the last window wraps round to the first subclasses).
+    The walk is periodic, so asking for more folds than there are distinct held-out sets (a superclass of two
+    subclasses repeats after two) would train copies of earlier folds and count their holdouts twice in the
+    mean: the list stops at the first repeat, and can be shorter than ``folds``.
     """
     first = holdout_subclasses(taxonomy, fraction, seed)
     if not first or folds <= 1:
@@ -51,7 +54,12 @@ def holdout_folds(taxonomy: Taxonomy, fraction: float, seed: int, folds: int) ->
         order = window + rest
         for f in range(1, folds):
             held[f].update(order[(f * len(window) + i) % len(order)] for i in range(len(window)))
-    return [sorted(h) for h in held]
+    distinct: list[list[int]] = []
+    for h in held:
+        if sorted(h) in distinct:
+            break  # periodic from fold 0: every later fold repeats one before it
+        distinct.append(sorted(h))
+    return distinct
 
 
 def stratified_split(labels: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:

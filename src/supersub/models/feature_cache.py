@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.cache_limit import enforce_limit, touch, writes_enabled
 from ..errors import SupersubError
 from ..io import torch_save_atomic
 from ..memory import keep_freed_memory
@@ -203,11 +204,25 @@ def _load(target: Path, network: str) -> tuple[list[str], torch.Tensor] | None:
     if not isinstance(keys, list) or not isinstance(features, torch.Tensor) or features.ndim < 2 \
             or len(features) != len(keys):
         return None
+    touch(target)  # least-recently-used eviction goes by the last use (supersub.data.cache_limit)
     return keys, features
 
 
+_UNWRITABLE: set[Path] = set()  # cache folders already warned about in this process
+
+
 def _save(target: Path, network: str, keys: list[str], features: torch.Tensor) -> None:
+    """Save a shard; a folder that cannot be written (read-only, a file in its place, disk full) only costs the
+    reuse: the outputs stay in memory for this call, with one warning per folder, as the image cache does. Under
+    a read-only cache policy (``predict`` without ``--cache``) nothing is written; after a write the folder is
+    trimmed to its size limit (:mod:`supersub.data.cache_limit`)."""
+    if not writes_enabled():
+        return
     try:
         torch_save_atomic({"format": FEATURES_FORMAT, "network": network, "keys": keys, "features": features}, target)
-    except OSError as e:
-        raise SupersubError(f"{target}: cannot write the feature cache ({e.strerror or e})") from None
+        enforce_limit(target.parent, keep=target)
+    except (OSError, SupersubError) as e:
+        if target.parent not in _UNWRITABLE:
+            _UNWRITABLE.add(target.parent)
+            log.warning("feature cache not saved (outputs kept in memory, recomputed next time): %s",
+                        e.strerror if isinstance(e, OSError) else e)

@@ -19,7 +19,7 @@ from .predict import Prediction, predict_dataset
 
 def evaluate_run(
     run_dir: str | Path, images: str | Path, labels: str | Path | None = None, *, skip_bad: bool = False,
-    save: bool = True, out: str | Path | None = None, device: str | None = None,
+    save: bool = True, out: str | Path | None = None, device: str | None = None, strict: bool = False,
 ) -> dict[str, Any]:
     """:func:`supersub.api.evaluate`: labels from a CSV or from nested folder names, metrics, saved report."""
     run = RunDir.open(run_dir)
@@ -27,7 +27,7 @@ def evaluate_run(
     if labels is not None:
         ds = read_labels(Path(labels), Path(images), taxonomy)
     else:
-        ds = read_nested_labels(Path(images), taxonomy)
+        ds = read_nested_labels(Path(images), taxonomy, strict=strict)
     pred, kept = predict_dataset(run_dir, ds, skip_bad, device)
     metrics, report = score_prediction(pred, kept, taxonomy)
     if save:

@@ -12,11 +12,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
 
 from ..data.cache import decode_images
+from ..data.cache_limit import cache_policy
 from ..data.formats import read_images
 from ..data.records import Dataset
 from ..errors import SupersubError
@@ -134,11 +136,19 @@ def _scorer_for(thresholds: Thresholds, scorer: NoveltyScorer | None) -> Novelty
     return scorer
 
 
-def predict_dataset(run_dir: str | Path, ds: Dataset, skip_bad: bool, device: str | None = None) -> tuple[
-    Prediction, Dataset
-]:
+def predict_dataset(run_dir: str | Path, ds: Dataset, skip_bad: bool, device: str | None = None,
+                    cache: bool = False) -> tuple[Prediction, Dataset]:
+    """Predict a dataset with a run. The disk caches are read, but the images predicted (test sets, a user's
+    photos) are kept in them only with ``cache`` (``predict --cache``)."""
     run = RunDir.open(run_dir)
+    run.require_finished()  # an interrupted run's model or thresholds are never used
     model, cfg, _ = run.load_model()
+    with cache_policy(write=cache, max_gb=cfg.data.cache_max_gb):
+        return _predict_loaded(run, model, cfg, ds, skip_bad, device)
+
+
+def _predict_loaded(run: RunDir, model: Any, cfg: TrainConfig, ds: Dataset, skip_bad: bool,
+                    device: str | None) -> tuple[Prediction, Dataset]:
     thresholds = run.load_thresholds()
     taxonomy = run.load_taxonomy()  # the model's own may carry the extra class of novelty.oe: class
     scorer = load_scorer(run.path, thresholds.score)
@@ -170,11 +180,12 @@ def predict_images(
     overwrite: bool = False,
     skip_bad: bool = False,
     device: str | None = None,
+    cache: bool = False,
 ) -> pd.DataFrame:
     """:func:`supersub.api.predict`: read any unlabelled layout, predict, write the CSV when ``out`` is given."""
     if out is not None and Path(out).exists() and not overwrite:
         raise SupersubError(f"{out}: exists (pass --overwrite to replace it)")
-    pred, _ = predict_dataset(run_dir, read_images(Path(images)), skip_bad, device)
+    pred, _ = predict_dataset(run_dir, read_images(Path(images)), skip_bad, device, cache=cache)
     df = pred.to_frame(probs, RunDir.open(run_dir).load_taxonomy() if names else None)
     if out is not None:
         write_atomic(out, lambda fh: df.to_csv(fh, index=False, float_format="%.6g"))

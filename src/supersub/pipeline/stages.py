@@ -22,10 +22,12 @@ run with another score or objective without retraining.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..config import NoveltyConfig, TrainConfig
@@ -34,6 +36,8 @@ from ..errors import SupersubError
 from ..io import write_json_atomic
 from ..losses import NOVEL_SUB, OUTLIER
 from ..taxonomy import Taxonomy
+
+log = logging.getLogger(__name__)
 
 SPLIT_FILE = "split.json"
 EXTRA_CLASS = "__novel__"  # name of the explicit novel class of ``novelty.oe: class`` at both levels
@@ -136,13 +140,19 @@ def plan_stages(pool: Pool, taxonomy: Taxonomy, cfg: TrainConfig) -> dict[str, S
     stages = {"final": Stage("final", all_super, all_sub, train + outliers + novel_sub, val)}
     if not needs_calibration_model(cfg.novelty):
         return stages
-    folds = holdout_folds(taxonomy, cfg.data.holdout_fraction, cfg.seed, cfg.novelty.calibration_folds or 1)
+    asked = cfg.novelty.calibration_folds or 1
+    folds = holdout_folds(taxonomy, cfg.data.holdout_fraction, cfg.seed, asked)
+    if folds and len(folds) < asked:
+        log.info("novelty.calibration_folds: %d asked, but these subclasses allow only %d distinct held-out sets "
+                 "at data.holdout_fraction %g: calibrating on %d folds (a repeated fold would count its holdout "
+                 "twice)", asked, len(folds), cfg.data.holdout_fraction, len(folds))
     if not folds or cfg.data.val_fraction <= 0:
         raise SupersubError(
             "novelty: calibration needs data.holdout_fraction > 0, data.val_fraction > 0 and a superclass with "
             "two or more subclasses; otherwise set novelty.tau_super and novelty.tau_sub by hand"
         )
-    n_cal = int(round(cfg.data.novel_calibration_fraction * len(outliers)))
+    cal_outliers = held_back_outliers(outliers, cfg)
+    train_outliers = [i for i in outliers if i not in set(cal_outliers)]
     for f, held in enumerate(folds):
         name = CALIBRATION if f == 0 else f"{CALIBRATION}-{f}"
         held_set = set(held)
@@ -156,12 +166,30 @@ def plan_stages(pool: Pool, taxonomy: Taxonomy, cfg: TrainConfig) -> dict[str, S
             )
         stages[name] = Stage(
             name, all_super, [j for j in all_sub if j not in held_set],
-            [seen_rows[i] for i in tr] + outliers[n_cal:] + novel_sub, [seen_rows[i] for i in va],
-            [i for i, h in enumerate(is_held) if h], outliers[:n_cal],
+            [seen_rows[i] for i in tr] + train_outliers + novel_sub, [seen_rows[i] for i in va],
+            [i for i, h in enumerate(is_held) if h], cal_outliers,
         )
     if cfg.novelty.super_protocol == "loso" and cfg.novelty.tau_super is None:
         stages.update(_loso_stages(pool, taxonomy, stages[CALIBRATION]))
     return stages
+
+
+HELD_BACK_STREAM = 0x6E6F76656C  # "novel": the held-back draw's own random stream, apart from every other sample
+
+
+def held_back_outliers(outliers: list[int], cfg: TrainConfig) -> list[int]:
+    """The ``data.novel_calibration_fraction`` of the outlier rows kept out of the calibration models' training
+    to calibrate tau_super: a random draw with the run's seed (sorted), on a stream of its own.
+
+    The first rows in file-name order would be clustered by source class (Tiny-ImageNet names start with the
+    class id), so tau_super would be calibrated on a few kinds of outlier and trained against the others;
+    a stream of its own keeps the draw independent of the ``novel_count`` / ``novel_sub_count`` samples.
+    """
+    n_cal = int(round(cfg.data.novel_calibration_fraction * len(outliers)))
+    if n_cal == 0:
+        return []
+    pick = np.random.default_rng([cfg.seed, HELD_BACK_STREAM]).choice(len(outliers), size=n_cal, replace=False)
+    return sorted(outliers[i] for i in pick.tolist())
 
 
 def _loso_stages(pool: Pool, taxonomy: Taxonomy, cal: Stage) -> dict[str, Stage]:

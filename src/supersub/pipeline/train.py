@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -9,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from ..config import TrainConfig, warn_ignored_options
+from ..data.cache_limit import cache_policy
 from ..errors import SupersubError
 from ..novelty.decide import decide
-from ..run import RunDir, save_model_file
+from ..io import write_json_atomic
+from ..run import MARKER, RunDir, load_model_file, save_model_file
 from ..taxonomy import Taxonomy
 from ..training.distributed import is_global_zero
 from ..training.fitters import fit_model
@@ -35,6 +38,11 @@ def train_run(
 ) -> dict[str, Any]:
     """:func:`supersub.api.train`: every stage's model, then calibration; rank 0 writes the run directory."""
     cfg = resolve_config(config, **overrides)
+    with cache_policy(max_gb=cfg.data.cache_max_gb):  # the caches' size limit of this run's config
+        return _train(data, out, cfg, overwrite, resume)
+
+
+def _train(data: str | Path, out: str | Path, cfg: TrainConfig, overwrite: bool, resume: bool) -> dict[str, Any]:
     t0 = time.perf_counter()
     # under DDP every rank runs train() (Lightning re-runs the command) and joins each fit; only rank 0 writes
     lead = is_global_zero()
@@ -50,7 +58,7 @@ def train_run(
     summary: dict[str, Any] = {"data": str(data), "n_images": len(data_.dataset)}
     pool = training_pool(data_, cfg, summary)
     stages = plan_stages(pool, taxonomy, cfg)
-    run = RunDir(out) if not lead else RunDir.open(out) if resume else RunDir.create(out, overwrite=overwrite)
+    run = RunDir(out) if not lead else _open_run(out, overwrite, resume)
     evidence: dict[str, Evidence] = {}
     try:
         if lead:
@@ -58,19 +66,28 @@ def train_run(
             run.save_taxonomy(taxonomy)
             save_split(run.calibration_dir, str(Path(data).resolve()), pool, stages)
         for name, stage in sorted(stages.items(), key=lambda item: item[0] == "final"):  # final model last
-            result = _fit_stage(pool, taxonomy, stage, cfg, run, resume)
-            summary[name] = {"epochs_run": result.epochs_run, result.monitor: result.best_score,
-                             "seconds_per_epoch": result.seconds_per_epoch and round(result.seconds_per_epoch, 2),
-                             **result.details}
-            if lead:  # every stage's model in one format: model.pt, checkpoints/<stage>/model.pt (for calibrate)
-                stage_tax = stage_labels(pool, taxonomy, stage, cfg.novelty.oe)[0]
-                target = run.model_file if name == "final" else run.checkpoints_dir / name / STAGE_MODEL_FILE
-                save_model_file(target, result.model, cfg, stage_tax)
-            evidence[name] = collect_evidence(result.model, pool, taxonomy, stage, cfg.trainer.accelerator, cfg)
+            model_path = run.model_file if name == "final" else run.checkpoints_dir / name / STAGE_MODEL_FILE
+            reused = _finished_stage(run, name, model_path) if resume else None
+            if reused is not None:
+                model, summary[name] = reused
+            else:
+                result = _fit_stage(pool, taxonomy, stage, cfg, run, resume)
+                model = result.model
+                summary[name] = {"epochs_run": result.epochs_run, result.monitor: result.best_score,
+                                 "seconds_per_epoch": result.seconds_per_epoch and round(result.seconds_per_epoch, 2),
+                                 **result.details}
+                if lead:  # every stage's model in one format: model.pt, checkpoints/<stage>/model.pt (for calibrate)
+                    stage_tax = stage_labels(pool, taxonomy, stage, cfg.novelty.oe)[0]
+                    save_model_file(model_path, model, cfg, stage_tax)
+                    # written after the model: its presence says the stage is done (a resume reuses the model)
+                    write_json_atomic(run.checkpoints_dir / name / STAGE_DONE_FILE, summary[name])
+                    _drop_lightning_checkpoints(run.checkpoints_dir / name)
+            evidence[name] = collect_evidence(model, pool, taxonomy, stage, cfg.trainer.accelerator, cfg)
     except SupersubError:
         # a bad option found when the first stage starts (backbone, weights, trainer, logger): nothing was
         # trained, so leave no half-made run behind; a run with checkpoints stays for --resume
-        if lead and not resume and not any(run.checkpoints_dir.rglob("*.ckpt")):
+        if lead and not resume and not any(run.checkpoints_dir.rglob("*.ckpt")) \
+                and not any(run.checkpoints_dir.rglob(STAGE_DONE_FILE)):
             shutil.rmtree(run.path, ignore_errors=True)
         raise
     if not lead:
@@ -91,6 +108,45 @@ def train_run(
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     run.save_metrics(summary)
     return summary
+
+
+STAGE_DONE_FILE = "stage.json"  # checkpoints/<stage>/stage.json: the stage's summary, written once it is done
+
+
+def _open_run(out: str | Path, overwrite: bool, resume: bool) -> RunDir:
+    """The run directory ``train`` writes: a new one, or with ``resume`` the interrupted one (a resume of a run
+    that was interrupted before its folder existed simply starts it)."""
+    if resume:
+        path = Path(out)
+        if (path / MARKER).is_file() or (path.exists() and (not path.is_dir() or any(path.iterdir()))):
+            return RunDir.open(out)
+        log.info("%s: nothing to resume yet: starting the run", out)
+    return RunDir.create(out, overwrite=overwrite)
+
+
+def _drop_lightning_checkpoints(folder: Path) -> None:
+    """A finished stage's best.ckpt and last.ckpt (its members' too): its model.pt and stage.json are what reload,
+    ``calibrate`` and a resume use, and the checkpoints held the same weights twice more (with optimiser state)."""
+    for ckpt in folder.rglob("*.ckpt"):
+        ckpt.unlink(missing_ok=True)
+
+
+def _finished_stage(run: RunDir, name: str, model_path: Path) -> tuple[Any, dict[str, Any]] | None:
+    """(model, summary) of a stage an interrupted run had finished, else None (the stage is (re)fitted).
+
+    Reusing the saved model, rather than resuming Lightning from the stage's last.ckpt, keeps a finished stage
+    exactly as it was: a resumed fit that had stopped early would train one more epoch before stopping again.
+    """
+    done = run.checkpoints_dir / name / STAGE_DONE_FILE
+    if not (done.is_file() and model_path.is_file()):
+        return None
+    try:
+        summary = json.loads(done.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None  # damaged: train the stage again
+    model = load_model_file(model_path)[0]
+    log.info("resuming: stage %s was finished (%s epochs); reusing %s", name, summary.get("epochs_run"), model_path)
+    return model, summary
 
 
 def _fit_stage(pool: Pool, taxonomy: Taxonomy, stage: Stage, cfg: TrainConfig, run: RunDir, resume: bool) -> Any:

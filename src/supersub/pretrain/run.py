@@ -26,7 +26,9 @@ from ..errors import SupersubError
 from ..io import load_checkpoint, write_json_atomic
 from ..pipeline.configure import resolve_config
 from ..training.distributed import local_device
-from ..training.fit import EpochTimer, build_trainer, check_resumable, quiet_lightning
+from ..training.fit import (
+    EpochTimer, build_trainer, check_resumable, fit_interruptibly, in_scoped_process_state, quiet_lightning,
+)
 from ..training.loggers import keep_csv_history
 from .folder import folder_classes, read_class_folder, read_class_list
 from .model import PretrainNet, save_pretrained
@@ -101,6 +103,7 @@ def finetune_chosen(config: TrainConfig | dict[str, Any] | str | Path | None, ov
     return isinstance(optim, dict) and optim.get("finetune", "auto") != "auto"
 
 
+@in_scoped_process_state
 def pretrain(data: Path, out: Path, cfg: TrainConfig, test_data: Path | None = None, overwrite: bool = False,
              resume: bool = False, finetune_chosen: bool = False) -> dict[str, Any]:
     """Train ``cfg.model``'s backbone on ``data``'s classes; save it to ``out``; returns the summary."""
@@ -139,7 +142,7 @@ def pretrain(data: Path, out: Path, cfg: TrainConfig, test_data: Path | None = N
     except (ValueError, TypeError, MisconfigurationException) as e:
         raise SupersubError(f"trainer: {str(e).strip().splitlines()[0]}") from None
     with keep_csv_history(work, "pretrain", resuming and trainer.is_global_zero):
-        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resuming else None)
+        fit_interruptibly(trainer, module, datamodule=dm, ckpt_path=str(last) if resuming else None)
     best = Path(ckpt.best_model_path) if ckpt.best_model_path else None
     if best is not None and best.is_file():
         module.load_state_dict(load_checkpoint(best)["state_dict"])

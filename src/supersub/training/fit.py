@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import signal
+import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import lightning as L
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -22,15 +26,17 @@ from ..config import TrainConfig, config_to_dict
 from ..data.module import TensorDataModule
 from ..errors import SupersubError
 from ..io import load_checkpoint
-from ..memory import keep_freed_memory
+from ..memory import freed_memory_kept, keep_freed_memory
 from ..taxonomy import Taxonomy
 from .distributed import local_device
 from .finetune import GradualUnfreeze, cached_rows
-from .loggers import build_loggers, keep_csv_history
+from .loggers import build_loggers, end_stage_runs, keep_csv_history
 from .module import HierarchicalModule
 from .progress import progress_callback
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 
@@ -61,9 +67,63 @@ class EpochTimer(L.Callback):
         pl_module.log("epoch_seconds", self.seconds[-1], on_epoch=True, sync_dist=True)
 
 
+LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
+PROCESS_ENV = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS", "CUBLAS_WORKSPACE_CONFIG")  # what seed_everything/Trainer set
+
+
+@contextmanager
+def scoped_process_state() -> Iterator[None]:
+    """Run a fit and put back what it changes for the whole process: warning filters, Lightning's logger levels,
+    torch's deterministic-algorithm flags and NaN fill, cuDNN flags, the global RNGs seeded by
+    ``seed_everything``, the environment variables Lightning sets, and glibc's malloc settings.
+
+    A library call (``supersub.api.train``, a notebook cell) must leave the process as it found it.
+    """
+    levels = {name: logging.getLogger(name).level for name in LIGHTNING_LOGGERS}
+    env = {name: os.environ.get(name) for name in PROCESS_ENV}
+    deterministic = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    fill = torch.utils.deterministic.fill_uninitialized_memory  # type: ignore[attr-defined]
+    cudnn = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    try:
+        with warnings.catch_warnings(), freed_memory_kept(), global_rng_kept():
+            yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        for name, value in env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+        torch.utils.deterministic.fill_uninitialized_memory = fill  # type: ignore[attr-defined]
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn
+
+
+@contextmanager
+def global_rng_kept() -> Iterator[None]:
+    """Put Python's, NumPy's and torch's global random states back after the block: supersub seeds and draws
+    from its own seeds (``seed_everything``, model initialisation), never from the caller's stream."""
+    import random
+
+    import numpy as np
+
+    states = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+              torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        if states[3] is not None:
+            torch.cuda.set_rng_state_all(states[3])
+
+
 def quiet_lightning() -> None:
-    """Lightning's tips about workers and summaries are noise for in-memory tensor datasets."""
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+    """Lightning's tips about workers and summaries are noise for in-memory tensor datasets (call it inside
+    :func:`scoped_process_state`: the logger levels and warning filters are process-wide)."""
+    for name in LIGHTNING_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*number of training batches.*")
@@ -126,6 +186,25 @@ def build_trainer(cfg: TrainConfig, run_path: Path, stage: str, epochs: int, cal
     return trainer
 
 
+def fit_interruptibly(trainer: L.Trainer, module: L.LightningModule, **kwargs: Any) -> None:
+    """``trainer.fit``, with a Ctrl-C raised again as :class:`KeyboardInterrupt` instead of Lightning's ``exit(1)``.
+
+    Lightning catches the interrupt, tears down, ignores SIGINT from then on and calls ``sys.exit(1)``: the
+    process would end with no message and code 1, and a library caller would lose Ctrl-C for good. Here the
+    SIGINT handler is put back and the interrupt goes on up to the caller (the CLI: one line, exit 130).
+    """
+    main_thread = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGINT) if main_thread else None
+    try:
+        trainer.fit(module, **kwargs)
+    except SystemExit:
+        if not trainer.interrupted:
+            raise
+        if main_thread and handler is not None:
+            signal.signal(signal.SIGINT, handler)
+        raise KeyboardInterrupt from None
+
+
 @contextmanager
 def cpu_threads(n: int | None) -> Iterator[None]:
     """Run the block with ``n`` intra-op CPU threads (``None``: unchanged), then restore the previous count.
@@ -143,6 +222,16 @@ def cpu_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def in_scoped_process_state(fn: Callable[P, R]) -> Callable[P, R]:
+    """Decorate a fit so that it runs inside :func:`scoped_process_state`."""
+    @functools.wraps(fn)
+    def scoped(*args: P.args, **kwargs: P.kwargs) -> R:
+        with scoped_process_state():
+            return fn(*args, **kwargs)
+    return scoped
+
+
+@in_scoped_process_state
 def fit_stage(
     images: torch.Tensor,
     y_super: torch.Tensor,
@@ -176,6 +265,8 @@ def fit_stage(
         checkpoint = load_checkpoint(last)
         check_resumable(checkpoint, cfg, last)
         module.load_state_dict(checkpoint["state_dict"])
+        done = int(checkpoint.get("epoch", -1)) + 1  # Lightning saves the 0-based index of the epoch just ended
+        log.info("resuming: stage %s from epoch %d of %d (%d done, %s)", stage, done + 1, epochs, done, last)
     inputs, feature_seconds = images, None
     if module.on_cache:
         views = ("identity", "hflip") if cfg.augment.cached_hflip else ("identity",)
@@ -210,7 +301,10 @@ def fit_stage(
                             "parameters when it wraps the model); use finetune=discriminative or one device")
     with keep_csv_history(run_path, stage, resuming and trainer.is_global_zero), \
             cpu_threads(1 if cfg.optim.finetune == "frozen" and trainer.world_size == 1 else None):
-        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resuming else None)
+        try:
+            fit_interruptibly(trainer, module, datamodule=dm, ckpt_path=str(last) if resuming else None)
+        finally:
+            end_stage_runs(trainer.loggers)  # the next stage opens its own tracking run
     best = Path(ckpt.best_model_path) if ckpt.best_model_path else None
     if best is not None and best.is_file():
         module.load_state_dict(load_checkpoint(best)["state_dict"])

@@ -72,21 +72,46 @@ def _tensorboard(run_path: Path, stage: str) -> Logger:
     return TensorBoardLogger(run_path / "logs", name="tensorboard", version=stage, default_hp_metric=False)
 
 
+def stage_run_name(run_path: Path, stage: str) -> str:
+    """The tracking run of one stage (``final``, ``calibration-3``, ``final/member-0``): one per stage."""
+    return f"{run_path.name}-{stage.replace('/', '-')}"
+
+
+def wandb_options(run_path: Path, stage: str, online: bool) -> dict[str, object]:
+    """One wandb run per stage, grouped by the run directory (wandb's ``group``, the stage as ``job_type``)."""
+    return {"name": stage_run_name(run_path, stage), "group": run_path.name, "job_type": stage.split("/")[0],
+            "save_dir": str(run_path / "logs"), "project": "supersub", "offline": not online}
+
+
+def mlflow_options(run_path: Path, stage: str, uri: str) -> dict[str, object]:
+    """One MLflow run per stage, grouped by tags naming the run directory and the stage."""
+    return {"experiment_name": "supersub", "run_name": stage_run_name(run_path, stage), "tracking_uri": uri,
+            "tags": {"supersub.run": run_path.name, "supersub.run_dir": str(run_path.resolve()),
+                     "supersub.stage": stage}}
+
+
 def _wandb(run_path: Path, stage: str) -> Logger:
     from lightning.pytorch.loggers import WandbLogger
 
-    save_dir = run_path / "logs"
-    save_dir.mkdir(parents=True, exist_ok=True)
+    (run_path / "logs").mkdir(parents=True, exist_ok=True)
     online = os.environ.get("WANDB_MODE", "offline") == "online"
-    return WandbLogger(name=f"{run_path.name}-{stage}", save_dir=str(save_dir), project="supersub",
-                       offline=not online)
+    return WandbLogger(**wandb_options(run_path, stage, online))  # type: ignore[arg-type]
 
 
 def _mlflow(run_path: Path, stage: str) -> Logger:
     from lightning.pytorch.loggers import MLFlowLogger
 
     uri = os.environ.get("MLFLOW_TRACKING_URI") or (run_path / "logs" / "mlruns").resolve().as_uri()
-    return MLFlowLogger(experiment_name="supersub", run_name=f"{run_path.name}-{stage}", tracking_uri=uri)
+    return MLFlowLogger(**mlflow_options(run_path, stage, uri))  # type: ignore[arg-type]
+
+
+def end_stage_runs(loggers: Sequence[Logger]) -> None:
+    """Close each stage's tracking run when its fit ends: wandb keeps one run per process, so without this every
+    later stage of ``train`` (seven calibration folds, the final model) wrote into the first stage's run."""
+    for logger in loggers:
+        run = getattr(logger, "_experiment", None) if type(logger).__name__ == "WandbLogger" else None
+        if run is not None and hasattr(run, "finish"):
+            run.finish()
 
 
 _LOGGERS = {"csv": _csv, "tensorboard": _tensorboard, "wandb": _wandb, "mlflow": _mlflow}
