@@ -87,19 +87,21 @@ class _ShardIndex:
         self.folder, self.network = folder, network
         self.where: dict[str, tuple[int, int]] = {}
         self.shards: list[torch.Tensor] = []
+        self.paths: list[Path | None] = []  # the file of each shard read from disk (None: computed in this call)
         for path in sorted(folder.glob(f"features-{network[:16]}-*.pt")) if folder.is_dir() else ():
             payload = _load(path, network)
             if payload is None:
                 continue
             keys, rows = payload
-            self._index(keys, rows)
+            self._index(keys, rows, path)
 
     def __contains__(self, key: str) -> bool:
         return key in self.where
 
-    def _index(self, keys: list[str], rows: torch.Tensor) -> None:
+    def _index(self, keys: list[str], rows: torch.Tensor, path: Path | None = None) -> None:
         shard = len(self.shards)
         self.shards.append(rows)
+        self.paths.append(path)
         for row, key in enumerate(keys):
             self.where.setdefault(key, (shard, row))
 
@@ -109,11 +111,19 @@ class _ShardIndex:
         _save(self.folder / f"features-{self.network[:16]}-{digest}.pt", self.network, keys, rows)
 
     def gather(self, keys: list[str]) -> torch.Tensor:
+        """The rows of ``keys``; every shard file they come from counts as used now (least-recently-used eviction
+        goes by the last use, :mod:`supersub.data.cache_limit`)."""
         first = self.shards[self.where[keys[0]][0]]
         out = torch.empty((len(keys), *first.shape[1:]), dtype=first.dtype)
+        used: set[int] = set()
         for i, key in enumerate(keys):
             shard, row = self.where[key]
             out[i] = self.shards[shard][row]
+            used.add(shard)
+        for shard in sorted(used):
+            path = self.paths[shard]
+            if path is not None:
+                touch(path)
         return out
 
 
@@ -204,7 +214,6 @@ def _load(target: Path, network: str) -> tuple[list[str], torch.Tensor] | None:
     if not isinstance(keys, list) or not isinstance(features, torch.Tensor) or features.ndim < 2 \
             or len(features) != len(keys):
         return None
-    touch(target)  # least-recently-used eviction goes by the last use (supersub.data.cache_limit)
     return keys, features
 
 
