@@ -227,12 +227,40 @@ def fmt(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
     return f"{v.mean():.{digits}f}" if len(v) == 1 else f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
 
 
+def variant_mean(found: dict, exposure: str, name: str, variant: str, metric: str) -> float | None:
+    vals = [found[(exposure, name, variant, s)].get(metric) for s in SEEDS if (exposure, name, variant, s) in found]
+    vals = [v for v in vals if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def summary(found: dict) -> list[str]:
+    """One row per exposure and candidate: the suite means (mean over variants of the per-variant means)."""
+    lines = ["## Summary: suite means", "",
+             "| exposure | candidate | super AUROC | sub AUROC | super overall | super seen | super unseen | sub overall "
+             "| sub seen | sub unseen | synth super seen / unseen |", "|---|---|" + "---:|" * 9]
+    for exposure in sorted({k[0] for k in found}):
+        for name in [f"{r}:{n}" for r in RECIPES for n in CANDIDATES]:
+            cells = []
+            for metric in METRICS:
+                means = [variant_mean(found, exposure, name, v, metric) for v in VARIANTS]
+                ok = all(m is not None for m in means)
+                scale = 100.0 if "auroc" in metric else 1.0
+                cells.append(f"{np.mean(means) * scale:.1f}" if ok else "-")
+            far = [variant_mean(found, exposure, name, FAR, m) for m in ("super_acc_seen", "super_acc_unseen")]
+            far_cell = "-" if None in far else f"{far[0]:.1f} / {far[1]:.1f}"
+            if all(c == "-" for c in cells) and far_cell == "-":
+                continue
+            lines.append(f"| {exposure} | {name} | " + " | ".join(cells) + f" | {far_cell} |")
+    return lines + [""]
+
+
 def table(a: argparse.Namespace) -> str:
     found = load_results(a.work)
     lines = ["# Novelty suite", "",
              "`python benchmarks/novelty_suite.py run` then `table` (commands and protocol: the script's docstring). "
              "AUROC x100; accuracies in %; mean ± std over seeds (n in the header); suite = mean over the variants "
              "of each variant's mean.", ""]
+    lines += summary(found)
     for exposure in sorted({k[0] for k in found}):
         names = [f"{r}:{n}" for r in RECIPES for n in CANDIDATES
                  if any(k[0] == exposure and k[1] == f"{r}:{n}" for k in found)]

@@ -277,8 +277,8 @@ class NoveltyConfig(_Strict):
         "vim+maxlogit",
         description="novelty score per level (supersub.novelty.scores): one name for both levels or SUPER+SUB; the "
         "default vim+maxlogit (ViM on the features for a new superclass, the subclass head's max logit for a new "
-        "subclass) was best on the pretrained benchmark (docs/results/pretrained-novelty.md); unset with "
-        "data.novel_data: energy (outlier exposure flattens the head on outliers, which breaks ViM); msp = the seed "
+        "subclass; vim reads novelty.super_layer, the backbone's last block by default) was best on the novelty suite "
+        "(docs/results/novelty-suite.md), with or without outlier images; msp = the seed "
         "paper's max softmax",
     )
     super_layer: str = Field(
@@ -509,19 +509,14 @@ class TrainConfig(_Strict):
     @classmethod
     def _resolve_recipe(cls, data: Any) -> Any:
         """finetune auto: the recipe's regime for a backbone with starting weights, full training for one from
-        scratch; novelty.score unset with outlier images: the recipe's score for outlier exposure."""
+        scratch. (The novelty score no longer changes with outlier images: the novelty suite measured energy, the old
+        choice with data.novel_data, below vim+maxlogit on the same outlier-exposed runs.)"""
         if not isinstance(data, dict):
             return data
         data = dict(data)
         model, optim = _section(data, "model"), _section(data, "optim")
         if not isinstance(model, dict) or not isinstance(optim, dict):
             return data  # not a mapping: the field validation names the section
-        novelty, data_ = _section(data, "novelty"), _section(data, "data")
-        if isinstance(novelty, dict) and isinstance(data_, dict) and novelty.get("score") is None \
-                and data_.get("novel_data"):
-            # with outlier exposure the head is trained flat on outliers, which breaks ViM's virtual logit;
-            # energy is the score outlier exposure is known to pair with (docs/results/benchmarks.md)
-            data["novelty"] = {**novelty, "score": RECIPE_SCORE_WITH_OUTLIERS}
         if optim.get("finetune", "auto") == "auto":
             pretrained = model.get("pretrained")
             pretrained = _has_bundled_weights(model) if pretrained is None else pretrained
