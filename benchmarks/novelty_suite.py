@@ -123,8 +123,8 @@ def loso_config(run: Path) -> Any:
     return cfg.model_copy(update={"novelty": cfg.novelty.model_copy(update={"super_protocol": "loso"})})
 
 
-def test_outputs(run: Path, data: Path, work: Path) -> tuple[Any, Any, np.ndarray, np.ndarray]:
-    """The final model's outputs on the split's test images, from the feature cache, and the truth."""
+def test_outputs(run: Path, data: Path, work: Path) -> tuple[Any, Any, Any]:
+    """The final model's outputs on the split's test images, from the feature cache, and the labelled records."""
     from supersub.data.cache import decode_images
     from supersub.data.formats import read_labels
     from supersub.inference import pick_device
@@ -137,27 +137,24 @@ def test_outputs(run: Path, data: Path, work: Path) -> tuple[Any, Any, np.ndarra
     ds = read_labels(data / "test_truth.csv", data / "test_images", taxonomy)
     images = decode_images(ds.records, cfg.data.image_size, cache_dir=work / "cache").images
     outputs = cached_outputs(model, images, cfg, pick_device("cpu"))
-    return outputs, taxonomy, np.array(ds.super_labels), np.array(ds.sub_labels)
+    return outputs, taxonomy, ds
 
 
-def measure(run: Path, evidence: Any, outputs: Any, taxonomy: Any, ys: np.ndarray, yb: np.ndarray,
-            options: dict[str, Any]) -> dict[str, Any]:
-    """One candidate through the run's calibration path, then the competition table and AUROCs on the test."""
+def measure(run: Path, evidence: Any, outputs: Any, taxonomy: Any, truth: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """One candidate through the run's calibration path, then ``supersub evaluate``'s metrics on the test images."""
     import supersub.api as ss
-    from supersub.metrics import competition_metrics, open_set_report
     from supersub.pipeline.calibration import load_scorer
-    from supersub.pipeline.predict import apply_novelty
+    from supersub.pipeline.evaluate import score_prediction
+    from supersub.pipeline.predict import Prediction, apply_novelty
     from supersub.run import RunDir
 
     summary = ss.calibrate(run, evidence=evidence, **{**RESET, **options})
-    rd = RunDir.open(run)
-    thresholds = rd.load_thresholds()
+    thresholds = RunDir.open(run).load_thresholds()
     applied = apply_novelty(outputs, taxonomy, thresholds, load_scorer(run, thresholds.score))
     d = applied.decision
-    m = competition_metrics(ys, yb, d.super_pred, d.sub_pred, taxonomy.novel_super, taxonomy.novel_sub,
-                            applied.super_probs, applied.sub_probs)
-    m.update(open_set_report(ys, yb, d.super_pred, d.sub_pred, applied.super_probs, applied.sub_probs,
-                             d.super_conf, d.sub_conf, taxonomy).metrics)
+    names = [r.name for r in truth.records]
+    pred = Prediction(names, d.super_pred, d.sub_pred, applied.super_probs, applied.sub_probs, d.super_conf, d.sub_conf)
+    m, _ = score_prediction(pred, truth, taxonomy)
     return {**{k: v for k, v in m.items() if isinstance(v, (int, float)) or v is None},
             "tau_super": thresholds.tau_super, "tau_sub": thresholds.tau_sub,
             "super_protocol": summary.get("super_protocol")}
@@ -188,13 +185,13 @@ def score_split(a: argparse.Namespace, exposure: str, recipe: str, variant: str,
     run, seconds = train_run(a.work, data, seed, exposure, recipe)
     t0 = time.perf_counter()
     evidence = ss.calibration_evidence(run, loso_config(run))
-    outputs, taxonomy, ys, yb = test_outputs(run, data, a.work)
+    outputs, taxonomy, truth = test_outputs(run, data, a.work)
     print(f"[{exposure} {recipe} {data.name}] trained in {seconds:.0f}s, evidence + test outputs "
           f"{time.perf_counter() - t0:.0f}s", flush=True)
     for name in todo:
         t1 = time.perf_counter()
         try:
-            rows[name] = measure(run, evidence, outputs, taxonomy, ys, yb, CANDIDATES[name])
+            rows[name] = measure(run, evidence, outputs, taxonomy, truth, CANDIDATES[name])
         except Exception as e:  # noqa: BLE001 - a candidate that cannot fit is a result, not a crash
             rows[name] = {"error": f"{type(e).__name__}: {e}"}
         r = rows[name]
