@@ -145,3 +145,19 @@ def test_auto_layer_is_the_last_block_where_the_model_has_it_else_final():
     plain = _outputs(*logits, torch.randn(n, 5, generator=g))
     assert NoveltyScorer.fit("knn", SeenView(tapped), y_super, y_sub, layers=("auto", "auto")).layers == ("block-1", "final")
     assert NoveltyScorer.fit("knn", SeenView(plain), y_super, y_sub, layers=("auto", "auto")).layers == ("final", "final")
+
+
+def test_vim_caps_its_subspace_at_the_features_numerical_rank():
+    """Issue 28: one backbone's 8 features twice (16 columns of rank 8) left no residual outside the default 8
+    dimensions; the subspace now stops below the rank."""
+    from supersub.novelty.scores import create_detector
+
+    g = torch.Generator().manual_seed(0)
+    half = torch.randn(200, 8, generator=g)
+    x = torch.cat([half, half], dim=1)
+    logits = x[:, :3] @ torch.randn(3, 3, generator=g)
+    vim = create_detector("vim").fit(logits, x)
+    assert vim.dim == 7 and vim.basis.shape == (16, 7)
+    assert torch.isfinite(vim.confidence(logits[:5], x[:5])).all()
+    with pytest.raises(SupersubError, match="span 1 direction"):
+        create_detector("vim").fit(logits, torch.ones(200, 1) @ torch.randn(1, 16, generator=g))

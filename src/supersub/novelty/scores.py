@@ -13,6 +13,7 @@ holds only its name, plain numbers and tensors, so it reloads with ``torch.load(
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, TypeVar
 
@@ -26,6 +27,7 @@ from ..score_specs import (  # noqa: F401 - re-exported
 )
 
 D = TypeVar("D", bound="Detector")
+log = logging.getLogger("supersub")
 Tensor = torch.Tensor
 OptTensor = Tensor | None
 
@@ -470,7 +472,17 @@ class ViMScore(Detector):
         origin = -(torch.linalg.pinv(weight) @ bias)
         centered = x - origin
         dim = self._principal_dim(x.shape)
-        _, vectors = torch.linalg.eigh(centered.T @ centered / len(centered))  # ascending eigenvalues
+        values, vectors = torch.linalg.eigh(centered.T @ centered / len(centered))  # ascending eigenvalues
+        # the subspace must leave a residual: rank-deficient features (one backbone's features twice, constant
+        # channels, few images) have fewer directions than columns, so the width rule alone can cover them all
+        rank = int((values > values.max().clamp_min(0) * values.shape[0] * torch.finfo(values.dtype).eps).sum())
+        if dim >= rank:
+            if rank < 2:
+                raise SupersubError(f"score '{self.name}': the training features span {rank} direction(s); ViM "
+                                    "needs at least 2")
+            log.info("vim: principal dimension %d capped at %d (the features' numerical rank is %d of %d columns)",
+                     dim, rank - 1, rank, x.shape[1])
+            dim = rank - 1
         basis = vectors[:, -dim:]
         residual = _residual_norm(centered, basis).mean()
         if not residual > 1e-12 * centered.norm(dim=1).mean():
