@@ -54,8 +54,11 @@ def reference(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 def _interrupt(where: str, args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
     """Run ``supersub ARGS`` until the hook ``where`` pauses it, then send it a real SIGINT."""
     flag = tmp_path / "paused.flag"
+    # a job started with & from a non-interactive shell (nohup, CI wrappers) inherits SIGINT *ignored*; a person at
+    # a terminal has it delivered: give the child the terminal's disposition, or the test measures the shell
     proc = subprocess.Popen([sys.executable, str(DRIVER), str(flag), PAUSE[where], *args], env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while not flag.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)

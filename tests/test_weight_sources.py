@@ -109,10 +109,12 @@ def test_map_state_dict_pairs_by_order_and_refuses_a_file_of_another_layout():
         map_state_dict({"x.weight": torch.ones(2, 3)}, target, "f")
 
 
-def test_the_recipe_score_depends_on_outlier_images_unless_set():
+def test_the_recipe_score_is_the_same_with_or_without_outlier_images():
+    """The novelty suite measured energy (the old choice with outliers) below vim+maxlogit on outlier-exposed runs."""
     assert build_config({}).novelty.score == "vim+maxlogit"
-    assert build_config({"data": {"novel_data": "outliers/"}}).novelty.score == "energy"
+    assert build_config({"data": {"novel_data": "outliers/"}}).novelty.score == "vim+maxlogit"
     assert build_config({"data": {"novel_data": "o/"}, "novelty": {"score": "knn"}}).novelty.score == "knn"
+    assert build_config({}).novelty.super_layer == "auto" and build_config({}).novelty.sub_layer == "final"
 
 
 def test_the_config_lists_exactly_the_bundled_backbones() -> None:
