@@ -64,7 +64,12 @@ def _interrupt(where: str, args: list[str], tmp_path: Path) -> subprocess.Comple
         time.sleep(0.02)
     assert flag.exists(), f"the hook was never reached: {proc.poll()} {proc.communicate()[1][-2000:]}"
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # a child that ignores the interrupt must not outlive the test, paused forever
+        out, err = proc.communicate()
+        pytest.fail(f"SIGINT did not stop the run within 120 s: {err[-2000:]}")
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
