@@ -9,11 +9,10 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 import pandas as pd
 
@@ -34,8 +33,6 @@ from .pipeline.train import train_run
 from .run import RunDir  # noqa: F401 - part of the API
 from .training.fit import global_rng_kept
 
-P = ParamSpec("P")
-R = TypeVar("R")
 __all__ = ["synth", "resolve_config", "train", "pretrain", "calibration_evidence", "calibrate", "predict", "evaluate", "report", "demo",
            "experiment", "compare", "predict_tensors", "Prediction", "load_labelled"]
 
@@ -49,17 +46,9 @@ def call_scope() -> Iterator[None]:
         yield
 
 
-def _scoped(fn: Callable[P, R]) -> Callable[P, R]:
-    """A pipeline function as an API call (:func:`call_scope`)."""
-    @functools.wraps(fn)
-    def call(*args: P.args, **kwargs: P.kwargs) -> R:
-        with call_scope():
-            return fn(*args, **kwargs)
-    return call
-
-
-calibration_evidence = _scoped(_calibration_evidence)
-predict_tensors = _scoped(_predict_tensors)
+# a @contextmanager is a decorator too; each call enters a fresh scope
+calibration_evidence = call_scope()(_calibration_evidence)
+predict_tensors = call_scope()(_predict_tensors)
 
 
 def train(

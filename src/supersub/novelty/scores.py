@@ -357,13 +357,14 @@ class KNNScore(Detector):
         x, _ = _seen_rows(self.name, features, labels, logits.shape[0], need_labels=False)
         self.bank = _unit(x).float()
 
-    def _confidence(self, logits: Tensor, features: OptTensor) -> Tensor:
+    def _confidence(self, logits: Tensor, features: OptTensor, k: int | None = None) -> Tensor:
         assert features is not None and self.bank is not None
         _check_dim(self.name, features, self.bank.shape[1])
-        return -_kth_distance(_unit(features.detach().cpu().float()), self.bank, self.k)
+        return -_kth_distance(_unit(features.detach().cpu().float()), self.bank, k or self.k)
 
     def training_confidence(self, logits: Tensor, features: OptTensor = None) -> Tensor:
-        return _leave_one_out(self, logits, features)
+        """On the bank's own rows each row is its nearest neighbour: the (k+1)-th is the k-th of the others."""
+        return self._confidence(logits, _check_features(self.name, features, logits.shape[0]), self.k + 1).float()
 
 
 class KNNClassScore(Detector):
@@ -394,7 +395,7 @@ class KNNClassScore(Detector):
         assert y is not None
         self.bank, self.labels = _unit(x).float(), y
 
-    def _confidence(self, logits: Tensor, features: OptTensor) -> Tensor:
+    def _confidence(self, logits: Tensor, features: OptTensor, k: int | None = None) -> Tensor:
         assert features is not None and self.bank is not None and self.labels is not None
         _check_dim(self.name, features, self.bank.shape[1])
         z = _unit(features.detach().cpu().float())
@@ -409,21 +410,12 @@ class KNNClassScore(Detector):
         distance = torch.empty(len(z), dtype=z.dtype)
         for rows, start, end in zip(rows_by_pred.split(counts.tolist()), starts, ends):
             bank = self.bank[by_label[start:end]] if end > start else self.bank  # unseen class: global bank
-            distance[rows] = _kth_distance(z[rows], bank, self.k)
+            distance[rows] = _kth_distance(z[rows], bank, k or self.k)
         return -distance
 
     def training_confidence(self, logits: Tensor, features: OptTensor = None) -> Tensor:
-        return _leave_one_out(self, logits, features)
-
-
-def _leave_one_out(detector: KNNScore | KNNClassScore, logits: Tensor, features: OptTensor) -> Tensor:
-    """A bank row is its own nearest neighbour: on the bank's rows, the (k+1)-th neighbour is the k-th of the others."""
-    k = detector.k
-    detector.k = k + 1
-    try:
-        return detector.confidence(logits, features)
-    finally:
-        detector.k = k
+        """Leave-one-out on the bank's own rows, as :meth:`KNNScore.training_confidence`."""
+        return self._confidence(logits, _check_features(self.name, features, logits.shape[0]), self.k + 1).float()
 
 
 def _kth_distance(z: Tensor, bank: Tensor, k: int) -> Tensor:
@@ -552,7 +544,6 @@ class AveragedScore(Detector):
 
     def __init__(self, parts: list[str], **options: Any) -> None:
         self.parts = [create_detector(p, **options_for_detector(p, options)) for p in parts]
-        self.options = dict(options)
         self.means: OptTensor = None
         self.stds: OptTensor = None
 
@@ -574,15 +565,10 @@ class AveragedScore(Detector):
         self.means = torch.stack([m for m, _ in stats])
         self.stds = torch.stack([s for _, s in stats])
 
-    def confidence(self, logits: Tensor, features: OptTensor = None) -> Tensor:
-        if not self.is_fitted:
-            raise SupersubError(f"score '{self.label}': not fitted (call fit on training outputs first)")
+    def _confidence(self, logits: Tensor, features: OptTensor) -> Tensor:
         assert self.means is not None and self.stds is not None
         z = [(p.confidence(logits, features).double() - m) / s for p, m, s in zip(self.parts, self.means, self.stds)]
-        return torch.stack(z).mean(dim=0).float()
-
-    def _confidence(self, logits: Tensor, features: OptTensor) -> Tensor:  # confidence() is overridden
-        raise NotImplementedError
+        return torch.stack(z).mean(dim=0)
 
     def state_dict(self) -> dict[str, Any]:
         if not self.is_fitted:
@@ -598,7 +584,6 @@ class AveragedScore(Detector):
             raise SupersubError("detector state for an averaged score: needs 'parts', 'means' and 'stds'")
         detector = cls.__new__(cls)
         detector.parts = [detector_from_state(p) for p in parts]
-        detector.options = {}
         detector.means, detector.stds = state["means"], state["stds"]
         return detector
 

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import signal
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 import lightning as L
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -35,8 +34,6 @@ from .module import HierarchicalModule
 from .progress import progress_callback
 
 log = logging.getLogger(__name__)
-P = ParamSpec("P")
-R = TypeVar("R")
 
 
 
@@ -222,13 +219,8 @@ def cpu_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def in_scoped_process_state(fn: Callable[P, R]) -> Callable[P, R]:
-    """Decorate a fit so that it runs inside :func:`scoped_process_state`."""
-    @functools.wraps(fn)
-    def scoped(*args: P.args, **kwargs: P.kwargs) -> R:
-        with scoped_process_state():
-            return fn(*args, **kwargs)
-    return scoped
+# a @contextmanager is a decorator too (contextlib.ContextDecorator); each call enters a fresh scope
+in_scoped_process_state = scoped_process_state()
 
 
 @in_scoped_process_state
