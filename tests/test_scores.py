@@ -12,7 +12,7 @@ from pytorch_ood.detector import KNN, ViM
 
 from supersub.errors import SupersubError
 from supersub.novelty.ood_metrics import fpr_at_tpr, open_set_metrics
-from supersub.novelty.scores import DETECTORS, create_detector, detector_from_state
+from supersub.novelty.scores import DETECTORS, FitError, create_detector, detector_from_state
 
 N_DIM, N_CLASSES, PER_CLASS = 12, 3, 50
 LOGITS = torch.tensor([[2.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
@@ -156,6 +156,46 @@ def test_vim_recovers_the_head_from_logits(data: Clusters) -> None:
     a, b = with_head.confidence(data.logits(feats), feats), without.confidence(data.logits(feats), feats)
     assert torch.allclose(a, b, rtol=1e-4, atol=1e-3)
 
+
+
+def test_mahalanobis_measures_in_the_span_of_rank_deficient_features(caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 28: one network's 8 features twice (16 columns of rank 8). Ledoit-Wolf over all 16 columns shrank
+    towards a mean variance halved by the 8 empty directions; in the span the two copies give one copy's distances,
+    and a query that leaves the span is farther than its projection."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(3).repeat_interleave(40)
+    h = 3 * torch.randn(3, 8, generator=g)[y] + torch.randn(120, 8, generator=g)
+    q = 2 * torch.randn(10, 8, generator=g)
+    once = create_detector("mahalanobis").fit(torch.zeros(120, 3), h, y)
+    with caplog.at_level("INFO", logger="supersub"):
+        twice = create_detector("mahalanobis").fit(torch.zeros(120, 3), torch.cat([h, h], dim=1), y)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("mahalanobis:")]
+    assert len(said) == 1 and said[0].startswith("mahalanobis: covariance estimated in the 8 directions the training "
+                                                 "features span (numerical rank 8 of 16 columns)"), said
+    expected = once.confidence(torch.zeros(10, 3), q)
+    assert torch.allclose(twice.confidence(torch.zeros(10, 3), torch.cat([q, q], dim=1)), expected, rtol=1e-5)
+    off_span = twice.confidence(torch.zeros(10, 3), torch.cat([q, q + 0.5], dim=1))
+    projected = twice.confidence(torch.zeros(10, 3), torch.cat([q + 0.25, q + 0.25], dim=1))
+    assert torch.isfinite(off_span).all() and (off_span < projected).all()
+    with pytest.raises(FitError, match="no within-class variance"):
+        create_detector("mahalanobis").fit(torch.zeros(120, 3), torch.ones(120, 16), y)
+
+
+def test_a_detector_that_cannot_fit_its_features_raises_fit_error() -> None:
+    """FitError (a SupersubError the pipeline may answer with a fallback score) is about the features, never
+    about a misused call."""
+    g = torch.Generator().manual_seed(0)
+    flat = torch.ones(50, 1) @ torch.randn(1, 6, generator=g)  # every row the same direction
+    logits = torch.randn(50, 3, generator=g)
+    y = torch.arange(50) % 3
+    for name, x, match in [("vim", flat, "span 1 direction"), ("vim", torch.randn(50, 1, generator=g), "at least 2"),
+                           ("mahalanobis", torch.zeros(50, 6), "no within-class variance"),
+                           ("knn", torch.randn(1, 6, generator=g), "at least 2 seen-class samples")]:
+        with pytest.raises(FitError, match=match):
+            create_detector(name).fit(logits[: len(x)], x, y[: len(x)])
+    with pytest.raises(SupersubError) as not_fit:
+        create_detector("mahalanobis").fit(logits, flat)  # no labels: the caller's mistake
+    assert not isinstance(not_fit.value, FitError)
 
 def test_outlier_rows_are_ignored_when_fitting(data: Clusters) -> None:
     x = torch.cat([data.x, data.x_novel])

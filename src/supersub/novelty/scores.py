@@ -32,6 +32,14 @@ Tensor = torch.Tensor
 OptTensor = Tensor | None
 
 
+class FitError(SupersubError):
+    """A detector cannot be fitted on these features (too few rows or directions, no variance, no residual).
+
+    A property of the model's outputs, not of the options: the pipeline may replace the level's score by one
+    that needs no fitting (:data:`supersub.novelty.scoring.FALLBACK_SCORE`) instead of failing after training.
+    """
+
+
 class Detector(ABC):
     """Common interface: ``fit`` on in-distribution training outputs, then ``confidence``.
 
@@ -157,8 +165,21 @@ def _seen_rows(
         y = labels.detach().cpu().long()
         x, y = x[y >= 0], y[y >= 0]
     if len(x) < 2:
-        raise SupersubError(f"score '{score}': fitting needs at least 2 seen-class samples, got {len(x)}")
+        raise FitError(f"score '{score}': fitting needs at least 2 seen-class samples, got {len(x)}")
     return x, y
+
+
+def _spectrum(second_moment: Tensor) -> tuple[Tensor, Tensor, int]:
+    """Ascending eigenvalues and eigenvectors of a symmetric second-moment matrix, and its numerical rank.
+
+    Why a rank and not the width: rank-deficient features (one backbone's features twice, constant channels,
+    fewer images than columns) have fewer directions than columns, and a subspace or covariance sized by the
+    width alone covers directions that hold only rounding noise. The tolerance is numpy's ``matrix_rank`` rule
+    (largest eigenvalue x size x machine epsilon).
+    """
+    values, vectors = torch.linalg.eigh(second_moment)
+    tol = values.max().clamp_min(0) * values.shape[0] * torch.finfo(values.dtype).eps
+    return values, vectors, int((values > tol).sum())
 
 
 def _unit(x: Tensor) -> Tensor:
@@ -299,7 +320,11 @@ class MahalanobisScore(Detector):
     Implemented directly rather than with pytorch-ood's ``Mahalanobis``, whose covariance is an
     unnormalised scatter matrix with a 1e-6 ridge and becomes singular when there are fewer training
     images than feature dimensions; here ``Sigma`` is the Ledoit-Wolf shrinkage estimate of the pooled
-    within-class covariance, which stays well conditioned with few samples.
+    within-class covariance, which stays well conditioned with few samples. Its dimension is the numerical rank
+    of the within-class deviations, not the feature width: when they span fewer directions than there are
+    columns (duplicated or constant channels, fewer images than columns) the estimate is made in that span and
+    said in the log (see :meth:`_span_precision`); two copies of the same features then give the distances of
+    one copy.
     """
 
     name = "mahalanobis"
@@ -317,12 +342,30 @@ class MahalanobisScore(Detector):
         means = torch.zeros(len(classes), x.shape[1], dtype=x.dtype).index_add_(0, index, x)
         means /= torch.bincount(index, minlength=len(classes)).unsqueeze(1).to(x.dtype)
         centered = x - means[index]
-        if not centered.abs().max() > 0:
-            raise SupersubError(f"score '{self.name}': the training features have no within-class variance")
-        precision = torch.from_numpy(LedoitWolf(assume_centered=True).fit(centered.numpy()).precision_)
+        _, vectors, rank = _spectrum(centered.T @ centered / len(centered))
+        if rank == 0 or not centered.abs().max() > 0:
+            raise FitError(f"score '{self.name}': the training features have no within-class variance")
+        precision = _shrunk_precision(centered) if rank == x.shape[1] else self._span_precision(centered, vectors, rank)
         if not torch.isfinite(precision).all():
-            raise SupersubError(f"score '{self.name}': the feature covariance could not be inverted")
+            raise FitError(f"score '{self.name}': the feature covariance could not be inverted")
         self.means, self.precision = means, precision
+
+    def _span_precision(self, centered: Tensor, vectors: Tensor, rank: int) -> Tensor:
+        """Ledoit-Wolf in the ``rank`` directions the within-class deviations span; every direction outside
+        (where no training image varies) gets the variance Ledoit-Wolf gives a direction without sample variance,
+        its shrinkage times the span's mean variance. Estimated over all columns instead, that mean would be
+        diluted by the empty directions (two copies of one backbone's features would halve it)."""
+        n_dim = centered.shape[1]
+        basis = vectors[:, -rank:]
+        lw = LedoitWolf(assume_centered=True).fit((centered @ basis).numpy())
+        outside = float(lw.shrinkage_) * float(torch.from_numpy(lw.covariance_).diagonal().mean())
+        if not outside > 0:  # no shrinkage at all: the least variance of any spanned direction
+            outside = float(torch.linalg.eigvalsh(torch.from_numpy(lw.covariance_))[0])
+        log.info("mahalanobis: covariance estimated in the %d directions the training features span (numerical "
+                 "rank %d of %d columns); the other directions get variance %.3g", rank, rank, n_dim, outside)
+        inside = torch.from_numpy(lw.precision_)
+        return basis @ (inside - torch.eye(rank, dtype=inside.dtype) / outside) @ basis.T + \
+            torch.eye(n_dim, dtype=inside.dtype) / outside
 
     def _confidence(self, logits: Tensor, features: OptTensor) -> Tensor:
         assert features is not None and self.means is not None and self.precision is not None
@@ -332,6 +375,11 @@ class MahalanobisScore(Detector):
         # (x - m)^T P (x - m) = x^T P x - 2 x^T P m + m^T P m, for every class mean m at once
         d2 = (xp * x).sum(1, keepdim=True) - 2 * xp @ self.means.T + ((self.means @ self.precision) * self.means).sum(1)
         return -d2.clamp_min(0).min(dim=1).values
+
+
+def _shrunk_precision(centered: Tensor) -> Tensor:
+    """Inverse of the Ledoit-Wolf shrinkage estimate of the covariance of within-class deviations."""
+    return torch.from_numpy(LedoitWolf(assume_centered=True).fit(centered.numpy()).precision_)
 
 
 class KNNScore(Detector):
@@ -442,7 +490,9 @@ class ViMScore(Detector):
     are recovered by least squares from the training logits and features, which is exact when the
     logits are an affine function of the features and there are more training rows than dimensions.
     ``dim`` defaults to the reference code's rule (1000 if D >= 2048, 512 if D >= 768, else D // 2)
-    and is capped at ``N - 1`` so training images keep a non-zero residual.
+    and is capped at ``N - 1`` and below the numerical rank of the centred training features (one log line
+    says so), so training images keep a non-zero residual. Fitting raises :class:`FitError` when the features
+    span fewer than 2 directions.
     """
 
     name = "vim"
@@ -464,21 +514,20 @@ class ViMScore(Detector):
         origin = -(torch.linalg.pinv(weight) @ bias)
         centered = x - origin
         dim = self._principal_dim(x.shape)
-        values, vectors = torch.linalg.eigh(centered.T @ centered / len(centered))  # ascending eigenvalues
-        # the subspace must leave a residual: rank-deficient features (one backbone's features twice, constant
-        # channels, few images) have fewer directions than columns, so the width rule alone can cover them all
-        rank = int((values > values.max().clamp_min(0) * values.shape[0] * torch.finfo(values.dtype).eps).sum())
+        # the subspace must leave a residual: rank-deficient features have fewer directions than columns, so the
+        # width rule alone can cover them all (issue 28: two frozen copies of resnet18 gave 1,024 columns of rank 512)
+        _, vectors, rank = _spectrum(centered.T @ centered / len(centered))
         if dim >= rank:
             if rank < 2:
-                raise SupersubError(f"score '{self.name}': the training features span {rank} direction(s); ViM "
-                                    "needs at least 2")
+                raise FitError(f"score '{self.name}': the training features span {rank} direction(s); ViM needs "
+                               "at least 2")
             log.info("vim: principal dimension %d capped at %d (the features' numerical rank is %d of %d columns)",
                      dim, rank - 1, rank, x.shape[1])
             dim = rank - 1
         basis = vectors[:, -dim:]
         residual = _residual_norm(centered, basis).mean()
         if not residual > 1e-12 * centered.norm(dim=1).mean():
-            raise SupersubError(f"score '{self.name}': training features have no residual outside {dim} dimensions")
+            raise FitError(f"score '{self.name}': training features have no residual outside {dim} dimensions")
         self.dim, self.origin, self.basis = dim, origin, basis
         self.alpha = seen_logits.max(dim=1).values.mean() / residual
 
@@ -502,11 +551,11 @@ class ViMScore(Detector):
     def _principal_dim(self, shape: torch.Size) -> int:
         n, n_dim = shape
         if self.dim is not None and self.dim >= n_dim:
-            raise SupersubError(f"score '{self.name}': dim must be below the feature dimension {n_dim}, got {self.dim}")
+            raise FitError(f"score '{self.name}': dim must be below the feature dimension {n_dim}, got {self.dim}")
         default = 1000 if n_dim >= 2048 else 512 if n_dim >= 768 else n_dim // 2
         dim = min(self.dim or default, n - 1)
         if dim < 1:
-            raise SupersubError(f"score '{self.name}': needs at least 2 feature dimensions, got {n_dim}")
+            raise FitError(f"score '{self.name}': needs at least 2 feature dimensions, got {n_dim}")
         return dim
 
     def _confidence(self, logits: Tensor, features: OptTensor) -> Tensor:
