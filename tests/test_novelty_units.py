@@ -244,6 +244,43 @@ def test_calibrate_run_transfers_the_calibration_share(transfer: str) -> None:
     assert torch.allclose(applied.sub_probs.sum(1), torch.ones(len(applied.sub_probs)))
 
 
+
+class _OnALine(_Affine):
+    """Features on one line through the origin (a dead backbone's, say): ViM has no second direction to fit."""
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        f = images.float().flatten(1)[:, :1] * torch.linspace(1.0, 2.0, 8)
+        return f @ self.ws.T, f @ self.wb.T, f
+
+
+def test_a_level_whose_detector_cannot_be_fitted_falls_back_to_maxlogit(caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 28: the run used to die after training; now that level scores with max logit on every model, one
+    warning line says why, and the thresholds (what predict reads) and the summary record it."""
+    pool = _feature_pool()
+    cfg = build_config({"data": {"val_fraction": 0.25, "holdout_fraction": 0.3},
+                        "novelty": {"score": "vim+knn", "score_options": {"k": 3}}})
+    stages = plan_stages(pool, TAX, cfg)
+    cal_tax = TAX.subset(stages["calibration"].keep_sub)[0]
+    ev_cal = collect_evidence(_OnALine(2, cal_tax.n_sub), pool, TAX, stages["calibration"], "cpu")
+    ev_final = collect_evidence(_OnALine(2, TAX.n_sub), pool, TAX, stages["final"], "cpu")
+    with caplog.at_level("WARNING", logger="supersub"):
+        cal = calibrate_run("vim+knn", cfg.novelty, ev_final, ev_cal)
+    reason = "score 'vim': the training features span 1 direction(s); ViM needs at least 2"
+    assert [r.getMessage() for r in caplog.records if "cannot be fitted" in r.getMessage()] == [
+        f"superclass score vim cannot be fitted on this run's features ({reason}): the superclass level uses maxlogit "
+        "instead (recorded as score maxlogit+knn in thresholds.json)"]
+    assert cal.thresholds.score == cal.scorer.name == cal.summary["score"] == "maxlogit+knn"
+    assert cal.summary["score_requested"] == "vim+knn" and cal.summary["super_score_fallback"] == reason
+    assert "sub_score_fallback" not in cal.summary and cal.scorer.sub_detector.k == 3  # the other level as asked
+    applied = apply_novelty(run_outputs(ev_final.val), TAX, cal.thresholds, cal.scorer)
+    assert len(applied.decision.super_pred) == len(ev_final.val_y_super)
+    # a hand-set tau_super is in ViM's units: max logit cannot stand in for it
+    hand = build_config({"novelty": {"score": "vim+knn", "tau_super": 1.0, "tau_sub": -0.5}}).novelty
+    with pytest.raises(SupersubError, match=r"^score 'vim': the training features span 1 direction\(s\); ViM needs at "
+                       "least 2; tau_super was set by hand in units of vim"):
+        calibrate_run("vim+knn", hand, ev_final)
+
+
 def run_outputs(view: SeenView | None) -> Outputs:
     assert view is not None
     return view.outputs

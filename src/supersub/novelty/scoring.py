@@ -27,12 +27,36 @@ import torch
 
 from ..errors import SupersubError
 from ..io import torch_save_atomic
+from ..score_specs import PAIR_SEPARATOR
 from .decide import decide, subclass_mask
 from .outputs import Outputs
-from .scores import DETECTORS, Detector, create_detector, detector_from_state, level_scores, options_for_detector
+from .scores import (
+    DETECTORS, Detector, FitError, create_detector, detector_from_state, level_scores, options_for_detector,
+)
 
 DETECTORS_FORMAT = "supersub-detectors-1"
 SCORES = tuple(DETECTORS)
+LEVELS = ("super", "sub")
+# what a level scores with when its detector cannot be fitted on the run's features: it needs no fitting, reads
+# the level's own logits, and was the subclass half of the default score on the novelty suite
+FALLBACK_SCORE = "maxlogit"
+
+
+class LevelFitError(FitError):
+    """A level's detector cannot be fitted on the model's features; ``level`` ("super" or "sub") says which,
+    so that a caller can score that level with :data:`FALLBACK_SCORE` instead (:func:`with_fallback`)."""
+
+    def __init__(self, level: str, detector: str, message: str) -> None:
+        super().__init__(message)
+        self.level, self.detector = level, detector
+
+
+def with_fallback(name: str, level: str) -> str:
+    """The score ``name`` with ``level``'s detector replaced by :data:`FALLBACK_SCORE`: ``vim+knn`` -> ``maxlogit+knn``
+    for the superclass; a pair of equal names is written once (``vim+maxlogit`` -> ``maxlogit``)."""
+    pair = list(level_scores(name))
+    pair[LEVELS.index(level)] = FALLBACK_SCORE
+    return pair[0] if pair[0] == pair[1] else PAIR_SEPARATOR.join(pair)
 
 
 @dataclass
@@ -170,20 +194,25 @@ class NoveltyScorer:
         from features to logits fitted by least squares on the training rows: exact for a linear head with
         more training rows than feature dimensions, and for cosine/MLP heads the best affine approximation of
         a non-affine read-out, which ViM's derivation does not cover (its scores are then a heuristic).
+
+        A detector that cannot be fitted on these features raises :class:`LevelFitError` naming its level.
         """
         out = train.outputs
         heads = heads or {}
         layers = (resolve_layer(layers[0], "super", out), resolve_layer(layers[1], "sub", out))
         detectors = []
-        for detector, level, labels, layer in zip(level_scores(name), ("super", "sub"), (y_super, y_sub), layers):
+        for detector, level, labels, layer in zip(level_scores(name), LEVELS, (y_super, y_sub), layers):
             keep = labels >= 0
             if not keep.any():
                 raise SupersubError(f"score '{name}': no labelled training images to fit on")
             head = heads.get(level) if layer == "final" else None  # the head reads the final features only
             weight, bias = head if head is not None else (None, None)
             made = create_detector(detector, **options_for_detector(detector, dict(options or {})))
-            detectors.append(made.fit(_logits_for(made, out, level)[keep], layer_features(out, layer)[keep],
-                                      labels[keep], head_weight=weight, head_bias=bias))
+            try:
+                detectors.append(made.fit(_logits_for(made, out, level)[keep], layer_features(out, layer)[keep],
+                                          labels[keep], head_weight=weight, head_bias=bias))
+            except FitError as e:
+                raise LevelFitError(level, detector, str(e)) from None
         return cls(name, *detectors, layers=layers)
 
     def confidences(self, view: SeenView, sub_to_super: Sequence[int]) -> Confidences:

@@ -27,7 +27,7 @@ from ..novelty.decide import decide
 from ..novelty.ood_metrics import open_set_metrics
 from ..novelty.probs import fit_slope
 from ..novelty.scores import create_detector
-from ..novelty.scoring import Confidences, NoveltyScorer, SeenView
+from ..novelty.scoring import FALLBACK_SCORE, Confidences, LevelFitError, NoveltyScorer, SeenView, with_fallback
 from ..novelty.temperature import fit_temperature
 from ..reporting import save_sweep
 from ..run import RunDir, Thresholds
@@ -132,7 +132,45 @@ def calibrate_run(
     loso: Sequence[Evidence] = (),
 ) -> Calibration:
     """Choose thresholds (hand-set values in ``cfg`` win) on the calibration folds, transfer them to the final
-    model, fit its detectors and temperatures."""
+    model, fit its detectors and temperatures.
+
+    A level whose detector cannot be fitted on some model's features (:class:`LevelFitError`: rank-deficient or
+    constant features, too few images) is scored with :data:`FALLBACK_SCORE` on every model instead, after one
+    warning line naming the reason: the thresholds' ``score`` and the summary (``score_requested``,
+    ``<level>_score_fallback``) record what was used, and predict reads the thresholds' score. A hand-set
+    threshold of that level is in the requested score's units, so there it stays an error.
+    """
+    requested, reasons = score, {}
+    while True:
+        try:
+            cal = _calibrate_run(score, cfg.model_copy(update={"score": score}), final, calibration, loso)
+            break
+        except LevelFitError as e:
+            if e.detector == FALLBACK_SCORE or e.level in reasons:
+                raise
+            if getattr(cfg, f"tau_{e.level}") is not None:
+                raise SupersubError(f"{e}; tau_{e.level} was set by hand in units of {e.detector}, so "
+                                    f"{FALLBACK_SCORE} cannot stand in: calibrate the run with another score "
+                                    "(supersub calibrate RUN --score ...)") from None
+            reasons[e.level] = str(e)
+            score = with_fallback(score, e.level)
+            log.warning("%s score %s cannot be fitted on this run's features (%s): the %s level uses %s instead "
+                        "(recorded as score %s in thresholds.json)", LEVEL_NAMES[e.level], e.detector, e,
+                        LEVEL_NAMES[e.level], FALLBACK_SCORE, score)
+    if reasons:
+        cal.summary["score_requested"] = requested
+        cal.summary.update({f"{level}_score_fallback": reason for level, reason in reasons.items()})
+    return cal
+
+
+LEVEL_NAMES = {"super": "superclass", "sub": "subclass"}
+
+
+def _calibrate_run(
+    score: str, cfg: NoveltyConfig, final: Evidence, calibration: Evidence | Sequence[Evidence] | None,
+    loso: Sequence[Evidence],
+) -> Calibration:
+    """:func:`calibrate_run` with one score throughout."""
     folds = [calibration] if isinstance(calibration, Evidence) else list(calibration or ())
     if not folds and needs_calibration_model(cfg):
         raise SupersubError(
@@ -311,7 +349,7 @@ def calibrate_and_save(run: RunDir, cfg: TrainConfig, evidence: dict[str, Eviden
     loso = [ev for name, ev in sorted(evidence.items()) if name.startswith("loso-")]
     folds = [evidence[name] for name in calibration_stage_names(evidence)]
     cal = calibrate_run(cfg.novelty.score, cfg.novelty, evidence["final"], folds, loso)
-    for level, name in (("super", "superclass"), ("sub", "subclass")):
+    for level, name in LEVEL_NAMES.items():
         if cal.summary.get(f"{level}_no_separation"):
             log.warning("%s score %s does not separate novel from seen images on the calibration evidence (AUROC "
                         "%.2f): tau_%s keeps %.0f%% of seen images instead", name, cal.summary["score"],
