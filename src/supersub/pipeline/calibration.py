@@ -142,8 +142,10 @@ def calibrate_run(
     """
     requested, reasons = score, {}
     while True:
+        # the configured score's options follow it to its fallback name (another score keeps its defaults)
+        scored = cfg.model_copy(update={"score": score}) if requested == cfg.score else cfg
         try:
-            cal = _calibrate_run(score, cfg.model_copy(update={"score": score}), final, calibration, loso)
+            cal = _calibrate_run(score, scored, final, calibration, loso)
             break
         except LevelFitError as e:
             if e.detector == FALLBACK_SCORE or e.level in reasons:
