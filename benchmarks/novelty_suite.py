@@ -72,6 +72,9 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "sub-avg-kc-vim": {"score": "vim+maxlogit,knn-class", "super_layer": "block-1"},
     "sub-knnclass": {"score": "knn+knn-class", "super_layer": "block-1"},
     "sub-energy": {"score": "knn+energy", "super_layer": "block-1"},
+    # a logistic-regression probe on unit features at the subclass level (superclass: the default vim-b1)
+    "sub-probe": {"score": "vim+probe", "super_layer": "block-1"},
+    "sub-avg-probe": {"score": "vim+maxlogit,probe", "super_layer": "block-1"},
 }
 RESET = {"super_layer": "final", "sub_layer": "final", "super_protocol": "auto", "score_options": {},
          "objective": "balanced", "transfer": "quantile"}

@@ -229,6 +229,43 @@ def test_knn_class_scores_a_point_far_from_its_predicted_class_low() -> None:
     assert per_class.confidence(says_zero, query).item() == pytest.approx(near, abs=1e-6)
 
 
+
+def test_probe_ignores_the_feature_norm_and_scores_the_decided_class() -> None:
+    # classes at 0 and 90 degrees, training radii 1..4; a query on class 0's direction at radius 50 is as typical
+    # of class 0 as any training row for the probe (unit features), while a head's max logit grows with the norm
+    x = torch.cat([_angles([-4, -2, 2, 4] * 2, radius=1.0) * torch.tensor([[1.0], [2.0], [3.0], [4.0]] * 2),
+                   _angles([86, 88, 92, 94] * 2, radius=2.0)])
+    y = torch.tensor([0] * 8 + [1] * 8)
+    logits = torch.nn.functional.one_hot(y, 2).float()
+    probe = create_detector("probe").fit(logits, x, y)
+    says_zero, says_one = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    near, far = _angles([0], radius=1.0), _angles([0], radius=50.0)
+    assert probe.confidence(says_zero, far).item() == pytest.approx(probe.confidence(says_zero, near).item(), rel=1e-5)
+    # the decided class is what is scored: the same features judged as class 1 are far less typical
+    assert probe.confidence(says_one, near).item() < probe.confidence(says_zero, near).item() - 5.0
+    # between the two classes (45 degrees) the probe is less sure of either than on a class direction
+    between = _angles([45])
+    assert probe.confidence(says_zero, between).item() < probe.confidence(says_zero, near).item() - 1.0
+
+
+def test_probe_fits_the_same_read_out_as_scikit_learns_logistic_regression() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    g = torch.Generator().manual_seed(3)
+    y = torch.arange(3).repeat_interleave(30)
+    x = torch.randn(3, 6, generator=g)[y] + 0.8 * torch.randn(90, 6, generator=g)
+    probe = create_detector("probe", scale=4.0).fit(torch.zeros(90, 3), x, y)
+    z = (x / x.norm(dim=1, keepdim=True) * 4.0).double().numpy()
+    reference = LogisticRegression(C=1.0, tol=1e-10, max_iter=10_000).fit(z, y.numpy())
+    query = torch.randn(20, 6, generator=g)
+    logits = torch.tensor(reference.decision_function((query / query.norm(dim=1, keepdim=True) * 4.0).double().numpy()))
+    # both fits share their optimum up to the softmax's free shift per row, so compare the decided logit minus the mean
+    ours = probe.confidence(logits, query).double() - ((query / query.norm(dim=1, keepdim=True) * 4.0) @ probe.weight.T
+                                                        + probe.bias).double().mean(dim=1)
+    theirs = logits.max(dim=1).values - logits.mean(dim=1)
+    assert torch.allclose(ours, theirs, atol=2e-3)
+
+
 def _brute_force_knn_class(bank: torch.Tensor, labels: torch.Tensor, logits, feats, k: int) -> torch.Tensor:
     """Explicit loop over rows: k-th smallest Euclidean distance to the predicted class's unit features."""
     unit_bank = bank.double() / bank.double().norm(dim=1, keepdim=True)
@@ -335,7 +372,7 @@ def test_a_level_pair_scores_each_level_with_its_own_detector() -> None:
 
 
 def test_unknown_score_and_options_are_one_line_errors() -> None:
-    with pytest.raises(SupersubError, match=r"unknown score 'x' \(choose from msp, maxlogit, .*vim, mi, expected-entropy\)"):
+    with pytest.raises(SupersubError, match=r"unknown score 'x' \(choose from msp, maxlogit, .*vim, probe, mi, expected-entropy\)"):
         create_detector("x")
     with pytest.raises(SupersubError, match="unknown option"):
         create_detector("knn", kk=3)

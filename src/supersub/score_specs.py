@@ -43,6 +43,7 @@ SCORE_SPECS: dict[str, ScoreSpec] = {s.name: s for s in (
     ScoreSpec("knn", {"k": int}, (-2.0, 0.0)),  # minus a cosine distance
     ScoreSpec("knn-class", {"k": int}, (-2.0, 0.0)),
     ScoreSpec("vim", {"dim": int}),
+    ScoreSpec("probe", {"scale": float}),  # a logistic-regression probe on unit features
     ScoreSpec("mi", {}, (-math.inf, 0.0), needs_members=True),  # minus the members' mutual information
     ScoreSpec("expected-entropy", {}, (-math.inf, 0.0), needs_members=True),  # minus their mean entropy
 )}
