@@ -547,6 +547,20 @@ def report(
 
 
 @app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="a run directory made by 'supersub train'"),
+    out: Path = typer.Option(..., "--out", help="ONNX file to write; its class names go beside it as .json"),
+    overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite", help="replace existing files"),
+) -> None:
+    """Save the model with its novelty decision as one ONNX graph, for onnxruntime: images in, classes out."""
+    from . import api
+
+    result = api.export(run_dir, out, overwrite=overwrite)
+    console.print(f"wrote {result['onnx']} ({result['bytes'] / 1e6:.1f} MB, score {result['score']}, input uint8 "
+                  f"images 3x{result['image_size']}x{result['image_size']}) and {result['names']}")
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="where data, run and predictions go"),
     overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite", help="replace a previous demo in OUT"),

@@ -31,6 +31,7 @@ from ..novelty.scoring import Confidences, NoveltyScorer, SeenView
 from ..novelty.temperature import fit_temperature
 from ..reporting import save_sweep
 from ..run import RunDir, Thresholds
+from ..threads import dense_threads
 from ..taxonomy import Taxonomy
 from .evidence import Evidence, collect_evidence, load_stage_model
 from .inputs import load_labelled, training_pool
@@ -127,6 +128,7 @@ def _loso_choice(score: str, loso: list[Evidence], cfg: NoveltyConfig) -> _Level
     return _choose(torch.cat(seen_z), torch.cat(novel_z), torch.cat(correct), cfg, cfg.objective, "super")
 
 
+@dense_threads()  # detector fits, confidences and sweeps are small dense ops: one thread (see supersub.threads)
 def calibrate_run(
     score: str, cfg: NoveltyConfig, final: Evidence, calibration: Evidence | Sequence[Evidence] | None = None,
     loso: Sequence[Evidence] = (),
@@ -139,6 +141,7 @@ def calibrate_run(
             "this run has no calibration model (it was trained with hand-set thresholds): set both "
             "tau_super and tau_sub"
         )
+    log.info("fitting the %s detectors of the final model", score)
     scorer = NoveltyScorer.fit(score, final.train, final.train_y_super, final.train_y_sub, final.heads, options=cfg.options_for(score),
                                layers=cfg.layers)
     # without a validation split (hand-set thresholds only) the training images give the score's scale
@@ -149,7 +152,10 @@ def calibrate_run(
     # one choice per fold; fold 0's figures and sweeps stand for all in the summary
     # the LOSO models do not depend on the fold: their choice is made once and shared by every fold
     by_loso = _loso_choice(score, list(loso), cfg) if loso and cfg.super_protocol == "loso" and cfg.tau_super is None else None
-    per_fold = [_calibrate_levels(score, cfg, ev, by_loso) for ev in folds]
+    per_fold = []
+    for k, ev in enumerate(folds, 1):
+        log.info("fitting thresholds, calibration model %d/%d", k, len(folds))
+        per_fold.append(_calibrate_levels(score, cfg, ev, by_loso))
     chosen = per_fold[0][0] if per_fold else {}
     if per_fold:
         summary.update(per_fold[0][1])
