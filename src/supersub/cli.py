@@ -5,6 +5,8 @@ Every :class:`SupersubError` becomes one line on stderr and exit code 2; nothing
 
 from __future__ import annotations
 
+import difflib
+
 import logging
 import sys
 from pathlib import Path
@@ -293,22 +295,23 @@ def train(
 
 
 def _train_table(summary: dict[str, Any], out: Path) -> Any:
-    """The end of ``train``: one row per trained model, then the thresholds."""
+    """The end of ``train``: one row per trained model (every calibration fold, the LOSO models, the final model),
+    then the thresholds. Validation accuracy is the closed-set one the epoch log shows, at the kept (best) epoch."""
     from rich.table import Table
 
     table = Table(title=f"trained {out} in {summary['seconds']}s", title_justify="left")
     for column in ("model", "epochs", "best loss", "s/epoch", "val acc super %", "val acc sub %"):
         table.add_column(column, justify="left" if column == "model" else "right")
-    for name in ("calibration", "final"):
-        stage = summary.get(name, {})
-        if "epochs_run" not in stage:
-            continue
+    stages = [name for name, stage in summary.items() if isinstance(stage, dict) and "epochs_run" in stage]
+    for name in sorted(stages, key=lambda n: (n == "final", n)):  # calibration folds and LOSO models, final last
+        stage = summary[name]
         loss = stage.get("val_loss", stage.get("train_loss"))
         table.add_row(name, str(stage["epochs_run"]), "-" if loss is None else f"{loss:.4g}",
                       str(stage.get("seconds_per_epoch") or "-"), str(stage.get("val_acc_super", "-")),
                       str(stage.get("val_acc_sub", "-")))
     t = summary["thresholds"]
-    table.caption = f"{t['score']}: tau_super={t['tau_super']:.4g} tau_sub={t['tau_sub']:.4g}"
+    table.caption = (f"{t['score']}: tau_super={t['tau_super']:.4g} tau_sub={t['tau_sub']:.4g} (the mean over the "
+                     f"calibration models); val acc: each head's argmax, before the novelty thresholds")
     table.caption_justify = "left"
     return table
 
@@ -521,9 +524,12 @@ def evaluate(
 ) -> None:
     """Print the competition metric table (CE and accuracy overall/seen/unseen per level)."""
     from . import api
+    from .pipeline.evaluate import metrics_file
 
     metrics = api.evaluate(run_dir, images, labels, skip_bad=skip_bad_images, out=out, device=device, strict=strict)
     _print_metrics(metrics, f"{run_dir} on {labels or images}")
+    console.print(f"saved {metrics_file(run_dir, images, labels, out)} and its open-set report beside it",
+                  soft_wrap=True, markup=False, highlight=False)
 
 
 @app.command()
@@ -665,6 +671,9 @@ def usage_message(e: BaseException) -> str:
     option = getattr(e, "option_name", None)
     if option and possibilities:  # an unknown option close to known ones (closest first, as difflib ranks them)
         best, *others = possibilities
+        # only near ties are named too: --epoch is --epochs, and naming --approach beside it only misleads
+        closeness = {o: difflib.SequenceMatcher(None, option, o).ratio() for o in possibilities}
+        others = [o for o in others if closeness[o] >= closeness[best] - 0.05]
         also = f" (or {', '.join(others)})" if others else ""
         message = f"No such option: {option}. Did you mean {best}{also}?"
     message = " ".join(message.split())
