@@ -248,3 +248,30 @@ def test_demo_never_deletes_a_folder_it_did_not_make(tmp_path: Path) -> None:
         api.demo(tmp_path, overwrite=True)
     assert (tmp_path / "mine.txt").read_text() == "keep me\n"
     assert run_cli(["demo", "--out", str(tmp_path), "--overwrite"]) == 2
+
+
+def test_train_help_fits_80_columns_in_panels_with_whole_option_names() -> None:
+    """At 80 columns the help was 276 lines with names cut ("--trainable-stag...") and in-house words."""
+    import os
+    import subprocess
+    import sys
+
+    import typer.main
+
+    from supersub.cli import app
+
+    env = {**os.environ, "COLUMNS": "80", "TERMINAL_WIDTH": "80", "NO_COLOR": "1"}
+    text = subprocess.run([sys.executable, "-m", "supersub.cli", "train", "--help"], env=env, capture_output=True,
+                          text=True, timeout=120, check=True).stdout
+    lines = text.splitlines()
+    assert max(map(len, lines)) <= 80 and len(lines) < 240, len(lines)
+    assert "\u2026" not in text  # rich's ellipsis: a cut name or word
+    for panel in ("Data", "Model", "Training", "Novelty detection", "Hardware", "Settings and the run folder"):
+        assert f"\u256d\u2500 {panel} " in text, panel
+    command = typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
+    names = [o for p in command.params for o in (*p.opts, *p.secondary_opts) if o.startswith("--")]
+    tokens = set(text.split())
+    missing = [name for name in names if name not in tokens]
+    assert not missing, missing
+    for jargon in ("seed 00", "Lightning", "KL ", "PtR"):
+        assert jargon not in text, jargon
