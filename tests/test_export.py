@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TINY_TRAIN_ARGS, run_cli
+from conftest import run_cli
 from supersub import api
 from supersub.data.cache import decode_images
 from supersub.data.formats import read_images
@@ -19,16 +19,6 @@ from supersub.pipeline.export import EXPORTABLE_SCORES, check_exportable
 from supersub.run import RunDir
 
 ort = pytest.importorskip("onnxruntime")
-
-
-@pytest.fixture(scope="module")
-def recipe_run(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default recipe (bundled Lite0, frozen, vim+maxlogit on block-1 / final), on tiny images enlarged to 32 px."""
-    run = tmp_path_factory.mktemp("export") / "recipe"
-    code = run_cli(["train", "--data", str(synth_dir), "--out", str(run), "--novel-data", str(synth_dir / "novel_images"),
-                    "--epochs", "1", "--image-size", "24", "--input-size", "32", "--batch-size", "32", "--no-progress"])
-    assert code == 0
-    return run
 
 
 def _check_against_predict(run: Path, images: Path, tmp_path: Path) -> dict:

@@ -293,11 +293,17 @@ def save_calibration(cal: Calibration, run_path: Path) -> None:
     cal.scorer.save(run_path / DETECTORS_FILE)
     folder = run_path / "calibration"
     titles = {"sub": "subclass: seen vs held-out subclasses", "super": "superclass: seen vs novel"}
+    folds = cal.summary.get("calibration_folds", 1)
     for level, df in cal.sweeps.items():
         tau = cal.summary.get(f"{level}_tau_calibration")
         unit = " (z-scores of LOSO models)" if level == "super" and cal.summary.get("super_protocol") == "loso" else ""
+        title = titles[level] if df["unseen_acc"].notna().any() else f"{titles[level].split(':')[0]}: seen images only"
+        # the sweep is calibration model 1's, on its own scale: its cut, not the run's (the folds' mean, moved to
+        # the final model's scale), is what belongs on it
+        where = f" (calibration model 1 of {folds})" if folds > 1 else ""
         save_sweep(df, folder / f"sweep_{level}.csv", folder / f"sweep_{level}.png",
-                   f"{titles[level]}, {cal.summary['score']}{unit}", tau if not unit else None)
+                   f"{title}, {cal.summary['score']}{unit}{where}", tau if not unit else None,
+                   "its cut" if folds > 1 else "tau")
 
 
 def load_scorer(run_path: Path, score: str) -> NoveltyScorer:
