@@ -54,6 +54,17 @@ def trained_run(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return run
 
 
+@pytest.fixture(scope="session")
+def recipe_run(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default recipe (bundled Lite0, frozen, seven calibration models, vim+maxlogit on block-1 / final), one epoch,
+    on tiny images enlarged to 32 px: the export and the report pages read it."""
+    run = tmp_path_factory.mktemp("recipe") / "recipe"
+    code = run_cli(["train", "--data", str(synth_dir), "--out", str(run), "--novel-data", str(synth_dir / "novel_images"),
+                    "--epochs", "1", "--image-size", "24", "--input-size", "32", "--batch-size", "32", "--no-progress"])
+    assert code == 0
+    return run
+
+
 def interrupt_at_epoch(monkeypatch: pytest.MonkeyPatch, stage: str, epoch: int) -> None:
     """Raise KeyboardInterrupt (what a Ctrl-C raises) in-process when 0-based ``epoch`` of ``stage`` starts, so
     that stage's last.ckpt holds epoch ``epoch - 1``: an interrupted run, made on an event, not a timer."""

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "supersub"
 
 # lowest first; a unit is a top-level module or sub-package of supersub
 LAYERS: list[set[str]] = [
-    {"__init__", "errors", "taxonomy", "io", "score_specs", "memory"},  # ground floor
+    {"__init__", "errors", "taxonomy", "io", "score_specs", "memory", "threads"},  # ground floor
     {"config"},
     {"novelty", "metrics", "losses"},  # maths on arrays and tensors
     {"data", "models", "reporting", "report_page"},
@@ -29,7 +29,7 @@ LAYERS: list[set[str]] = [
 LAYER_OF = {unit: level for level, units in enumerate(LAYERS) for unit in units}
 # the pure layer: what the issue allows novelty/ and metrics.py to import
 PURE = {"novelty", "metrics"}
-PURE_MAY_IMPORT = {"__init__", "errors", "taxonomy", "io", "score_specs", "config", "novelty", "metrics"}
+PURE_MAY_IMPORT = {"__init__", "errors", "taxonomy", "io", "score_specs", "threads", "config", "novelty", "metrics"}
 
 
 def _module_name(path: Path) -> str:

@@ -147,7 +147,7 @@ def test_predict_reads_flat_nested_and_csv_inputs_alike(trained_run: Path, synth
 
 
 def test_evaluate_on_a_labelled_nested_folder_matches_the_csv(trained_run: Path, synth_dir: Path,
-                                                              tmp_path: Path) -> None:
+                                                              tmp_path: Path, capsys) -> None:
     _nested_copy(synth_dir, tmp_path / "nested")
     by_csv = api.evaluate(trained_run, synth_dir / "test_images", synth_dir / "test_truth.csv", save=False)
     by_folder = api.evaluate(trained_run, tmp_path / "nested", out=tmp_path / "report")
@@ -157,6 +157,25 @@ def test_evaluate_on_a_labelled_nested_folder_matches_the_csv(trained_run: Path,
     assert run_cli(["evaluate", str(trained_run), "--images", str(tmp_path / "nested"),
                     "--out", str(tmp_path / "cli-report")]) == 0
     assert (tmp_path / "cli-report" / "nested.json").is_file()
+    # the command says where it saved the metrics
+    assert f"saved {tmp_path / 'cli-report' / 'nested.json'} and" in capsys.readouterr().out
+
+
+def test_the_train_table_lists_every_calibration_model_and_the_logged_accuracy():
+    from rich.console import Console
+
+    from supersub.cli import _train_table
+
+    stage = {"epochs_run": 4, "val_loss": 0.5, "seconds_per_epoch": 0.02}
+    summary = {"seconds": 9.0, "data": "d", "calibration": {**stage, "held_out_subclasses": ["x"]},
+               **{f"calibration-{k}": stage for k in range(2, 8)}, "final": {**stage, "val_acc_super": 90.0,
+                                                                              "val_acc_sub": 83.33},
+               "thresholds": {"score": "vim+maxlogit", "tau_super": -192.3, "tau_sub": 4.1}}
+    console = Console(width=200, record=True)
+    console.print(_train_table(summary, Path("run")))
+    text = console.export_text()
+    assert all(f"calibration-{k} " in text for k in range(2, 8)) and "calibration " in text
+    assert "83.33" in text and "tau_super=-192.3" in text and "mean over the calibration models" in text
 
 
 def test_evaluate_names_every_unmatched_folder_and_strict_refuses_them(
@@ -229,3 +248,30 @@ def test_demo_never_deletes_a_folder_it_did_not_make(tmp_path: Path) -> None:
         api.demo(tmp_path, overwrite=True)
     assert (tmp_path / "mine.txt").read_text() == "keep me\n"
     assert run_cli(["demo", "--out", str(tmp_path), "--overwrite"]) == 2
+
+
+def test_train_help_fits_80_columns_in_panels_with_whole_option_names() -> None:
+    """At 80 columns the help was 276 lines with names cut ("--trainable-stag...") and in-house words."""
+    import os
+    import subprocess
+    import sys
+
+    import typer.main
+
+    from supersub.cli import app
+
+    env = {**os.environ, "COLUMNS": "80", "TERMINAL_WIDTH": "80", "NO_COLOR": "1"}
+    text = subprocess.run([sys.executable, "-m", "supersub.cli", "train", "--help"], env=env, capture_output=True,
+                          text=True, timeout=120, check=True).stdout
+    lines = text.splitlines()
+    assert max(map(len, lines)) <= 80 and len(lines) < 240, len(lines)
+    assert "\u2026" not in text  # rich's ellipsis: a cut name or word
+    for panel in ("Data", "Model", "Training", "Novelty detection", "Hardware", "Settings and the run folder"):
+        assert f"\u256d\u2500 {panel} " in text, panel
+    command = typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
+    names = [o for p in command.params for o in (*p.opts, *p.secondary_opts) if o.startswith("--")]
+    tokens = set(text.split())
+    missing = [name for name in names if name not in tokens]
+    assert not missing, missing
+    for jargon in ("seed 00", "Lightning", "KL ", "PtR"):
+        assert jargon not in text, jargon

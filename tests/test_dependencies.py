@@ -41,8 +41,13 @@ def _third_party_imports() -> set[str]:
     return {n for n in names if n not in stdlib and n != "supersub" and n not in OPTIONAL}
 
 
+# distribution -> the distribution whose module it provides (xgboost-cpu is xgboost without the CUDA libraries)
+PROVIDES = {"xgboost-cpu": "xgboost"}
+
+
 def _names(requirements: list[str]) -> set[str]:
-    return {re.split(r"[<>=!~\[ ;]", d, maxsplit=1)[0].lower().replace("_", "-") for d in requirements}
+    names = {re.split(r"[<>=!~\[ ;]", d, maxsplit=1)[0].lower().replace("_", "-") for d in requirements}
+    return {PROVIDES.get(n, n) for n in names}
 
 
 def _project() -> dict:
@@ -76,8 +81,15 @@ def test_every_import_is_declared() -> None:
     assert not missing, f"imported but not in pyproject dependencies: {sorted(missing)}"
 
 
+def _weight_packages() -> set[str]:
+    """Packages that hold data, not code: the bundled weights are found by ``importlib.util.find_spec``."""
+    from supersub.models.weight_sources import WEIGHT_SOURCES
+
+    return {s.distribution for s in WEIGHT_SOURCES.values()}
+
+
 def test_every_declared_dependency_is_imported() -> None:
-    unused = _declared() - {_normalise(n) for n in _third_party_imports()}
+    unused = _declared() - {_normalise(n) for n in _third_party_imports()} - _weight_packages()
     assert not unused, f"declared in pyproject but never imported by src/supersub: {sorted(unused)}"
 
 

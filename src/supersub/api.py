@@ -25,6 +25,7 @@ from .pipeline.configure import resolve_config  # noqa: F401 - part of the API
 from .pipeline.demo import run_demo
 from .pipeline.evaluate import evaluate_run
 from .pipeline.experiment import Experiment, run_experiment
+from .pipeline.export import export_run
 from .pipeline.evidence import Evidence
 from .pipeline.inputs import LabelledImages, load_labelled  # noqa: F401 - part of the API
 from .pipeline.predict import Prediction, predict_images, predict_tensors as _predict_tensors
@@ -33,7 +34,8 @@ from .pipeline.train import train_run
 from .run import RunDir  # noqa: F401 - part of the API
 from .training.fit import global_rng_kept
 
-__all__ = ["synth", "resolve_config", "train", "pretrain", "calibration_evidence", "calibrate", "predict", "evaluate", "report", "demo",
+__all__ = ["synth", "resolve_config", "train", "pretrain", "calibration_evidence", "calibrate", "predict", "evaluate", "report",
+           "export", "demo",
            "experiment", "compare", "predict_tensors", "Prediction", "load_labelled"]
 
 
@@ -161,6 +163,14 @@ def report(
     """
     with call_scope():
         return build_report(run_dir, test, out, overwrite=overwrite, device=device, skip_bad=skip_bad, images=images)
+
+
+def export(run_dir: str | Path, out: str | Path, *, overwrite: bool = False) -> dict[str, Any]:
+    """Write the run's model *with its open-set decision* as one ONNX graph (``out``) and its class names
+    (``out`` with suffix ``.json``): uint8 images in; superclass index, subclass index and both levels'
+    probabilities with the novel column out. Scores that search training features (kNN) are refused."""
+    with call_scope():
+        return export_run(run_dir, out, overwrite=overwrite)
 
 
 def synth(out: str | Path, seed: int = 0, **kwargs: Any) -> dict[str, Any]:

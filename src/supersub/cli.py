@@ -5,6 +5,8 @@ Every :class:`SupersubError` becomes one line on stderr and exit code 2; nothing
 
 from __future__ import annotations
 
+import difflib
+
 import logging
 import sys
 from pathlib import Path
@@ -64,18 +66,26 @@ def _pair_default(first: str, second: str) -> str:
 
 
 # Options that train and pretrain share: one declaration, one help text (typer reads an OptionInfo, never changes it).
-CONFIG_OPTION = typer.Option(None, "--config", help="YAML experiment file; flags override it", show_default="none")
-EPOCHS_OPTION = typer.Option(None, help="training epochs", show_default=_default("optim.epochs"))
-BATCH_SIZE_OPTION = typer.Option(None, "--batch-size", show_default=_default("optim.batch_size"))
-IMAGE_SIZE_OPTION = typer.Option(None, "--image-size", show_default=_default("data.image_size"))
-VAL_FRACTION_OPTION = typer.Option(None, "--val-fraction", show_default=_default("data.val_fraction"))
-ACCELERATOR_OPTION = typer.Option(None, help="Lightning accelerator: auto, cpu, gpu, mps",
-                                  show_default=_default("trainer.accelerator"))
+# the panels of `train --help` (and of the options other commands share with it)
+DATA, MODEL, TRAINING, NOVELTY, HARDWARE, RUN = ("Data", "Model", "Training", "Novelty detection", "Hardware",
+                                                 "Settings and the run folder")
+CONFIG_OPTION = typer.Option(None, "--config", help="a YAML settings file; options given here win",
+                             show_default="none", rich_help_panel=RUN)
+EPOCHS_OPTION = typer.Option(None, help="passes over the training images", show_default=_default("optim.epochs"),
+                             rich_help_panel=TRAINING)
+BATCH_SIZE_OPTION = typer.Option(None, "--batch-size", help="images per training step",
+                                 show_default=_default("optim.batch_size"), rich_help_panel=TRAINING)
+IMAGE_SIZE_OPTION = typer.Option(None, "--image-size", help="images are decoded at this side length (pixels)",
+                                 show_default=_default("data.image_size"), rich_help_panel=DATA)
+VAL_FRACTION_OPTION = typer.Option(None, "--val-fraction", help="share of each subclass's images kept to validate",
+                                   show_default=_default("data.val_fraction"), rich_help_panel=DATA)
+ACCELERATOR_OPTION = typer.Option(None, help="where to train: auto, cpu, gpu, mps",
+                                  show_default=_default("trainer.accelerator"), rich_help_panel=HARDWARE)
 PROGRESS_OPTION = typer.Option(None, "--progress/--no-progress",
-                               help="progress bar on a terminal, one line per epoch in a log file",
-                               show_default=_default("trainer.progress"))
-SET_OPTION = typer.Option([], "--set", help="any config key, e.g. --set model.width=64 (repeatable)",
-                          show_default="none")
+                               help="a progress bar on a terminal (one line per epoch in a log file)",
+                               show_default=_default("trainer.progress"), rich_help_panel=RUN)
+SET_OPTION = typer.Option([], "--set", metavar="KEY=VALUE", help="any setting by its key, e.g. --set model.width=64 (repeatable; "
+                          "docs/guide.md lists them)", show_default="none", rich_help_panel=RUN)
 
 
 def _parse_sets(sets: list[str], option: str = "--set", example: str = "optim.lr=0.001") -> dict[str, Any]:
@@ -145,113 +155,131 @@ def data_synth(
 
 @app.command()
 def train(
-    data: Path = typer.Option(..., "--data", help="competition layout (train_data.csv ...) or root/<super>/<sub>/*.jpg"),
-    out: Optional[Path] = typer.Option(None, "--out", help="run directory to create (needed unless --print-config)",
-                                      show_default="none"),
-    config: Optional[Path] = CONFIG_OPTION,
-    print_config: bool = typer.Option(False, "--print-config/--no-print-config",
-                                      help="print the resolved configuration as YAML and exit"),
+    data: Optional[Path] = typer.Option(None, "--data", rich_help_panel=DATA, show_default="required",
+                                        help="your labelled images: a competition folder (train_data.csv and "
+                                        "mappings) or a folder of superclass folders of subclass folders"),
+    out: Optional[Path] = typer.Option(None, "--out", rich_help_panel=DATA,
+                                      help="run folder to create (not needed with --print-config)", show_default="none"),
+    novel_data: Optional[Path] = typer.Option(
+        None, "--novel-data", rich_help_panel=DATA, show_default="none",
+        help="images of none of your classes (a folder or a CSV with an image column): the model learns to call "
+        "such images novel, and they help set the superclass threshold"),
+    novel_count: Optional[int] = typer.Option(None, "--novel-count", rich_help_panel=DATA, show_default="all",
+                                              help="use at most this many --novel-data images"),
+    novel_sub_data: Optional[Path] = typer.Option(
+        None, "--novel-sub-data", rich_help_panel=DATA, show_default="none",
+        help="images of new subclasses of your superclasses: a folder of superclass folders, or a CSV "
+        "(image, superclass_index)"),
+    novel_sub_count: Optional[int] = typer.Option(None, "--novel-sub-count", rich_help_panel=DATA, show_default="all",
+                                                  help="use at most this many --novel-sub-data images"),
+    image_size: Optional[int] = IMAGE_SIZE_OPTION,
+    val_fraction: Optional[float] = VAL_FRACTION_OPTION,
+    holdout_fraction: Optional[float] = typer.Option(
+        None, "--holdout-fraction", rich_help_panel=DATA, show_default=_default("data.holdout_fraction"),
+        help="share of each superclass's subclasses hidden from the calibration models to stand for new ones"),
+    skip_bad_images: Optional[bool] = typer.Option(None, "--skip-bad-images/--no-skip-bad-images",
+                                                   rich_help_panel=RUN, help="warn about unreadable images and skip "
+                                                   "them", show_default=_default("data.skip_bad_images")),
+    backbone: Optional[str] = typer.Option(
+        None, rich_help_panel=MODEL, show_default=_default("model.backbone"),
+        help="the image network: efficientnet_lite0/1/2 (ImageNet weights included), cnn (trained from scratch) "
+        "or any timm model name"),
+    pretrained: Optional[bool] = typer.Option(
+        None, "--pretrained/--no-pretrained", rich_help_panel=MODEL, show_default="yes for efficientnet_lite*",
+        help="start from ImageNet weights (included for efficientnet_lite*, else downloaded by timm)"),
+    weights: Optional[Path] = typer.Option(None, "--weights", rich_help_panel=MODEL, show_default="none",
+                                           help="start the backbone from this file (a state dict or a model.pt)"),
+    input_size: Optional[int] = typer.Option(None, "--input-size", rich_help_panel=MODEL,
+                                             help="images are resized to this inside the model",
+                                             show_default="224 for efficientnet_lite*"),
+    approach: Optional[str] = typer.Option(
+        None, rich_help_panel=MODEL, show_default=_default("model.approach"),
+        help="two-heads (one network, two outputs), two-models (a network per level), cosine, sub-only, moe (one "
+        "subclass expert per superclass) or bagging (several networks; see --members)"),
+    head: Optional[str] = typer.Option(
+        None, rich_help_panel=MODEL, show_default=_default("model.head"),
+        help="the layer on top of the network: linear, cosine, mlp or xgboost (boosted trees)"),
+    members: Optional[int] = typer.Option(None, "--members", rich_help_panel=MODEL,
+                                          help="bagging: how many networks", show_default=_default("model.members")),
+    bootstrap: Optional[bool] = typer.Option(
+        None, "--bootstrap/--no-bootstrap", rich_help_panel=MODEL, show_default="yes unless --subsample < 1",
+        help="bagging: each network draws its training images with replacement"),
+    subsample: Optional[float] = typer.Option(
+        None, "--subsample", rich_help_panel=MODEL, show_default=_default("model.subsample"),
+        help="bagging: share of the training images each network draws"),
     epochs: Optional[int] = EPOCHS_OPTION,
     batch_size: Optional[int] = BATCH_SIZE_OPTION,
-    lr: Optional[float] = typer.Option(None, help="learning rate", show_default=_default("optim.lr")),
-    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", show_default=_default("optim.weight_decay")),
-    seed: Optional[int] = typer.Option(None, help="random seed", show_default=_default("seed")),
-    backbone: Optional[str] = typer.Option(
-        None, help="efficientnet_lite0/1/2 (bundled ImageNet weights), 'cnn' (from scratch) or a timm model name",
-        show_default=_default("model.backbone")),
-    pretrained: Optional[bool] = typer.Option(
-        None, "--pretrained/--no-pretrained",
-        help="start from ImageNet weights (bundled for efficientnet_lite*, else the timm hub)",
-        show_default=_default("model.pretrained")),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="start from a local backbone state dict / model.pt",
-                                           show_default="none"),
-    input_size: Optional[int] = typer.Option(None, "--input-size", help="resize images to this inside the model",
-                                             show_default="the backbone's own"),
-    approach: Optional[str] = typer.Option(
-        None, help="two-heads (A), two-models (B), cosine (C), sub-only, moe (gated subclass experts) or bagging "
-        "(an ensemble: --members, --bootstrap / --subsample)", show_default=_default("model.approach")),
-    head: Optional[str] = typer.Option(
-        None, help="head type: linear, cosine, mlp (mlp: --set model.bottleneck=N), xgboost (boosted trees on frozen "
-        "features; --set boost.rounds=N ...)", show_default=_default("model.head")),
-    members: Optional[int] = typer.Option(None, "--members", help="approach bagging: number of members",
-                                          show_default=_default("model.members")),
-    bootstrap: Optional[bool] = typer.Option(
-        None, "--bootstrap/--no-bootstrap", help="approach bagging: members draw training images with replacement",
-        show_default="yes unless --subsample is below 1"),
-    subsample: Optional[float] = typer.Option(
-        None, "--subsample", help="approach bagging: share of the training images each member draws",
-        show_default=_default("model.subsample")),
+    lr: Optional[float] = typer.Option(None, rich_help_panel=TRAINING, help="learning rate",
+                                       show_default=_default("optim.lr")),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", rich_help_panel=TRAINING,
+                                                 help="weight decay (AdamW)", show_default=_default("optim.weight_decay")),
     finetune: Optional[str] = typer.Option(
-        None, help="partial (last stages train on cached trunk outputs), frozen (cached features), full, "
-        "discriminative, gradual", show_default=f"{_default('optim.finetune')} for pretrained backbones, full from "
-        "scratch"),
+        None, rich_help_panel=TRAINING, show_default="frozen with starting weights, else full",
+        help="what trains: frozen (only the heads, on features computed once), partial (also the last "
+        "--trainable-stages), full, discriminative or gradual (the whole network)"),
     trainable_stages: Optional[int] = typer.Option(
-        None, "--trainable-stages", help="finetune=partial: how many last backbone stages train",
-        show_default=_default("optim.trainable_stages")),
-    image_size: Optional[int] = IMAGE_SIZE_OPTION,
-    alpha: Optional[float] = typer.Option(None, help="weight of the KL interaction loss",
-                                          show_default=_default("loss.alpha")),
-    temperature: Optional[float] = typer.Option(None, help="temperature of the KL interaction loss",
+        None, "--trainable-stages", rich_help_panel=TRAINING, show_default=_default("optim.trainable_stages"),
+        help="partial: how many of the backbone's last stages train"),
+    alpha: Optional[float] = typer.Option(None, rich_help_panel=TRAINING, show_default=_default("loss.alpha"),
+                                          help="weight of the loss that keeps the two levels' answers consistent"),
+    temperature: Optional[float] = typer.Option(None, rich_help_panel=TRAINING,
+                                                help="temperature of that consistency loss",
                                                 show_default=_default("loss.temperature")),
-    tau_super: Optional[float] = typer.Option(None, "--tau-super", help="hand-set superclass threshold",
-                                              show_default="calibrated"),
-    tau_sub: Optional[float] = typer.Option(None, "--tau-sub", help="hand-set subclass threshold",
-                                            show_default="calibrated"),
-    holdout_fraction: Optional[float] = typer.Option(None, "--holdout-fraction", help="pseudo-novel share of subclasses",
-                                                     show_default=_default("data.holdout_fraction")),
-    novel_data: Optional[Path] = typer.Option(
-        None, "--novel-data", help="outlier-exposure images labelled novel: a flat folder or a CSV (image column)",
-        show_default="none"),
-    novel_count: Optional[int] = typer.Option(None, "--novel-count", help="use at most N novel-data images",
-                                              show_default="all"),
-    novel_sub_data: Optional[Path] = typer.Option(
-        None, "--novel-sub-data",
-        help="images of unseen subclasses of known superclasses: DIR/<superclass name>/... or a CSV "
-        "(image,superclass_index)", show_default="none"),
-    novel_sub_count: Optional[int] = typer.Option(None, "--novel-sub-count", help="use at most N of them",
-                                                  show_default="all"),
+    seed: Optional[int] = typer.Option(None, rich_help_panel=TRAINING, help="random seed: the same seed, the same run",
+                                       show_default=_default("seed")),
+    ptr: Optional[bool] = typer.Option(
+        None, "--ptr/--no-ptr", rich_help_panel=TRAINING, show_default=_default("ptr.enabled"),
+        help="pseudo-task regularisation: an extra regression onto random targets that keeps features general "
+        "(not with --finetune frozen)"),
+    ptr_ratio: Optional[float] = typer.Option(
+        None, "--ptr-ratio", rich_help_panel=TRAINING, show_default=_default("ptr.ratio"),
+        help="--ptr: how much weaker the extra task's gradient is kept than the classification's"),
+    ptr_loss: Optional[str] = typer.Option(None, "--ptr-loss", rich_help_panel=TRAINING,
+                                           help="--ptr: smooth-l1 or l2", show_default=_default("ptr.loss")),
+    ptr_target: Optional[str] = typer.Option(
+        None, "--ptr-target", rich_help_panel=TRAINING, show_default=_default("ptr.target"),
+        help="--ptr: random targets drawn from normal or uniform"),
     score: Optional[str] = typer.Option(
-        None, help="novelty score: msp, maxlogit, energy, entropy, gen, mahalanobis, knn, knn-class, vim; with "
-        "--approach bagging also mi, expected-entropy; or SUPER+SUB", show_default=_default("novelty.score")),
-    score_option: list[str] = typer.Option([], "--score-option", help=SCORE_OPTION_HELP, show_default="none"),
-    objective: Optional[str] = typer.Option(None, help="threshold objective: balanced, expected, eer, recall",
-                                            show_default=_default("novelty.objective")),
-    novel_share: Optional[str] = typer.Option(None, "--novel-share", help=NOVEL_SHARE_HELP,
+        None, rich_help_panel=NOVELTY, show_default=_default("novelty.score"),
+        help="how \"novel\" is measured: msp, maxlogit, energy, entropy, gen, mahalanobis, knn, knn-class, vim "
+        "(bagging also mi, expected-entropy); one per level as SUPER+SUB"),
+    score_option: list[str] = typer.Option([], "--score-option", metavar="KEY=VALUE", rich_help_panel=NOVELTY,
+                                           help=SCORE_OPTION_HELP,
+                                           show_default="none"),
+    objective: Optional[str] = typer.Option(
+        None, rich_help_panel=NOVELTY, show_default=_default("novelty.objective"),
+        help="what the thresholds aim for: balanced (seen and novel accuracy alike), expected, eer or recall"),
+    novel_share: Optional[str] = typer.Option(None, "--novel-share", rich_help_panel=NOVELTY, help=NOVEL_SHARE_HELP,
                                               show_default=_pair_default("novelty.novel_share_super",
                                                                          "novelty.novel_share_sub")),
-    recall: Optional[str] = typer.Option(None, "--recall", help=RECALL_HELP,
+    recall: Optional[str] = typer.Option(None, "--recall", rich_help_panel=NOVELTY, help=RECALL_HELP,
                                          show_default=_pair_default("novelty.super_recall", "novelty.sub_recall")),
-    oe: Optional[str] = typer.Option(None, "--oe", help="outlier exposure: uniform (target loss) or class (extra output)",
-                                     show_default=_default("novelty.oe")),
-    val_fraction: Optional[float] = VAL_FRACTION_OPTION,
+    tau_super: Optional[float] = typer.Option(None, "--tau-super", rich_help_panel=NOVELTY, show_default="calibrated",
+                                              help="set the superclass threshold by hand, in the score's units"),
+    tau_sub: Optional[float] = typer.Option(None, "--tau-sub", rich_help_panel=NOVELTY, show_default="calibrated",
+                                            help="set the subclass threshold by hand, in the score's units"),
+    oe: Optional[str] = typer.Option(None, "--oe", rich_help_panel=NOVELTY, show_default=_default("novelty.oe"),
+                                     help="how --novel-data trains: uniform (no class is likely) or class (an extra "
+                                     "\"novel\" output)"),
     accelerator: Optional[str] = ACCELERATOR_OPTION,
-    devices: Optional[str] = typer.Option(None, help="Lightning devices: auto, 1, 2, '0,1'",
+    devices: Optional[str] = typer.Option(None, rich_help_panel=HARDWARE, help="how many devices: auto, 1, 2, '0,1'",
                                           show_default=_default("trainer.devices")),
-    strategy: Optional[str] = typer.Option(None, help="Lightning strategy: auto, ddp, ...",
-                                           show_default=_default("trainer.strategy")),
-    precision: Optional[str] = typer.Option(None, help="Lightning precision: 32-true, 16-mixed, bf16-mixed",
+    strategy: Optional[str] = typer.Option(None, rich_help_panel=HARDWARE,
+                                           help="several devices: auto, ddp, ...", show_default=_default("trainer.strategy")),
+    precision: Optional[str] = typer.Option(None, rich_help_panel=HARDWARE,
+                                            help="number format: 32-true, 16-mixed, bf16-mixed",
                                             show_default=_default("trainer.precision")),
-    ptr: Optional[bool] = typer.Option(
-        None, "--ptr/--no-ptr", help="seed 004's pseudo-task regularisation (not with --finetune frozen)",
-        show_default=_default("ptr.enabled")),
-    ptr_ratio: Optional[float] = typer.Option(
-        None, "--ptr-ratio", help="PtR: R, the CE / PtR gradient-norm ratio kept each step",
-        show_default=_default("ptr.ratio")),
-    ptr_loss: Optional[str] = typer.Option(None, "--ptr-loss", help="PtR regression loss: smooth-l1 or l2",
-                                           show_default=_default("ptr.loss")),
-    ptr_target: Optional[str] = typer.Option(
-        None, "--ptr-target", help="PtR random targets: normal (N(0,1)) or uniform (U(0,1))",
-        show_default=_default("ptr.target")),
-    skip_bad_images: Optional[bool] = typer.Option(None, "--skip-bad-images/--no-skip-bad-images",
-                                                   help="warn and skip unreadable images",
-                                                   show_default=_default("data.skip_bad_images")),
-    overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite", help="replace an existing run directory"),
-    resume: bool = typer.Option(False, "--resume/--no-resume",
-                                help="continue an interrupted run from its last checkpoints"),
     progress: Optional[bool] = PROGRESS_OPTION,
+    config: Optional[Path] = CONFIG_OPTION,
     set_: list[str] = SET_OPTION,
+    print_config: bool = typer.Option(False, "--print-config/--no-print-config", rich_help_panel=RUN,
+                                      help="print the settings this command would use, as YAML, and stop"),
+    overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite", rich_help_panel=RUN,
+                                   help="replace an existing run folder"),
+    resume: bool = typer.Option(False, "--resume/--no-resume", rich_help_panel=RUN,
+                                help="continue an interrupted run where it stopped"),
 ) -> None:
-    """Train a model (any approach), calibrate the novelty thresholds, save everything in OUT."""
+    """Train a model on labelled images, calibrate its "novel" thresholds and save everything in the --out folder."""
     from . import api
 
     overrides: dict[str, Any] = {
@@ -277,6 +305,8 @@ def train(
     # flags left out are None; a --set KEY=null is kept: it sets the key to None (unsets a YAML threshold)
     overrides = {k: v for k, v in overrides.items() if v is not None}
     overrides.update(_parse_sets(set_))
+    if data is None:  # checked here, not by typer: a required option's marker column cost --help 2 of 80 columns
+        raise SupersubError("Missing option '--data': the labelled images to train on (see 'supersub train --help')")
     if print_config:
         from .config import config_yaml
 
@@ -293,22 +323,23 @@ def train(
 
 
 def _train_table(summary: dict[str, Any], out: Path) -> Any:
-    """The end of ``train``: one row per trained model, then the thresholds."""
+    """The end of ``train``: one row per trained model (every calibration fold, the LOSO models, the final model),
+    then the thresholds. Validation accuracy is the closed-set one the epoch log shows, at the kept (best) epoch."""
     from rich.table import Table
 
     table = Table(title=f"trained {out} in {summary['seconds']}s", title_justify="left")
     for column in ("model", "epochs", "best loss", "s/epoch", "val acc super %", "val acc sub %"):
         table.add_column(column, justify="left" if column == "model" else "right")
-    for name in ("calibration", "final"):
-        stage = summary.get(name, {})
-        if "epochs_run" not in stage:
-            continue
+    stages = [name for name, stage in summary.items() if isinstance(stage, dict) and "epochs_run" in stage]
+    for name in sorted(stages, key=lambda n: (n == "final", n)):  # calibration folds and LOSO models, final last
+        stage = summary[name]
         loss = stage.get("val_loss", stage.get("train_loss"))
         table.add_row(name, str(stage["epochs_run"]), "-" if loss is None else f"{loss:.4g}",
                       str(stage.get("seconds_per_epoch") or "-"), str(stage.get("val_acc_super", "-")),
                       str(stage.get("val_acc_sub", "-")))
     t = summary["thresholds"]
-    table.caption = f"{t['score']}: tau_super={t['tau_super']:.4g} tau_sub={t['tau_sub']:.4g}"
+    table.caption = (f"{t['score']}: tau_super={t['tau_super']:.4g} tau_sub={t['tau_sub']:.4g} (the mean over the "
+                     f"calibration models); val acc: each head's argmax, before the novelty thresholds")
     table.caption_justify = "left"
     return table
 
@@ -326,9 +357,9 @@ def pretrain(
         None, "--test-data", help="class folder with the same class names: its accuracy goes in the summary",
         show_default="none"),
     binary_partition: Optional[float] = typer.Option(
-        None, "--binary-partition", help="seed 002: B in (1-B) CE + B BCE of random balanced class splits (0 = off)",
+        None, "--binary-partition", help="weight B of the extra binary tasks on random halves of the classes: (1-B) x classification + B x binary (0 = off)",
         show_default=_default("pretrain.binary_partition")),
-    partitions: Optional[int] = typer.Option(None, "--partitions", help="seed 002: K random balanced splits",
+    partitions: Optional[int] = typer.Option(None, "--partitions", help="how many random halvings of the classes (binary tasks)",
                                              show_default=_default("pretrain.partitions")),
     epochs: Optional[int] = EPOCHS_OPTION,
     batch_size: Optional[int] = BATCH_SIZE_OPTION,
@@ -355,7 +386,7 @@ def pretrain(
     progress: Optional[bool] = PROGRESS_OPTION,
     set_: list[str] = SET_OPTION,
 ) -> None:
-    """Train a backbone on a classification folder (seed 002's binary-partition heads optional) into OUT."""
+    """Train a backbone on a folder of classified images (optionally with binary tasks on random class halves), for train --weights."""
     from . import api
 
     overrides: dict[str, Any] = {
@@ -521,9 +552,12 @@ def evaluate(
 ) -> None:
     """Print the competition metric table (CE and accuracy overall/seen/unseen per level)."""
     from . import api
+    from .pipeline.evaluate import metrics_file
 
     metrics = api.evaluate(run_dir, images, labels, skip_bad=skip_bad_images, out=out, device=device, strict=strict)
     _print_metrics(metrics, f"{run_dir} on {labels or images}")
+    console.print(f"saved {metrics_file(run_dir, images, labels, out)} and its open-set report beside it",
+                  soft_wrap=True, markup=False, highlight=False)
 
 
 @app.command()
@@ -544,6 +578,20 @@ def report(
 
     path = api.report(run_dir, test, out, overwrite=overwrite, device=device, skip_bad=skip_bad_images, images=images)
     console.print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="a run directory made by 'supersub train'"),
+    out: Path = typer.Option(..., "--out", help="ONNX file to write; its class names go beside it as .json"),
+    overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite", help="replace existing files"),
+) -> None:
+    """Save the model with its novelty decision as one ONNX graph, for onnxruntime: images in, classes out."""
+    from . import api
+
+    result = api.export(run_dir, out, overwrite=overwrite)
+    console.print(f"wrote {result['onnx']} ({result['bytes'] / 1e6:.1f} MB, score {result['score']}, input uint8 "
+                  f"images 3x{result['image_size']}x{result['image_size']}) and {result['names']}")
 
 
 @app.command()
@@ -651,6 +699,9 @@ def usage_message(e: BaseException) -> str:
     option = getattr(e, "option_name", None)
     if option and possibilities:  # an unknown option close to known ones (closest first, as difflib ranks them)
         best, *others = possibilities
+        # only near ties are named too: --epoch is --epochs, and naming --approach beside it only misleads
+        closeness = {o: difflib.SequenceMatcher(None, option, o).ratio() for o in possibilities}
+        others = [o for o in others if closeness[o] >= closeness[best] - 0.05]
         also = f" (or {', '.join(others)})" if others else ""
         message = f"No such option: {option}. Did you mean {best}{also}?"
     message = " ".join(message.split())

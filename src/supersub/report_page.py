@@ -38,6 +38,7 @@ class Table:
     rows: list[list[str]]
     keys: list[list[str]] = field(default_factory=list)
     caption: str = ""
+    folded: str = ""  # non-empty: the table is folded away behind this line (a long reference, not a first read)
 
 
 @dataclass
@@ -143,6 +144,8 @@ figure.wide { flex-basis: 100%; }
 figure img { max-width: 100%; height: auto; border: 1px solid #d0d7de; }
 figure.wide img { max-width: 100%; }
 figcaption { color: #57606a; font-size: 12px; }
+details { margin: 8px 0; flex-basis: 100%; }
+summary { cursor: pointer; color: #0969da; }
 pre { background: #f6f8fa; border: 1px solid #d0d7de; padding: 10px; overflow: auto; max-height: 480px;
       font-size: 12px; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)); gap: 10px; }
@@ -173,6 +176,7 @@ pre { background: #f6f8fa; border: 1px solid #d0d7de; padding: 10px; overflow: a
 {% for p in s.paragraphs %}<p>{{ p }}</p>{% endfor %}
 {% if s.tables %}<div class="tables">{% endif %}
 {% for t in s.tables %}
+{% if t.folded %}<details><summary>{{ t.folded }}</summary>{% endif %}
 <table>
 {% if t.caption %}<caption>{{ t.caption }}</caption>{% endif %}
 <thead><tr>{% for c in t.columns %}<th>{{ c }}</th>{% endfor %}</tr></thead>
@@ -183,6 +187,7 @@ pre { background: #f6f8fa; border: 1px solid #d0d7de; padding: 10px; overflow: a
 {% endfor %}
 </tbody>
 </table>
+{% if t.folded %}</details>{% endif %}
 {% endfor %}
 {% if s.tables %}</div>{% endif %}
 {% if s.charts %}<div class="charts">{% endif %}

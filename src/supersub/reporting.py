@@ -24,24 +24,28 @@ from .novelty.calibrate import SWEEP_COLUMNS
 
 
 def save_sweep(
-    df: pd.DataFrame, csv_path: str | Path, png_path: str | Path, title: str, tau: float | None = None
+    df: pd.DataFrame, csv_path: str | Path, png_path: str | Path, title: str, tau: float | None = None,
+    tau_label: str = "tau",
 ) -> None:
     """Write the sweep as CSV and as a PNG plot of the three rates against tau (``tau`` marked)."""
     missing = [c for c in SWEEP_COLUMNS if c not in df.columns]
     if missing:
         raise SupersubError(f"save_sweep: data frame lacks column(s) {', '.join(missing)}")
     write_atomic(csv_path, lambda fh: df.to_csv(fh, index=False))
-    save_figure(sweep_figure(df, title, tau), png_path)
+    save_figure(sweep_figure(df, title, tau, tau_label), png_path)
 
 
-def sweep_figure(df: pd.DataFrame, title: str, tau: float | None = None) -> Figure:
-    """The three rates of a sweep against tau, ``tau`` marked by a dashed line."""
+def sweep_figure(df: pd.DataFrame, title: str, tau: float | None = None, tau_label: str = "tau") -> Figure:
+    """The rates of a sweep against tau, ``tau`` marked by a dashed line; a sweep without novel images (the
+    recall rule) draws the seen curve only, and says so in its legend rather than promising a novel one."""
     fig = Figure(figsize=(6.4, 4.0))
     ax = fig.subplots()
-    for col, label in (("seen_acc", "seen accuracy"), ("unseen_acc", "novel flagged"), ("balanced", "balanced")):
-        ax.plot(df["tau"], df[col], label=label)
+    has_novel = "unseen_acc" in df and bool(df["unseen_acc"].notna().any())
+    curves = (("seen_acc", "seen accuracy"), ("unseen_acc", "novel flagged"), ("balanced", "balanced"))
+    for col, label in curves if has_novel else curves[:1]:
+        ax.plot(df["tau"], df[col], label=label if has_novel else f"{label} (no novel images here)")
     if tau is not None:
-        ax.axvline(tau, color="black", linestyle="--", linewidth=1, label=f"tau = {tau:.3f}")
+        ax.axvline(tau, color="black", linestyle="--", linewidth=1, label=f"{tau_label} = {tau:.4g}")
     ax.set(xlabel="threshold tau (seen iff confidence >= tau)", ylabel="rate", ylim=(-0.02, 1.02), title=title)
     ax.legend(loc="best", fontsize="small")
     fig.tight_layout()
@@ -97,28 +101,32 @@ def _short(name: str, limit: int = 24) -> str:
     return first if len(first) <= limit else first[: limit - 1] + "…"
 
 
-def curves_figure(epochs: pd.DataFrame, title: str | None = None) -> Figure | None:
-    """Training curves of one stage: its loss columns and its accuracy columns against the epoch.
-
-    ``epochs`` has one row per epoch (index = epoch); None when it holds no loss or accuracy column.
-    """
-    losses = [c for c in epochs.columns if "loss" in c and epochs[c].notna().any()]
-    accs = [c for c in epochs.columns if "acc" in c and epochs[c].notna().any()]
-    panels = [(cols, label) for cols, label in ((losses, "loss"), (accs, "accuracy")) if cols]
+def overlaid_curves_figure(stages: dict[str, pd.DataFrame], title: str) -> Figure | None:
+    """Training curves of several models of one kind (the calibration folds) in one figure: a colour per column
+    (val_loss, val_acc_sub, ...), a thin line per model, so that folds that behave alike read as one band."""
+    columns: list[str] = []
+    for frame in stages.values():
+        columns += [c for c in frame.columns if ("loss" in c or "acc" in c) and frame[c].notna().any() and c not in columns]
+    panels = [(cols, label) for cols, label in (([c for c in columns if "loss" in c], "loss"),
+                                               ([c for c in columns if "acc" in c], "accuracy")) if cols]
     if not panels:
         return None
     fig = Figure(figsize=(3.4 * len(panels), 2.9))
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    colours = {c: f"C{i}" for i, c in enumerate(columns)}
     for ax, (cols, label) in zip(axes, panels):
         for col in cols:
-            series = epochs[col].dropna()
-            ax.plot(series.index, series.to_numpy(), marker="o", markersize=3, label=col)
+            for k, frame in enumerate(f for f in stages.values() if col in f.columns):
+                series = frame[col].dropna()
+                many = len(stages) > 1
+                ax.plot(series.index, series.to_numpy(), color=colours[col], linewidth=1 if many else 1.5,
+                        alpha=0.7 if many else 1.0, marker=None if many else "o", markersize=3,
+                        label=(f"{col} ({len(stages)} models)" if many else col) if k == 0 else None)
         ax.set(xlabel="epoch", ylabel=label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(loc="best", fontsize="small")
         ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
+    fig.suptitle(title, fontsize="medium")
     fig.tight_layout()
     return fig
 

@@ -67,8 +67,9 @@ def extract_features(
         rows = missing[start : start + CACHE_BLOCK]
         computed = _compute(backbone, images[rows], normalize, batch_size, torch.device(device), input_size, dtype)
         store.add([keys[i] for i in rows], computed)
-    log.info("backbone outputs of %d images: %d read from the cache in %s, %d computed", len(images),
-             len(images) - len(missing), cache_dir, len(missing))
+    # a model that only reads (calibrate re-runs eight models on the same images) says so at debug level only
+    log.log(logging.INFO if missing else logging.DEBUG, "backbone outputs of %d images: %d read from the cache in %s, "
+            "%d computed", len(images), len(images) - len(missing), cache_dir, len(missing))
     return store.gather(keys)
 
 

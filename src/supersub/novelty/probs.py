@@ -149,6 +149,12 @@ def _take(amount: torch.Tensor, *parts: torch.Tensor) -> list[torch.Tensor]:
     return [p * (f.unsqueeze(1) if p.ndim == 2 else f) for p in parts]
 
 
+def _may_hold(mask: torch.Tensor) -> bool:
+    """Whether a step of :func:`_agree` can change a row. Each step masks its changes by row, so skipping it is
+    only a saving; a traced graph (ONNX export) keeps every step, since the next batch may need it."""
+    return torch.jit.is_tracing() or bool(mask.any())
+
+
 def _agree(
     t: _Leaves, super_pred: torch.Tensor, sub_pred: torch.Tensor, owner: torch.Tensor, member: torch.Tensor,
     gap: float, target: float,
@@ -170,7 +176,7 @@ def _agree(
 
     # a) decided novel superclass: lower the superclass masses, first their novel-subclass leaves (the novel
     # subclass column does not change), then their seen subclasses in proportion
-    if bool(novel_super.any()):
+    if _may_hold(novel_super):
         mass = seen @ member + nsub
         lam = _pool_level(q, mass, gap, full_target)
         red = torch.where(novel_super.unsqueeze(1), (mass - lam.unsqueeze(1)).clamp_min(0), torch.zeros_like(mass))
@@ -183,7 +189,7 @@ def _agree(
 
     # b) subclass level
     seen_row = ~novel_sub
-    if bool(seen_row.any()):  # decided seen subclass j* (of k*): pool j* with what beats it
+    if _may_hold(seen_row):  # decided seen subclass j* (of k*): pool j* with what beats it
         j = sub_pred.clamp_max(n_sub - 1)
         k = owner[j]
         d = seen[rows, j]
@@ -199,14 +205,14 @@ def _agree(
         take_q, take_other = _take(red_nov - own, q, nsub_other)
         q, nsub = q - take_q, nsub - take_other
         seen[rows, j] += torch.where(seen_row, red.sum(dim=1), torch.zeros_like(d))
-    if bool(novel_sub.any()):  # decided novel subclass: seen subclasses move into their own superclass's novel leaf
+    if _may_hold(novel_sub):  # decided novel subclass: seen subclasses move into their own superclass's novel leaf
         lam = _pool_level(q + nsub.sum(dim=1), seen, gap, full_target).unsqueeze(1)
         red = torch.where(novel_sub.unsqueeze(1), (seen - lam).clamp_min(0), torch.zeros_like(seen))
         seen, nsub = seen - red, nsub + red @ member
 
     # c) superclass level of a decided seen superclass k*: Q and other superclasses give to k*'s decided leaf
     seen_super = ~novel_super
-    if bool(seen_super.any()):
+    if _may_hold(seen_super):
         k = super_pred.clamp_max(n_super - 1)
         mass = seen @ member + nsub
         d = mass[rows, k]

@@ -22,6 +22,7 @@ from pytorch_ood.detector import GEN, KNN, EnergyBased, Entropy, MaxLogit, MaxSo
 from sklearn.covariance import LedoitWolf
 
 from ..errors import SupersubError
+from ..threads import dense_threads
 from ..score_specs import (  # noqa: F401 - re-exported
     AVERAGE_SEPARATOR, SCORE_SPECS, average_parts, check_options, level_scores, options_for_detector, positive_option,
 )
@@ -79,7 +80,8 @@ class Detector(ABC):
     ) -> D:
         """Fit on the training rows; only ``vim`` uses the head, but every score takes the same arguments."""
         _check_logits(self.name, logits, 3 if self.needs_members else 2)
-        self._fit(logits, features, labels, head_weight, head_bias)
+        with dense_threads():  # eigh, pinv, covariances: barrier waits, not speed, with more threads (threads.py)
+            self._fit(logits, features, labels, head_weight, head_bias)
         return self
 
     def _fit(self, logits: Tensor, features: OptTensor, labels: OptTensor, weight: OptTensor, bias: OptTensor) -> None:

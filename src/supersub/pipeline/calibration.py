@@ -31,6 +31,7 @@ from ..novelty.scoring import FALLBACK_SCORE, Confidences, LevelFitError, Novelt
 from ..novelty.temperature import fit_temperature
 from ..reporting import save_sweep
 from ..run import RunDir, Thresholds
+from ..threads import dense_threads
 from ..taxonomy import Taxonomy
 from .evidence import Evidence, collect_evidence, load_stage_model
 from .inputs import load_labelled, training_pool
@@ -127,6 +128,7 @@ def _loso_choice(score: str, loso: list[Evidence], cfg: NoveltyConfig) -> _Level
     return _choose(torch.cat(seen_z), torch.cat(novel_z), torch.cat(correct), cfg, cfg.objective, "super")
 
 
+@dense_threads()  # detector fits, confidences and sweeps are small dense ops: one thread (see supersub.threads)
 def calibrate_run(
     score: str, cfg: NoveltyConfig, final: Evidence, calibration: Evidence | Sequence[Evidence] | None = None,
     loso: Sequence[Evidence] = (),
@@ -179,6 +181,7 @@ def _calibrate_run(
             "this run has no calibration model (it was trained with hand-set thresholds): set both "
             "tau_super and tau_sub"
         )
+    log.info("fitting the %s detectors of the final model", score)
     scorer = NoveltyScorer.fit(score, final.train, final.train_y_super, final.train_y_sub, final.heads, options=cfg.options_for(score),
                                layers=cfg.layers)
     # without a validation split (hand-set thresholds only) the training images give the score's scale
@@ -189,7 +192,10 @@ def _calibrate_run(
     # one choice per fold; fold 0's figures and sweeps stand for all in the summary
     # the LOSO models do not depend on the fold: their choice is made once and shared by every fold
     by_loso = _loso_choice(score, list(loso), cfg) if loso and cfg.super_protocol == "loso" and cfg.tau_super is None else None
-    per_fold = [_calibrate_levels(score, cfg, ev, by_loso) for ev in folds]
+    per_fold = []
+    for k, ev in enumerate(folds, 1):
+        log.info("fitting thresholds, calibration model %d/%d", k, len(folds))
+        per_fold.append(_calibrate_levels(score, cfg, ev, by_loso))
     chosen = per_fold[0][0] if per_fold else {}
     if per_fold:
         summary.update(per_fold[0][1])
@@ -327,11 +333,17 @@ def save_calibration(cal: Calibration, run_path: Path) -> None:
     cal.scorer.save(run_path / DETECTORS_FILE)
     folder = run_path / "calibration"
     titles = {"sub": "subclass: seen vs held-out subclasses", "super": "superclass: seen vs novel"}
+    folds = cal.summary.get("calibration_folds", 1)
     for level, df in cal.sweeps.items():
         tau = cal.summary.get(f"{level}_tau_calibration")
         unit = " (z-scores of LOSO models)" if level == "super" and cal.summary.get("super_protocol") == "loso" else ""
+        title = titles[level] if df["unseen_acc"].notna().any() else f"{titles[level].split(':')[0]}: seen images only"
+        # the sweep is calibration model 1's, on its own scale: its cut, not the run's (the folds' mean, moved to
+        # the final model's scale), is what belongs on it
+        where = f" (calibration model 1 of {folds})" if folds > 1 else ""
         save_sweep(df, folder / f"sweep_{level}.csv", folder / f"sweep_{level}.png",
-                   f"{titles[level]}, {cal.summary['score']}{unit}", tau if not unit else None)
+                   f"{title}, {cal.summary['score']}{unit}{where}", tau if not unit else None,
+                   "its cut" if folds > 1 else "tau")
 
 
 def load_scorer(run_path: Path, score: str) -> NoveltyScorer:

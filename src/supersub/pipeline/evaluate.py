@@ -31,11 +31,17 @@ def evaluate_run(
     pred, kept = predict_dataset(run_dir, ds, skip_bad, device)
     metrics, report = score_prediction(pred, kept, taxonomy)
     if save:
-        folder = Path(out) if out is not None else run.path / "evaluations"
-        stem = Path(labels).stem if labels is not None else Path(images).name
-        write_json_atomic(folder / f"{stem}.json", {"labels": str(labels if labels is not None else images), **metrics})
-        save_open_set_report(report, folder, stem)
+        target = metrics_file(run.path, images, labels, out)
+        write_json_atomic(target, {"labels": str(labels if labels is not None else images), **metrics})
+        save_open_set_report(report, target.parent, target.stem)
     return metrics
+
+
+def metrics_file(run_dir: str | Path, images: str | Path, labels: str | Path | None, out: str | Path | None) -> Path:
+    """Where ``evaluate`` saves its metrics JSON: ``out`` (default ``RUN/evaluations``) / the labels' name."""
+    folder = Path(out) if out is not None else Path(run_dir) / "evaluations"
+    stem = Path(labels).stem if labels is not None else Path(images).name
+    return folder / f"{stem}.json"
 
 
 def score_prediction(pred: Prediction, kept: Dataset, taxonomy: Taxonomy) -> tuple[dict[str, Any], OpenSetReport]:

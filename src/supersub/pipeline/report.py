@@ -30,7 +30,7 @@ from ..novelty.calibrate import sweep
 from ..novelty.decide import decide
 from ..novelty.scoring import seen_view
 from ..report_page import Chart, Grid, Page, Section, Table, Tile, render_page, thumbnail_uri
-from ..reporting import confusion_figure, curves_figure, figure_png, sweep_figure
+from ..reporting import confusion_figure, figure_png, overlaid_curves_figure, sweep_figure
 from ..run import MARKER, RunDir, Thresholds
 from ..taxonomy import Taxonomy
 from .calibration import load_scorer
@@ -163,7 +163,8 @@ def _flatten(d: Any, prefix: str = "") -> list[tuple[str, Any]]:
 
 
 def _summary_section(run: RunDir, thresholds: Thresholds) -> Section:
-    """thresholds.json and the scalar entries of metrics.json (lists are shown joined)."""
+    """What a person reads first (thresholds, per-fold thresholds, each model's training), then all of
+    metrics.json folded away (some 60 rows: a reference, not a first read)."""
     t_rows = [[k, _cell(v)] for k, v in thresholds.to_dict().items()]
     tables = [Table(["threshold", "value"], t_rows, [["", f"thresholds.{k}"] for k, _ in t_rows],
                     "thresholds.json: seen iff confidence >= tau, in units of the novelty score.")]
@@ -174,12 +175,47 @@ def _summary_section(run: RunDir, thresholds: Thresholds) -> Section:
         summary = None
         paragraphs.append(f"metrics.json could not be read ({type(e).__name__}).")
     if isinstance(summary, dict):
+        folds = _fold_table(summary, thresholds)
+        if folds is not None:
+            tables.append(folds)
+        tables.append(_models_table(summary))
         flat = [(k, v) for k, v in _flatten(summary) if not k.startswith("thresholds.")]  # shown above
         rows = [[k, "; ".join(map(str, v)) if isinstance(v, list) else _cell(v)] for k, v in flat]
-        keys = [["", k if not isinstance(v, list) else ""] for k, v in flat]
-        tables.append(Table(["metrics.json", "value"], rows, keys,
-                            "The training summary: validation accuracy of each stage (%), calibration figures."))
+        # no data-metric keys here: the visible tables above carry them (a cell is named once on the page)
+        tables.append(Table(["metrics.json", "value"], rows, [], "Everything train recorded: each model's training, "
+                            "the calibration figures of fold 1, the data.",
+                            folded=f"All of metrics.json ({len(rows)} entries)"))
     return Section("run", "Run summary", paragraphs, tables)
+
+
+def _fold_table(summary: dict[str, Any], thresholds: Thresholds) -> Table | None:
+    """Each calibration model's thresholds on the final model's scale, and their mean: the run's thresholds."""
+    cal = summary.get("calibration", summary.get("novelty", {}))
+    per = {level: cal.get(f"{level}_tau_per_fold") for level in LEVELS} if isinstance(cal, dict) else {}
+    n = max((len(v) for v in per.values() if isinstance(v, list)), default=0)
+    if n < 2:
+        return None
+    rows = [[f"calibration model {k + 1}"] + [_cell(per[level][k]) if isinstance(per[level], list) else "hand-set"
+                                              for level in LEVELS] for k in range(n)]
+    rows.append(["mean: the run's thresholds", _cell(thresholds.tau_super), _cell(thresholds.tau_sub)])
+    return Table(["", "tau_super", "tau_sub"], rows, caption=f"Each of the {n} calibration models chose its thresholds "
+                 "on its own held-out subclasses; moved onto the final model's score scale (same share of seen images "
+                 "kept), their mean is what the run uses.")
+
+
+def _models_table(summary: dict[str, Any]) -> Table:
+    """One row per trained model: epochs, best loss, seconds per epoch (and the final model's accuracy)."""
+    names = sorted((k for k, v in summary.items() if isinstance(v, dict) and "epochs_run" in v),
+                   key=lambda n: (n == "final", n))
+    rows, keys = [], []
+    for name in names:
+        stage = summary[name]
+        loss = stage.get("val_loss", stage.get("train_loss"))
+        rows.append([name, _cell(stage["epochs_run"]), _cell(loss), _cell(stage.get("seconds_per_epoch")),
+                     _cell(stage.get("val_acc_super")), _cell(stage.get("val_acc_sub"))])
+        keys.append(["", "", "", "", *(f"{name}.val_acc_{lv}" if f"val_acc_{lv}" in stage else "" for lv in LEVELS)])
+    return Table(["model", "epochs", "best loss", "s/epoch", "val acc super %", "val acc sub %"], rows, keys,
+                 "Each trained model (validation accuracy: each head's argmax, before the novelty thresholds).")
 
 
 def _stage_logs(run: RunDir) -> list[Path]:
@@ -198,8 +234,13 @@ def epoch_frame(path: Path) -> pd.DataFrame:
     return df.groupby("epoch").mean(numeric_only=True)
 
 
+def _model_kind(stage: str) -> str:
+    """final, calibration (every fold) or loso: one training-curve panel per kind, its models overlaid."""
+    return "calibration" if stage.startswith("calibration") else "loso" if stage.startswith("loso-") else stage
+
+
 def _curves_section(run: RunDir, missing: list[str]) -> Section:
-    charts = []
+    kinds: dict[str, dict[str, pd.DataFrame]] = {}
     for path in _stage_logs(run):
         stage = path.parent.name
         try:
@@ -207,10 +248,17 @@ def _curves_section(run: RunDir, missing: list[str]) -> Section:
         except (OSError, SupersubError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
             missing.append(f"Training curves of stage {stage}: {path} is unreadable ({type(e).__name__}).")
             continue
-        fig = curves_figure(frame)
+        kinds.setdefault(_model_kind(stage), {})[stage] = frame
+    charts = []
+    for kind, frames in kinds.items():
+        what = f"{len(frames)} {kind} models" if len(frames) > 1 else f"the {kind} model"
+        fig = overlaid_curves_figure(frames, what)
         if fig is not None:
-            charts.append(Chart(f"stage {stage}", figure_png(fig), f"From {path.relative_to(run.path)}: "
-                                "loss and accuracy (fraction) per epoch; val = the stage's validation images."))
+            logs = ", ".join(f"logs/{s}/metrics.csv" for s in frames) if len(frames) <= 2 else \
+                f"logs/{kind}*/metrics.csv"
+            charts.append(Chart(f"stage {kind}" if len(frames) == 1 else f"stage {kind}: {len(frames)} models overlaid",
+                                figure_png(fig), f"From {logs}: loss and accuracy (fraction) per epoch; val = the "
+                                "stage's validation images." + (" One line per model." if len(frames) > 1 else "")))
     if not charts:
         missing.append("Training curves: the run has no logs/<stage>/metrics.csv (trainer.loggers without csv, "
                        "or a head that is not trained by gradient descent).")
@@ -228,8 +276,11 @@ def _sweeps_section(run: RunDir, lab: Labelled | None, taxonomy: Taxonomy, thres
         png = run.calibration_dir / f"sweep_{level}.png"
         if png.is_file():
             charts.append(Chart(f"{LEVEL_NAME[level]}, calibration", png.read_bytes(),
-                                "Made during training on the calibration holdout (pseudo-novel held-out "
-                                "subclasses or outlier images); the dashed line is the threshold chosen there."))
+                                "Made during training on calibration model 1's holdout (pseudo-novel held-out "
+                                "subclasses, outlier images, or seen images only under the recall rule), on that "
+                                "model's score scale; the dashed line is the cut chosen there. The run's threshold "
+                                "is the mean of every calibration model's cut moved to the final model's scale "
+                                "(Run summary)."))
         else:
             missing.append(f"The {LEVEL_NAME[level]} calibration sweep: the run has no {png.name} in calibration/ "
                            "(a threshold given by hand is not calibrated).")

@@ -12,7 +12,6 @@ from typing import Any
 from ..config import TrainConfig, warn_ignored_options
 from ..data.cache_limit import cache_policy
 from ..errors import SupersubError
-from ..novelty.decide import decide
 from ..io import write_json_atomic
 from ..run import MARKER, RunDir, load_model_file, save_model_file
 from ..taxonomy import Taxonomy
@@ -101,9 +100,11 @@ def _train(data: str | Path, out: str | Path, cfg: TrainConfig, overwrite: bool,
         summary["novelty"] = cal.summary
     final_val = evidence["final"].val
     if final_val is not None:
-        d = decide(final_val.outputs.super_probs, final_val.outputs.sub_probs, list(taxonomy.sub_to_super), 0.0, 0.0)
-        summary["final"]["val_acc_super"] = round(100 * float((d.super_pred == evidence["final"].val_y_super).float().mean()), 2)
-        summary["final"]["val_acc_sub"] = round(100 * float((d.sub_pred == evidence["final"].val_y_sub).float().mean()), 2)
+        # each head's own argmax, as the epoch log's val_acc_* (the rule's subclass within the predicted superclass,
+        # which the table used to show, differed from the log's best epoch: 86.67 against 83.33)
+        out, ev = final_val.outputs, evidence["final"]
+        summary["final"]["val_acc_super"] = round(100 * float((out.super_logits.argmax(1) == ev.val_y_super).float().mean()), 2)
+        summary["final"]["val_acc_sub"] = round(100 * float((out.sub_logits.argmax(1) == ev.val_y_sub).float().mean()), 2)
     summary["thresholds"] = cal.thresholds.to_dict()
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     run.save_metrics(summary)
