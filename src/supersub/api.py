@@ -23,6 +23,7 @@ from .pipeline.calibration import calibration_evidence as _calibration_evidence,
 from .pipeline.compare import Comparison, compare_runs
 from .pipeline.configure import resolve_config  # noqa: F401 - part of the API
 from .pipeline.demo import run_demo
+from .pipeline.discover import Discovery, discover_images
 from .pipeline.evaluate import evaluate_run
 from .pipeline.experiment import Experiment, run_experiment
 from .pipeline.evidence import Evidence
@@ -34,7 +35,7 @@ from .run import RunDir  # noqa: F401 - part of the API
 from .training.fit import global_rng_kept
 
 __all__ = ["synth", "resolve_config", "train", "pretrain", "calibration_evidence", "calibrate", "predict", "evaluate", "report", "demo",
-           "experiment", "compare", "predict_tensors", "Prediction", "load_labelled"]
+           "experiment", "compare", "predict_tensors", "Prediction", "load_labelled", "discover", "Discovery"]
 
 
 @contextmanager
@@ -132,6 +133,24 @@ def predict(
     with call_scope():
         return predict_images(run_dir, images, out, probs=probs, names=names, overwrite=overwrite, skip_bad=skip_bad,
                               device=device, cache=cache)
+
+
+def discover(
+    run_dir: str | Path, images: str | Path, out: str | Path, *, groups: int | None = None, max_groups: int = 40,
+    overwrite: bool = False, skip_bad: bool = False, device: str | None = None, cache: bool = False,
+    sheet_images: int = 12, seed: int = 0,
+) -> Discovery:
+    """Group the images of ``images`` that the run flags novel into candidate new classes, in folder ``out``.
+
+    Novel-superclass images are grouped among themselves, novel-subclass images within their predicted
+    superclass; the number of groups of each set is estimated (silhouette over Ward clusterings of the
+    features) unless ``groups`` forces it (at most ``max_groups`` are tried). Writes ``clusters.csv``,
+    ``labels.csv`` (a template to rename, read by ``train(extend=...)``), the contact sheet ``clusters.html``
+    and ``discover.json``; existing ones are replaced only with ``overwrite``.
+    """
+    with call_scope():
+        return discover_images(run_dir, images, out, groups=groups, max_groups=max_groups, overwrite=overwrite,
+                               skip_bad=skip_bad, device=device, cache=cache, sheet_images=sheet_images, seed=seed)
 
 
 def evaluate(

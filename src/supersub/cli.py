@@ -504,6 +504,36 @@ def predict(
 
 
 @app.command()
+def discover(
+    run_dir: Path = typer.Argument(..., help="a run directory made by 'supersub train'"),
+    images: Path = typer.Argument(..., help="images to look at: a flat folder, a nested folder or a CSV (image column)"),
+    out: Path = typer.Option(..., "--out", help="folder for clusters.csv, labels.csv, clusters.html, discover.json"),
+    groups: Optional[int] = typer.Option(None, "--groups", help="force K groups in each set (the novel-superclass "
+                                         "images; each superclass's novel-subclass images)",
+                                         show_default="estimated (silhouette)"),
+    max_groups: int = typer.Option(40, "--max-groups", help="the largest number of groups tried when estimating"),
+    sheet_images: int = typer.Option(12, "--sheet-images", help="central images per cluster on the contact sheet"),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP, show_default="the run's accelerator"),
+    overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite",
+                                   help="replace the files of an earlier discover in OUT (labels.csv may hold edits)"),
+    skip_bad_images: bool = typer.Option(False, "--skip-bad-images/--no-skip-bad-images",
+                                         help="warn and skip unreadable images"),
+) -> None:
+    """Group the images the run flags novel into candidate new classes to name (then review, train --extend)."""
+    from . import api
+
+    d = api.discover(run_dir, images, out, groups=groups, max_groups=max_groups, overwrite=overwrite,
+                     skip_bad=skip_bad_images, device=device, sheet_images=sheet_images)
+    for s in d.sets:
+        how = "estimated" if s["estimated"] else "forced"
+        where = "novel superclass" if s["level"] == "superclass" else f"novel subclasses of {s['superclass']}"
+        console.print(f"{where}: {s['images']} images in {s['groups']} groups ({how})", markup=False, highlight=False)
+    console.print(f"{len(d.clusters)} of {d.images} images flagged novel; wrote {out / 'clusters.csv'}, "
+                  f"{out / 'labels.csv'} (rename the clusters there or with 'supersub review {run_dir} --discovered "
+                  f"{out}'), {out / 'clusters.html'}", markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
 def evaluate(
     run_dir: Path = typer.Argument(..., help="a run directory made by 'supersub train'"),
     images: Path = typer.Option(..., "--images", help="folder of the labelled images, or a nested folder "

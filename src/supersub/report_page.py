@@ -49,6 +49,8 @@ class Tile:
     truth: str
     predicted: str
     correct: bool
+    truth_label: str = "true"  # what the two lines under the image are called (a contact sheet has no truth)
+    predicted_label: str = "pred"
 
 
 @dataclass
@@ -195,11 +197,11 @@ pre { background: #f6f8fa; border: 1px solid #d0d7de; padding: 10px; overflow: a
 <p>{{ g.description }}</p>
 <div class="grid">
 {% for t in g.tiles %}
-<div class="tile{% if t.correct %} ok{% endif %}" title="{{ t.name }}&#10;true: {{ t.truth }}&#10;predicted: {{ t.predicted }}">
+<div class="tile{% if t.correct %} ok{% endif %}" title="{{ t.name }}&#10;{{ t.truth_label }}: {{ t.truth }}&#10;{{ t.predicted_label }}: {{ t.predicted }}">
 <img src="{{ t.uri }}" alt="{{ t.name }}">
 <div>{{ t.name }}</div>
-<div><span class="lab">true</span> {{ t.truth }}</div>
-<div><span class="lab">pred</span> {{ t.predicted }}</div>
+<div><span class="lab">{{ t.truth_label }}</span> {{ t.truth }}</div>
+<div><span class="lab">{{ t.predicted_label }}</span> {{ t.predicted }}</div>
 </div>
 {% endfor %}
 </div>
