@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from .config import TrainConfig
+from .errors import SupersubError
 from .data.synth import write_synth
 from .memory import freed_memory_kept
 from .pipeline.calibration import calibration_evidence as _calibration_evidence, recalibrate
@@ -34,8 +36,11 @@ from .pipeline.train import train_run
 from .run import RunDir  # noqa: F401 - part of the API
 from .training.fit import global_rng_kept
 
+log = logging.getLogger("supersub")
+
 __all__ = ["synth", "resolve_config", "train", "pretrain", "calibration_evidence", "calibrate", "predict", "evaluate", "report", "demo",
-           "experiment", "compare", "predict_tensors", "Prediction", "load_labelled", "discover", "Discovery"]
+           "experiment", "compare", "predict_tensors", "Prediction", "load_labelled", "discover", "Discovery",
+           "review", "review_app"]
 
 
 @contextmanager
@@ -151,6 +156,37 @@ def discover(
     with call_scope():
         return discover_images(run_dir, images, out, groups=groups, max_groups=max_groups, overwrite=overwrite,
                                skip_bad=skip_bad, device=device, cache=cache, sheet_images=sheet_images, seed=seed)
+
+
+def review_app(run_dir: str | Path, *, images: str | Path | None = None, discovered: str | Path | None = None,
+               labels: str | Path | None = None, device: str | None = None) -> Any:
+    """The FastAPI app of ``review`` (to serve it yourself, or to test it): predicts ``images`` (default: the
+    folder ``discover`` looked at) with the run, shows the clusters of ``discovered`` and saves the edits to
+    ``labels`` (default ``DISCOVERED/labels.csv``)."""
+    try:
+        from .review.app import create_app
+    except ImportError as e:  # fastapi is the optional 'review' extra
+        raise SupersubError(f"supersub review needs FastAPI and uvicorn: pip install 'supersub[review]' ({e})") from None
+    from .review.session import ReviewSession
+
+    with call_scope():
+        session = ReviewSession.open(run_dir, images, discovered, labels, device)
+    return create_app(session)
+
+
+def review(run_dir: str | Path, *, images: str | Path | None = None, discovered: str | Path | None = None,
+           labels: str | Path | None = None, host: str = "127.0.0.1", port: int = 8765,
+           device: str | None = None) -> None:
+    """Serve :func:`review_app` on ``http://HOST:PORT`` (this machine only by default) until Ctrl-C."""
+    app = review_app(run_dir, images=images, discovered=discovered, labels=labels, device=device)
+    try:
+        import uvicorn
+    except ImportError as e:
+        raise SupersubError(f"supersub review needs FastAPI and uvicorn: pip install 'supersub[review]' ({e})") from None
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("review: serving on %s: anyone who can reach it can see the images and edit the labels", host)
+    log.info("review: open http://%s:%d (Ctrl-C stops it)", host, port)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 def evaluate(

@@ -534,6 +534,28 @@ def discover(
 
 
 @app.command()
+def review(
+    run_dir: Path = typer.Argument(..., help="a run directory made by 'supersub train'"),
+    discovered: Optional[Path] = typer.Option(None, "--discovered", help="a folder written by 'supersub discover': "
+                                              "its clusters to name", show_default="none"),
+    images: Optional[Path] = typer.Option(None, "--images", help="images whose predictions to browse",
+                                          show_default="the folder discover looked at"),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="labels CSV the edits are saved to",
+                                          show_default="DISCOVERED/labels.csv"),
+    port: int = typer.Option(8765, "--port", help="port of the local web server"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (another than 127.0.0.1 exposes the "
+                             "images and labels to the network)"),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP, show_default="the run's accelerator"),
+) -> None:
+    """A local web page: browse the predictions, name the discovered clusters, save the labels (Ctrl-C stops it)."""
+    from . import api
+
+    console.print(f"review of {run_dir}: open http://{host}:{port} in a browser (Ctrl-C stops the server)",
+                  markup=False, highlight=False, soft_wrap=True)
+    api.review(run_dir, images=images, discovered=discovered, labels=labels, host=host, port=port, device=device)
+
+
+@app.command()
 def evaluate(
     run_dir: Path = typer.Argument(..., help="a run directory made by 'supersub train'"),
     images: Path = typer.Option(..., "--images", help="folder of the labelled images, or a nested folder "

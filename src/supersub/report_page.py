@@ -85,8 +85,8 @@ def data_uri(payload: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(payload).decode('ascii')}"
 
 
-def thumbnail_uri(path: Path, size: int = 128) -> str:
-    """A JPEG thumbnail (longest side <= ``size``, never enlarged) as a data URI; "" when the file is unreadable."""
+def thumbnail_jpeg(path: Path, size: int = 128) -> bytes:
+    """A JPEG thumbnail (longest side <= ``size``, never enlarged); b"" when the file is unreadable."""
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")
@@ -94,8 +94,14 @@ def thumbnail_uri(path: Path, size: int = 128) -> str:
             buf = io.BytesIO()
             im.save(buf, format="JPEG", quality=85)
     except (OSError, UnidentifiedImageError, ValueError):
-        return ""
-    return data_uri(buf.getvalue(), "image/jpeg")
+        return b""
+    return buf.getvalue()
+
+
+def thumbnail_uri(path: Path, size: int = 128) -> str:
+    """:func:`thumbnail_jpeg` as a data URI; "" when the file is unreadable."""
+    jpeg = thumbnail_jpeg(path, size)
+    return data_uri(jpeg, "image/jpeg") if jpeg else ""
 
 
 def render_page(page: Page) -> str:

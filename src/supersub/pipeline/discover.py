@@ -51,6 +51,7 @@ class Discovery:
     labels: pd.DataFrame
     images: int
     sets: list[dict[str, Any]] = field(default_factory=list)
+    source: str = ""  # the folder or CSV the images came from
 
     @property
     def files(self) -> list[Path]:
@@ -70,6 +71,8 @@ class Flagged:
     features: np.ndarray
     super_names: list[str]
     sub_names: list[str]
+    super_prob: np.ndarray  # the calibrated probability of the decided class (novel included) at each level
+    sub_prob: np.ndarray
 
     @property
     def novel_super(self) -> np.ndarray:
@@ -103,10 +106,13 @@ def run_view(run_dir: str | Path, images: str | Path, *, skip_bad: bool = False,
         decoded, kept = decode_readable(ds, cfg.data.image_size, skip_bad)
         dev = named_device(device) if device else pick_device(cfg.trainer.accelerator)
         outputs = model_outputs(model, decoded, cfg, dev)
-    d = apply_novelty(outputs, taxonomy, thresholds, scorer).decision
+    applied = apply_novelty(outputs, taxonomy, thresholds, scorer)
+    d = applied.decision
+    super_prob = applied.super_probs.gather(1, d.super_pred.view(-1, 1)).view(-1)
+    sub_prob = applied.sub_probs.gather(1, d.sub_pred.view(-1, 1)).view(-1)
     return Flagged(kept.names, [str(r.path) for r in kept.records], d.super_pred.numpy(), d.sub_pred.numpy(),
                    d.super_conf.numpy(), d.sub_conf.numpy(), outputs.features.numpy(), list(taxonomy.super_names),
-                   list(taxonomy.sub_names))
+                   list(taxonomy.sub_names), super_prob.numpy(), sub_prob.numpy())
 
 
 def discover_images(run_dir: str | Path, images: str | Path, out: str | Path, *, groups: int | None = None,
@@ -117,6 +123,7 @@ def discover_images(run_dir: str | Path, images: str | Path, out: str | Path, *,
     check_outputs_free(out, overwrite)
     view = run_view(run_dir, images, skip_bad=skip_bad, device=device, cache=cache)
     discovery = group_flagged(view, out, groups=groups, max_groups=max_groups, seed=seed)
+    discovery.source = str(Path(images).resolve())
     write_discovery(discovery, run_dir, sheet_images)
     return discovery
 
@@ -183,7 +190,7 @@ def write_discovery(d: Discovery, run_dir: str | Path, sheet_images: int = 12) -
     write_atomic(d.out / CLUSTERS_CSV, lambda fh: d.clusters.to_csv(fh, index=False, float_format="%.6g"))
     write_atomic(d.out / LABELS_CSV, lambda fh: d.labels.to_csv(fh, index=False))
     write_text_atomic(d.out / SHEET_HTML, render_page(contact_sheet(d, run_dir, sheet_images)))
-    write_json_atomic(d.out / SUMMARY_JSON, {"run": str(run_dir), "images": d.images, "flagged": len(d.clusters),
+    write_json_atomic(d.out / SUMMARY_JSON, {"run": str(run_dir), "source": d.source, "images": d.images, "flagged": len(d.clusters),
                                              "clusters": int(d.clusters["cluster"].nunique()), "sets": d.sets})
 
 
