@@ -27,6 +27,7 @@ from .pipeline.configure import resolve_config  # noqa: F401 - part of the API
 from .pipeline.demo import run_demo
 from .pipeline.discover import Discovery, discover_images
 from .pipeline.evaluate import evaluate_run
+from .pipeline.extend import extend_run
 from .pipeline.experiment import Experiment, run_experiment
 from .pipeline.evidence import Evidence
 from .pipeline.inputs import LabelledImages, load_labelled  # noqa: F401 - part of the API
@@ -59,14 +60,20 @@ predict_tensors = call_scope()(_predict_tensors)
 
 def train(
     data: str | Path,
-    out: str | Path,
+    out: str | Path | None,
     config: TrainConfig | dict[str, Any] | str | Path | None = None,
     *,
     overwrite: bool = False,
     resume: bool = False,
+    extend: str | Path | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Train a model (any approach) on ``data`` into run directory ``out``; returns the run's summary.
+
+    With ``extend=RUN``, ``data`` is a labels CSV (``image,superclass,subclass`` names, e.g. the labels.csv of
+    :func:`discover` once named): RUN's training data plus these images are trained with RUN's own config (and
+    its feature cache, so only new images are encoded) into ``out`` (default ``RUN-extended``); the taxonomy
+    grows by the new names.
 
     Unless both thresholds are given, a calibration model is first trained with a share of each
     superclass's subclasses held out, the thresholds are chosen on it, and then the final model is trained
@@ -74,6 +81,12 @@ def train(
     the short names ``epochs``, ``lr``, ``batch_size``, ``seed``. ``resolve_config(config, **overrides)``
     is the configuration it runs with.
     """
+    if extend is not None:
+        if config is not None or resume:
+            raise SupersubError("--extend reuses the run's config and starts a new run: no --config or --resume "
+                                "(set options with --set KEY=VALUE)")
+        with call_scope():
+            return extend_run(extend, data, out, overwrite=overwrite, **overrides)
     with call_scope():
         return train_run(data, out, config, overwrite=overwrite, resume=resume, **overrides)
 

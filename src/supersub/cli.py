@@ -145,8 +145,10 @@ def data_synth(
 
 @app.command()
 def train(
-    data: Path = typer.Option(..., "--data", help="competition layout (train_data.csv ...) or root/<super>/<sub>/*.jpg"),
-    out: Optional[Path] = typer.Option(None, "--out", help="run directory to create (needed unless --print-config)",
+    data: Path = typer.Option(..., "--data", help="competition layout (train_data.csv ...), root/<super>/<sub>/*.jpg "
+                              "or a CSV of image,superclass,subclass names"),
+    out: Optional[Path] = typer.Option(None, "--out", help="run directory to create (needed unless --print-config; "
+                                       "with --extend RUN: RUN-extended)",
                                       show_default="none"),
     config: Optional[Path] = CONFIG_OPTION,
     print_config: bool = typer.Option(False, "--print-config/--no-print-config",
@@ -248,6 +250,9 @@ def train(
     overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite", help="replace an existing run directory"),
     resume: bool = typer.Option(False, "--resume/--no-resume",
                                 help="continue an interrupted run from its last checkpoints"),
+    extend: Optional[Path] = typer.Option(
+        None, "--extend", help="a finished run to grow: --data is then a labels CSV (image,superclass,subclass names, "
+        "e.g. discover's labels.csv); its data plus these images train with its config", show_default="none"),
     progress: Optional[bool] = PROGRESS_OPTION,
     set_: list[str] = SET_OPTION,
 ) -> None:
@@ -282,9 +287,10 @@ def train(
 
         console.print(config_yaml(api.resolve_config(config, **overrides)), end="", markup=False, highlight=False)
         return
-    if out is None:
+    if out is None and extend is None:
         raise SupersubError("Missing option '--out': the run directory to create, needed unless --print-config (see 'supersub train --help')")
-    summary = api.train(data, out, config, overwrite=overwrite, resume=resume, **overrides)
+    summary = api.train(data, out, config, overwrite=overwrite, resume=resume, extend=extend, **overrides)
+    out = out if out is not None else Path(f"{extend}-extended")
     from .training.distributed import is_global_zero
 
     if not is_global_zero():  # a DDP worker re-running this command: rank 0 reports
