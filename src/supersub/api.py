@@ -239,7 +239,8 @@ def synth(out: str | Path, seed: int = 0, **kwargs: Any) -> dict[str, Any]:
 def demo(out: str | Path = "runs/demo", *, overwrite: bool = False, seed: int = 0, **overrides: Any) -> dict[str, Any]:
     """Synthesise the built-in data, train with calibration, evaluate on its test folder, write predictions.
 
-    Returns ``{"train": summary, "test": metrics, "seconds": ...}``; ``overrides`` are dotted config keys.
+    Returns ``{"train": summary, "test": metrics, "discovered": {...}, "seconds": ...}`` (``discovered``: the
+    novel-flagged test images grouped by :func:`discover` into ``OUT/discovered``); ``overrides`` are dotted config keys.
     """
     with call_scope():
         return run_demo(out, overwrite=overwrite, seed=seed, **overrides)

@@ -628,6 +628,11 @@ def demo(
         f"tau_super={t['tau_super']:.4f} tau_sub={t['tau_sub']:.4f}; run in {out / 'run'}; "
         f"predictions in {out / 'predictions.csv'}; {result['seconds']}s in all"
     )
+    found = result["discovered"]
+    console.print(f"discover: {found['flagged']} test images flagged novel, in {found['clusters']} clusters "
+                  f"({out / 'discovered' / 'clusters.html'}); name them with 'supersub review {out / 'run'} --discovered "
+                  f"{out / 'discovered'}', then 'supersub train --extend {out / 'run'} --data "
+                  f"{out / 'discovered' / 'labels.csv'}'", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
