@@ -170,3 +170,12 @@ def test_a_person_filters_renames_a_cluster_and_saves(server: str, labels_copy: 
         finally:
             context.close()
     assert errors == []
+
+
+def test_the_command_says_what_is_missing_in_one_line(trained_run: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli(["review", str(trained_run)]) == 2
+    assert "--images" in capsys.readouterr().err
+    assert run_cli(["review", str(trained_run), "--discovered", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no clusters.csv" in err and "Traceback" not in err
