@@ -29,6 +29,7 @@ from supersub.pipeline.discover import SUPER_LEVEL, group_flagged, run_view
 HERE = Path(__file__).resolve().parent
 DEFAULT_BENCH = HERE.parent.parent / "shared" / "bench"
 LEVELS = {SUPER_LEVEL: "novel superclass", "subclass": "novel subclass"}
+NOVEL_KIND = {SUPER_LEVEL: "novel_super", "subclass": "novel_sub"}  # test_truth.csv's kind of a truly novel image
 
 
 def ensure_split(work: Path, bench: Path, variant: str, seed: int, cache_dir: str) -> Path:
@@ -51,6 +52,7 @@ def score_split(folder: Path, seed: int) -> list[dict[str, object]]:
     t0 = time.perf_counter()
     view = run_view(folder / "run", folder / "data" / "test_images", cache=True)
     sources = pd.read_csv(folder / "data" / "test_sources.csv").set_index("image")["source_class"]
+    kinds = pd.read_csv(folder / "data" / "test_truth.csv").set_index("image")["kind"]
     estimated = group_flagged(view, folder / "discover", seed=seed).clusters
     seconds = time.perf_counter() - t0
     rows: list[dict[str, object]] = []
@@ -59,8 +61,10 @@ def score_split(folder: Path, seed: int) -> list[dict[str, object]]:
         if part.empty:
             continue
         truth = sources.loc[part["image"]].to_numpy()
-        rows.append({"level": level, "k": "estimated", "images": len(part), "groups": part["cluster"].nunique(),
-                     "classes": len(set(truth)), "seconds": seconds, **clustering_scores(truth, part["cluster"])})
+        novel = float((kinds.loc[part["image"]] == NOVEL_KIND[level]).mean() * 100)
+        rows.append({"level": level, "k": "estimated", "images": len(part), "novel": novel,
+                     "groups": part["cluster"].nunique(), "classes": len(set(truth)), "seconds": seconds,
+                     **clustering_scores(truth, part["cluster"])})
     # the reference: each set forced to the true number of classes among its flagged images
     for level in LEVELS:
         part = estimated[estimated["level"] == level]
@@ -76,7 +80,8 @@ def score_split(folder: Path, seed: int) -> list[dict[str, object]]:
             forced = forced[forced["level"] == level]
             groups += [f"{superclass}:{c}" for c in forced["cluster"]]
             truths += list(sources.loc[forced["image"]])
-        rows.append({"level": level, "k": "true", "images": len(part), "groups": len(set(groups)),
+        novel = float((kinds.loc[part["image"]] == NOVEL_KIND[level]).mean() * 100)
+        rows.append({"level": level, "k": "true", "images": len(part), "novel": novel, "groups": len(set(groups)),
                      "classes": len(set(truths)), "seconds": float("nan"), **clustering_scores(truths, groups)})
     return rows
 
@@ -88,7 +93,8 @@ def _subset(view, mask: np.ndarray):  # type: ignore[no-untyped-def]
     keep = np.flatnonzero(mask)
     return replace(view, names=[view.names[i] for i in keep], paths=[view.paths[i] for i in keep],
                    super_pred=view.super_pred[keep], sub_pred=view.sub_pred[keep], super_conf=view.super_conf[keep],
-                   sub_conf=view.sub_conf[keep], features=view.features[keep])
+                   sub_conf=view.sub_conf[keep], features=view.features[keep], super_prob=view.super_prob[keep],
+                   sub_prob=view.sub_prob[keep])
 
 
 def table(results: pd.DataFrame) -> str:
@@ -96,10 +102,11 @@ def table(results: pd.DataFrame) -> str:
     def ms(values: pd.Series, digits: int = 1) -> str:
         return f"{values.mean():.{digits}f} ± {values.std(ddof=0):.{digits}f}"
 
-    lines = ["| protocol | level | k | images | groups | true classes | ACC % | NMI % | ARI % |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| protocol | level | k | seeds | flagged images | truly novel % | groups | true classes | ACC % | NMI % "
+             "| ARI % |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (variant, level, k), g in results.groupby(["variant", "level", "k"], sort=False):
-        lines.append(f"| {variant} | {LEVELS[level]} | {k} | {ms(g['images'], 0)} | {ms(g['groups'], 1)} | "
+        lines.append(f"| {variant} | {LEVELS[level]} | {k} | {len(g)} | {ms(g['images'], 0)} | {ms(g['novel'])} | "
+                     f"{ms(g['groups'], 1)} | "
                      f"{ms(g['classes'], 1)} | {ms(g['acc'])} | {ms(g['nmi'])} | {ms(g['ari'])} |")
     return "\n".join(lines)
 
@@ -112,10 +119,14 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--cache-dir", default="/work/bench-out/cache")
     ap.add_argument("--out", type=Path, default=None, help="also write the table (markdown) and a .json beside it")
+    ap.add_argument("--available", action="store_true", help="score only the splits whose run is trained (train none)")
     a = ap.parse_args()
     rows: list[dict[str, object]] = []
     for variant in a.variants:
         for seed in a.seeds:
+            if a.available and not (a.work / f"{variant}-s{seed}" / "run" / "thresholds.json").is_file():
+                print(f"skipped {variant} seed {seed}: no trained run", flush=True)
+                continue
             folder = ensure_split(a.work, a.bench, variant, seed, a.cache_dir)
             for r in score_split(folder, seed):
                 rows.append({"variant": variant, "seed": seed, **r})

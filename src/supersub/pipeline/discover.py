@@ -190,8 +190,9 @@ def write_discovery(d: Discovery, run_dir: str | Path, sheet_images: int = 12) -
     write_atomic(d.out / CLUSTERS_CSV, lambda fh: d.clusters.to_csv(fh, index=False, float_format="%.6g"))
     write_atomic(d.out / LABELS_CSV, lambda fh: d.labels.to_csv(fh, index=False))
     write_text_atomic(d.out / SHEET_HTML, render_page(contact_sheet(d, run_dir, sheet_images)))
-    write_json_atomic(d.out / SUMMARY_JSON, {"run": str(run_dir), "source": d.source, "images": d.images, "flagged": len(d.clusters),
-                                             "clusters": int(d.clusters["cluster"].nunique()), "sets": d.sets})
+    write_json_atomic(d.out / SUMMARY_JSON, {"run": str(run_dir), "source": d.source, "images": d.images,
+                                             "flagged": len(d.clusters), "clusters": int(d.clusters["cluster"].nunique()),
+                                             "sets": d.sets})
 
 
 def contact_sheet(d: Discovery, run_dir: str | Path, per_cluster: int = 12) -> Page:

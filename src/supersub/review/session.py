@@ -20,7 +20,9 @@ import pandas as pd
 
 from ..errors import SupersubError
 from ..io import write_atomic
+from ..io import read_mapping
 from ..pipeline.discover import CLUSTERS_CSV, LABELS_CSV, SUMMARY_JSON, Flagged, run_view
+from ..run import RunDir
 
 LABEL_COLUMNS = ["image", "superclass", "subclass", "cluster"]
 DECISIONS = ("seen", "novel_super", "novel_sub")
@@ -89,8 +91,7 @@ class ReviewSession:
         return session
 
     def _known_pairs(self) -> dict[str, str]:
-        from ..run import RunDir
-
+        """Known subclass name -> its superclass's name."""
         taxonomy = RunDir.open(self.run_dir).load_taxonomy()
         return {sub: taxonomy.super_names[k] for sub, k in zip(taxonomy.sub_names, taxonomy.sub_to_super)}
 
@@ -220,8 +221,7 @@ def _items(view: Flagged) -> list[Item]:
 
 
 def _discovered_source(discovered: Path) -> str:
-    from ..io import read_mapping
-
+    """The images discover looked at, as discover.json records them."""
     summary = read_mapping(discovered / SUMMARY_JSON, "JSON", "expected a JSON object")
     source = summary.get("source")
     if not source:
