@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..config import build_config
 from ..data.formats import read_dataset, read_named
 from ..errors import SupersubError
 from ..io import write_json_atomic
@@ -43,7 +44,9 @@ def extend_run(run_dir: str | Path, new_labels: str | Path, out: str | Path | No
     base = _base_data(run)
     old, new = read_dataset(Path(base)), read_named(Path(new_labels))
     rows, added = combined_rows(old, new, str(new_labels))
-    cfg = run.load_config()  # the run's own recipe; overrides (e.g. epochs) on top
+    # the run's own recipe (overrides such as epochs on top); only its non-default values count as set, as they did
+    # when it was trained, so no option is reported as ignored that the user never chose
+    cfg = build_config(run.load_config().model_dump(mode="json", exclude_defaults=True), str(run.config_file))
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".csv", dir=out.parent)
     os.close(fd)
