@@ -1,9 +1,10 @@
 """The README's screenshot of `supersub review`: the page in headless Chromium (Playwright, /usr/bin/chromium).
 
-    python benchmarks/review_screenshot.py RUN DISCOVERED docs/results/review.png
+    python benchmarks/review_screenshot.py RUN DISCOVERED docs/results/review.png [--superclass S --subclass N]
 
 Serves the review app of RUN and DISCOVERED on a free local port, opens the Clusters tab, types a name into
-the first cluster (nothing is saved) and writes a PNG.
+the first cluster (nothing is saved) and writes a PNG. The README's is loso-reptile seed 0's run and the
+discover folder of benchmarks/extend.py (half of its test images).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ def main() -> None:
     ap.add_argument("run", type=Path)
     ap.add_argument("discovered", type=Path)
     ap.add_argument("out", type=Path)
+    ap.add_argument("--superclass", default="reptile", help="typed into the first cluster's superclass box")
+    ap.add_argument("--subclass", default="salamander", help="typed into its subclass box")
     a = ap.parse_args()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -41,7 +44,8 @@ def main() -> None:
         page.wait_for_selector("#predictions .tile")
         page.click("#tab-clusters")
         first = page.locator("section.cluster").first
-        first.locator("input.subclass").fill("spiral shell")
+        first.locator("input.superclass").fill(a.superclass)
+        first.locator("input.subclass").fill(a.subclass)
         page.wait_for_timeout(500)  # thumbnails load lazily
         page.screenshot(path=str(a.out))
         browser.close()
