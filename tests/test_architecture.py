@@ -18,11 +18,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "supersub"
 LAYERS: list[set[str]] = [
     {"__init__", "errors", "taxonomy", "io", "score_specs", "memory", "threads"},  # ground floor
     {"config"},
-    {"novelty", "metrics", "losses"},  # maths on arrays and tensors
+    {"novelty", "metrics", "losses", "grouping"},  # maths on arrays and tensors
     {"data", "models", "reporting", "report_page"},
     {"inference", "run"},
     {"training"},
-    {"pipeline", "pretrain"},
+    {"pipeline", "pretrain", "review"},
     {"api"},
     {"cli"},
 ]

@@ -58,7 +58,7 @@ def _declared() -> set[str]:
     """Core dependencies plus the extras of supersub's own features (not the test or logger tools)."""
     project = _project()
     extras = project.get("optional-dependencies", {})
-    return _names(project["dependencies"]) | _names(extras.get("boost", []))
+    return _names(project["dependencies"]) | _names(extras.get("boost", [])) | _names(extras.get("review", []))
 
 
 def _module_level_imports(path: Path) -> set[str]:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,13 +18,16 @@ from typing import Any
 import pandas as pd
 
 from .config import TrainConfig
+from .errors import SupersubError
 from .data.synth import write_synth
 from .memory import freed_memory_kept
 from .pipeline.calibration import calibration_evidence as _calibration_evidence, recalibrate
 from .pipeline.compare import Comparison, compare_runs
 from .pipeline.configure import resolve_config  # noqa: F401 - part of the API
 from .pipeline.demo import run_demo
+from .pipeline.discover import Discovery, discover_images
 from .pipeline.evaluate import evaluate_run
+from .pipeline.extend import extend_run
 from .pipeline.experiment import Experiment, run_experiment
 from .pipeline.export import export_run
 from .pipeline.evidence import Evidence
@@ -34,9 +38,11 @@ from .pipeline.train import train_run
 from .run import RunDir  # noqa: F401 - part of the API
 from .training.fit import global_rng_kept
 
+log = logging.getLogger("supersub")
+
 __all__ = ["synth", "resolve_config", "train", "pretrain", "calibration_evidence", "calibrate", "predict", "evaluate", "report",
-           "export", "demo",
-           "experiment", "compare", "predict_tensors", "Prediction", "load_labelled"]
+           "export", "demo", "experiment", "compare", "predict_tensors", "Prediction", "load_labelled", "discover", "Discovery",
+           "review", "review_app"]
 
 
 @contextmanager
@@ -55,14 +61,20 @@ predict_tensors = call_scope()(_predict_tensors)
 
 def train(
     data: str | Path,
-    out: str | Path,
+    out: str | Path | None,
     config: TrainConfig | dict[str, Any] | str | Path | None = None,
     *,
     overwrite: bool = False,
     resume: bool = False,
+    extend: str | Path | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Train a model (any approach) on ``data`` into run directory ``out``; returns the run's summary.
+
+    With ``extend=RUN``, ``data`` is a labels CSV (``image,superclass,subclass`` names, e.g. the labels.csv of
+    :func:`discover` once named): RUN's training data plus these images are trained with RUN's own config (and
+    its feature cache, so only new images are encoded) into ``out`` (default ``RUN-extended``); the taxonomy
+    grows by the new names.
 
     Unless both thresholds are given, a calibration model is first trained with a share of each
     superclass's subclasses held out, the thresholds are chosen on it, and then the final model is trained
@@ -70,6 +82,12 @@ def train(
     the short names ``epochs``, ``lr``, ``batch_size``, ``seed``. ``resolve_config(config, **overrides)``
     is the configuration it runs with.
     """
+    if extend is not None:
+        if config is not None or resume:
+            raise SupersubError("--extend reuses the run's config and starts a new run: no --config or --resume "
+                                "(set options with --set KEY=VALUE)")
+        with call_scope():
+            return extend_run(extend, data, out, overwrite=overwrite, **overrides)
     with call_scope():
         return train_run(data, out, config, overwrite=overwrite, resume=resume, **overrides)
 
@@ -136,6 +154,55 @@ def predict(
                               device=device, cache=cache)
 
 
+def discover(
+    run_dir: str | Path, images: str | Path, out: str | Path, *, groups: int | None = None, max_groups: int = 40,
+    overwrite: bool = False, skip_bad: bool = False, device: str | None = None, cache: bool = False,
+    sheet_images: int = 12, seed: int = 0,
+) -> Discovery:
+    """Group the images of ``images`` that the run flags novel into candidate new classes, in folder ``out``.
+
+    Novel-superclass images are grouped among themselves, novel-subclass images within their predicted
+    superclass; the number of groups of each set is estimated (silhouette over Ward clusterings of the
+    features) unless ``groups`` forces it (at most ``max_groups`` are tried). Writes ``clusters.csv``,
+    ``labels.csv`` (a template to rename, read by ``train(extend=...)``), the contact sheet ``clusters.html``
+    and ``discover.json``; existing ones are replaced only with ``overwrite``.
+    """
+    with call_scope():
+        return discover_images(run_dir, images, out, groups=groups, max_groups=max_groups, overwrite=overwrite,
+                               skip_bad=skip_bad, device=device, cache=cache, sheet_images=sheet_images, seed=seed)
+
+
+def review_app(run_dir: str | Path, *, images: str | Path | None = None, discovered: str | Path | None = None,
+               labels: str | Path | None = None, device: str | None = None) -> Any:
+    """The FastAPI app of ``review`` (to serve it yourself, or to test it): predicts ``images`` (default: the
+    folder ``discover`` looked at) with the run, shows the clusters of ``discovered`` and saves the edits to
+    ``labels`` (default ``DISCOVERED/labels.csv``)."""
+    try:
+        from .review.app import create_app
+    except ImportError as e:  # fastapi is the optional 'review' extra
+        raise SupersubError(f"supersub review needs FastAPI and uvicorn: pip install 'supersub[review]' ({e})") from None
+    from .review.session import ReviewSession
+
+    with call_scope():
+        session = ReviewSession.open(run_dir, images, discovered, labels, device)
+    return create_app(session)
+
+
+def review(run_dir: str | Path, *, images: str | Path | None = None, discovered: str | Path | None = None,
+           labels: str | Path | None = None, host: str = "127.0.0.1", port: int = 8765,
+           device: str | None = None) -> None:
+    """Serve :func:`review_app` on ``http://HOST:PORT`` (this machine only by default) until Ctrl-C."""
+    app = review_app(run_dir, images=images, discovered=discovered, labels=labels, device=device)
+    try:
+        import uvicorn
+    except ImportError as e:
+        raise SupersubError(f"supersub review needs FastAPI and uvicorn: pip install 'supersub[review]' ({e})") from None
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("review: serving on %s: anyone who can reach it can see the images and edit the labels", host)
+    log.info("review: open http://%s:%d (Ctrl-C stops it)", host, port)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
 def evaluate(
     run_dir: str | Path, images: str | Path, labels: str | Path | None = None, *, skip_bad: bool = False,
     save: bool = True, out: str | Path | None = None, device: str | None = None, strict: bool = False,
@@ -181,7 +248,8 @@ def synth(out: str | Path, seed: int = 0, **kwargs: Any) -> dict[str, Any]:
 def demo(out: str | Path = "runs/demo", *, overwrite: bool = False, seed: int = 0, **overrides: Any) -> dict[str, Any]:
     """Synthesise the built-in data, train with calibration, evaluate on its test folder, write predictions.
 
-    Returns ``{"train": summary, "test": metrics, "seconds": ...}``; ``overrides`` are dotted config keys.
+    Returns ``{"train": summary, "test": metrics, "discovered": {...}, "seconds": ...}`` (``discovered``: the
+    novel-flagged test images grouped by :func:`discover` into ``OUT/discovered``); ``overrides`` are dotted config keys.
     """
     with call_scope():
         return run_demo(out, overwrite=overwrite, seed=seed, **overrides)

@@ -157,7 +157,8 @@ def data_synth(
 def train(
     data: Optional[Path] = typer.Option(None, "--data", rich_help_panel=DATA, show_default="required",
                                         help="your labelled images: a competition folder (train_data.csv and "
-                                        "mappings) or a folder of superclass folders of subclass folders"),
+                                        "mappings), a folder of superclass folders of subclass folders, or a "
+                                        "CSV of image, superclass and subclass names"),
     out: Optional[Path] = typer.Option(None, "--out", rich_help_panel=DATA,
                                       help="run folder to create (not needed with --print-config)", show_default="none"),
     novel_data: Optional[Path] = typer.Option(
@@ -241,7 +242,7 @@ def train(
         help="--ptr: random targets drawn from normal or uniform"),
     score: Optional[str] = typer.Option(
         None, rich_help_panel=NOVELTY, show_default=_default("novelty.score"),
-        help="how \"novel\" is measured: msp, maxlogit, energy, entropy, gen, mahalanobis, knn, knn-class, vim "
+        help="how \"novel\" is measured: msp, maxlogit, energy, entropy, gen, mahalanobis, knn, knn-class, vim, probe "
         "(bagging also mi, expected-entropy); one per level as SUPER+SUB"),
     score_option: list[str] = typer.Option([], "--score-option", metavar="KEY=VALUE", rich_help_panel=NOVELTY,
                                            help=SCORE_OPTION_HELP,
@@ -269,6 +270,11 @@ def train(
     precision: Optional[str] = typer.Option(None, rich_help_panel=HARDWARE,
                                             help="number format: 32-true, 16-mixed, bf16-mixed",
                                             show_default=_default("trainer.precision")),
+    extend: Optional[Path] = typer.Option(
+        None, "--extend", rich_help_panel=RUN, show_default="none",
+        help="a finished run to grow: --data is then a CSV of image, superclass and subclass names (such as "
+        "the labels.csv of discover); the run's images plus these train with its settings into --out (default: "
+        "RUN-extended)"),
     progress: Optional[bool] = PROGRESS_OPTION,
     config: Optional[Path] = CONFIG_OPTION,
     set_: list[str] = SET_OPTION,
@@ -312,9 +318,10 @@ def train(
 
         console.print(config_yaml(api.resolve_config(config, **overrides)), end="", markup=False, highlight=False)
         return
-    if out is None:
+    if out is None and extend is None:
         raise SupersubError("Missing option '--out': the run directory to create, needed unless --print-config (see 'supersub train --help')")
-    summary = api.train(data, out, config, overwrite=overwrite, resume=resume, **overrides)
+    summary = api.train(data, out, config, overwrite=overwrite, resume=resume, extend=extend, **overrides)
+    out = out if out is not None else Path(f"{extend}-extended")
     from .training.distributed import is_global_zero
 
     if not is_global_zero():  # a DDP worker re-running this command: rank 0 reports
@@ -535,6 +542,58 @@ def predict(
 
 
 @app.command()
+def discover(
+    run_dir: Path = typer.Argument(..., help="a run directory made by 'supersub train'"),
+    images: Path = typer.Argument(..., help="images to look at: a flat folder, a nested folder or a CSV (image column)"),
+    out: Path = typer.Option(..., "--out", help="folder for clusters.csv, labels.csv, clusters.html, discover.json"),
+    groups: Optional[int] = typer.Option(None, "--groups", help="force K groups in each set (the novel-superclass "
+                                         "images; each superclass's novel-subclass images)",
+                                         show_default="estimated (silhouette)"),
+    max_groups: int = typer.Option(40, "--max-groups", help="the largest number of groups tried when estimating"),
+    sheet_images: int = typer.Option(12, "--sheet-images", help="central images per cluster on the contact sheet"),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP, show_default="the run's accelerator"),
+    overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite",
+                                   help="replace the files of an earlier discover in OUT (labels.csv may hold edits)"),
+    skip_bad_images: bool = typer.Option(False, "--skip-bad-images/--no-skip-bad-images",
+                                         help="warn and skip unreadable images"),
+) -> None:
+    """Group the images the run flags novel into candidate new classes to name (then review, train --extend)."""
+    from . import api
+
+    d = api.discover(run_dir, images, out, groups=groups, max_groups=max_groups, overwrite=overwrite,
+                     skip_bad=skip_bad_images, device=device, sheet_images=sheet_images)
+    for s in d.sets:
+        how = "estimated" if s["estimated"] else "forced"
+        where = "novel superclass" if s["level"] == "superclass" else f"novel subclasses of {s['superclass']}"
+        console.print(f"{where}: {s['images']} images in {s['groups']} groups ({how})", markup=False, highlight=False)
+    console.print(f"{len(d.clusters)} of {d.images} images flagged novel; wrote {out / 'clusters.csv'}, "
+                  f"{out / 'labels.csv'} (rename the clusters there or with 'supersub review {run_dir} --discovered "
+                  f"{out}'), {out / 'clusters.html'}", markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def review(
+    run_dir: Path = typer.Argument(..., help="a run directory made by 'supersub train'"),
+    discovered: Optional[Path] = typer.Option(None, "--discovered", help="a folder written by 'supersub discover': "
+                                              "its clusters to name", show_default="none"),
+    images: Optional[Path] = typer.Option(None, "--images", help="images whose predictions to browse",
+                                          show_default="the folder discover looked at"),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="labels CSV the edits are saved to",
+                                          show_default="DISCOVERED/labels.csv"),
+    port: int = typer.Option(8765, "--port", help="port of the local web server"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (another than 127.0.0.1 exposes the "
+                             "images and labels to the network)"),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP, show_default="the run's accelerator"),
+) -> None:
+    """A local web page: browse the predictions, name the discovered clusters, save the labels (Ctrl-C stops it)."""
+    from . import api
+
+    console.print(f"review of {run_dir}: open http://{host}:{port} in a browser (Ctrl-C stops the server)",
+                  markup=False, highlight=False, soft_wrap=True)
+    api.review(run_dir, images=images, discovered=discovered, labels=labels, host=host, port=port, device=device)
+
+
+@app.command()
 def evaluate(
     run_dir: Path = typer.Argument(..., help="a run directory made by 'supersub train'"),
     images: Path = typer.Option(..., "--images", help="folder of the labelled images, or a nested folder "
@@ -618,6 +677,11 @@ def demo(
         f"tau_super={t['tau_super']:.4f} tau_sub={t['tau_sub']:.4f}; run in {out / 'run'}; "
         f"predictions in {out / 'predictions.csv'}; {result['seconds']}s in all"
     )
+    found = result["discovered"]
+    console.print(f"discover: {found['flagged']} test images flagged novel, in {found['clusters']} clusters "
+                  f"({out / 'discovered' / 'clusters.html'}); name them with 'supersub review {out / 'run'} --discovered "
+                  f"{out / 'discovered'}', then 'supersub train --extend {out / 'run'} --data "
+                  f"{out / 'discovered' / 'labels.csv'}'", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -210,3 +210,23 @@ def open_set_report(
     }
     names = {"super": [*taxonomy.super_names, "novel"], "sub": [*taxonomy.sub_names, "novel"]}
     return OpenSetReport(out, confusion, names)
+
+
+def clustering_scores(truth: Sequence[Any], groups: Sequence[Any]) -> dict[str, float]:
+    """How well ``groups`` (cluster ids) recover ``truth`` (class names or ids), in percent: clustering accuracy
+    (the best one-to-one matching of groups to classes, Hungarian, as in Generalized Category Discovery, Vaze et
+    al. CVPR 2022; unmatched groups count as wrong), normalised mutual information and adjusted Rand index."""
+    from scipy.optimize import linear_sum_assignment
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    if len(truth) != len(groups):
+        raise SupersubError(f"clustering scores: {len(truth)} true labels but {len(groups)} group ids")
+    if not len(truth):
+        raise SupersubError("clustering scores: no images")
+    t_ids, t = np.unique(np.asarray(truth, dtype=str), return_inverse=True)
+    g_ids, g = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
+    counts = np.zeros((len(g_ids), len(t_ids)), dtype=np.int64)
+    np.add.at(counts, (g, t), 1)
+    rows, cols = linear_sum_assignment(counts, maximize=True)
+    return {"acc": 100.0 * counts[rows, cols].sum() / len(t), "nmi": 100.0 * normalized_mutual_info_score(t, g),
+            "ari": 100.0 * adjusted_rand_score(t, g)}

@@ -50,6 +50,8 @@ class Tile:
     truth: str
     predicted: str
     correct: bool
+    truth_label: str = "true"  # what the two lines under the image are called (a contact sheet has no truth)
+    predicted_label: str = "pred"
 
 
 @dataclass
@@ -84,8 +86,8 @@ def data_uri(payload: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(payload).decode('ascii')}"
 
 
-def thumbnail_uri(path: Path, size: int = 128) -> str:
-    """A JPEG thumbnail (longest side <= ``size``, never enlarged) as a data URI; "" when the file is unreadable."""
+def thumbnail_jpeg(path: Path, size: int = 128) -> bytes:
+    """A JPEG thumbnail (longest side <= ``size``, never enlarged); b"" when the file is unreadable."""
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")
@@ -93,8 +95,14 @@ def thumbnail_uri(path: Path, size: int = 128) -> str:
             buf = io.BytesIO()
             im.save(buf, format="JPEG", quality=85)
     except (OSError, UnidentifiedImageError, ValueError):
-        return ""
-    return data_uri(buf.getvalue(), "image/jpeg")
+        return b""
+    return buf.getvalue()
+
+
+def thumbnail_uri(path: Path, size: int = 128) -> str:
+    """:func:`thumbnail_jpeg` as a data URI; "" when the file is unreadable."""
+    jpeg = thumbnail_jpeg(path, size)
+    return data_uri(jpeg, "image/jpeg") if jpeg else ""
 
 
 def render_page(page: Page) -> str:
@@ -200,11 +208,11 @@ pre { background: #f6f8fa; border: 1px solid #d0d7de; padding: 10px; overflow: a
 <p>{{ g.description }}</p>
 <div class="grid">
 {% for t in g.tiles %}
-<div class="tile{% if t.correct %} ok{% endif %}" title="{{ t.name }}&#10;true: {{ t.truth }}&#10;predicted: {{ t.predicted }}">
+<div class="tile{% if t.correct %} ok{% endif %}" title="{{ t.name }}&#10;{{ t.truth_label }}: {{ t.truth }}&#10;{{ t.predicted_label }}: {{ t.predicted }}">
 <img src="{{ t.uri }}" alt="{{ t.name }}">
 <div>{{ t.name }}</div>
-<div><span class="lab">true</span> {{ t.truth }}</div>
-<div><span class="lab">pred</span> {{ t.predicted }}</div>
+<div><span class="lab">{{ t.truth_label }}</span> {{ t.truth }}</div>
+<div><span class="lab">{{ t.predicted_label }}</span> {{ t.predicted }}</div>
 </div>
 {% endfor %}
 </div>

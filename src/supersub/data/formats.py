@@ -40,7 +40,8 @@ log = logging.getLogger("supersub")
 
 _LAYOUTS_HELP = (
     f"expected either a competition folder (containing {COMPETITION_CSV}, {SUPER_MAPPING_CSV}, "
-    f"{SUB_MAPPING_CSV} and an image folder) or a nested folder <superclass>/<subclass>/<images>"
+    f"{SUB_MAPPING_CSV} and an image folder), a nested folder <superclass>/<subclass>/<images>, or a CSV of "
+    "image,superclass,subclass names"
 )
 
 
@@ -408,6 +409,50 @@ def read_nested(root: Path) -> Dataset:
     return Dataset(sorted(records, key=lambda r: r.name), taxonomy, source=str(root), skipped=skipped)
 
 
+NAMED_COLUMNS = ("image", "superclass", "subclass")
+
+
+def read_named(csv_path: Path) -> Dataset:
+    """The named training layout: a CSV of ``image,superclass,subclass`` (class names, other columns ignored, such
+    as the ``cluster`` of ``supersub discover``'s labels.csv). An image is an absolute path or a path relative to
+    the CSV's folder. Classes are indexed in the order they first appear in the file (``train --extend`` writes
+    the run's classes first, so they keep their indices)."""
+    path = Path(csv_path)
+    rows = _read_csv(path, NAMED_COLUMNS, any_other_columns=True)
+    supers: dict[str, int] = {}
+    subs: dict[str, int] = {}
+    owner: dict[str, tuple[str, _Row]] = {}
+    first_row: dict[str, _Row] = {}
+    records: list[ImageRecord] = []
+    for row in rows:
+        name = row.cells["image"].strip()
+        if not name:
+            raise _cell_error(path, row, "image", "empty image name")
+        file = Path(name) if Path(name).is_absolute() else path.parent / name
+        key = str(file.resolve())
+        if key in first_row:
+            raise _cell_error(path, row, "image", f"{_shown(name)} already listed on row {first_row[key].number}")
+        first_row[key] = row
+        sup, sub = (" ".join(row.cells[c].split()) for c in ("superclass", "subclass"))
+        for column, value in (("superclass", sup), ("subclass", sub)):
+            if not value:
+                raise _cell_error(path, row, column, f"empty {column} name")
+            if value.lower() == "novel":
+                raise _cell_error(path, row, column, "'novel' is reserved for the novel class")
+        first_owner = owner.setdefault(sub, (sup, row))
+        if first_owner[0] != sup:
+            raise _cell_error(path, row, "superclass", f"subclass {_shown(sub)} is under {_shown(first_owner[0])} on "
+                              f"row {first_owner[1].number}; a subclass belongs to one superclass")
+        if not _is_file(file):
+            raise _cell_error(path, row, "image", f"image file {_clipped(file)} not found")
+        k = supers.setdefault(sup, len(supers))
+        j = subs.setdefault(sub, len(subs))
+        records.append(ImageRecord(file, Path(name).as_posix(), k, j))
+    sub_to_super = [supers[owner[sub][0]] for sub in subs]
+    taxonomy = Taxonomy(tuple(supers), tuple(subs), tuple(sub_to_super), source=str(path))
+    return Dataset(sorted(records, key=lambda r: r.name), taxonomy, source=str(path))
+
+
 def _looks_nested(root: Path) -> bool:
     return any(
         f.is_file() and is_image_file(f)
@@ -428,6 +473,8 @@ def read_dataset(path: Path) -> Dataset:
         return read_competition(root)
     if root.is_dir() and _looks_nested(root):
         return read_nested(root)
+    if root.is_file() and root.suffix.lower() == ".csv":
+        return read_named(root)
     raise SupersubError(f"{root}: unrecognised dataset layout; {_LAYOUTS_HELP}")
 
 

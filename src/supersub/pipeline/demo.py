@@ -10,6 +10,7 @@ from typing import Any
 
 from ..data.synth import write_synth
 from ..errors import SupersubError
+from .discover import discover_images
 from .evaluate import evaluate_run
 from .predict import predict_images
 from .train import train_run
@@ -43,4 +44,8 @@ def run_demo(out: str | Path = "runs/demo", *, overwrite: bool = False, seed: in
     summary = train_run(out / "data", out / "run", None, **{**DEMO_CONFIG, **novel, "seed": seed, **overrides})
     metrics = evaluate_run(out / "run", out / "data" / "test_images", out / "data" / "test_truth.csv")
     predict_images(out / "run", out / "data" / "test_images", out / "predictions.csv", probs=True)
-    return {"train": summary, "test": metrics, "seconds": round(time.perf_counter() - t0, 1)}
+    # the open-world loop's first step: what are the images flagged novel? (then review, train --extend)
+    found = discover_images(out / "run", out / "data" / "test_images", out / "discovered", seed=seed)
+    discovered = {"folder": str(found.out), "flagged": len(found.clusters),
+                  "clusters": int(found.clusters["cluster"].nunique())}
+    return {"train": summary, "test": metrics, "discovered": discovered, "seconds": round(time.perf_counter() - t0, 1)}
