@@ -56,6 +56,17 @@ def test_exported_default_recipe_decides_as_predict_does(recipe_run: Path, synth
     _check_against_predict(recipe_run, synth_dir / "test_images", tmp_path)
 
 
+def test_exported_probe_score_decides_as_predict_does(recipe_run: Path, synth_dir: Path, tmp_path: Path):
+    """The subclass probe (a linear map on unit features, scored at the decided subclass) lives in the graph too."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(recipe_run, run)
+    api.calibrate(run, score="vim+probe")
+    names = _check_against_predict(run, synth_dir / "test_images", tmp_path)
+    assert names["score"] == "vim+probe"
+
+
 def test_a_score_the_graph_cannot_hold_is_one_line_naming_those_it_can(trained_run: Path):
     model = RunDir.open(trained_run).load_model()[0]
     for score in ("knn", "vim+knn-class", "maxlogit,knn-class"):

@@ -38,7 +38,7 @@ log = logging.getLogger("supersub")
 EXPORT_FORMAT = "supersub-onnx-1"
 # scores whose confidence is a closed-form function of one image's logits and features (fitted statistics are
 # constants); kNN scores search a bank of training features, ensemble scores need members: not in the graph
-EXPORTABLE_SCORES = ("msp", "maxlogit", "energy", "entropy", "gen", "mahalanobis", "vim")
+EXPORTABLE_SCORES = ("msp", "maxlogit", "energy", "entropy", "gen", "mahalanobis", "vim", "probe")
 OUTPUTS = ("superclass_index", "subclass_index", "super_probs", "sub_probs")
 OPSET = 18  # Resize with antialias (the model's upsampling to its input size) needs opset 18
 
