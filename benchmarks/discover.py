@@ -1,7 +1,7 @@
 """Benchmark: how well ``supersub discover`` groups the images a run flags novel into their true classes.
 
     python benchmarks/discover.py [--work /work/bench-out/discover] [--variants loso-reptile loso-bird tin]
-        [--seeds 0 1 2] [--out docs/results/discover.md]
+        [--seeds 0 1 2] [--from-suite /work/bench-out/suite] [--out docs/results/discover-table.md]
 
 For every protocol split (../shared/bench/make_protocol.py, read-only, never copied here) it trains the
 default recipe if WORK/<variant>-s<seed>/run is missing (`supersub train --seed S`), predicts the test images,
@@ -30,6 +30,30 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_BENCH = HERE.parent.parent / "shared" / "bench"
 LEVELS = {SUPER_LEVEL: "novel superclass", "subclass": "novel subclass"}
 NOVEL_KIND = {SUPER_LEVEL: "novel_super", "subclass": "novel_sub"}  # test_truth.csv's kind of a truly novel image
+
+
+def from_suite(work: Path, suite: Path, variant: str, seed: int) -> None:
+    """WORK/<variant>-s<seed>/ from the novelty suite's run of that split (benchmarks/novelty_suite.py): data/ a link
+    to the suite's split, run/ a copy of its run recalibrated with the default novelty options (the suite's last
+    candidate may have left others), so no model is trained twice."""
+    import shutil
+
+    import supersub.api as ss
+    from supersub.config import TrainConfig
+
+    folder = work / f"{variant}-s{seed}"
+    if (folder / "run" / "thresholds.json").is_file() and (folder / "run" / ".default-novelty").is_file():
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "data").exists():
+        (folder / "data").symlink_to(suite / "data" / f"{variant}-s{seed}")
+    if (folder / "run").exists():
+        shutil.rmtree(folder / "run")
+    shutil.copytree(suite / "runs" / "none" / "lite0" / f"{variant}-s{seed}", folder / "run")
+    defaults = TrainConfig().novelty
+    ss.calibrate(folder / "run", score_options={}, **{key: getattr(defaults, key) for key in (
+        "score", "super_layer", "sub_layer", "super_protocol", "objective", "transfer", "super_recall", "sub_recall")})
+    (folder / "run" / ".default-novelty").write_text("recalibrated with the default novelty options\n")
 
 
 def ensure_split(work: Path, bench: Path, variant: str, seed: int, cache_dir: str) -> Path:
@@ -120,6 +144,8 @@ def main() -> None:
     ap.add_argument("--cache-dir", default="/work/bench-out/cache")
     ap.add_argument("--out", type=Path, default=None, help="also write the table (markdown) and a .json beside it")
     ap.add_argument("--available", action="store_true", help="score only the splits whose run is trained (train none)")
+    ap.add_argument("--from-suite", type=Path, default=None,
+                    help="the novelty suite's --work folder: reuse its runs (copied, recalibrated with the defaults)")
     a = ap.parse_args()
     rows: list[dict[str, object]] = []
     for variant in a.variants:
@@ -127,6 +153,8 @@ def main() -> None:
             if a.available and not (a.work / f"{variant}-s{seed}" / "run" / "thresholds.json").is_file():
                 print(f"skipped {variant} seed {seed}: no trained run", flush=True)
                 continue
+            if a.from_suite is not None:
+                from_suite(a.work, a.from_suite, variant, seed)
             folder = ensure_split(a.work, a.bench, variant, seed, a.cache_dir)
             for r in score_split(folder, seed):
                 rows.append({"variant": variant, "seed": seed, **r})

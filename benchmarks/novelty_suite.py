@@ -75,9 +75,20 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     # a logistic-regression probe on unit features at the subclass level (superclass: the default vim-b1)
     "sub-probe": {"score": "vim+probe", "super_layer": "block-1"},
     "sub-avg-probe": {"score": "vim+maxlogit,probe", "super_layer": "block-1"},
+    # the superclass operating point: the recall target over seen images (validation + held-out subclasses)
+    "probe-r90": {"score": "vim+probe", "super_layer": "block-1", "super_recall": 0.90},
+    "probe-r85": {"score": "vim+probe", "super_layer": "block-1", "super_recall": 0.85},
+    "probe-loso": {"score": "vim+probe", "super_layer": "block-1", "super_protocol": "loso"},
+    # the same with the layer the config resolves (block-1 where the backbone exposes it; final for the scratch CNN)
+    "vim-auto": {"score": "vim+maxlogit", "super_layer": "auto"},
+    "probe-auto": {"score": "vim+probe", "super_layer": "auto"},
+    "probe-auto-r90": {"score": "vim+probe", "super_layer": "auto", "super_recall": 0.90},
+    "probe-auto-r85": {"score": "vim+probe", "super_layer": "auto", "super_recall": 0.85},
+    "probe-auto-loso": {"score": "vim+probe", "super_layer": "auto", "super_protocol": "loso"},
+    "avg-probe-auto": {"score": "vim+maxlogit,probe", "super_layer": "auto"},
 }
 RESET = {"super_layer": "final", "sub_layer": "final", "super_protocol": "auto", "score_options": {},
-         "objective": "balanced", "transfer": "quantile"}
+         "objective": "balanced", "transfer": "quantile", "super_recall": 0.95, "sub_recall": 0.95}
 METRICS = ("super_auroc", "sub_auroc", "super_acc_overall", "super_acc_seen", "super_acc_unseen",
            "sub_acc_overall", "sub_acc_seen", "sub_acc_unseen")
 

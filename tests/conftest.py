@@ -56,7 +56,7 @@ def trained_run(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 @pytest.fixture(scope="session")
 def recipe_run(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default recipe (bundled Lite0, frozen, seven calibration models, vim+maxlogit on block-1 / final), one epoch,
+    """The default recipe (bundled Lite0, frozen, seven calibration models, vim+probe on block-1 / final), one epoch,
     on tiny images enlarged to 32 px: the export and the report pages read it."""
     run = tmp_path_factory.mktemp("recipe") / "recipe"
     code = run_cli(["train", "--data", str(synth_dir), "--out", str(run), "--novel-data", str(synth_dir / "novel_images"),

@@ -52,19 +52,21 @@ def test_exported_cnn_run_decides_as_predict_does(trained_run: Path, synth_dir: 
 
 def test_exported_default_recipe_decides_as_predict_does(recipe_run: Path, synth_dir: Path, tmp_path: Path):
     cfg = RunDir.open(recipe_run).load_config()
-    assert (cfg.model.backbone, cfg.optim.finetune, cfg.novelty.score) == ("efficientnet_lite0", "frozen", "vim+maxlogit")
+    # the default subclass score, the probe (a linear map on unit features, scored at the decided subclass), is in
+    # the graph
+    assert (cfg.model.backbone, cfg.optim.finetune, cfg.novelty.score) == ("efficientnet_lite0", "frozen", "vim+probe")
     _check_against_predict(recipe_run, synth_dir / "test_images", tmp_path)
 
 
-def test_exported_probe_score_decides_as_predict_does(recipe_run: Path, synth_dir: Path, tmp_path: Path):
-    """The subclass probe (a linear map on unit features, scored at the decided subclass) lives in the graph too."""
+def test_exported_head_max_logit_decides_as_predict_does(recipe_run: Path, synth_dir: Path, tmp_path: Path):
+    """The subclass head's max logit (the default before the probe) at the decided subclass, in the graph too."""
     import shutil
 
     run = tmp_path / "run"
     shutil.copytree(recipe_run, run)
-    api.calibrate(run, score="vim+probe")
+    api.calibrate(run, score="vim+maxlogit")
     names = _check_against_predict(run, synth_dir / "test_images", tmp_path)
-    assert names["score"] == "vim+probe"
+    assert names["score"] == "vim+maxlogit"
 
 
 def test_a_score_the_graph_cannot_hold_is_one_line_naming_those_it_can(trained_run: Path):

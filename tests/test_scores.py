@@ -266,6 +266,17 @@ def test_probe_fits_the_same_read_out_as_scikit_learns_logistic_regression() -> 
     assert torch.allclose(ours, theirs, atol=2e-3)
 
 
+@pytest.mark.parametrize("features", [torch.zeros(12, 5), torch.ones(12, 5) * torch.arange(1, 13).unsqueeze(1)])
+def test_probe_refuses_features_that_do_not_vary_once_normalised(features: torch.Tensor) -> None:
+    # all-zero rows, or rows on one ray (different norms, one direction): unit features are all alike, so a probe
+    # would give every image its decided class's bias; FitError lets the pipeline fall back to maxlogit instead
+    y = torch.arange(12) % 3
+    with pytest.raises(FitError, match="span 0 directions"):
+        create_detector("probe").fit(torch.zeros(12, 3), features, y)
+    varied = features + torch.eye(12, 5)
+    create_detector("probe").fit(torch.zeros(12, 3), varied, y)  # one differing row is enough
+
+
 def _brute_force_knn_class(bank: torch.Tensor, labels: torch.Tensor, logits, feats, k: int) -> torch.Tensor:
     """Explicit loop over rows: k-th smallest Euclidean distance to the predicted class's unit features."""
     unit_bank = bank.double() / bank.double().norm(dim=1, keepdim=True)

@@ -133,9 +133,9 @@ def test_map_state_dict_pairs_by_order_and_refuses_a_file_of_another_layout():
 
 
 def test_the_recipe_score_is_the_same_with_or_without_outlier_images():
-    """The novelty suite measured energy (the old choice with outliers) below vim+maxlogit on outlier-exposed runs."""
-    assert build_config({}).novelty.score == "vim+maxlogit"
-    assert build_config({"data": {"novel_data": "outliers/"}}).novelty.score == "vim+maxlogit"
+    """The novelty suite measured energy (the old choice with outliers) below the default on outlier-exposed runs."""
+    assert build_config({}).novelty.score == "vim+probe"
+    assert build_config({"data": {"novel_data": "outliers/"}}).novelty.score == "vim+probe"
     assert build_config({"data": {"novel_data": "o/"}, "novelty": {"score": "knn"}}).novelty.score == "knn"
     assert build_config({}).novelty.super_layer == "auto" and build_config({}).novelty.sub_layer == "final"
 

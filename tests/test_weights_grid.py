@@ -125,8 +125,11 @@ def test_features_no_detector_can_fit_fall_back_to_maxlogit(tmp_path: Path, capl
     with caplog.at_level("WARNING", logger="supersub"):
         api.train(data, tmp_path / "run", **options)
     said = [r.getMessage() for r in caplog.records if "cannot be fitted" in r.getMessage()]
-    assert len(said) == 1 and said[0].startswith("superclass score vim cannot be fitted on this run's features "
+    # one line per level: the default's subclass probe has nothing to read on constant features either
+    assert len(said) == 2 and said[0].startswith("superclass score vim cannot be fitted on this run's features "
                                                  "(score 'vim': the training features span 0 direction(s)"), said
+    assert said[1].startswith("subclass score probe cannot be fitted on this run's features (score 'probe': the "
+                              "training features span 0 directions once L2-normalised"), said
     used = _predicts(tmp_path / "run", data)
     assert used["score"] == "maxlogit" and used["score_requested"] == DEFAULT_SCORE
-    assert "span 0 direction(s)" in used["super_score_fallback"]
+    assert "span 0 direction(s)" in used["super_score_fallback"] and "span 0 directions" in used["sub_score_fallback"]

@@ -274,12 +274,12 @@ class NoveltyConfig(_Strict):
     """Novelty score and thresholds; a ``None`` threshold is calibrated (see :mod:`supersub.pipeline.calibration`)."""
 
     score: str = Field(
-        "vim+maxlogit",
+        "vim+probe",
         description="novelty score per level (supersub.novelty.scores): one name for both levels or SUPER+SUB; the "
-        "default vim+maxlogit (ViM on the features for a new superclass, the subclass head's max logit for a new "
-        "subclass; vim reads novelty.super_layer, the backbone's last block by default) was best on the novelty suite "
-        "(docs/results/novelty-suite.md), with or without outlier images; msp = the seed "
-        "paper's max softmax",
+        "default vim+probe (ViM on the features for a new superclass, reading novelty.super_layer, the backbone's "
+        "last block by default; for a new subclass, a logistic-regression probe on the L2-normalised features, "
+        "scoring the subclass the rule picks) was best on the novelty suite (docs/results/novelty-suite.md); msp = "
+        "the seed paper's max softmax",
     )
     super_layer: str = Field(
         "auto", pattern=LAYER_PATTERN,
@@ -510,7 +510,7 @@ class TrainConfig(_Strict):
     def _resolve_recipe(cls, data: Any) -> Any:
         """finetune auto: the recipe's regime for a backbone with starting weights, full training for one from
         scratch. (The novelty score no longer changes with outlier images: the novelty suite measured energy, the old
-        choice with data.novel_data, below vim+maxlogit on the same outlier-exposed runs.)"""
+        choice with data.novel_data, below the default on the same outlier-exposed runs.)"""
         if not isinstance(data, dict):
             return data
         data = dict(data)

@@ -499,6 +499,10 @@ class ProbeScore(Detector):
         if int(y.max()) >= n_classes:
             raise SupersubError(f"score '{self.name}': label {int(y.max())} outside the {n_classes} classes of the logits")
         z = (_unit(x) * self.scale).float()
+        if float((z - z.mean(dim=0)).abs().max()) <= 1e-6 * self.scale:
+            # identical (or all-zero) unit features: every class would get the same logit up to its bias
+            raise FitError(f"score '{self.name}': the training features span 0 directions once L2-normalised; the "
+                           "probe needs features that vary between images")
         w = torch.zeros(n_classes, z.shape[1], requires_grad=True)
         b = torch.zeros(n_classes, requires_grad=True)
         penalty = 1.0 / (2 * self._PENALTY * len(z))
