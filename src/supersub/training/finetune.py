@@ -26,6 +26,7 @@ from lightning.pytorch.callbacks import BaseFinetuning
 from timm.optim import param_groups_weight_decay
 
 from ..config import OptimConfig, TrainConfig
+from .. import inference
 from ..inference import Outputs
 from ..models.feature_cache import default_cache_dir, extract_features
 from ..models.ensemble import BaggingEnsemble
@@ -187,11 +188,12 @@ def forward_cached(model: HierarchicalClassifier, rows: torch.Tensor, splits: Se
 
 @torch.no_grad()
 def cached_outputs(model: HierarchicalClassifier | BaggingEnsemble, images: torch.Tensor, cfg: TrainConfig, device: torch.device,
-                   batch_size: int = 256) -> Outputs:
+                   batch_size: int | None = None) -> Outputs:
     """Outputs of a trained model of a cached regime on ``images`` (a classifier or an ensemble), from the cache
     (the backbone runs only on a miss): what calibration collects as evidence, identical to ``run_model`` up to
     float16 trunk storage."""
     rows = cached_rows(model, images, cfg, device)[:, 0]
+    batch_size = batch_size or inference.BATCH
     splits = model.stage_splits(cfg.optim.trainable_stages) if cfg.optim.finetune == "partial" else None
     was_training = model.training
     model.to(device).eval()

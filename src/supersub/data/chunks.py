@@ -1,0 +1,59 @@
+"""Images to predict as a dataset of chunks: each item decodes one run of consecutive records, never the whole list.
+
+A chunk (not an image) is the unit a rank takes under several devices, so each chunk is forwarded with the same
+batch boundaries however many processes share the work: the predictions of N processes are those of one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import SupersubError
+from ..models.feature_cache import CACHE_BLOCK
+from .cache import decode_images
+from .images import load_image
+from .records import ImageRecord
+
+# records per chunk: the feature cache's block and a multiple of run_model's batch, so chunked prediction
+# forwards exactly the batches that the whole set in memory did
+CHUNK = CACHE_BLOCK
+
+
+class ChunkImages(Dataset):
+    """Item k: ``{"chunk", "images" (kept, uint8), "kept" (bool per record), "bad" (messages)}`` of records
+    ``k * chunk`` .. ``(k + 1) * chunk - 1``; unreadable images are reported, never raised, here."""
+
+    def __init__(self, records: Sequence[ImageRecord], size: int, chunk: int | None = None) -> None:
+        chunk = CHUNK if chunk is None else chunk
+        if chunk < 1:
+            raise SupersubError(f"chunk size must be >= 1, got {chunk}")
+        self.records, self.size, self.chunk = list(records), size, chunk
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.records) / self.chunk)
+
+    def span(self, k: int) -> range:
+        """The record indices of chunk ``k``."""
+        return range(k * self.chunk, min((k + 1) * self.chunk, len(self.records)))
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        span = self.span(k)
+        with torch.inference_mode(False):  # fetched inside the predict loop: decoding fills tensors in place
+            decoded = decode_images(self.records[span.start:span.stop], self.size, skip_bad=True)
+        kept = torch.zeros(len(span), dtype=torch.bool)
+        kept[decoded.kept] = True
+        return {"chunk": torch.tensor(k), "images": decoded.images, "kept": kept, "bad": decoded.bad}
+
+
+def unreadable(record: ImageRecord, size: int) -> str:
+    """The message of an image that failed to decode (re-read on the rank that reports it)."""
+    try:
+        load_image(record.path, size)
+    except SupersubError as e:
+        return str(e)
+    return f"{record.path}: cannot read image"

@@ -1,0 +1,76 @@
+"""Prediction in chunks: the same bytes as the whole set in memory, an atomic CSV, several processes alike."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from supersub import inference
+from supersub.data import chunks
+from supersub.data.formats import read_images
+from supersub.errors import SupersubError
+from supersub.pipeline.calibration import load_scorer
+from supersub.pipeline.predict import decode_readable, predict_images, predict_tensors
+from supersub.run import RunDir
+
+
+def in_memory_csv(run_dir: Path, images: Path, probs: bool, names: bool) -> str:
+    """Today's path before streaming: decode every image into one tensor, predict it, format the whole frame."""
+    run = RunDir.open(run_dir)
+    model, cfg, _ = run.load_model()
+    thresholds = run.load_thresholds()
+    decoded, kept = decode_readable(read_images(images), cfg.data.image_size, skip_bad=False)
+    pred = predict_tensors(model, run.load_taxonomy(), thresholds, decoded, kept.names, "cpu",
+                           load_scorer(run.path, thresholds.score), cfg=cfg)
+    return pred.to_frame(probs, run.load_taxonomy() if names else None).to_csv(index=False, float_format="%.6g")
+
+
+def small_chunks(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    """Chunks of ``n`` images and forward passes of ``n`` (the defaults, 1024 and 256, need more images): the
+    whole set in memory then forwards the same batches as the chunks, as it does at the defaults. ``n`` a multiple
+    of 32: torch's vectorised sigmoid takes 32 floats at a time on this CPU, and a chunk cut inside them rounds
+    the novel probability of its last images differently in the last bit (1024 is such a multiple)."""
+    monkeypatch.setattr(chunks, "CHUNK", n)
+    monkeypatch.setattr(inference, "BATCH", n)
+
+
+@pytest.mark.parametrize("chunk", [32, None])
+def test_streamed_csv_is_byte_for_byte_the_in_memory_one(trained_run, synth_dir, tmp_path, monkeypatch, chunk):
+    if chunk is not None:
+        small_chunks(monkeypatch, chunk)  # several chunks of the test images, the last one short
+    out = tmp_path / "pred.csv"
+    rows = predict_images(trained_run, synth_dir / "test_images", out, probs=True, names=True, frame=False)
+    expected = in_memory_csv(trained_run, synth_dir / "test_images", True, True)
+    assert rows == expected.count("\n") - 1 > (chunk or 0)
+    assert out.read_bytes() == expected.encode()
+    assert [p.name for p in tmp_path.iterdir()] == ["pred.csv"]  # no temporary file left behind
+
+
+def test_the_recipe_streams_the_same_bytes(recipe_run, synth_dir, tmp_path, monkeypatch):
+    """The default recipe (frozen Lite0, vim on block-1, feature cache read) chunk by chunk."""
+    small_chunks(monkeypatch, 32)
+    out = tmp_path / "pred.csv"
+    predict_images(recipe_run, synth_dir / "test_images", out, probs=True)
+    assert out.read_bytes() == in_memory_csv(recipe_run, synth_dir / "test_images", True, False).encode()
+
+
+def test_an_unreadable_image_leaves_no_csv(trained_run, synth_dir, tmp_path, monkeypatch):
+    small_chunks(monkeypatch, 8)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, p in enumerate(sorted((synth_dir / "test_images").iterdir())[:20]):
+        (folder / p.name).write_bytes(p.read_bytes() if i != 13 else b"not an image")
+    bad = sorted(folder.iterdir())[13].name
+    out = tmp_path / "pred.csv"
+    with pytest.raises(SupersubError, match=bad):
+        predict_images(trained_run, folder, out)
+    assert list(tmp_path.iterdir()) == [folder]  # neither the CSV nor a partial one
+    df = predict_images(trained_run, folder, out, skip_bad=True, overwrite=True)
+    assert isinstance(df, pd.DataFrame) and len(df) == 19 and bad not in set(df["image"])
+    assert pd.read_csv(out)["image"].tolist() == df["image"].tolist()
