@@ -74,3 +74,31 @@ def test_an_unreadable_image_leaves_no_csv(trained_run, synth_dir, tmp_path, mon
     df = predict_images(trained_run, folder, out, skip_bad=True, overwrite=True)
     assert isinstance(df, pd.DataFrame) and len(df) == 19 and bad not in set(df["image"])
     assert pd.read_csv(out)["image"].tolist() == df["image"].tolist()
+
+
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK", "WORLD_SIZE",
+                  "MASTER_ADDR", "MASTER_PORT")
+
+
+def _supersub(args: list[str], **env: str) -> subprocess.CompletedProcess:
+    script = Path(sys.executable).parent / "supersub"
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "supersub.cli"]
+    clean = {k: v for k, v in os.environ.items() if k not in RANK_VARIABLES} | {"HF_HUB_OFFLINE": "1", **env}
+    return subprocess.run(command + args, env=clean, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+                    reason="this torch build cannot run CPU process groups (gloo)")
+def test_two_cpu_processes_predict_what_one_does(trained_run, synth_dir, tmp_path):
+    """DDP on the CPU (gloo): each rank takes every other chunk of 32, rank 0 gathers and writes them in order."""
+    common = [str(trained_run), str(synth_dir / "test_images"), "--probs", "--names", "--accelerator", "cpu"]
+    one = _supersub(["predict", *common, "--out", str(tmp_path / "one.csv"), "--devices", "1"], SUPERSUB_CHUNK="32")
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = _supersub(["predict", *common, "--out", str(tmp_path / "two.csv"), "--devices", "2", "--strategy", "ddp"],
+                    SUPERSUB_CHUNK="32")
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert two.stdout.count("wrote") == 1  # rank 1 neither reports nor writes
+    text = (tmp_path / "one.csv").read_text()
+    assert text.count("\n") - 1 > 3 * 32  # four chunks: rank 0 takes 0 and 2, rank 1 takes 1 and 3
+    assert (tmp_path / "two.csv").read_text() == text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.csv", "two.csv"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .data.mapped import release
 from .errors import SupersubError
 from .memory import keep_freed_memory
 from .novelty.outputs import Outputs  # the type run_model returns, re-exported
@@ -45,10 +46,12 @@ def run_model(model: nn.Module, images: torch.Tensor, batch_size: int | None = N
     device = device or pick_device()
     keep_freed_memory()  # every batch reuses the previous batch's activation memory
     model = model.to(device, memory_format=torch.channels_last).eval()  # faster convolutions, same results
-    batches = [
-        outputs_of(model, images[start : start + batch_size].to(device).contiguous(memory_format=torch.channels_last))
-        .cpu_float() for start in range(0, len(images), batch_size)
-    ]
+    batches = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size].to(device).contiguous(memory_format=torch.channels_last)
+        batches.append(outputs_of(model, batch).cpu_float())
+        release(images)  # memory-mapped images: keep the batch, not every page read so far
+
     if not batches:
         raise ValueError("run_model needs at least one image")
     return Outputs.cat(batches)

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 ENV = "SUPERSUB_CACHE_MAX_GB"
 DEFAULT_MAX_GB = 5.0  # the full competition set's frozen features take about 32 MB per view, partial's trunk ~1 GB
-PATTERNS = ("features-*.pt", "images-*.pt")
+PATTERNS = ("features-*.pt", "images-*.u8", "images-*.pt")  # .pt: images of cache format 1
 
 
 @dataclass(frozen=True)

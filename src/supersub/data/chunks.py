@@ -7,6 +7,7 @@ batch boundaries however many processes share the work: the predictions of N pro
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,8 +21,20 @@ from .images import load_image
 from .records import ImageRecord
 
 # records per chunk: the feature cache's block and a multiple of run_model's batch, so chunked prediction
-# forwards exactly the batches that the whole set in memory did
+# forwards exactly the batches that the whole set in memory did; $SUPERSUB_CHUNK sets another (tests use it to
+# make several chunks of a few images)
 CHUNK = CACHE_BLOCK
+ENV = "SUPERSUB_CHUNK"
+
+
+def chunk_size() -> int:
+    """:data:`CHUNK`, or ``$SUPERSUB_CHUNK`` when set (a positive whole number)."""
+    text = os.environ.get(ENV, "").strip()
+    if not text:
+        return CHUNK
+    if not text.isdigit() or int(text) < 1:
+        raise SupersubError(f"${ENV}: {text!r} is not a positive number of images")
+    return int(text)
 
 
 class ChunkImages(Dataset):
@@ -29,7 +42,7 @@ class ChunkImages(Dataset):
     ``k * chunk`` .. ``(k + 1) * chunk - 1``; unreadable images are reported, never raised, here."""
 
     def __init__(self, records: Sequence[ImageRecord], size: int, chunk: int | None = None) -> None:
-        chunk = CHUNK if chunk is None else chunk
+        chunk = chunk_size() if chunk is None else chunk
         if chunk < 1:
             raise SupersubError(f"chunk size must be >= 1, got {chunk}")
         self.records, self.size, self.chunk = list(records), size, chunk

@@ -176,6 +176,7 @@ def stream_predictions(model: torch.nn.Module, records: Sequence[ImageRecord], i
     with scoped_process_state():
         quiet_lightning()
         warnings.filterwarnings("ignore", ".*infer the batch indices.*")  # the writer needs none
+        warnings.filterwarnings("ignore", ".*all_gather is deprecated.*")  # inside Lightning's all_gather
         with progress_bar(progress) as bar:
             writer = _InOrder(dataset, sink, skip_bad, bar)
             try:

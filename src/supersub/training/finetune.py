@@ -155,7 +155,8 @@ def cached_rows(model: HierarchicalClassifier | BaggingEnsemble, images: torch.T
         per_view = [_rows_of_view(model, _view(images, v), cfg, device) for v in views]
     finally:
         model.to(home)
-    return torch.stack(per_view, dim=1)
+    # one view: a view of the rows, not a second copy of the feature matrix
+    return per_view[0].unsqueeze(1) if len(per_view) == 1 else torch.stack(per_view, dim=1)
 
 
 def _view(images: torch.Tensor, view: str) -> torch.Tensor:
@@ -176,6 +177,8 @@ def _rows_of_view(model: HierarchicalClassifier | BaggingEnsemble, images: torch
     extractors = model.feature_extractors() if isinstance(model, HierarchicalClassifier) else model.backbones()
     parts = [extract_features(b, images, model.prepare, batch_size=bs, device=device, cache_dir=where)
              for b in extractors]
+    if len(parts) == 1 and (not isinstance(model, HierarchicalClassifier) or model.sub_backbone is None):
+        return parts[0]  # already [features | tapped layers]: arranging would only copy it
     return model.arrange_rows(parts) if isinstance(model, HierarchicalClassifier) else torch.cat(parts, dim=1)
 
 
