@@ -161,3 +161,39 @@ def test_predicting_four_times_more_images_takes_no_more_memory(wide_run, synth_
     print(f"peak RSS MiB: streamed {stream}, whole set {whole}")
     assert whole[2400] - whole[600] > 30, whole
     assert stream[2400] - stream[600] < 15, stream
+
+
+@pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+                    reason="this torch build cannot run CPU process groups (gloo)")
+def test_two_cpu_processes_share_the_frozen_feature_extraction(synth_dir, tmp_path, monkeypatch):
+    """The recipe (frozen Lite0) under DDP: each rank computes its chunks' features once, into the shared cache, and
+    the matrix the ranks read back is the one a single process computes without any cache."""
+    import re
+
+    from supersub.models import feature_cache
+    from supersub.pipeline.inputs import load_labelled, training_pool
+    from supersub.run import load_model_file
+    from supersub.training.finetune import cached_rows
+
+    cache = tmp_path / "cache"
+    done = _supersub(["train", "--data", str(synth_dir), "--out", str(tmp_path / "run"), "--epochs", "1",
+                      "--image-size", "24", "--input-size", "32", "--batch-size", "32", "--no-progress",
+                      "--novel-data", str(synth_dir / "novel_images"), "--accelerator", "cpu", "--devices", "2",
+                      "--strategy", "ddp"], SUPERSUB_CHUNK="32", SUPERSUB_CACHE_DIR=str(cache))
+    assert done.returncode == 0, done.stderr[-2000:]
+    model, cfg, _ = load_model_file(tmp_path / "run" / "model.pt")
+    pool = training_pool(load_labelled(synth_dir, cfg), cfg, {})
+    computed = [int(m) for m in re.findall(r"backbone outputs of \d+ images: \d+ read from the cache in .*?, (\d+) "
+                                           r"computed", done.stderr)]
+    assert sum(computed) == len(pool.images) and max(computed) <= 32  # every image once, by chunks of either rank
+
+    def no_backbone(*args, **kwargs):
+        raise AssertionError("the backbone ran: the cache the ranks filled was incomplete")
+
+    monkeypatch.setenv("SUPERSUB_CACHE_DIR", str(cache))
+    with monkeypatch.context() as m:
+        m.setattr(feature_cache, "_compute", no_backbone)
+        from_cache = cached_rows(model, pool.images, cfg, torch.device("cpu"))
+    direct = cached_rows(model, pool.images, cfg.model_copy(update={"data": cfg.data.model_copy(
+        update={"feature_cache": False})}), torch.device("cpu"))
+    assert torch.equal(from_cache, direct)

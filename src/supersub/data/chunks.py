@@ -18,6 +18,7 @@ from ..errors import SupersubError
 from ..models.feature_cache import CACHE_BLOCK
 from .cache import decode_images
 from .images import load_image
+from .mapped import release
 from .records import ImageRecord
 
 # records per chunk: the feature cache's block and a multiple of run_model's batch, so chunked prediction
@@ -61,6 +62,29 @@ class ChunkImages(Dataset):
         kept = torch.zeros(len(span), dtype=torch.bool)
         kept[decoded.kept] = True
         return {"chunk": torch.tensor(k), "images": decoded.images, "kept": kept, "bad": decoded.bad}
+
+
+class ChunkRows(Dataset):
+    """Chunks of rows of an already decoded (memory-mapped) image tensor, in the item format of
+    :class:`ChunkImages`: what feature extraction shards over several devices."""
+
+    def __init__(self, images: torch.Tensor, chunk: int | None = None) -> None:
+        self.images, self.chunk = images, chunk_size() if chunk is None else chunk
+        self.records: Sequence[int] = range(len(images))  # nothing to name: a row is its index
+        self.size = int(images.shape[-1]) if images.ndim == 4 else 0
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.images) / self.chunk)
+
+    def span(self, k: int) -> range:
+        return range(k * self.chunk, min((k + 1) * self.chunk, len(self.images)))
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        span = self.span(k)
+        with torch.inference_mode(False):
+            rows = self.images[span.start:span.stop].clone()
+        release(self.images)
+        return {"chunk": torch.tensor(k), "images": rows, "kept": torch.ones(len(span), dtype=torch.bool), "bad": []}
 
 
 def unreadable(record: ImageRecord, size: int) -> str:

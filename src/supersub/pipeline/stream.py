@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..data.chunks import ChunkImages, unreadable
+from ..data.chunks import ChunkImages, ChunkRows, unreadable
 from ..data.records import ImageRecord
 from ..errors import SupersubError
 from ..inference import Outputs
@@ -64,7 +64,8 @@ class Streamed:
 class _Scoring(L.LightningModule):
     """The run's model in Lightning's predict loop: a chunk of uint8 images in, its scores out."""
 
-    def __init__(self, model: torch.nn.Module, dataset: ChunkImages, outputs: OutputsFn, score: ScoreFn) -> None:
+    def __init__(self, model: torch.nn.Module, dataset: ChunkImages | ChunkRows, outputs: Callable[..., Any],
+                 score: Callable[[Any], Scores]) -> None:
         super().__init__()
         self.model, self.dataset, self._outputs, self._score = model, dataset, outputs, score
 
@@ -87,7 +88,7 @@ class _Scoring(L.LightningModule):
 class _InOrder(BasePredictionWriter):
     """Hands each chunk's scores to the sink on rank 0 in record order (gathering every rank's chunk of a step)."""
 
-    def __init__(self, dataset: ChunkImages, sink: Sink, skip_bad: bool, progress: Progress | None) -> None:
+    def __init__(self, dataset: ChunkImages | ChunkRows, sink: Sink, skip_bad: bool, progress: Progress | None) -> None:
         super().__init__(write_interval="batch")
         self.dataset, self.sink, self.skip_bad, self.progress = dataset, sink, skip_bad, progress
         self.result = Streamed()
@@ -170,9 +171,19 @@ def stream_predictions(model: torch.nn.Module, records: Sequence[ImageRecord], i
     Unreadable images are an error naming the first of them, or with ``skip_bad`` left out (``Streamed.bad``).
     Returns on every rank; only rank 0's sink receives anything (``Streamed.lead``).
     """
-    from ..training.fit import quiet_lightning, scoped_process_state, _devices
+    streamed = run_chunks(model, ChunkImages(records, image_size, chunk), outputs, score, sink, devices,
+                          skip_bad=skip_bad, progress=progress)
+    assert streamed is not None
+    return streamed
 
-    dataset = ChunkImages(records, image_size, chunk)
+
+def run_chunks(model: torch.nn.Module, dataset: ChunkImages | ChunkRows, outputs: Callable[..., Any],
+               score: Callable[[Any], Scores], sink: Sink, devices: Devices, *, skip_bad: bool, progress: bool,
+               several_only: bool = False) -> Streamed | None:
+    """Lightning's predict loop over ``dataset``'s chunks (see :func:`stream_predictions`); with ``several_only``
+    nothing runs (None) unless the devices make more than one process."""
+    from ..training.fit import _devices, quiet_lightning, scoped_process_state
+
     with scoped_process_state():
         quiet_lightning()
         warnings.filterwarnings("ignore", ".*infer the batch indices.*")  # the writer needs none
@@ -187,6 +198,8 @@ def stream_predictions(model: torch.nn.Module, records: Sequence[ImageRecord], i
                     enable_model_summary=False, use_distributed_sampler=False, callbacks=[writer])
             except (ValueError, TypeError, MisconfigurationException) as e:
                 raise SupersubError(f"predict: {str(e).strip().splitlines()[0]}") from None
+            if several_only and trainer.world_size == 1:
+                return None
             trainer.predict(_Scoring(model, dataset, outputs, score), return_predictions=False)
     if not trainer.is_global_zero:
         return Streamed(lead=False)
@@ -195,3 +208,10 @@ def stream_predictions(model: torch.nn.Module, records: Sequence[ImageRecord], i
     if writer.result.bad:
         log.warning("skipped %d unreadable image(s), e.g. %s", len(writer.result.bad), writer.result.bad[0])
     return writer.result
+
+
+class Discard:
+    """A sink that keeps nothing (feature extraction: the results went to the disk cache)."""
+
+    def add(self, records: Sequence[Any], scores: Scores) -> None:
+        return None

@@ -28,6 +28,7 @@ from ..io import load_checkpoint
 from ..memory import freed_memory_kept, keep_freed_memory
 from ..taxonomy import Taxonomy
 from .distributed import local_device
+from .extract import extract_on_devices
 from .finetune import GradualUnfreeze, cached_rows
 from .loggers import build_loggers, end_stage_runs, keep_csv_history
 from .module import HierarchicalModule
@@ -265,6 +266,7 @@ def fit_stage(
         log.info("%s: finetune=%s: frozen outputs computed once per view (%s); other augmentation is off", stage,
                  cfg.optim.finetune, ", ".join(views))
         start = time.perf_counter()
+        extract_on_devices(module.model, images, cfg, views)  # several devices: each rank a shard, into the cache
         inputs = cached_rows(module.model, images, cfg, local_device(cfg.trainer.accelerator), views)
         feature_seconds = time.perf_counter() - start
     dm = TensorDataModule(
