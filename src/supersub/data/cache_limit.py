@@ -50,6 +50,14 @@ def cache_policy(write: bool = True, max_gb: float | None = None) -> Iterator[No
         _POLICY.reset(token)
 
 
+def default_cache_dir() -> Path:
+    """``$SUPERSUB_CACHE_DIR``, else ``$XDG_CACHE_HOME/supersub``, else ``~/.cache/supersub``."""
+    if os.environ.get("SUPERSUB_CACHE_DIR"):
+        return Path(os.environ["SUPERSUB_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "supersub"
+
+
 def writes_enabled() -> bool:
     return _POLICY.get().write
 

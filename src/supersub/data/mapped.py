@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import SupersubError
+from .cache_limit import default_cache_dir
 
 # rows of a mapped tensor by the address of its storage (weak: a mapping lives as long as its tensors)
 _MAPPINGS: weakref.WeakValueDictionary[int, np.memmap] = weakref.WeakValueDictionary()
@@ -52,8 +53,6 @@ def is_mapped(tensor: torch.Tensor) -> bool:
 def scratch_dir(cache_dir: Path | None) -> Path:
     """Where an unnamed image file goes: ``cache_dir``, else ``$SUPERSUB_CACHE_DIR`` or the user cache (a disk,
     where ``/tmp`` may be memory)."""
-    from ..models.feature_cache import default_cache_dir
-
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.cache_limit import enforce_limit, touch, writes_enabled
+from ..data.cache_limit import default_cache_dir, enforce_limit, touch, writes_enabled  # noqa: F401 - re-exported
 from ..data.mapped import release
 from ..errors import SupersubError
 from ..io import torch_save_atomic
@@ -140,14 +139,6 @@ class _ShardIndex:
             touch(self.paths[shard])
         assert out is not None
         return out
-
-
-def default_cache_dir() -> Path:
-    """``$SUPERSUB_CACHE_DIR``, else ``$XDG_CACHE_HOME/supersub``, else ``~/.cache/supersub``."""
-    if os.environ.get("SUPERSUB_CACHE_DIR"):
-        return Path(os.environ["SUPERSUB_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "supersub"
 
 
 def network_digest(backbone: nn.Module, normalize: Normalize, input_size: int | None,

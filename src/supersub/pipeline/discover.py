@@ -32,7 +32,7 @@ from ..io import write_atomic, write_json_atomic, write_text_atomic
 from ..report_page import Grid, Page, Section, Table, Tile, render_page, thumbnail_uri
 from ..run import RunDir
 from .predict import Applied, Collected, kept_dataset, one_device, stream_run
-from .stream import Scores
+from ..training.stream import Scores
 
 log = logging.getLogger("supersub")
 

@@ -38,7 +38,7 @@ from ..taxonomy import Taxonomy
 from ..training.distributed import is_global_zero
 from ..training.finetune import cached_outputs
 from .calibration import load_scorer
-from .stream import Devices, Scores, Sink, Streamed, stream_predictions
+from ..training.stream import Devices, Scores, Sink, Streamed, stream_predictions
 
 log = logging.getLogger("supersub")
 

@@ -34,10 +34,9 @@ from ..report_page import Chart, Grid, Page, Section, Table, Tile, render_page, 
 from ..reporting import confusion_figure, figure_png, overlaid_curves_figure, sweep_figure
 from ..run import MARKER, RunDir, Thresholds
 from ..taxonomy import Taxonomy
-from .calibration import load_scorer
 from .evaluate import score_prediction
 from .predict import Applied, Collected, Prediction, kept_dataset, one_device, stream_run
-from .stream import Scores
+from ..training.stream import Scores
 
 
 COMPETITION_TRUTH, COMPETITION_IMAGES = "test_truth.csv", "test_images"

@@ -17,7 +17,7 @@ import torch
 
 from ..config import TrainConfig
 from ..data.chunks import ChunkRows
-from ..pipeline.stream import Devices, Discard, run_chunks
+from .stream import Devices, Discard, run_chunks
 from .finetune import cache_dir, cached_rows
 
 

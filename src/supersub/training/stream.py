@@ -29,6 +29,7 @@ from ..data.chunks import ChunkImages, ChunkRows, unreadable
 from ..data.records import ImageRecord
 from ..errors import SupersubError
 from ..inference import Outputs
+from .process import _devices, quiet_lightning, scoped_process_state
 
 log = logging.getLogger("supersub")
 
@@ -182,8 +183,6 @@ def run_chunks(model: torch.nn.Module, dataset: ChunkImages | ChunkRows, outputs
                several_only: bool = False) -> Streamed | None:
     """Lightning's predict loop over ``dataset``'s chunks (see :func:`stream_predictions`); with ``several_only``
     nothing runs (None) unless the devices make more than one process."""
-    from ..training.fit import _devices, quiet_lightning, scoped_process_state
-
     with scoped_process_state():
         quiet_lightning()
         warnings.filterwarnings("ignore", ".*infer the batch indices.*")  # the writer needs none
