@@ -129,21 +129,39 @@ def run_side(args: argparse.Namespace) -> None:
 
 
 def table(work: Path) -> str:
-    """One row per (command, images), a column group per label: seconds, images/s, peak RSS (MiB)."""
+    """One row per (command, images), a column group per label: seconds, images/s, the marginal images/s from the
+    next smaller size (extra images / extra seconds: equal across sizes when time is linear in images, whatever the
+    fixed start-up cost), peak RSS (MiB)."""
     sides = [json.loads(p.read_text()) for p in sorted(work.glob("results-*.json"))]
     sides.sort(key=lambda s: {"before": 0, "after": 1}.get(s["label"], 2))
     keys = sorted({(r["command"], r["images"]) for s in sides for r in s["rows"]}, key=lambda k: (k[0] != "predict", k))
-    head = "| command | images | " + " | ".join(f"{s['label']} s | {s['label']} img/s | {s['label']} peak RSS MiB"
-                                               for s in sides) + " |"
-    lines = [head, "|" + "---|" * (2 + 3 * len(sides))]
+    head = "| command | images | " + " | ".join(f"{s['label']} s | {s['label']} img/s | {s['label']} marginal img/s | "
+                                               f"{s['label']} peak RSS MiB" for s in sides) + " |"
+    lines = [head, "|---|---:|" + "---:|" * (4 * len(sides))]
     for command, n in keys:
         cells = []
         for s in sides:
-            rows = [r for r in s["rows"] if (r["command"], r["images"]) == (command, n)]
-            r = rows[-1] if rows else None  # the latest measurement of this size
-            cells += [f"{r['seconds']:.0f}", f"{n / r['seconds']:.1f}", f"{r['peak_rss_mib']:.0f}"] if r else ["", "", ""]
+            r, smaller = _latest(s, command, n), _previous(s, command, n)
+            if r is None:
+                cells += ["", "", "", ""]
+                continue
+            marginal = (n - smaller["images"]) / (r["seconds"] - smaller["seconds"]) if smaller else None
+            cells += [f"{r['seconds']:.0f}", f"{n / r['seconds']:.1f}", f"{marginal:.1f}" if marginal else "",
+                      f"{r['peak_rss_mib']:.0f}"]
         lines.append(f"| {command} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _latest(side: dict, command: str, n: int) -> dict | None:
+    """The latest measurement of this command and size (a size measured again replaces the earlier one)."""
+    rows = [r for r in side["rows"] if (r["command"], r["images"]) == (command, n)]
+    return rows[-1] if rows else None
+
+
+def _previous(side: dict, command: str, n: int) -> dict | None:
+    """The measurement of the next smaller size of the same command, if any."""
+    sizes = sorted({r["images"] for r in side["rows"] if r["command"] == command and r["images"] < n})
+    return _latest(side, command, sizes[-1]) if sizes else None
 
 
 def main(argv: list[str] | None = None) -> None:
