@@ -538,6 +538,8 @@ def predict(
                                           show_default="the run's trainer.devices"),
     strategy: Optional[str] = typer.Option(None, help="auto, ddp (one process per device, rank 0 writes the CSV)",
                                            show_default="the run's trainer.strategy"),
+    num_nodes: int = typer.Option(1, "--num-nodes", help="machines of a multi-node job (SLURM: --nodes); --devices "
+                                  "is per machine"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="a progress bar with images/s (terminals only)"),
 ) -> None:
     """Write image,superclass_index,subclass_index for every image (novel = last index)."""
@@ -548,7 +550,7 @@ def predict(
     with call_scope():
         rows = predict_images(run_dir, images, out, probs=probs, names=names, overwrite=overwrite, skip_bad=skip_bad_images,
                               device=device, cache=cache, accelerator=accelerator, devices=devices,
-                              strategy=strategy, frame=False, progress=progress)
+                              strategy=strategy, num_nodes=num_nodes, frame=False, progress=progress)
     if is_global_zero():
         console.print(f"wrote {out}: {rows} images")
 

@@ -204,12 +204,14 @@ def one_device(cfg: TrainConfig, device: str | None) -> Devices:
 
 
 def run_devices(cfg: TrainConfig, device: str | None, accelerator: str | None, devices: str | None,
-                strategy: str | None) -> Devices:
+                strategy: str | None, num_nodes: int = 1) -> Devices:
     """``predict``'s devices: ``--device``, else the options given, else the run's ``trainer`` settings."""
+    if num_nodes < 1:
+        raise SupersubError(f"--num-nodes: {num_nodes} machines; give 1 or more")
     if device:
         return named_devices(device)
     return Devices(accelerator or cfg.trainer.accelerator, devices or cfg.trainer.devices,
-                   strategy or cfg.trainer.strategy)
+                   strategy or cfg.trainer.strategy, num_nodes)
 
 
 def named_devices(name: str) -> Devices:
@@ -284,6 +286,7 @@ def predict_images(
     accelerator: str | None = None,
     devices: str | None = None,
     strategy: str | None = None,
+    num_nodes: int = 1,
     frame: bool = True,
     progress: bool = False,
 ) -> pd.DataFrame | int:
@@ -301,7 +304,7 @@ def predict_images(
     run = RunDir.open(run_dir)
     run.require_finished()
     model, cfg, _ = run.load_model()
-    where = run_devices(cfg, device, accelerator, devices, strategy)
+    where = run_devices(cfg, device, accelerator, devices, strategy, num_nodes)
     taxonomy = run.load_taxonomy() if names else None
     collected = Collected()
     with cache_policy(write=cache, max_gb=cfg.data.cache_max_gb):

@@ -51,6 +51,7 @@ class Devices:
     accelerator: str = "auto"
     devices: int | str | list[int] = 1
     strategy: str = "auto"
+    num_nodes: int = 1  # machines of a multi-node job (SLURM: --nodes); devices is per machine
 
 
 @dataclass
@@ -193,7 +194,7 @@ def run_chunks(model: torch.nn.Module, dataset: ChunkImages | ChunkRows, outputs
                 trainer = L.Trainer(
                     accelerator=devices.accelerator,
                     devices=_devices(devices.devices) if isinstance(devices.devices, str) else devices.devices,
-                    strategy=devices.strategy, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                    strategy=devices.strategy, num_nodes=devices.num_nodes, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                     enable_model_summary=False, use_distributed_sampler=False, callbacks=[writer])
             except (ValueError, TypeError, MisconfigurationException) as e:
                 raise SupersubError(f"predict: {str(e).strip().splitlines()[0]}") from None
