@@ -151,8 +151,9 @@ def predict(
     ``names`` adds the class names beside the indices; ``device`` (cpu, cuda, cuda:1, mps, auto) overrides the
     run's ``trainer.accelerator`` for inference. Cached backbone outputs of these images are read, and kept on
     disk only with ``cache`` (by default a prediction leaves the caches as they were). Images are read and
-    predicted in chunks (the CSV grows as they finish, under a temporary name); ``accelerator``, ``devices`` and
-    ``strategy`` (default: the run's) spread the chunks over several devices through Lightning.
+    predicted in chunks (the CSV grows as they finish, under a temporary name); ``devices`` and ``strategy``
+    spread the chunks over several devices through Lightning (which then runs this script once per device, as
+    for training; by default one device of the run's accelerator, or ``accelerator``).
     """
     with call_scope():
         frame = predict_images(run_dir, images, out, probs=probs, names=names, overwrite=overwrite,

@@ -550,7 +550,8 @@ def predict(
     with call_scope():
         rows = predict_images(run_dir, images, out, probs=probs, names=names, overwrite=overwrite, skip_bad=skip_bad_images,
                               device=device, cache=cache, accelerator=accelerator, devices=devices,
-                              strategy=strategy, num_nodes=num_nodes, frame=False, progress=progress)
+                              strategy=strategy, num_nodes=num_nodes, runs_devices=True, frame=False,
+                              progress=progress)
     if is_global_zero():
         console.print(f"wrote {out}: {rows} images")
 

@@ -204,14 +204,19 @@ def one_device(cfg: TrainConfig, device: str | None) -> Devices:
 
 
 def run_devices(cfg: TrainConfig, device: str | None, accelerator: str | None, devices: str | None,
-                strategy: str | None, num_nodes: int = 1) -> Devices:
-    """``predict``'s devices: ``--device``, else the options given, else the run's ``trainer`` settings."""
+                strategy: str | None, num_nodes: int = 1, runs_devices: bool = False) -> Devices:
+    """``predict``'s devices: ``--device``, else the options given, else (``runs_devices``: the command line) the
+    run's ``trainer`` settings, or one device of the run's accelerator.
+
+    Several devices mean Lightning re-runs the command line once per device: right for ``supersub predict``, wrong
+    for a library call (a notebook, a test runner would be started again), so the API asks for them explicitly."""
     if num_nodes < 1:
         raise SupersubError(f"--num-nodes: {num_nodes} machines; give 1 or more")
     if device:
         return named_devices(device)
-    return Devices(accelerator or cfg.trainer.accelerator, devices or cfg.trainer.devices,
-                   strategy or cfg.trainer.strategy, num_nodes)
+    if runs_devices:
+        devices, strategy = devices or cfg.trainer.devices, strategy or cfg.trainer.strategy
+    return Devices(accelerator or cfg.trainer.accelerator, devices or 1, strategy or "auto", num_nodes)
 
 
 def named_devices(name: str) -> Devices:
@@ -287,15 +292,17 @@ def predict_images(
     devices: str | None = None,
     strategy: str | None = None,
     num_nodes: int = 1,
+    runs_devices: bool = False,
     frame: bool = True,
     progress: bool = False,
 ) -> pd.DataFrame | int:
     """:func:`supersub.api.predict`: read any unlabelled layout, predict chunk by chunk, write the CSV when ``out``
     is given (rows appended as chunks finish, to a temporary file renamed onto ``out`` at the end: a partial
     file never has the final name). Returns the frame, or with ``frame`` off only the number of rows written (the
-    command line: nothing of the images' results stays in memory). On the run's devices (``trainer.accelerator``,
-    ``devices``, ``strategy``) unless ``device`` or ``accelerator``/``devices``/``strategy`` say otherwise;
-    under several processes only rank 0 writes, and the other ranks return an empty frame (or 0)."""
+    command line: nothing of the images' results stays in memory). On one device of the run's accelerator, or
+    ``device``; ``devices``/``strategy`` (or ``runs_devices``, what the command line does: the run's ``trainer``
+    settings) spread the chunks over several; under several processes only rank 0 writes, and the other ranks
+    return an empty frame (or 0)."""
     if out is not None and Path(out).exists() and not overwrite:
         raise SupersubError(f"{out}: exists (pass --overwrite to replace it)")
     if out is None and not frame:
@@ -304,7 +311,7 @@ def predict_images(
     run = RunDir.open(run_dir)
     run.require_finished()
     model, cfg, _ = run.load_model()
-    where = run_devices(cfg, device, accelerator, devices, strategy, num_nodes)
+    where = run_devices(cfg, device, accelerator, devices, strategy, num_nodes, runs_devices)
     taxonomy = run.load_taxonomy() if names else None
     collected = Collected()
     with cache_policy(write=cache, max_gb=cfg.data.cache_max_gb):
