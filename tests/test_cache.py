@@ -12,6 +12,7 @@ from PIL import Image
 
 import supersub.data.cache as cache
 from supersub.data.cache import decode_images
+from supersub.data.mapped import is_mapped
 from supersub.data.images import load_image
 from supersub.data.records import ImageRecord
 from supersub.errors import SupersubError
@@ -91,10 +92,11 @@ def test_disk_cache_is_hit_the_second_time(tmp_path: Path, monkeypatch: pytest.M
     records = make_records(tmp_path, 3)
     first = decode_images(records, SIZE, cache_dir=tmp_path / "cache")
     (cached,) = (tmp_path / "cache").iterdir()
-    assert cached.suffix == ".pt"
+    assert cached.suffix == ".u8"
     forbid_decoding(monkeypatch)
     second = decode_images(records, SIZE, cache_dir=tmp_path / "cache")
     assert torch.equal(first.images, second.images) and second.kept == [0, 1, 2]
+    assert is_mapped(second.images)  # read through a memory map, not loaded
 
 
 def test_cache_depends_on_size(tmp_path: Path) -> None:
@@ -117,11 +119,11 @@ def test_cache_is_rebuilt_when_a_file_changes(tmp_path: Path) -> None:
 
 def test_corrupt_cache_file_is_ignored_and_rebuilt(tmp_path: Path) -> None:
     records = make_records(tmp_path, 3)
-    expected = decode_images(records, SIZE, cache_dir=tmp_path / "cache").images
+    expected = decode_images(records, SIZE, cache_dir=tmp_path / "cache").images.clone()  # not the mapped file's
     (cached,) = (tmp_path / "cache").iterdir()
     cached.write_bytes(b"garbage")
     assert torch.equal(decode_images(records, SIZE, cache_dir=tmp_path / "cache").images, expected)
-    assert torch.equal(torch.load(cached, weights_only=True)["images"], expected)
+    assert cached.read_bytes().startswith(expected.numpy().tobytes())  # rebuilt: the rows, then the trailer
 
 
 def test_cached_bad_images_still_raise_without_skip_bad(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

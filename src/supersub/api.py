@@ -142,16 +142,25 @@ def predict(
     skip_bad: bool = False,
     device: str | None = None,
     cache: bool = False,
+    accelerator: str | None = None,
+    devices: str | None = None,
+    strategy: str | None = None,
 ) -> pd.DataFrame:
     """Predict every image of a flat folder, a nested folder or a CSV of image paths; write the CSV to ``out``.
 
     ``names`` adds the class names beside the indices; ``device`` (cpu, cuda, cuda:1, mps, auto) overrides the
     run's ``trainer.accelerator`` for inference. Cached backbone outputs of these images are read, and kept on
-    disk only with ``cache`` (by default a prediction leaves the caches as they were).
+    disk only with ``cache`` (by default a prediction leaves the caches as they were). Images are read and
+    predicted in chunks (the CSV grows as they finish, under a temporary name); ``devices`` and ``strategy``
+    spread the chunks over several devices through Lightning (which then runs this script once per device, as
+    for training; by default one device of the run's accelerator, or ``accelerator``).
     """
     with call_scope():
-        return predict_images(run_dir, images, out, probs=probs, names=names, overwrite=overwrite, skip_bad=skip_bad,
-                              device=device, cache=cache)
+        frame = predict_images(run_dir, images, out, probs=probs, names=names, overwrite=overwrite,
+                               skip_bad=skip_bad, device=device, cache=cache, accelerator=accelerator,
+                               devices=devices, strategy=strategy)
+    assert isinstance(frame, pd.DataFrame)
+    return frame
 
 
 def discover(

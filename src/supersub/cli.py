@@ -532,13 +532,28 @@ def predict(
     cache: bool = typer.Option(False, "--cache/--no-cache",
                                help="keep these images' backbone outputs in the feature cache (a frozen run reads "
                                "cached ones either way)"),
+    accelerator: Optional[str] = typer.Option(None, help="where to predict: auto, cpu, gpu, mps",
+                                              show_default="the run's trainer.accelerator"),
+    devices: Optional[str] = typer.Option(None, help="how many devices share the images: auto, 1, 2, '0,1'",
+                                          show_default="the run's trainer.devices"),
+    strategy: Optional[str] = typer.Option(None, help="auto, ddp (one process per device, rank 0 writes the CSV)",
+                                           show_default="the run's trainer.strategy"),
+    num_nodes: int = typer.Option(1, "--num-nodes", help="machines of a multi-node job (SLURM: --nodes); --devices "
+                                  "is per machine"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="a progress bar with images/s (terminals only)"),
 ) -> None:
     """Write image,superclass_index,subclass_index for every image (novel = last index)."""
-    from . import api
+    from .api import call_scope
+    from .pipeline.predict import predict_images
+    from .training.distributed import is_global_zero
 
-    df = api.predict(run_dir, images, out, probs=probs, names=names, overwrite=overwrite, skip_bad=skip_bad_images,
-                     device=device, cache=cache)
-    console.print(f"wrote {out}: {len(df)} images")
+    with call_scope():
+        rows = predict_images(run_dir, images, out, probs=probs, names=names, overwrite=overwrite, skip_bad=skip_bad_images,
+                              device=device, cache=cache, accelerator=accelerator, devices=devices,
+                              strategy=strategy, num_nodes=num_nodes, runs_devices=True, frame=False,
+                              progress=progress)
+    if is_global_zero():
+        console.print(f"wrote {out}: {rows} images")
 
 
 @app.command()

@@ -5,9 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .data.mapped import release
 from .errors import SupersubError
 from .memory import keep_freed_memory
 from .novelty.outputs import Outputs  # the type run_model returns, re-exported
+
+
+# images per forward pass of a trained model; the chunks of streamed prediction are a multiple of it, so they
+# forward the same batches as the whole set at once (a batch's size can change a float's last bits)
+BATCH = 256
 
 
 def pick_device(accelerator: str = "auto") -> torch.device:
@@ -33,15 +39,19 @@ def named_device(name: str) -> torch.device:
 
 
 @torch.no_grad()
-def run_model(model: nn.Module, images: torch.Tensor, batch_size: int = 256, device: torch.device | None = None) -> Outputs:
+def run_model(model: nn.Module, images: torch.Tensor, batch_size: int | None = None,
+              device: torch.device | None = None) -> Outputs:
     """Evaluate ``model`` (see :func:`outputs_of`) on uint8 (N,3,H,W) images in eval mode; results on the CPU."""
+    batch_size = batch_size or BATCH
     device = device or pick_device()
     keep_freed_memory()  # every batch reuses the previous batch's activation memory
     model = model.to(device, memory_format=torch.channels_last).eval()  # faster convolutions, same results
-    batches = [
-        outputs_of(model, images[start : start + batch_size].to(device).contiguous(memory_format=torch.channels_last))
-        .cpu_float() for start in range(0, len(images), batch_size)
-    ]
+    batches = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size].to(device).contiguous(memory_format=torch.channels_last)
+        batches.append(outputs_of(model, batch).cpu_float())
+        release(images)  # memory-mapped images: keep the batch, not every page read so far
+
     if not batches:
         raise ValueError("run_model needs at least one image")
     return Outputs.cat(batches)

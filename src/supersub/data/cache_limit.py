@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 ENV = "SUPERSUB_CACHE_MAX_GB"
 DEFAULT_MAX_GB = 5.0  # the full competition set's frozen features take about 32 MB per view, partial's trunk ~1 GB
-PATTERNS = ("features-*.pt", "images-*.pt")
+PATTERNS = ("features-*.pt", "images-*.u8", "images-*.pt")  # .pt: images of cache format 1
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,14 @@ def cache_policy(write: bool = True, max_gb: float | None = None) -> Iterator[No
         yield
     finally:
         _POLICY.reset(token)
+
+
+def default_cache_dir() -> Path:
+    """``$SUPERSUB_CACHE_DIR``, else ``$XDG_CACHE_HOME/supersub``, else ``~/.cache/supersub``."""
+    if os.environ.get("SUPERSUB_CACHE_DIR"):
+        return Path(os.environ["SUPERSUB_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "supersub"
 
 
 def writes_enabled() -> bool:

@@ -1,4 +1,4 @@
-"""LightningDataModule over in-memory rows: uint8 images decoded once, or cached backbone features."""
+"""LightningDataModule over rows: uint8 images decoded once (memory-mapped), or cached backbone features."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ from collections.abc import Iterator, Sequence
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Sampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .mapped import release
 
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
@@ -31,6 +33,26 @@ class EpochShuffleSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.n
+
+
+class Rows(Dataset):
+    """Rows ``idx`` of ``inputs`` with their labels, read when a batch asks for them (``TensorDataset`` over a
+    copy of the subset would hold every training image in memory; memory-mapped images stay on disk)."""
+
+    def __init__(self, inputs: torch.Tensor, idx: torch.Tensor, y_super: torch.Tensor, y_sub: torch.Tensor) -> None:
+        self.inputs, self.idx, self.y_super, self.y_sub = inputs, idx, y_super[idx], y_sub[idx]
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, items: list[int]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """One read for a whole batch (the DataLoader's fetcher calls this), then the mapped pages are let go."""
+        rows = self.inputs[self.idx[items]]
+        release(self.inputs)
+        return list(zip(rows, self.y_super[items], self.y_sub[items]))
 
 
 class TensorDataModule(L.LightningDataModule):
@@ -58,8 +80,8 @@ class TensorDataModule(L.LightningDataModule):
         self.seed = seed
         self.num_workers = num_workers
 
-    def _subset(self, idx: torch.Tensor) -> TensorDataset:
-        return TensorDataset(self.inputs[idx], self.y_super[idx], self.y_sub[idx])
+    def _subset(self, idx: torch.Tensor) -> Rows:
+        return Rows(self.inputs, idx, self.y_super, self.y_sub)
 
     def train_dataloader(self) -> DataLoader:
         ds = self._subset(self.train_idx)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.cache_limit import enforce_limit, touch, writes_enabled
+from ..data.cache_limit import default_cache_dir, enforce_limit, touch, writes_enabled  # noqa: F401 - re-exported
+from ..data.mapped import release
 from ..errors import SupersubError
 from ..io import torch_save_atomic
 from ..memory import keep_freed_memory
@@ -62,78 +62,83 @@ def extract_features(
     keys = image_keys(images)
     store = _ShardIndex(Path(cache_dir), network)
     missing = [i for i, key in enumerate(keys) if key not in store]
-    # the misses are computed in blocks of CACHE_BLOCK and each block saved as one shard
+    out: torch.Tensor | None = None
+    # the misses are computed in blocks of CACHE_BLOCK, each block saved as one shard and put in place at once:
+    # memory holds the output matrix and one block, never a second copy of the features
     for start in range(0, len(missing), CACHE_BLOCK):
         rows = missing[start : start + CACHE_BLOCK]
         computed = _compute(backbone, images[rows], normalize, batch_size, torch.device(device), input_size, dtype)
-        store.add([keys[i] for i in rows], computed)
+        release(images)
+        store.save([keys[i] for i in rows], computed)
+        if out is None:
+            out = torch.empty((len(keys), *computed.shape[1:]), dtype=computed.dtype)
+        out[rows] = computed
     # a model that only reads (calibrate re-runs eight models on the same images) says so at debug level only
     log.log(logging.INFO if missing else logging.DEBUG, "backbone outputs of %d images: %d read from the cache in %s, "
             "%d computed", len(images), len(images) - len(missing), cache_dir, len(missing))
-    return store.gather(keys)
+    done = set(missing)
+    return store.gather(keys, [i for i in range(len(keys)) if i not in done], out)
 
 
 def image_keys(images: torch.Tensor) -> list[str]:
     """sha256 of each image's shape and pixels: the cache is content-addressed per image, so any subset or
     order of already-seen images (another split of the same photos, a grown pool) is a hit."""
     shape = f"{tuple(images.shape[1:])}\0".encode()
-    return [hashlib.sha256(shape + _tensor_bytes(image)).hexdigest() for image in images]
+    keys: list[str] = []
+    for start in range(0, len(images), CACHE_BLOCK):  # a block at a time: memory-mapped images stay on disk
+        keys += [hashlib.sha256(shape + _tensor_bytes(image)).hexdigest() for image in images[start:start + CACHE_BLOCK]]
+        release(images)
+    return keys
 
 
 class _ShardIndex:
     """The cached rows of one network: shard files ``features-<network>-<id>.pt`` of up to
-    :data:`CACHE_BLOCK` images, each holding its images' keys and their outputs."""
+    :data:`CACHE_BLOCK` images, each holding its images' keys and their outputs, memory-mapped (a shard's rows
+    take memory only while they are copied out)."""
 
     def __init__(self, folder: Path, network: str) -> None:
         self.folder, self.network = folder, network
         self.where: dict[str, tuple[int, int]] = {}
-        self.shards: list[torch.Tensor] = []
-        self.paths: list[Path | None] = []  # the file of each shard read from disk (None: computed in this call)
+        self.shards: list[torch.Tensor | None] = []
+        self.paths: list[Path] = []
         for path in sorted(folder.glob(f"features-{network[:16]}-*.pt")) if folder.is_dir() else ():
             payload = _load(path, network)
             if payload is None:
                 continue
             keys, rows = payload
-            self._index(keys, rows, path)
+            shard = len(self.shards)
+            self.shards.append(rows)
+            self.paths.append(path)
+            for row, key in enumerate(keys):
+                self.where.setdefault(key, (shard, row))
 
     def __contains__(self, key: str) -> bool:
         return key in self.where
 
-    def _index(self, keys: list[str], rows: torch.Tensor, path: Path | None = None) -> None:
-        shard = len(self.shards)
-        self.shards.append(rows)
-        self.paths.append(path)
-        for row, key in enumerate(keys):
-            self.where.setdefault(key, (shard, row))
-
-    def add(self, keys: list[str], rows: torch.Tensor) -> None:
-        self._index(keys, rows)
+    def save(self, keys: list[str], rows: torch.Tensor) -> None:
+        """Write one shard (nothing stays in memory: the caller puts ``rows`` in place)."""
         digest = hashlib.sha256("".join(keys).encode()).hexdigest()[:16]
         _save(self.folder / f"features-{self.network[:16]}-{digest}.pt", self.network, keys, rows)
 
-    def gather(self, keys: list[str]) -> torch.Tensor:
-        """The rows of ``keys``; every shard file they come from counts as used now (least-recently-used eviction
-        goes by the last use, :mod:`supersub.data.cache_limit`)."""
-        first = self.shards[self.where[keys[0]][0]]
-        out = torch.empty((len(keys), *first.shape[1:]), dtype=first.dtype)
-        used: set[int] = set()
-        for i, key in enumerate(keys):
-            shard, row = self.where[key]
-            out[i] = self.shards[shard][row]
-            used.add(shard)
-        for shard in sorted(used):
-            path = self.paths[shard]
-            if path is not None:
-                touch(path)
+    def gather(self, keys: list[str], wanted: list[int], out: torch.Tensor | None) -> torch.Tensor:
+        """``out`` (allocated here when None) with rows ``wanted`` filled from the shards of their keys, one shard at
+        a time (each shard is dropped, unmapped, once read); every shard read counts as used now
+        (least-recently-used eviction goes by the last use, :mod:`supersub.data.cache_limit`)."""
+        by_shard: dict[int, list[tuple[int, int]]] = {}
+        for i in wanted:
+            shard, row = self.where[keys[i]]
+            by_shard.setdefault(shard, []).append((i, row))
+        for shard in sorted(by_shard):
+            rows = self.shards[shard]
+            assert rows is not None
+            if out is None:
+                out = torch.empty((len(keys), *rows.shape[1:]), dtype=rows.dtype)
+            pairs = by_shard[shard]
+            out[[i for i, _ in pairs]] = rows[[r for _, r in pairs]]
+            self.shards[shard] = None
+            touch(self.paths[shard])
+        assert out is not None
         return out
-
-
-def default_cache_dir() -> Path:
-    """``$SUPERSUB_CACHE_DIR``, else ``$XDG_CACHE_HOME/supersub``, else ``~/.cache/supersub``."""
-    if os.environ.get("SUPERSUB_CACHE_DIR"):
-        return Path(os.environ["SUPERSUB_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "supersub"
 
 
 def network_digest(backbone: nn.Module, normalize: Normalize, input_size: int | None,
@@ -205,7 +210,7 @@ def _compute(backbone: nn.Module, images: torch.Tensor, normalize: Normalize, ba
 def _load(target: Path, network: str) -> tuple[list[str], torch.Tensor] | None:
     """A shard's keys and rows if the file is intact and made by ``network``; anything else is a miss."""
     try:
-        payload: Any = torch.load(target, map_location="cpu", weights_only=True)
+        payload: Any = torch.load(target, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # noqa: BLE001 - a corrupt or foreign cache file is recomputed, never fatal
         log.warning("%s: unreadable feature cache, recomputing (%s)", target, type(e).__name__)
         return None

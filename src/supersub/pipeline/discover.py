@@ -27,12 +27,12 @@ from ..data.cache_limit import cache_policy
 from ..data.formats import read_images
 from ..errors import SupersubError
 from ..grouping import Grouping, group_features
-from ..inference import named_device, pick_device
+from ..inference import Outputs
 from ..io import write_atomic, write_json_atomic, write_text_atomic
 from ..report_page import Grid, Page, Section, Table, Tile, render_page, thumbnail_uri
 from ..run import RunDir
-from .calibration import load_scorer
-from .predict import apply_novelty, decode_readable, model_outputs
+from .predict import Applied, Collected, kept_dataset, one_device, stream_run
+from ..training.stream import Scores
 
 log = logging.getLogger("supersub")
 
@@ -99,20 +99,24 @@ def run_view(run_dir: str | Path, images: str | Path, *, skip_bad: bool = False,
     run = RunDir.open(run_dir)
     run.require_finished()
     model, cfg, _ = run.load_model()
-    thresholds, taxonomy = run.load_thresholds(), run.load_taxonomy()
-    scorer = load_scorer(run.path, thresholds.score)
+    taxonomy = run.load_taxonomy()
     ds = read_images(Path(images))
+
+    def features(outputs: Outputs, applied: Applied) -> Scores:
+        """The features the groups are made of and the calibrated probability of each decided class."""
+        d = applied.decision
+        return {"features": outputs.features, "super_prob": applied.super_probs.gather(1, d.super_pred.view(-1, 1)).view(-1),
+                "sub_prob": applied.sub_probs.gather(1, d.sub_pred.view(-1, 1)).view(-1)}
+
+    collected = Collected()
     with cache_policy(write=cache, max_gb=cfg.data.cache_max_gb):
-        decoded, kept = decode_readable(ds, cfg.data.image_size, skip_bad)
-        dev = named_device(device) if device else pick_device(cfg.trainer.accelerator)
-        outputs = model_outputs(model, decoded, cfg, dev)
-    applied = apply_novelty(outputs, taxonomy, thresholds, scorer)
-    d = applied.decision
-    super_prob = applied.super_probs.gather(1, d.super_pred.view(-1, 1)).view(-1)
-    sub_prob = applied.sub_probs.gather(1, d.sub_pred.view(-1, 1)).view(-1)
-    return Flagged(kept.names, [str(r.path) for r in kept.records], d.super_pred.numpy(), d.sub_pred.numpy(),
-                   d.super_conf.numpy(), d.sub_conf.numpy(), outputs.features.numpy(), list(taxonomy.super_names),
-                   list(taxonomy.sub_names), super_prob.numpy(), sub_prob.numpy())
+        streamed = stream_run(run, model, cfg, ds.records, collected, one_device(cfg, device), skip_bad=skip_bad,
+                              progress=False, extra=features)
+    kept = kept_dataset(ds, streamed)
+    s = collected.scores()
+    return Flagged(kept.names, [str(r.path) for r in kept.records], s["super_pred"].numpy(), s["sub_pred"].numpy(),
+                   s["super_conf"].numpy(), s["sub_conf"].numpy(), s["features"].numpy(), list(taxonomy.super_names),
+                   list(taxonomy.sub_names), s["super_prob"].numpy(), s["sub_prob"].numpy())
 
 
 def discover_images(run_dir: str | Path, images: str | Path, out: str | Path, *, groups: int | None = None,

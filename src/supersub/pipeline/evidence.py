@@ -22,6 +22,9 @@ from ..training.module import HierarchicalModule
 from .stages import Pool, Stage, stage_labels
 
 
+EVIDENCE_BLOCK = 1024  # images copied out of the pool at a time (a multiple of supersub.inference.BATCH)
+
+
 @dataclass
 class Evidence:
     """One model's outputs on its stage's images, restricted to its seen classes, with stage labels."""
@@ -61,7 +64,11 @@ def collect_evidence(
         if everything is not None:
             out = everything.select(idx)
         else:
-            out = run_model(model, pool.images[list(idx)], device=device)
+            # a block of rows at a time (multiples of run_model's batch: the same batches as all at once), so
+            # memory-mapped images are never all copied into memory
+            rows = list(idx)
+            out = Outputs.cat([run_model(model, pool.images[rows[i:i + EVIDENCE_BLOCK]], device=device)
+                               for i in range(0, len(rows), EVIDENCE_BLOCK)])
         return seen_view(out, tax.n_super, tax.n_sub)
 
     train = [i for i in stage.train if y_super[i] >= 0 and y_sub[i] >= 0]

@@ -1,4 +1,5 @@
-"""A run's inputs as tensors: the labelled images, then the exposure images, decoded once into one pool."""
+"""A run's inputs as tensors: the labelled images, then the exposure images, decoded once into one pool (a file
+read through a memory map, :mod:`supersub.data.mapped`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 
 from ..config import TrainConfig
 from ..data.cache import decode_images
+from ..data.mapped import cat_rows
 from ..data.exposure import read_novel_sub
 from ..data.formats import read_dataset, read_flat, read_image_list
 from ..data.records import Dataset, ImageRecord
@@ -25,7 +27,7 @@ log = logging.getLogger("supersub")
 
 @dataclass
 class LabelledImages:
-    """A labelled dataset decoded into tensors (images uint8 N,3,H,W; labels long N)."""
+    """A labelled dataset decoded into tensors (images uint8 N,3,H,W, memory-mapped; labels long N)."""
 
     dataset: Dataset
     images: torch.Tensor
@@ -38,7 +40,7 @@ def load_labelled(path: str | Path, cfg: TrainConfig) -> LabelledImages:
     ds = read_dataset(Path(path))
     check_superclasses(ds, path)
     decoded = decode_images(
-        ds.records, cfg.data.image_size, skip_bad=cfg.data.skip_bad_images, cache_dir=cfg.data.cache_dir
+        ds.records, cfg.data.image_size, skip_bad=cfg.data.skip_bad_images, cache_dir=cfg.data.cache_dir, mapped=True
     )
     if decoded.bad:
         log.warning("skipped %d unreadable image(s), e.g. %s", len(decoded.bad), decoded.bad[0])
@@ -91,7 +93,8 @@ def _decode_sample(records: list[ImageRecord], cfg: TrainConfig, count: int | No
     if count is not None and count < len(records):
         pick = np.random.default_rng(cfg.seed).choice(len(records), size=count, replace=False)
         records = [records[i] for i in sorted(pick.tolist())]
-    decoded = decode_images(records, cfg.data.image_size, skip_bad=cfg.data.skip_bad_images, cache_dir=cfg.data.cache_dir)
+    decoded = decode_images(records, cfg.data.image_size, skip_bad=cfg.data.skip_bad_images, cache_dir=cfg.data.cache_dir,
+                            mapped=True)
     if decoded.bad:
         log.warning("skipped %d unreadable %s image(s), e.g. %s", len(decoded.bad), what, decoded.bad[0])
     return decoded.images, [records[i] for i in decoded.kept]
@@ -123,4 +126,4 @@ def training_pool(data_: LabelledImages, cfg: TrainConfig, summary: dict[str, An
         y_sub.append(torch.full((len(sub_images),), NOVEL_SUB, dtype=torch.long))
         summary["n_novel_sub_images"] = len(sub_images)
         log.info("novel-subclass exposure: %d images", len(sub_images))
-    return Pool(torch.cat(images), torch.cat(y_super), torch.cat(y_sub), len(data_.dataset))
+    return Pool(cat_rows(images, cfg.data.cache_dir), torch.cat(y_super), torch.cat(y_sub), len(data_.dataset))

@@ -10,9 +10,11 @@ into hierarchical distributions whose argmax at each level is the decision.
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pandas as pd
 import torch
@@ -20,10 +22,10 @@ import torch
 from ..data.cache import decode_images
 from ..data.cache_limit import cache_policy
 from ..data.formats import read_images
-from ..data.records import Dataset
+from ..data.records import Dataset, ImageRecord
 from ..errors import SupersubError
 from ..inference import Outputs, named_device, pick_device, run_model
-from ..io import write_atomic
+from ..io import atomic_path
 from ..config import TrainConfig
 from ..models.ensemble import BaggingEnsemble
 from ..models.model import HierarchicalClassifier
@@ -33,8 +35,10 @@ from ..novelty.scores import create_detector
 from ..novelty.scoring import NoveltyScorer, seen_view
 from ..run import RunDir, Thresholds
 from ..taxonomy import Taxonomy
+from ..training.distributed import is_global_zero
 from ..training.finetune import cached_outputs
 from .calibration import load_scorer
+from ..training.stream import Devices, Scores, Sink, Streamed, stream_predictions
 
 log = logging.getLogger("supersub")
 
@@ -75,6 +79,12 @@ class Prediction:
     sub_probs: torch.Tensor
     super_conf: torch.Tensor
     sub_conf: torch.Tensor
+
+    @classmethod
+    def from_scores(cls, names: list[str], scores: Scores) -> Prediction:
+        """A prediction from the columns :func:`decision_scores` makes (as streamed chunk by chunk)."""
+        return cls(names, scores["super_pred"], scores["sub_pred"], scores["super_probs"], scores["sub_probs"],
+                   scores["super_conf"], scores["sub_conf"])
 
     def to_frame(self, probs: bool = False, taxonomy: Taxonomy | None = None) -> pd.DataFrame:
         """The competition columns; with ``taxonomy`` also superclass_name/subclass_name ("novel" when novel)."""
@@ -137,25 +147,122 @@ def _scorer_for(thresholds: Thresholds, scorer: NoveltyScorer | None) -> Novelty
 
 
 def predict_dataset(run_dir: str | Path, ds: Dataset, skip_bad: bool, device: str | None = None,
-                    cache: bool = False) -> tuple[Prediction, Dataset]:
-    """Predict a dataset with a run. The disk caches are read, but the images predicted (test sets, a user's
-    photos) are kept in them only with ``cache`` (``predict --cache``)."""
+                    cache: bool = False, progress: bool = False) -> tuple[Prediction, Dataset]:
+    """Predict a dataset with a run, chunk by chunk (:mod:`.stream`: the images are never all in memory, only
+    their scores). The disk caches are read, but the images predicted (test sets, a user's photos) are kept in
+    them only with ``cache`` (``predict --cache``)."""
     run = RunDir.open(run_dir)
     run.require_finished()  # an interrupted run's model or thresholds are never used
     model, cfg, _ = run.load_model()
+    collected = Collected()
     with cache_policy(write=cache, max_gb=cfg.data.cache_max_gb):
-        return _predict_loaded(run, model, cfg, ds, skip_bad, device)
+        streamed = stream_run(run, model, cfg, ds.records, collected, one_device(cfg, device), skip_bad=skip_bad,
+                              progress=progress)
+    kept = kept_dataset(ds, streamed)
+    return Prediction.from_scores([r.name for r in kept.records], collected.scores()), kept
 
 
-def _predict_loaded(run: RunDir, model: Any, cfg: TrainConfig, ds: Dataset, skip_bad: bool,
-                    device: str | None) -> tuple[Prediction, Dataset]:
+def stream_run(run: RunDir, model: Any, cfg: TrainConfig, records: list[ImageRecord], sink: Sink, devices: Devices, *,
+               skip_bad: bool, progress: bool, extra: Callable[[Outputs, Applied], Scores] | None = None) -> Streamed:
+    """Stream ``records`` through the run's model, decision rule and probabilities into ``sink``
+    (``extra`` adds columns of its own: discover's features, report's open-set argmax)."""
     thresholds = run.load_thresholds()
     taxonomy = run.load_taxonomy()  # the model's own may carry the extra class of novelty.oe: class
-    scorer = load_scorer(run.path, thresholds.score)
-    images, kept = decode_readable(ds, cfg.data.image_size, skip_bad)
-    pred = predict_tensors(model, taxonomy, thresholds, images, kept.names, cfg.trainer.accelerator, scorer,
-                           named_device(device) if device else None, cfg)
-    return pred, kept
+    scorer = _scorer_for(thresholds, load_scorer(run.path, thresholds.score))
+
+    def score(outputs: Outputs) -> Scores:
+        applied = apply_novelty(outputs, taxonomy, thresholds, scorer)
+        return {**decision_scores(applied), **(extra(outputs, applied) if extra is not None else {})}
+
+    def outputs_of(net: torch.nn.Module, images: torch.Tensor, device: torch.device) -> Outputs:
+        return model_outputs(net, images, cfg, device)
+
+    return stream_predictions(model, records, cfg.data.image_size, outputs_of, score, sink, devices,
+                              skip_bad=skip_bad, progress=progress)
+
+
+def decision_scores(applied: Applied) -> Scores:
+    """The per-image columns of a :class:`Prediction`."""
+    d = applied.decision
+    return {"super_pred": d.super_pred, "sub_pred": d.sub_pred, "super_probs": applied.super_probs,
+            "sub_probs": applied.sub_probs, "super_conf": d.super_conf, "sub_conf": d.sub_conf}
+
+
+def kept_dataset(ds: Dataset, streamed: Streamed) -> Dataset:
+    """The dataset of the records that were read, with the unreadable ones recorded as skipped."""
+    kept = Dataset([ds.records[i] for i in streamed.kept], ds.taxonomy, ds.source, ds.skipped + streamed.bad)
+    if streamed.lead and not kept.records:
+        raise SupersubError(f"{ds.source}: no readable images")
+    return kept
+
+
+def one_device(cfg: TrainConfig, device: str | None) -> Devices:
+    """One device: ``--device`` if given, else the run's accelerator (evaluate, report, discover)."""
+    if device:
+        return named_devices(device)
+    return Devices(cfg.trainer.accelerator, 1, "auto")
+
+
+def run_devices(cfg: TrainConfig, device: str | None, accelerator: str | None, devices: str | None,
+                strategy: str | None, num_nodes: int = 1, runs_devices: bool = False) -> Devices:
+    """``predict``'s devices: ``--device``, else the options given, else (``runs_devices``: the command line) the
+    run's ``trainer`` settings, or one device of the run's accelerator.
+
+    Several devices mean Lightning re-runs the command line once per device: right for ``supersub predict``, wrong
+    for a library call (a notebook, a test runner would be started again), so the API asks for them explicitly."""
+    if num_nodes < 1:
+        raise SupersubError(f"--num-nodes: {num_nodes} machines; give 1 or more")
+    if device:
+        return named_devices(device)
+    if runs_devices:
+        devices, strategy = devices or cfg.trainer.devices, strategy or cfg.trainer.strategy
+    return Devices(accelerator or cfg.trainer.accelerator, devices or 1, strategy or "auto", num_nodes)
+
+
+def named_devices(name: str) -> Devices:
+    """``--device`` (cpu, cuda, cuda:1, mps, auto) as Lightning's accelerator and device list."""
+    device = named_device(name)
+    if device.type == "cuda":
+        return Devices("gpu", [device.index] if device.index is not None else 1, "auto")
+    return Devices(device.type, 1, "auto")
+
+
+class Collected:
+    """A sink that keeps every chunk's scores (small: no images), concatenated by :meth:`scores`."""
+
+    def __init__(self) -> None:
+        self.parts: list[Scores] = []
+
+    def add(self, records: list[ImageRecord], scores: Scores) -> None:
+        self.parts.append(scores)
+
+    def scores(self) -> Scores:
+        if not self.parts:
+            return {}
+        return {k: torch.cat([p[k] for p in self.parts]) for k in self.parts[0]}
+
+
+class CsvRows:
+    """A sink that appends each chunk's rows to an open CSV: the same bytes as the whole frame's ``to_csv``."""
+
+    def __init__(self, fh: IO[str], probs: bool, taxonomy: Taxonomy | None) -> None:
+        self.fh, self.probs, self.taxonomy, self.header, self.rows = fh, probs, taxonomy, True, 0
+
+    def add(self, records: list[ImageRecord], scores: Scores) -> None:
+        frame = Prediction.from_scores([r.name for r in records], scores).to_frame(self.probs, self.taxonomy)
+        frame.to_csv(self.fh, header=self.header, index=False, float_format="%.6g")
+        self.header, self.rows = False, self.rows + len(frame)
+
+
+class Both:
+    """A sink that hands every chunk to two sinks (``api.predict`` writes the CSV and returns the frame)."""
+
+    def __init__(self, first: Sink, second: Sink) -> None:
+        self.first, self.second = first, second
+
+    def add(self, records: list[ImageRecord], scores: Scores) -> None:
+        self.first.add(records, scores)
+        self.second.add(records, scores)
 
 
 def decode_readable(ds: Dataset, image_size: int, skip_bad: bool) -> tuple[torch.Tensor, Dataset]:
@@ -181,12 +288,60 @@ def predict_images(
     skip_bad: bool = False,
     device: str | None = None,
     cache: bool = False,
-) -> pd.DataFrame:
-    """:func:`supersub.api.predict`: read any unlabelled layout, predict, write the CSV when ``out`` is given."""
+    accelerator: str | None = None,
+    devices: str | None = None,
+    strategy: str | None = None,
+    num_nodes: int = 1,
+    runs_devices: bool = False,
+    frame: bool = True,
+    progress: bool = False,
+) -> pd.DataFrame | int:
+    """:func:`supersub.api.predict`: read any unlabelled layout, predict chunk by chunk, write the CSV when ``out``
+    is given (rows appended as chunks finish, to a temporary file renamed onto ``out`` at the end: a partial
+    file never has the final name). Returns the frame, or with ``frame`` off only the number of rows written (the
+    command line: nothing of the images' results stays in memory). On one device of the run's accelerator, or
+    ``device``; ``devices``/``strategy`` (or ``runs_devices``, what the command line does: the run's ``trainer``
+    settings) spread the chunks over several; under several processes only rank 0 writes, and the other ranks
+    return an empty frame (or 0)."""
     if out is not None and Path(out).exists() and not overwrite:
         raise SupersubError(f"{out}: exists (pass --overwrite to replace it)")
-    pred, _ = predict_dataset(run_dir, read_images(Path(images)), skip_bad, device, cache=cache)
-    df = pred.to_frame(probs, RunDir.open(run_dir).load_taxonomy() if names else None)
-    if out is not None:
-        write_atomic(out, lambda fh: df.to_csv(fh, index=False, float_format="%.6g"))
-    return df
+    if out is None and not frame:
+        raise SupersubError("predict: give an output file, or ask for the frame")
+    ds = read_images(Path(images))
+    run = RunDir.open(run_dir)
+    run.require_finished()
+    model, cfg, _ = run.load_model()
+    where = run_devices(cfg, device, accelerator, devices, strategy, num_nodes, runs_devices)
+    taxonomy = run.load_taxonomy() if names else None
+    collected = Collected()
+    with cache_policy(write=cache, max_gb=cfg.data.cache_max_gb):
+        if out is None:
+            streamed = stream_run(run, model, cfg, ds.records, collected, where, skip_bad=skip_bad, progress=progress)
+            rows = len(streamed.kept)
+        else:
+            streamed, rows = _stream_to_csv(run, model, cfg, ds, Path(out), collected if frame else None, where,
+                                            probs=probs, taxonomy=taxonomy, skip_bad=skip_bad, progress=progress)
+    kept_dataset(ds, streamed)  # no readable image is an error
+    if not frame:
+        return rows
+    if not streamed.lead:
+        return pd.DataFrame()
+    return Prediction.from_scores([ds.records[i].name for i in streamed.kept], collected.scores()).to_frame(
+        probs, taxonomy)
+
+
+def _stream_to_csv(run: RunDir, model: Any, cfg: TrainConfig, ds: Dataset, out: Path, also: Sink | None,
+                   where: Devices, *, probs: bool, taxonomy: Taxonomy | None, skip_bad: bool,
+                   progress: bool) -> tuple[Streamed, int]:
+    """Stream into ``out`` atomically; only global rank 0 opens (and renames) the file."""
+    if not is_global_zero():
+        return stream_run(run, model, cfg, ds.records, also or Collected(), where, skip_bad=skip_bad,
+                          progress=False), 0
+    with atomic_path(out) as tmp, tmp.open("w", encoding="utf-8", newline="") as fh:
+        rows = CsvRows(fh, probs, taxonomy)
+        streamed = stream_run(run, model, cfg, ds.records, rows if also is None else Both(rows, also), where,
+                              skip_bad=skip_bad, progress=progress)
+        kept_dataset(ds, streamed)  # nothing readable: no file
+        fh.flush()
+        os.fsync(fh.fileno())
+    return streamed, rows.rows

@@ -15,6 +15,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ import pandas as pd
 from ..data.formats import read_labels, read_nested_labels
 from ..data.records import Dataset
 from ..errors import SupersubError
-from ..inference import named_device, pick_device
+from ..inference import Outputs
 from ..io import write_text_atomic
 from ..metrics import LEVELS, SUBSETS, OpenSetReport
 from ..novelty.calibrate import sweep
@@ -33,9 +34,9 @@ from ..report_page import Chart, Grid, Page, Section, Table, Tile, render_page, 
 from ..reporting import confusion_figure, figure_png, overlaid_curves_figure, sweep_figure
 from ..run import MARKER, RunDir, Thresholds
 from ..taxonomy import Taxonomy
-from .calibration import load_scorer
 from .evaluate import score_prediction
-from .predict import Prediction, apply_novelty, decode_readable, model_outputs
+from .predict import Applied, Collected, Prediction, kept_dataset, one_device, stream_run
+from ..training.stream import Scores
 
 
 COMPETITION_TRUTH, COMPETITION_IMAGES = "test_truth.csv", "test_images"
@@ -110,17 +111,22 @@ def _predict_labelled(run: RunDir, folder: Path, taxonomy: Taxonomy, thresholds:
     """Predict as ``supersub evaluate`` does (same functions, one forward pass) and keep the seen-class argmax."""
     ds = read_labelled_folder(folder, taxonomy)
     model, cfg, _ = run.load_model()
-    scorer = load_scorer(run.path, thresholds.score)
-    images, kept = decode_readable(ds, cfg.data.image_size, skip_bad)
-    dev = named_device(device) if device else pick_device(cfg.trainer.accelerator)
-    outputs = model_outputs(model, images, cfg, dev)
-    applied = apply_novelty(outputs, taxonomy, thresholds, scorer)
-    d = applied.decision
-    pred = Prediction(kept.names, d.super_pred, d.sub_pred, applied.super_probs, applied.sub_probs, d.super_conf,
-                      d.sub_conf)
-    seen = seen_view(outputs, taxonomy.n_super, taxonomy.n_sub).outputs
-    open_ = decide(seen.super_probs, seen.sub_probs, list(taxonomy.sub_to_super), -math.inf, -math.inf,
+
+    def open_set(outputs: Outputs, applied: Applied) -> Scores:
+        """The seen-class argmax (no threshold) beside the decisions, for the sweeps."""
+        d = applied.decision
+        seen = seen_view(outputs, taxonomy.n_super, taxonomy.n_sub).outputs
+        o = decide(seen.super_probs, seen.sub_probs, list(taxonomy.sub_to_super), -math.inf, -math.inf,
                    d.super_conf, d.sub_conf)
+        return {"open_super": o.super_pred, "open_sub": o.sub_pred}
+
+    collected = Collected()
+    streamed = stream_run(run, model, cfg, ds.records, collected, one_device(cfg, device), skip_bad=skip_bad,
+                          progress=False, extra=open_set)
+    kept = kept_dataset(ds, streamed)
+    scores = collected.scores()
+    pred = Prediction.from_scores(kept.names, scores)
+    open_ = SimpleNamespace(super_pred=scores["open_super"], sub_pred=scores["open_sub"])
     metrics, report = score_prediction(pred, kept, taxonomy)
     return Labelled(str(folder), kept, pred, open_.super_pred.cpu().numpy(), open_.sub_pred.cpu().numpy(), metrics,
                     report)

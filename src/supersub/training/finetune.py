@@ -26,6 +26,7 @@ from lightning.pytorch.callbacks import BaseFinetuning
 from timm.optim import param_groups_weight_decay
 
 from ..config import OptimConfig, TrainConfig
+from .. import inference
 from ..inference import Outputs
 from ..models.feature_cache import default_cache_dir, extract_features
 from ..models.ensemble import BaggingEnsemble
@@ -154,7 +155,8 @@ def cached_rows(model: HierarchicalClassifier | BaggingEnsemble, images: torch.T
         per_view = [_rows_of_view(model, _view(images, v), cfg, device) for v in views]
     finally:
         model.to(home)
-    return torch.stack(per_view, dim=1)
+    # one view: a view of the rows, not a second copy of the feature matrix
+    return per_view[0].unsqueeze(1) if len(per_view) == 1 else torch.stack(per_view, dim=1)
 
 
 def _view(images: torch.Tensor, view: str) -> torch.Tensor:
@@ -175,6 +177,8 @@ def _rows_of_view(model: HierarchicalClassifier | BaggingEnsemble, images: torch
     extractors = model.feature_extractors() if isinstance(model, HierarchicalClassifier) else model.backbones()
     parts = [extract_features(b, images, model.prepare, batch_size=bs, device=device, cache_dir=where)
              for b in extractors]
+    if len(parts) == 1 and (not isinstance(model, HierarchicalClassifier) or model.sub_backbone is None):
+        return parts[0]  # already [features | tapped layers]: arranging would only copy it
     return model.arrange_rows(parts) if isinstance(model, HierarchicalClassifier) else torch.cat(parts, dim=1)
 
 
@@ -187,11 +191,12 @@ def forward_cached(model: HierarchicalClassifier, rows: torch.Tensor, splits: Se
 
 @torch.no_grad()
 def cached_outputs(model: HierarchicalClassifier | BaggingEnsemble, images: torch.Tensor, cfg: TrainConfig, device: torch.device,
-                   batch_size: int = 256) -> Outputs:
+                   batch_size: int | None = None) -> Outputs:
     """Outputs of a trained model of a cached regime on ``images`` (a classifier or an ensemble), from the cache
     (the backbone runs only on a miss): what calibration collects as evidence, identical to ``run_model`` up to
     float16 trunk storage."""
     rows = cached_rows(model, images, cfg, device)[:, 0]
+    batch_size = batch_size or inference.BATCH
     splits = model.stage_splits(cfg.optim.trainable_stages) if cfg.optim.finetune == "partial" else None
     was_training = model.training
     model.to(device).eval()
