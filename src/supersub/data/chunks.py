@@ -38,7 +38,21 @@ def chunk_size() -> int:
     return int(text)
 
 
-class ChunkImages(Dataset):
+class _Chunks(Dataset):
+    """``n_rows`` rows in chunks of ``chunk``: the count and the row range of each chunk, shared by both datasets."""
+
+    chunk: int
+    n_rows: int
+
+    def __len__(self) -> int:
+        return math.ceil(self.n_rows / self.chunk)
+
+    def span(self, k: int) -> range:
+        """The row indices of chunk ``k``."""
+        return range(k * self.chunk, min((k + 1) * self.chunk, self.n_rows))
+
+
+class ChunkImages(_Chunks):
     """Item k: ``{"chunk", "images" (kept, uint8), "kept" (bool per record), "bad" (messages)}`` of records
     ``k * chunk`` .. ``(k + 1) * chunk - 1``; unreadable images are reported, never raised, here."""
 
@@ -47,13 +61,7 @@ class ChunkImages(Dataset):
         if chunk < 1:
             raise SupersubError(f"chunk size must be >= 1, got {chunk}")
         self.records, self.size, self.chunk = list(records), size, chunk
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.records) / self.chunk)
-
-    def span(self, k: int) -> range:
-        """The record indices of chunk ``k``."""
-        return range(k * self.chunk, min((k + 1) * self.chunk, len(self.records)))
+        self.n_rows = len(self.records)
 
     def __getitem__(self, k: int) -> dict[str, Any]:
         span = self.span(k)
@@ -64,7 +72,7 @@ class ChunkImages(Dataset):
         return {"chunk": torch.tensor(k), "images": decoded.images, "kept": kept, "bad": decoded.bad}
 
 
-class ChunkRows(Dataset):
+class ChunkRows(_Chunks):
     """Chunks of rows of an already decoded (memory-mapped) image tensor, in the item format of
     :class:`ChunkImages`: what feature extraction shards over several devices."""
 
@@ -72,12 +80,7 @@ class ChunkRows(Dataset):
         self.images, self.chunk = images, chunk_size() if chunk is None else chunk
         self.records: Sequence[int] = range(len(images))  # nothing to name: a row is its index
         self.size = int(images.shape[-1]) if images.ndim == 4 else 0
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.images) / self.chunk)
-
-    def span(self, k: int) -> range:
-        return range(k * self.chunk, min((k + 1) * self.chunk, len(self.images)))
+        self.n_rows = len(images)
 
     def __getitem__(self, k: int) -> dict[str, Any]:
         span = self.span(k)
