@@ -19,7 +19,6 @@ from typing import IO, Any
 import pandas as pd
 import torch
 
-from ..data.cache import decode_images
 from ..data.cache_limit import cache_policy
 from ..data.formats import read_images
 from ..data.records import Dataset, ImageRecord
@@ -263,18 +262,6 @@ class Both:
     def add(self, records: list[ImageRecord], scores: Scores) -> None:
         self.first.add(records, scores)
         self.second.add(records, scores)
-
-
-def decode_readable(ds: Dataset, image_size: int, skip_bad: bool) -> tuple[torch.Tensor, Dataset]:
-    """The decoded images and the dataset of their records; with ``skip_bad`` unreadable files are logged and
-    left out (recorded in ``Dataset.skipped``), else the first one is an error naming the file."""
-    decoded = decode_images(ds.records, image_size, skip_bad=skip_bad)
-    if decoded.bad:
-        log.warning("skipped %d unreadable image(s), e.g. %s", len(decoded.bad), decoded.bad[0])
-    kept = Dataset([ds.records[i] for i in decoded.kept], ds.taxonomy, ds.source, ds.skipped + decoded.bad)
-    if not kept.records:
-        raise SupersubError(f"{ds.source}: no readable images")
-    return decoded.images, kept
 
 
 def predict_images(
