@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 # tiny models, tiny images: the whole suite must stay fast on 2 CPU cores
 TINY_TRAIN_ARGS = [
@@ -78,3 +80,13 @@ def interrupt_at_epoch(monkeypatch: pytest.MonkeyPatch, stage: str, epoch: int) 
         original(self, trainer, module)  # type: ignore[arg-type]
 
     monkeypatch.setattr(fit.EpochTimer, "on_train_epoch_start", hook)
+
+
+def saved_thresholds(run: Path) -> dict[str, Any]:
+    """The thresholds a run directory holds, as plain data (read back from its open-set head file)."""
+    return torch.load(run / "open_set_head.pt", weights_only=True)["thresholds"]
+
+
+def saved_detectors(run: Path) -> dict[str, Any]:
+    """The fitted detectors' state a run directory holds (from its open-set head file)."""
+    return torch.load(run / "open_set_head.pt", weights_only=True)["detectors"]

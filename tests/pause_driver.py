@@ -5,7 +5,7 @@ a real run at a known point (never after a sleep): the hook writes a flag file, 
 
 WHERE: ``epoch-end:STAGE:E`` (after the end-of-epoch hooks of 0-based epoch E of STAGE ran, before Lightning's
 checkpoint of it), ``epoch-start:STAGE:E`` (when epoch E starts: last.ckpt then holds epoch E-1) or
-``thresholds`` (just after thresholds.json was written).
+``thresholds`` (just after the open-set head, open_set_head.pt, was written).
 """
 
 from __future__ import annotations
@@ -40,13 +40,13 @@ def _patch(where: str, flag: Path) -> None:
     elif kind == "thresholds":
         from supersub import run
 
-        save = run.RunDir.save_thresholds
+        save = run.RunDir.save_open_set_head
 
         def after_save(self: Any, t: Any) -> None:
             save(self, t)
             _pause(flag)
 
-        run.RunDir.save_thresholds = after_save  # type: ignore[method-assign]
+        run.RunDir.save_open_set_head = after_save  # type: ignore[method-assign]
     else:
         raise SystemExit(f"unknown pause point {where!r}")
 

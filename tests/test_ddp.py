@@ -38,7 +38,7 @@ def test_two_cpu_processes_train_and_only_rank_zero_writes(tmp_path: Path):
     assert done.stderr.count("calibration model:") == 2 and done.stderr.count("final model:") == 2
     # ... and only rank 0 reported and wrote the run (rank 1 creating it again would have failed: it exists)
     assert done.stdout.count("trained") == 1
-    for name in ("model.pt", "thresholds.json", "metrics.json", "logs/final/metrics.csv", "checkpoints/final/stage.json"):
+    for name in ("model.pt", "open_set_head.pt", "metrics.json", "logs/final/metrics.csv", "checkpoints/final/stage.json"):
         assert (tmp_path / "run" / name).is_file(), name
     assert len(api.predict(tmp_path / "run", tmp_path / "data" / "test_images")) == 75
 

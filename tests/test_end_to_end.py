@@ -9,24 +9,24 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import TINY_TRAIN_ARGS, run_cli
+from conftest import TINY_TRAIN_ARGS, run_cli, saved_detectors, saved_thresholds
 from supersub import api
 from supersub.run import RunDir
 
 
 def test_train_writes_a_complete_run_directory(trained_run: Path):
-    for name in ("config.yaml", "taxonomy.json", "model.pt", "thresholds.json", "metrics.json",
+    for name in ("config.yaml", "taxonomy.json", "model.pt", "open_set_head.pt", "metrics.json",
                  "calibration/sweep_sub.csv", "calibration/sweep_sub.png", "calibration/sweep_super.png",
                  "logs/final/metrics.csv", "logs/calibration/metrics.csv", "checkpoints/final/stage.json",
                  "checkpoints/calibration/stage.json", "checkpoints/calibration/model.pt"):
         assert (trained_run / name).is_file(), name
     # a finished stage keeps its model.pt and stage.json only: Lightning's best/last checkpoints are deleted
     assert not list(trained_run.rglob("*.ckpt"))
-    thresholds = json.loads((trained_run / "thresholds.json").read_text())
+    thresholds = saved_thresholds(trained_run)
     # the fixture's score vim+maxlogit (the recipe's without outlier images): ViM at the superclass level, the
     # subclass head's max logit at the subclass level; the saved detectors are one of each
     assert thresholds["score"] == "vim+maxlogit"
-    detectors = torch.load(trained_run / "detectors.pt", weights_only=True)
+    detectors = saved_detectors(trained_run)
     assert (detectors["super"]["name"], detectors["sub"]["name"]) == ("vim", "maxlogit")
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert metrics["n_images"] == 18 * 8 and metrics["n_novel_images"] == 80

@@ -11,7 +11,7 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from conftest import TINY_TRAIN_ARGS, run_cli
+from conftest import TINY_TRAIN_ARGS, run_cli, saved_detectors, saved_thresholds
 from supersub import api
 from supersub.config import BoostConfig, ModelConfig, build_config, ignored_options
 from supersub.errors import SupersubError
@@ -265,12 +265,12 @@ def test_each_trains_saves_reloads_and_predicts_identically(trained, name: str, 
     pd.testing.assert_frame_equal(a, api.predict(path, synth_dir / "test_images", probs=True), check_dtype=False,
                                   atol=1e-6)
     if name == "bagging":  # its score reads the members: vim on the superclass, mutual information on the subclass
-        detectors = torch.load(path / "detectors.pt", weights_only=True)
+        detectors = saved_detectors(path)
         assert (detectors["super"]["name"], detectors["sub"]["name"]) == ("vim", "mi")
     # calibrate re-reads every stage's saved model (checkpoints/<stage>/model.pt) and rewrites the thresholds
     assert (path / "checkpoints" / "calibration" / "model.pt").is_file()
     assert run_cli(["calibrate", str(path), "--score", "energy"]) == 0
-    assert json.loads((path / "thresholds.json").read_text())["score"] == "energy"
+    assert saved_thresholds(path)["score"] == "energy"
     metrics = api.evaluate(path, synth_dir / "test_images", synth_dir / "test_truth.csv")
     assert metrics["super_ce"] is not None and 0 <= metrics["sub_acc_overall"] <= 100
 
@@ -328,15 +328,13 @@ def test_a_frozen_model_predicts_from_the_feature_cache_exactly_as_from_images(t
     from supersub.api import predict_tensors
     from supersub.data.cache import decode_images
     from supersub.data.formats import read_flat
-    from supersub.pipeline.calibration import load_scorer
 
     path = trained("bagging")
     run = RunDir.open(path)
     model, cfg, _ = run.load_model()
-    thresholds, taxonomy = run.load_thresholds(), run.load_taxonomy()
+    head = run.load_open_set_head()
     ds = read_flat(synth_dir / "test_images")
     images = decode_images(ds.records, cfg.data.image_size).images
-    scorer = load_scorer(path, thresholds.score)
-    cached = predict_tensors(model, taxonomy, thresholds, images, ds.names, "cpu", scorer, cfg=cfg)
-    raw = predict_tensors(model, taxonomy, thresholds, images, ds.names, "cpu", scorer)  # no cfg: on the images
+    cached = predict_tensors(model, head, images, ds.names, "cpu", cfg=cfg)
+    raw = predict_tensors(model, head, images, ds.names, "cpu")  # no cfg: on the images
     assert torch.equal(cached.sub_probs, raw.sub_probs) and torch.equal(cached.super_conf, raw.super_conf)

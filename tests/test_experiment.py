@@ -126,7 +126,7 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(synth_dir: Path, tmp_pat
     assert list(result.table["status"]) == ["resumed"]
     assert 1 <= counter.epochs < 3  # continued from the last checkpoint, not trained from epoch 0
     summary = json.loads((run / "metrics.json").read_text())
-    assert summary["final"]["epochs_run"] == 3 and (run / "thresholds.json").is_file()
+    assert summary["final"]["epochs_run"] == 3 and (run / "open_set_head.pt").is_file()
     assert list(api.experiment(grid, out, dry_run=True).table["status"]) == ["finished"]
 
 

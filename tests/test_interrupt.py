@@ -3,7 +3,7 @@
 predictions byte for byte.
 
 The interrupt is sent on an event, not after a sleep: the child process runs the real entry point with one hook
-patched in (tests/pause_driver.py: at the end of an epoch of the final model, or right after thresholds.json is
+patched in (tests/pause_driver.py: at the end of an epoch of the final model, or right after the open-set head file is
 written) that writes a flag file and waits; the test sends SIGINT once the flag exists.
 """
 
@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 import supersub.api as api
+from supersub.run import RunDir
 from conftest import run_cli
 
 ARGS = ["--epochs", "3", "--image-size", "16", "--batch-size", "8", "--no-progress", "--backbone", "cnn",
@@ -93,7 +94,7 @@ def test_sigint_stops_with_one_line_and_resume_gives_the_uninterrupted_run(
     # never looks finished: no summary, and predict refuses in one line instead of using half a calibration
     assert not (cut / "metrics.json").exists()
     if where == "epoch":
-        assert not (cut / "thresholds.json").exists() and not (cut / "model.pt").exists()
+        assert not (cut / "open_set_head.pt").exists() and not (cut / "model.pt").exists()
     code = run_cli(["predict", str(cut), str(synth_dir / "test_images"), "--out", str(tmp_path / "p.csv")])
     assert code == 2 and "did not finish training" in capsys.readouterr().err
     # without --resume: the checkpoints are pointed out, nothing is touched
@@ -110,7 +111,7 @@ def test_sigint_stops_with_one_line_and_resume_gives_the_uninterrupted_run(
         assert "stage final from epoch 2 of 3 (1 done" in resumed.stderr, resumed.stderr
     else:  # every stage had finished: their models are reused, not trained again
         assert "stage final was finished" in resumed.stderr, resumed.stderr
-    assert (cut / "thresholds.json").read_bytes() == (reference / "thresholds.json").read_bytes()
+    assert RunDir.open(cut).load_thresholds() == RunDir.open(reference).load_thresholds()
     preds = []
     for run in (reference, cut):
         out = tmp_path / f"{run.parent.name}-{run.name}.csv"

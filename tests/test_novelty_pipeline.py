@@ -12,13 +12,13 @@ import pytest
 import torch
 import yaml
 
-from conftest import run_cli
+from conftest import run_cli, saved_detectors, saved_thresholds
 from supersub import api
 from supersub.data.cache import decode_images
 from supersub.data.formats import read_flat
 from supersub.errors import SupersubError
 from supersub.inference import run_model
-from supersub.pipeline.calibration import load_scorer
+from supersub.novelty.open_set import OpenSetHead
 from supersub.novelty.scores import create_detector
 from supersub.novelty.scoring import NoveltyScorer
 from supersub.run import RunDir
@@ -49,9 +49,9 @@ def _probabilities(df: pd.DataFrame, prefix: str) -> pd.DataFrame:
 
 
 def test_knn_detectors_are_fitted_saved_and_used(knn_run: Path, synth: Path) -> None:
-    state = torch.load(knn_run / "detectors.pt", weights_only=True)
+    state = saved_detectors(knn_run)
     assert state["score"] == "knn" and state["super"]["bank"].ndim == 2
-    thresholds = json.loads((knn_run / "thresholds.json").read_text())
+    thresholds = saved_thresholds(knn_run)
     assert thresholds["score"] == "knn" and thresholds["temperature_super"] > 0
     split = json.loads((knn_run / "calibration" / "split.json").read_text())
     assert set(split["stages"]) == {"final", "calibration"} and split["n_labelled"] == 18 * 4
@@ -73,8 +73,8 @@ def _knn_confidence(features: torch.Tensor, state: dict) -> torch.Tensor:
 def test_knn_decisions_are_recomputed_from_the_saved_detectors(knn_run: Path, synth: Path) -> None:
     """predict's decisions = the thresholds applied to the kNN distances of the saved banks (not to the
     confidences predict reports itself)."""
-    state = torch.load(knn_run / "detectors.pt", weights_only=True)
-    thresholds = json.loads((knn_run / "thresholds.json").read_text())
+    state = saved_detectors(knn_run)
+    thresholds = saved_thresholds(knn_run)
     run = RunDir.open(knn_run)
     model, cfg, _ = run.load_model()
     taxonomy = run.load_taxonomy()
@@ -95,19 +95,18 @@ def test_knn_decisions_are_recomputed_from_the_saved_detectors(knn_run: Path, sy
 
 
 def test_predict_tensors_uses_the_runs_score(knn_run: Path, synth: Path) -> None:
-    """The thresholds are kNN distances: scoring with max softmax (the old fallback) would be meaningless."""
+    """The thresholds are kNN distances: scoring with max softmax (the old fallback) would be meaningless, so a
+    head whose detectors and thresholds disagree cannot be made, and the run's head predicts as ``predict`` does."""
     run = RunDir.open(knn_run)
     model, cfg, _ = run.load_model()
-    taxonomy, thresholds = run.load_taxonomy(), run.load_thresholds()
+    head = run.load_open_set_head()
+    assert head.score == "knn" and head.thresholds.score == "knn"
     listing = read_flat(synth / "test_images")
     images = decode_images(listing.records, cfg.data.image_size).images
-    with pytest.raises(SupersubError, match="thresholds are in units of score 'knn'"):
-        api.predict_tensors(model, taxonomy, thresholds, images, listing.names, "cpu")
     msp = NoveltyScorer("msp", create_detector("msp"), create_detector("msp"))
     with pytest.raises(SupersubError, match="scorer 'msp' does not match the thresholds' score 'knn'"):
-        api.predict_tensors(model, taxonomy, thresholds, images, listing.names, "cpu", msp)
-    pred = api.predict_tensors(model, taxonomy, thresholds, images, listing.names, "cpu",
-                               load_scorer(run.path, thresholds.score))
+        OpenSetHead(msp, head.thresholds, head.sub_to_super, head.n_super)
+    pred = api.predict_tensors(model, head, images, listing.names, "cpu")
     expected = api.predict(knn_run, synth / "test_images").set_index("image").loc[listing.names]
     assert pred.super_pred.tolist() == expected["superclass_index"].tolist()
     assert pred.sub_pred.tolist() == expected["subclass_index"].tolist()
@@ -116,12 +115,12 @@ def test_predict_tensors_uses_the_runs_score(knn_run: Path, synth: Path) -> None
 def test_score_options_reach_the_saved_detectors(knn_run: Path, tmp_path: Path) -> None:
     run = Path(shutil.copytree(knn_run, tmp_path / "run"))
     assert run_cli(["calibrate", str(run), "--score-option", "k=3"]) == 0
-    state = torch.load(run / "detectors.pt", weights_only=True)
+    state = saved_detectors(run)
     assert state["super"]["k"] == 3 and state["sub"]["k"] == 3
     assert yaml.safe_load((run / "config.yaml").read_text())["novelty"]["score_options"] == {"k": 3}
     # another score starts from its own defaults: knn's k does not follow it
     assert run_cli(["calibrate", str(run), "--score", "knn-class"]) == 0
-    assert torch.load(run / "detectors.pt", weights_only=True)["super"]["k"] == 10
+    assert saved_detectors(run)["super"]["k"] == 10
     assert run_cli(["calibrate", str(run), "--score-option", "kk=3"]) == 2
 
 
@@ -144,8 +143,8 @@ def test_calibrate_rescores_without_retraining(knn_run: Path, synth: Path, tmp_p
     before = api.predict(run, synth / "test_images", probs=True)
     assert run_cli(["calibrate", str(run), "--score", "energy", "--objective", "eer"]) == 0
     assert {p: p.stat().st_mtime_ns for p in weights} == weights  # no model was retrained or rewritten
-    assert torch.load(run / "detectors.pt", weights_only=True)["score"] == "energy"
-    assert json.loads((run / "thresholds.json").read_text())["score"] == "energy"
+    assert saved_detectors(run)["score"] == "energy"
+    assert saved_thresholds(run)["score"] == "energy"
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["novelty"]["score"] == "energy" and cfg["novelty"]["objective"] == "eer"
     after = api.predict(run, synth / "test_images", probs=True)

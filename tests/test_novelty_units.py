@@ -19,7 +19,6 @@ from supersub.novelty.calibrate import kept_share, transfer_threshold
 from supersub.data.exposure import read_novel_sub, write_tin_novel_sub, write_tin_outliers
 from supersub.pipeline.calibration import calibrate_run
 from supersub.pipeline.evidence import collect_evidence
-from supersub.pipeline.predict import apply_novelty
 from supersub.pipeline.stages import EXTRA_CLASS, UNUSED, Pool, plan_stages, stage_labels, with_extra_class
 from supersub.novelty.scoring import NoveltyScorer, SeenView, seen_view
 from supersub.novelty.temperature import fit_temperature, nll
@@ -239,8 +238,8 @@ def test_calibrate_run_transfers_the_calibration_share(transfer: str) -> None:
         assert t.tau_sub == pytest.approx(s["sub_tau_calibration"])
     # slopes are per standard deviation of the final model's confidences: feature scores are not probabilities
     assert t.slope_super * float(final_val.super_conf.double().std()) >= 1.0 - 1e-6
-    applied = apply_novelty(run_outputs(ev_final.val), TAX, t, cal.scorer)
-    assert torch.equal(applied.super_probs[:, -1] > 0.5, applied.decision.super_pred == TAX.n_super)
+    applied = cal.head.decide(run_outputs(ev_final.val))
+    assert torch.equal(applied.super_probs[:, -1] > 0.5, applied.super_pred == TAX.n_super)
     assert torch.allclose(applied.sub_probs.sum(1), torch.ones(len(applied.sub_probs)))
 
 
@@ -268,12 +267,12 @@ def test_a_level_whose_detector_cannot_be_fitted_falls_back_to_maxlogit(caplog: 
     reason = "score 'vim': the training features span 1 direction(s); ViM needs at least 2"
     assert [r.getMessage() for r in caplog.records if "cannot be fitted" in r.getMessage()] == [
         f"superclass score vim cannot be fitted on this run's features ({reason}): the superclass level uses maxlogit "
-        "instead (recorded as score maxlogit+knn in thresholds.json)"]
+        "instead (recorded as score maxlogit+knn in the open-set head)"]
     assert cal.thresholds.score == cal.scorer.name == cal.summary["score"] == "maxlogit+knn"
     assert cal.summary["score_requested"] == "vim+knn" and cal.summary["super_score_fallback"] == reason
     assert "sub_score_fallback" not in cal.summary and cal.scorer.sub_detector.k == 3  # the other level as asked
-    applied = apply_novelty(run_outputs(ev_final.val), TAX, cal.thresholds, cal.scorer)
-    assert len(applied.decision.super_pred) == len(ev_final.val_y_super)
+    applied = cal.head.decide(run_outputs(ev_final.val))
+    assert len(applied.super_pred) == len(ev_final.val_y_super)
     # a hand-set tau_super is in ViM's units: max logit cannot stand in for it
     hand = build_config({"novelty": {"score": "vim+knn", "tau_super": 1.0, "tau_sub": -0.5}}).novelty
     with pytest.raises(SupersubError, match=r"^score 'vim': the training features span 1 direction\(s\); ViM needs at "

@@ -1,7 +1,7 @@
 """Novel probabilities: logistic centred on the threshold, fitted slope, full distributions.
 
 The full distributions are checked row by row against every invariant :func:`with_novel_column` promises
-(:func:`assert_consistent`), on random rows through the real prediction path (:func:`apply_novelty`),
+(:func:`assert_consistent`), on random rows through the real prediction path (:meth:`OpenSetHead.decide`),
 with random taxonomies (one subclass per superclass, superclasses without subclasses, 500 subclasses).
 """
 
@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from supersub.errors import SupersubError
 from supersub.inference import Outputs
 from supersub.novelty.decide import Decision, decide
-from supersub.pipeline.predict import apply_novelty
+from supersub.novelty.open_set import OpenSetDecision, OpenSetHead
 from supersub.novelty.probs import NOVEL_MARGIN, PROB_FLOOR, fit_slope, novel_probability, with_novel_column
 from supersub.novelty.scoring import Confidences, NoveltyScorer
 from supersub.novelty.scores import create_detector
@@ -79,7 +79,7 @@ def test_fit_slope_is_clamped() -> None:
         fit_slope([0.5], [], 0.5)
 
 
-def assert_consistent(p_super: torch.Tensor, p_sub: torch.Tensor, d: Decision, sub_to_super: Sequence[int]) -> None:
+def assert_consistent(p_super: torch.Tensor, p_sub: torch.Tensor, d: Decision | OpenSetDecision, sub_to_super: Sequence[int]) -> None:
     """Every row: sums to 1, floored, argmax = decision at both levels (hence a seen subclass lies in the
     decided superclass), decided novel <=> novel column > 0.5 (with the margin), P(novel sub) >= P(novel
     super), and the subclasses of superclass k hold no more than P(super k)."""
@@ -105,6 +105,8 @@ def assert_consistent(p_super: torch.Tensor, p_sub: torch.Tensor, d: Decision, s
 
 class _GivenConfidences:
     """A scorer stand-in returning fixed confidences, as a feature-space detector would (any scale)."""
+
+    name = "msp"  # what the thresholds say; the confidences are a feature detector's
 
     def __init__(self, super_conf: torch.Tensor, sub_conf: torch.Tensor) -> None:
         self.conf = Confidences(super_conf, sub_conf)
@@ -135,8 +137,8 @@ def _apply(
     if detector:  # confidences unrelated to the probabilities, around the thresholds
         scorer = _GivenConfidences((torch.rand(n, generator=g) - 0.5).to(dtype) + tau_super,
                                    (torch.rand(n, generator=g) - 0.5).to(dtype) + tau_sub)
-    a = apply_novelty(outputs, taxonomy, thresholds, scorer)  # type: ignore[arg-type]
-    return a.super_probs, a.sub_probs, a.decision
+    a = OpenSetHead(scorer, thresholds, taxonomy.sub_to_super, taxonomy.n_super).decide(outputs)  # type: ignore[arg-type]
+    return a.super_probs, a.sub_probs, a
 
 
 @st.composite
@@ -226,11 +228,11 @@ def test_msp_can_say_novel_subclass_for_a_superclass_with_one_subclass() -> None
     s2s, tax = [0, 1, 1], Taxonomy(("a", "b"), ("a0", "b0", "b1"), (0, 1, 1))
     sup = torch.tensor([[3.0, 0.0]])
     sub = torch.tensor([[0.2, 0.5, 0.3]]).log()
-    a = apply_novelty(Outputs(sup, sub, torch.zeros(1, 1)), tax, Thresholds(0.5, 0.5), MSP)
-    assert a.decision.super_pred.tolist() == [0] and a.decision.sub_pred.tolist() == [3]
-    assert a.decision.sub_conf.tolist() == pytest.approx([0.2])
+    a = OpenSetHead(MSP, Thresholds(0.5, 0.5), tax.sub_to_super, tax.n_super).decide(Outputs(sup, sub, torch.zeros(1, 1)))
+    assert a.super_pred.tolist() == [0] and a.sub_pred.tolist() == [3]
+    assert a.sub_conf.tolist() == pytest.approx([0.2])
     assert a.sub_probs.argmax(1).tolist() == [3] and float(a.sub_probs[0, 3]) > 0.5
-    assert_consistent(a.super_probs, a.sub_probs, a.decision, s2s)
+    assert_consistent(a.super_probs, a.sub_probs, a, s2s)
 
 
 def test_hand_computed_distributions() -> None:

@@ -36,6 +36,7 @@ from supersub.errors import SupersubError
 from supersub.io import write_atomic, write_text_atomic
 from supersub.run import MARKER
 from supersub.taxonomy import Taxonomy
+from conftest import saved_thresholds
 
 TINY = ["--backbone", "cnn", "--epochs", "1", "--image-size", "16", "--set", "model.width=4", "--set", "model.depth=[1]",
         "--no-progress", "--batch-size", "8"]
@@ -486,13 +487,21 @@ def _other_taxonomy_weights(run: Path) -> None:
     torch.save(payload, run / "model.pt")
 
 
+def _high_tau(run: Path) -> None:
+    state = torch.load(run / "open_set_head.pt", weights_only=True)
+    state["thresholds"]["tau_super"] = "high"
+    torch.save(state, run / "open_set_head.pt")
+
+
 @pytest.mark.parametrize(
     ("damage", "fragments"),
     [
-        (lambda r: (r / "thresholds.json").write_text("{tau"), ["thresholds.json: not valid JSON"]),
-        (lambda r: (r / "thresholds.json").write_text('{"tau_super": "high", "tau_sub": 0.5}'),
-         ["thresholds.json: tau_super must be a finite number"]),
-        (lambda r: (r / "thresholds.json").unlink(), ["thresholds.json: missing"]),
+        (lambda r: (r / "open_set_head.pt").write_bytes(b"PK\x03\x04 half a zip"),
+         ["open_set_head.pt: refused to load checkpoint"]),
+        (_high_tau, ["open_set_head.pt: thresholds: tau_super must be a finite number, found 'high'"]),
+        (lambda r: torch.save({"format": "supersub-open-set-head-1"}, r / "open_set_head.pt"),
+         ["open_set_head.pt: missing key 'thresholds'"]),
+        (lambda r: (r / "open_set_head.pt").unlink(), ["open_set_head.pt: missing (the run did not finish training"]),
         (lambda r: (r / "model.pt").write_bytes(b"PK\x03\x04 half a zip"),
          ["model.pt: refused to load checkpoint (not a readable checkpoint"]),
         (lambda r: (r / "model.pt").unlink(), ["model.pt: missing (the run did not finish training"]),
@@ -500,7 +509,7 @@ def _other_taxonomy_weights(run: Path) -> None:
         (lambda r: torch.save({"format": "supersub-model-1"}, r / "model.pt"), ["incomplete model file"]),
         (lambda r: (r / MARKER).unlink(), ["not a supersub run directory"]),
     ],
-    ids=["thresholds-json", "thresholds-type", "thresholds-missing", "model-garbage", "model-missing",
+    ids=["head-garbage", "head-type", "head-incomplete", "head-missing", "model-garbage", "model-missing",
          "model-other-taxonomy", "model-incomplete", "no-marker"],
 )
 def test_damaged_run_directory(run_copy: Path, images: Path, tmp_path: Path, damage: Callable,
@@ -603,11 +612,11 @@ def test_overwrite_refuses_a_folder_supersub_did_not_make(competition: Path, tmp
 
 def test_overwrite_replaces_a_previous_run(run_copy: Path, messy: Path) -> None:
     (run_copy / "stale.txt").write_text("from before\n")
-    assert json.loads((run_copy / "thresholds.json").read_text())["tau_super"] != 0.5  # calibrated before
+    assert saved_thresholds(run_copy)["tau_super"] != 0.5  # calibrated before
     result = cli("train", "--data", messy, "--out", run_copy, *TINY, *HAND_SET, "--overwrite", "--skip-bad-images")
     assert result.code == 0, result.err
     assert not (run_copy / "stale.txt").exists()
-    assert json.loads((run_copy / "thresholds.json").read_text())["tau_super"] == 0.5
+    assert saved_thresholds(run_copy)["tau_super"] == 0.5
     assert temp_files(run_copy) == []
 
 
@@ -634,7 +643,7 @@ def test_training_and_prediction_leave_no_temp_files(messy_run: tuple[Path, Resu
     run, _ = messy_run
     assert cli("predict", run, images, "--out", tmp_path / "p.csv").code == 0
     assert temp_files(run) == [] and temp_files(tmp_path) == []
-    assert {"model.pt", "thresholds.json", "taxonomy.json", "config.yaml", MARKER} <= set(os.listdir(run))
+    assert {"model.pt", "open_set_head.pt", "taxonomy.json", "config.yaml", MARKER} <= set(os.listdir(run))
 
 
 def test_a_failed_write_keeps_the_old_file_and_no_temp_file(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, saved_thresholds
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -144,7 +144,7 @@ def test_a_person_sees_the_run_metrics_and_every_image(report_html: Path, traine
     # and the training summary the numbers of metrics.json
     summary = json.loads((trained_run / "metrics.json").read_text(encoding="utf-8"))
     assert float(cells["final.val_acc_sub"]) == pytest.approx(summary["final"]["val_acc_sub"], rel=1e-5)
-    thresholds = json.loads((trained_run / "thresholds.json").read_text(encoding="utf-8"))
+    thresholds = saved_thresholds(trained_run)
     assert float(cells["thresholds.tau_super"]) == pytest.approx(thresholds["tau_super"], rel=1e-5)
 
 
@@ -157,7 +157,7 @@ def test_the_recipe_run_page_reads_as_a_person_needs_it(recipe_run: Path, synth_
     assert run_cli(["report", str(recipe_run), "--test", str(synth_dir), "--out", str(out), "--images", "6"]) == 0
     html = out.read_text(encoding="utf-8")
     metrics = json.loads((recipe_run / "metrics.json").read_text(encoding="utf-8"))
-    thresholds = json.loads((recipe_run / "thresholds.json").read_text(encoding="utf-8"))
+    thresholds = saved_thresholds(recipe_run)
     per_fold = metrics["calibration"]["super_tau_per_fold"]
     n = len(per_fold)
     assert n == metrics["calibration"]["calibration_folds"] > 2  # as many as the tiny data's subclasses allow
@@ -183,7 +183,7 @@ def test_the_recipe_run_page_reads_as_a_person_needs_it(recipe_run: Path, synth_
             context.close()
     # one panel per kind of model, never one per fold
     assert curves == ["stage final", f"stage calibration: {n} models overlaid"], curves
-    # the per-fold thresholds and their mean, which is thresholds.json's
+    # the per-fold thresholds and their mean, which is the open-set head's
     folds = next(t for t in fold_rows if f"calibration model {n}" in t)
     assert f"{per_fold[0]:.6g}" in folds and f"{thresholds['tau_super']:.6g}" in folds and "mean" in folds
     assert not dump_visible and dump_open and dump_summary.startswith("All of metrics.json (")

@@ -15,7 +15,6 @@ from supersub import inference
 from supersub.data import chunks
 from supersub.data.formats import read_images
 from supersub.errors import SupersubError
-from supersub.pipeline.calibration import load_scorer
 from supersub.data.cache import decode_images
 from supersub.pipeline.predict import predict_images, predict_tensors
 from supersub.run import RunDir
@@ -25,11 +24,9 @@ def in_memory_csv(run_dir: Path, images: Path, probs: bool, names: bool) -> str:
     """Today's path before streaming: decode every image into one tensor, predict it, format the whole frame."""
     run = RunDir.open(run_dir)
     model, cfg, _ = run.load_model()
-    thresholds = run.load_thresholds()
     ds = read_images(images)
     decoded = decode_images(ds.records, cfg.data.image_size).images  # every test image is readable
-    pred = predict_tensors(model, run.load_taxonomy(), thresholds, decoded, ds.names, "cpu",
-                           load_scorer(run.path, thresholds.score), cfg=cfg)
+    pred = predict_tensors(model, run.load_open_set_head(), decoded, ds.names, "cpu", cfg=cfg)
     return pred.to_frame(probs, run.load_taxonomy() if names else None).to_csv(index=False, float_format="%.6g")
 
 
@@ -115,16 +112,14 @@ if way == "stream":
     predict_images(run, images, Path(sys.argv[4]), frame=False)
 else:  # the whole set decoded into one tensor first, as before streaming
     from supersub.data.formats import read_images
-    from supersub.pipeline.calibration import load_scorer
-    from supersub.data.cache import decode_images
+        from supersub.data.cache import decode_images
     from supersub.pipeline.predict import predict_tensors
     from supersub.run import RunDir
     r = RunDir.open(run)
     model, cfg, _ = r.load_model()
-    t = r.load_thresholds()
     ds = read_images(images)
     decoded = decode_images(ds.records, cfg.data.image_size).images
-    predict_tensors(model, r.load_taxonomy(), t, decoded, ds.names, "cpu", load_scorer(r.path, t.score), cfg=cfg)
+    predict_tensors(model, r.load_open_set_head(), decoded, ds.names, "cpu", cfg=cfg)
 # the kernel's high-water mark of this process's own resident set (KiB); not ru_maxrss, which Linux carries over
 # from the forking parent across exec (under a full test run, the pytest process's 1.5 GB hid every difference)
 print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")))

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from conftest import run_cli
+from conftest import run_cli, saved_thresholds
 
 from supersub import api
 from supersub.config import ModelConfig, OptimConfig, TrainConfig
@@ -81,7 +81,7 @@ def _predicts(run: Path, data: Path) -> dict:
     pred = api.predict(run, data / "test_images")
     assert len(pred) == n_test and pred["superclass_index"].between(0, tax.n_super).all()
     assert pred["subclass_index"].between(0, tax.n_sub).all()
-    thresholds = json.loads((run / "thresholds.json").read_text(encoding="utf-8"))
+    thresholds = saved_thresholds(run)
     metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["calibration"]["score"] == thresholds["score"]
     return {"score": thresholds["score"], **metrics["calibration"]}

@@ -5,7 +5,8 @@
       config.yaml         the resolved configuration
       taxonomy.json       class names and the sub->super map
       model.pt            final weights + plain-data spec (loads with weights_only=True)
-      thresholds.json     tau_super / tau_sub and the novel-probability slopes
+      open_set_head.pt    the open-set head: fitted novelty detectors, tau_super / tau_sub, the novel-probability
+                          slopes and softmax temperatures (runs made before it: thresholds.json + detectors.pt)
       metrics.json        training summary, calibration and validation figures
       calibration/        threshold sweeps (CSV + PNG) from the pseudo-novel holdout
       checkpoints/        Lightning best/last checkpoints per stage (for --resume)
@@ -16,10 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import shutil
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,49 +33,13 @@ from .io import _first_line, load_checkpoint, torch_save_atomic, write_json_atom
 from .models.build import create_model
 from .models.ensemble import BaggingEnsemble
 from .models.model import HierarchicalClassifier
+from .novelty.open_set import OpenSetHead
+from .novelty.scoring import NoveltyScorer
+from .novelty.thresholds import Thresholds  # noqa: F401 - re-exported (runs, tests and benchmarks import it here)
 from .taxonomy import Taxonomy
 
 MARKER = "supersub-run.json"
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """What turns a model's outputs into decisions and probabilities, beside the fitted detectors.
-
-    Thresholds are in the units of the run's novelty ``score`` on the final model (seen iff confidence
-    >= tau); the slopes are those of the logistic novel probability in the same units; the temperatures
-    scale each head's logits for the seen-class probabilities (they never change a decision).
-    """
-
-    tau_super: float
-    tau_sub: float
-    slope_super: float = 20.0
-    slope_sub: float = 20.0
-    score: str = "msp"
-    temperature_super: float = 1.0
-    temperature_sub: float = 1.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_dict(cls, d: Any, source: str = "thresholds") -> Thresholds:
-        """Validate as well as build: a hand-edited thresholds.json must fail here, not inside the decision."""
-        if not isinstance(d, dict):
-            raise SupersubError(f"{source}: expected a JSON object with tau_super and tau_sub")
-        for key in ("tau_super", "tau_sub"):
-            if key not in d:
-                raise SupersubError(f"{source}: missing key {key!r}")
-        for key in ("tau_super", "tau_sub", "slope_super", "slope_sub", "temperature_super", "temperature_sub"):
-            value = d.get(key, 1.0)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise SupersubError(f"{source}: {key} must be a finite number, found {value!r}")
-        for key in ("temperature_super", "temperature_sub"):
-            if not d.get(key, 1.0) > 0:
-                raise SupersubError(f"{source}: {key} must be positive, found {d[key]!r}")
-        if not isinstance(d.get("score", ""), str):
-            raise SupersubError(f"{source}: score must be a string, found {d['score']!r}")
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+HEAD_FILE = "open_set_head.pt"
 
 
 class RunDir:
@@ -89,7 +52,10 @@ class RunDir:
     config_file = property(lambda self: self.path / "config.yaml")
     taxonomy_file = property(lambda self: self.path / "taxonomy.json")
     model_file = property(lambda self: self.path / "model.pt")
+    head_file = property(lambda self: self.path / HEAD_FILE)
+    # the two files the open-set head was kept in before it was one object (still read, never written)
     thresholds_file = property(lambda self: self.path / "thresholds.json")
+    detectors_file = property(lambda self: self.path / "detectors.pt")
     metrics_file = property(lambda self: self.path / "metrics.json")
     calibration_dir = property(lambda self: self.path / "calibration")
     checkpoints_dir = property(lambda self: self.path / "checkpoints")
@@ -160,20 +126,44 @@ class RunDir:
         return load_model_file(self.model_file)
 
     def require_finished(self) -> None:
-        """Refuse a run that ``train`` did not finish: it writes metrics.json last, so a model or thresholds
+        """Refuse a run that ``train`` did not finish: it writes metrics.json last, so a model or open-set head
         without it are those of an interrupted run (a half-done calibration must never be used)."""
-        for needed in (self.model_file, self.thresholds_file, self.metrics_file):
+        for needed in (self.model_file, self.saved_head_file, self.metrics_file):
             if not needed.is_file():
                 raise SupersubError(f"{needed}: missing (the run did not finish training; continue it with "
                                     "'supersub train ... --resume')")
 
-    # ---- thresholds / metrics ----------------------------------------------------------------
-    def save_thresholds(self, t: Thresholds) -> None:
-        write_json_atomic(self.thresholds_file, t.to_dict())
+    # ---- open-set head / metrics -------------------------------------------------------------
+    @property
+    def saved_head_file(self) -> Path:
+        """The file that says the head was saved: ``open_set_head.pt``, or an old run's ``thresholds.json``."""
+        return self.thresholds_file if self.thresholds_file.is_file() and not self.head_file.is_file() else self.head_file
+
+    def save_open_set_head(self, head: OpenSetHead) -> None:
+        """One file; a recalibrated old run loses its two legacy files, which would otherwise contradict it."""
+        torch_save_atomic(head.state_dict(), self.head_file)
+        for legacy in (self.thresholds_file, self.detectors_file):
+            legacy.unlink(missing_ok=True)
+
+    def load_open_set_head(self) -> OpenSetHead:
+        """The finished run's head (``weights_only`` loading), from ``open_set_head.pt`` or, for a run written
+        before that file existed, from ``thresholds.json`` + ``detectors.pt`` + ``taxonomy.json``."""
+        self.require_finished()
+        if self.head_file.is_file():
+            return OpenSetHead.from_state_dict(load_checkpoint(self.head_file), str(self.head_file))
+        thresholds = Thresholds.from_dict(_read_json(self.thresholds_file), str(self.thresholds_file))
+        taxonomy = self.load_taxonomy()
+        if thresholds.score == "msp" and not self.detectors_file.exists():
+            return OpenSetHead.msp(thresholds, taxonomy.sub_to_super, taxonomy.n_super)
+        scorer = NoveltyScorer.from_state(load_checkpoint(self.detectors_file), str(self.detectors_file))
+        if scorer.name != thresholds.score:
+            raise SupersubError(f"{self.detectors_file}: holds score {scorer.name!r} but thresholds.json says "
+                                f"{thresholds.score!r}")
+        return OpenSetHead(scorer, thresholds, taxonomy.sub_to_super, taxonomy.n_super)
 
     def load_thresholds(self) -> Thresholds:
-        self.require_finished()
-        return Thresholds.from_dict(_read_json(self.thresholds_file), str(self.thresholds_file))
+        """The head's thresholds, slopes and temperatures (what the report and ``export`` show)."""
+        return self.load_open_set_head().thresholds
 
     def save_metrics(self, metrics: dict[str, Any]) -> None:
         write_json_atomic(self.metrics_file, metrics)

@@ -21,16 +21,16 @@ import torch
 
 from ..config import NoveltyConfig, TrainConfig, build_config, warn_ignored_options
 from ..errors import SupersubError
-from ..io import load_checkpoint
 from ..novelty.calibrate import choose_threshold, kept_share, sweep, transfer_threshold
 from ..novelty.decide import decide
 from ..novelty.ood_metrics import open_set_metrics
 from ..novelty.probs import fit_slope
-from ..novelty.scores import create_detector
+from ..novelty.open_set import OpenSetHead
 from ..novelty.scoring import FALLBACK_SCORE, Confidences, LevelFitError, NoveltyScorer, SeenView, with_fallback
 from ..novelty.temperature import fit_temperature
 from ..reporting import save_sweep
-from ..run import RunDir, Thresholds
+from ..novelty.thresholds import Thresholds
+from ..run import RunDir
 from ..threads import dense_threads
 from ..taxonomy import Taxonomy
 from .evidence import Evidence, collect_evidence, load_stage_model
@@ -39,19 +39,25 @@ from .stages import calibration_stage_names, load_split, needs_calibration_model
 
 log = logging.getLogger("supersub")
 
-DETECTORS_FILE = "detectors.pt"
 MIN_SEPARATION = 0.5  # calibration AUROC at or below which (chance, or inverted) a level's cut is the recall target
 DEFAULT_Z_SLOPE = 3.0  # novel-probability slope per standard deviation of seen confidences, when not fitted
 
 
 @dataclass
 class Calibration:
-    """The final model's thresholds and detectors, the sweeps behind them and a summary for metrics.json."""
+    """The final model's open-set head (detectors + thresholds), the sweeps behind it and a summary for metrics.json."""
 
-    thresholds: Thresholds
-    scorer: NoveltyScorer
+    head: OpenSetHead
     sweeps: dict[str, pd.DataFrame]
     summary: dict[str, Any]
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return self.head.thresholds
+
+    @property
+    def scorer(self) -> NoveltyScorer:
+        return self.head.scorer
 
 
 def _scale(conf: torch.Tensor) -> float:
@@ -159,7 +165,7 @@ def calibrate_run(
             reasons[e.level] = str(e)
             score = with_fallback(score, e.level)
             log.warning("%s score %s cannot be fitted on this run's features (%s): the %s level uses %s instead "
-                        "(recorded as score %s in thresholds.json)", LEVEL_NAMES[e.level], e.detector, e,
+                        "(recorded as score %s in the open-set head)", LEVEL_NAMES[e.level], e.detector, e,
                         LEVEL_NAMES[e.level], FALLBACK_SCORE, score)
     if reasons:
         cal.summary["score_requested"] = requested
@@ -229,7 +235,8 @@ def _calibrate_run(
         slope_sub=float(slopes["sub"]), score=score, temperature_super=t_super, temperature_sub=t_sub,
     )
     sweeps = {level: c.sweep for level, c in chosen.items() if c.sweep is not None}
-    return Calibration(thresholds, scorer, sweeps, summary)
+    head = OpenSetHead(scorer, thresholds, final.taxonomy.sub_to_super, final.taxonomy.n_super)
+    return Calibration(head, sweeps, summary)
 
 
 def _on_final_model(
@@ -328,9 +335,8 @@ def _super_protocol(cfg: NoveltyConfig, has_outliers: bool, has_loso: bool) -> s
     return "recall"
 
 
-def save_calibration(cal: Calibration, run_path: Path) -> None:
-    """detectors.pt, and the threshold sweeps (CSV + PNG) in ``calibration/``."""
-    cal.scorer.save(run_path / DETECTORS_FILE)
+def save_sweeps(cal: Calibration, run_path: Path) -> None:
+    """The threshold sweeps (CSV + PNG) in ``calibration/``."""
     folder = run_path / "calibration"
     titles = {"sub": "subclass: seen vs held-out subclasses", "super": "superclass: seen vs novel"}
     folds = cal.summary.get("calibration_folds", 1)
@@ -344,18 +350,6 @@ def save_calibration(cal: Calibration, run_path: Path) -> None:
         save_sweep(df, folder / f"sweep_{level}.csv", folder / f"sweep_{level}.png",
                    f"{title}, {cal.summary['score']}{unit}{where}", tau if not unit else None,
                    "its cut" if folds > 1 else "tau")
-
-
-def load_scorer(run_path: Path, score: str) -> NoveltyScorer:
-    """The final model's detectors (``weights_only`` loading); ``msp`` needs none, so a run without the
-    file still predicts with it."""
-    path = run_path / DETECTORS_FILE
-    if score == "msp" and not path.exists():
-        return NoveltyScorer("msp", create_detector("msp"), create_detector("msp"))
-    scorer = NoveltyScorer.from_state(load_checkpoint(path), str(path))
-    if scorer.name != score:
-        raise SupersubError(f"{path}: holds score {scorer.name!r} but thresholds.json says {score!r}")
-    return scorer
 
 
 def calibrate_and_save(run: RunDir, cfg: TrainConfig, evidence: dict[str, Evidence]) -> Any:
@@ -374,8 +368,8 @@ def calibrate_and_save(run: RunDir, cfg: TrainConfig, evidence: dict[str, Eviden
         log.info("tau_super: the held-back outlier images made the cut stricter than the %.0f%% recall rule in %d of "
                  "%d calibration folds; elsewhere they would have loosened it (outliers unlike your images), so the "
                  "recall cut was kept", 100 * cfg.novelty.super_recall, used, n)
-    run.save_thresholds(cal.thresholds)
-    save_calibration(cal, run.path)
+    run.save_open_set_head(cal.head)
+    save_sweeps(cal, run.path)
     t = cal.thresholds
     log.info("%s thresholds (features: %s / %s): tau_super=%.4g tau_sub=%.4g", t.score, *cal.scorer.layers,
              t.tau_super, t.tau_sub)

@@ -29,9 +29,10 @@ from ..errors import SupersubError
 from ..grouping import Grouping, group_features
 from ..inference import Outputs
 from ..io import write_atomic, write_json_atomic, write_text_atomic
+from ..novelty.open_set import OpenSetDecision, OpenSetHead
 from ..report_page import Grid, Page, Section, Table, Tile, render_page, thumbnail_uri
 from ..run import RunDir
-from .predict import Applied, Collected, kept_dataset, one_device, stream_run
+from .predict import Collected, kept_dataset, one_device, stream_run
 from ..training.stream import Scores
 
 log = logging.getLogger("supersub")
@@ -102,11 +103,10 @@ def run_view(run_dir: str | Path, images: str | Path, *, skip_bad: bool = False,
     taxonomy = run.load_taxonomy()
     ds = read_images(Path(images))
 
-    def features(outputs: Outputs, applied: Applied) -> Scores:
+    def features(head: OpenSetHead, outputs: Outputs, d: OpenSetDecision) -> Scores:
         """The features the groups are made of and the calibrated probability of each decided class."""
-        d = applied.decision
-        return {"features": outputs.features, "super_prob": applied.super_probs.gather(1, d.super_pred.view(-1, 1)).view(-1),
-                "sub_prob": applied.sub_probs.gather(1, d.sub_pred.view(-1, 1)).view(-1)}
+        return {"features": outputs.features, "super_prob": d.super_probs.gather(1, d.super_pred.view(-1, 1)).view(-1),
+                "sub_prob": d.sub_probs.gather(1, d.sub_pred.view(-1, 1)).view(-1)}
 
     collected = Collected()
     with cache_policy(write=cache, max_gb=cfg.data.cache_max_gb):

@@ -28,7 +28,7 @@ def evaluate_run(
         ds = read_labels(Path(labels), Path(images), taxonomy)
     else:
         ds = read_nested_labels(Path(images), taxonomy, strict=strict)
-    pred, kept = predict_dataset(run_dir, ds, skip_bad, device)
+    pred, kept, _ = predict_dataset(run_dir, ds, skip_bad, device)
     metrics, report = score_prediction(pred, kept, taxonomy)
     if save:
         target = metrics_file(run.path, images, labels, out)

@@ -92,7 +92,7 @@ def run_state(path: Path, run: GridRun, g: Grid) -> tuple[str, str]:
 
 def _finished_summary(run: RunDir) -> dict[str, Any] | None:
     """The training summary of a finished run; None while ``train`` has not written it (it does so last)."""
-    if not (run.metrics_file.is_file() and run.thresholds_file.is_file() and run.model_file.is_file()):
+    if not (run.metrics_file.is_file() and run.saved_head_file.is_file() and run.model_file.is_file()):
         return None
     try:
         summary = json.loads(run.metrics_file.read_text(encoding="utf-8"))
@@ -136,8 +136,8 @@ def _evaluation(path: Path, g: Grid, fresh: bool) -> dict[str, Any]:
         return {}
     stem = Path(test.labels).stem if test.labels is not None else Path(test.images).name
     saved = path / "evaluations" / f"{stem}.json"
-    thresholds = RunDir(path).thresholds_file
-    if not fresh and saved.is_file() and saved.stat().st_mtime >= thresholds.stat().st_mtime:
+    head = RunDir(path).saved_head_file
+    if not fresh and saved.is_file() and saved.stat().st_mtime >= head.stat().st_mtime:
         try:
             return json.loads(saved.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):

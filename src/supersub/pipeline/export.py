@@ -27,11 +27,8 @@ from ..io import atomic_path, write_json_atomic
 from ..models.ensemble import BaggingEnsemble
 from ..models.model import HierarchicalClassifier
 from ..novelty.scores import level_scores
-from ..novelty.scoring import NoveltyScorer
-from ..run import RunDir, Thresholds
-from ..taxonomy import Taxonomy
-from .calibration import load_scorer
-from .predict import apply_novelty
+from ..novelty.open_set import OpenSetHead
+from ..run import RunDir
 
 log = logging.getLogger("supersub")
 
@@ -45,16 +42,16 @@ OPSET = 18  # Resize with antialias (the model's upsampling to its input size) n
 
 class OpenSetGraph(nn.Module):
     """uint8 images (N, 3, S, S) -> superclass index, subclass index (novel = K resp. M) and the probabilities of
-    both levels with the novel column last: :func:`supersub.pipeline.predict.apply_novelty` on the model's outputs."""
+    both levels with the novel column last: the run's :class:`~supersub.novelty.open_set.OpenSetHead` on the model's
+    outputs, as ``supersub predict`` applies it."""
 
-    def __init__(self, model: nn.Module, taxonomy: Taxonomy, thresholds: Thresholds, scorer: NoveltyScorer) -> None:
+    def __init__(self, model: nn.Module, head: OpenSetHead) -> None:
         super().__init__()
-        self.model, self.taxonomy, self.thresholds, self.scorer = model, taxonomy, thresholds, scorer
+        self.model, self.head = model, head
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        applied = apply_novelty(self.model.outputs(images), self.taxonomy, self.thresholds, self.scorer)
-        d = applied.decision
-        return d.super_pred, d.sub_pred, applied.super_probs.float(), applied.sub_probs.float()
+        d = self.head.decide(self.model.outputs(images))
+        return d.super_pred, d.sub_pred, d.super_probs.float(), d.sub_probs.float()
 
 
 def _antialiased_bilinear(g: Any, x: Any, output_size: Any, align_corners: Any, *scales: Any) -> Any:
@@ -111,10 +108,10 @@ def export_run(run_dir: str | Path, out: str | Path, *, overwrite: bool = False)
         if target.exists() and not overwrite:
             raise SupersubError(f"{target}: exists (pass --overwrite to replace it)")
     model, cfg, _ = run.load_model()
-    thresholds, taxonomy = run.load_thresholds(), run.load_taxonomy()
+    head, taxonomy = run.load_open_set_head(), run.load_taxonomy()
+    thresholds = head.thresholds
     check_exportable(model, thresholds.score, cfg.data.image_size)
-    scorer = load_scorer(run.path, thresholds.score)
-    graph = OpenSetGraph(model.cpu().eval(), taxonomy, thresholds, scorer).eval()
+    graph = OpenSetGraph(model.cpu().eval(), head).eval()
     size = cfg.data.image_size
     example = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     batch = {0: "batch"}

@@ -1,10 +1,6 @@
-"""From a trained run and images to decisions and probabilities: the one path predict, evaluate and demo share.
-
-Confidences come from the run's :class:`~supersub.novelty.scoring.NoveltyScorer`, decisions from
-:func:`~supersub.novelty.decide.decide` at the run's thresholds, the novel probabilities from the fitted
-logistic on the same confidences, and the seen-class probabilities from temperature-scaled logits
-(temperature never changes an argmax). :func:`~supersub.novelty.probs.with_novel_column` combines them
-into hierarchical distributions whose argmax at each level is the decision.
+"""From a trained run and images to decisions and probabilities: the one path predict, evaluate, report, discover
+and demo share. The model gives outputs chunk by chunk; the run's :class:`~supersub.novelty.open_set.OpenSetHead`
+turns each chunk into decisions and hierarchical distributions with the novel column.
 """
 
 from __future__ import annotations
@@ -28,43 +24,14 @@ from ..io import atomic_path
 from ..config import TrainConfig
 from ..models.ensemble import BaggingEnsemble
 from ..models.model import HierarchicalClassifier
-from ..novelty.decide import Decision, decide
-from ..novelty.probs import novel_probability, with_novel_column
-from ..novelty.scores import create_detector
-from ..novelty.scoring import NoveltyScorer, seen_view
-from ..run import RunDir, Thresholds
+from ..novelty.open_set import OpenSetDecision, OpenSetHead
+from ..run import RunDir
 from ..taxonomy import Taxonomy
 from ..training.distributed import is_global_zero
 from ..training.finetune import cached_outputs
-from .calibration import load_scorer
 from ..training.stream import Devices, Scores, Sink, Streamed, stream_predictions
 
 log = logging.getLogger("supersub")
-
-
-@dataclass
-class Applied:
-    """Decisions (with the confidences they thresholded) and full distributions with the novel column last."""
-
-    decision: Decision
-    super_probs: torch.Tensor
-    sub_probs: torch.Tensor
-
-
-def apply_novelty(outputs: Outputs, taxonomy: Taxonomy, thresholds: Thresholds, scorer: NoveltyScorer) -> Applied:
-    """Decide and attach probabilities for one batch of outputs of the run's final model."""
-    view = seen_view(outputs, taxonomy.n_super, taxonomy.n_sub)
-    sub_to_super = list(taxonomy.sub_to_super)
-    conf = scorer.confidences(view, sub_to_super)
-    seen = view.outputs
-    d = decide(seen.super_probs, seen.sub_probs, sub_to_super, thresholds.tau_super, thresholds.tau_sub,
-               conf.super_conf, conf.sub_conf)
-    q_super = novel_probability(conf.super_conf, thresholds.tau_super, thresholds.slope_super)
-    q_sub = novel_probability(conf.sub_conf, thresholds.tau_sub, thresholds.slope_sub)
-    p_super = (seen.super_logits / thresholds.temperature_super).softmax(dim=1)
-    p_sub = (seen.sub_logits / thresholds.temperature_sub).softmax(dim=1)
-    full_super, full_sub = with_novel_column(p_super, p_sub, d.super_pred, d.sub_pred, q_super, q_sub, sub_to_super)
-    return Applied(d, full_super, full_sub)
 
 
 @dataclass
@@ -102,22 +69,13 @@ class Prediction:
 
 
 def predict_tensors(
-    model: HierarchicalClassifier | BaggingEnsemble, taxonomy: Taxonomy, thresholds: Thresholds, images: torch.Tensor,
-    names: list[str], accelerator: str = "auto", scorer: NoveltyScorer | None = None,
-    device: torch.device | None = None, cfg: TrainConfig | None = None,
+    model: HierarchicalClassifier | BaggingEnsemble, head: OpenSetHead, images: torch.Tensor, names: list[str],
+    accelerator: str = "auto", device: torch.device | None = None, cfg: TrainConfig | None = None,
 ) -> Prediction:
-    """The decision rule and calibrated probabilities for decoded images.
-
-    The thresholds are in the units of ``thresholds.score``, so the confidences must come from that score:
-    ``scorer`` is the run's fitted detectors (``supersub.pipeline.calibration.load_scorer(run_dir,
-    thresholds.score)``). It may be left out only for ``msp``, which needs no fitting. With the run's ``cfg``
-    a ``finetune: frozen`` model reads its backbone features from the disk cache (see :func:`model_outputs`).
-    """
-    scorer = _scorer_for(thresholds, scorer)
+    """The run's open-set head on decoded images (``head``: ``RunDir(run).load_open_set_head()``). With the run's
+    ``cfg`` a ``finetune: frozen`` model reads its backbone features from the disk cache (see :func:`model_outputs`)."""
     outputs = model_outputs(model, images, cfg, device or pick_device(accelerator))
-    a = apply_novelty(outputs, taxonomy, thresholds, scorer)
-    d = a.decision
-    return Prediction(names, d.super_pred, d.sub_pred, a.super_probs, a.sub_probs, d.super_conf, d.sub_conf)
+    return Prediction.from_scores(names, decision_scores(head.decide(outputs)))
 
 
 def model_outputs(model: HierarchicalClassifier | BaggingEnsemble, images: torch.Tensor, cfg: TrainConfig | None,
@@ -131,47 +89,35 @@ def model_outputs(model: HierarchicalClassifier | BaggingEnsemble, images: torch
     return run_model(model, images, device=device)
 
 
-def _scorer_for(thresholds: Thresholds, scorer: NoveltyScorer | None) -> NoveltyScorer:
-    """The scorer whose units the thresholds are in; a missing or mismatched one is an error, never msp."""
-    if scorer is None:
-        if thresholds.score != "msp":
-            raise SupersubError(
-                f"the thresholds are in units of score '{thresholds.score}': pass the run's fitted scorer "
-                f"(supersub.pipeline.calibration.load_scorer(run_dir, '{thresholds.score}'))"
-            )
-        return NoveltyScorer("msp", create_detector("msp"), create_detector("msp"))
-    if scorer.name != thresholds.score:
-        raise SupersubError(f"scorer '{scorer.name}' does not match the thresholds' score '{thresholds.score}'")
-    return scorer
-
-
 def predict_dataset(run_dir: str | Path, ds: Dataset, skip_bad: bool, device: str | None = None,
-                    cache: bool = False, progress: bool = False) -> tuple[Prediction, Dataset]:
+                    cache: bool = False, progress: bool = False,
+                    extra: Callable[[OpenSetHead, Outputs, OpenSetDecision], Scores] | None = None,
+                    ) -> tuple[Prediction, Dataset, Scores]:
     """Predict a dataset with a run, chunk by chunk (:mod:`.stream`: the images are never all in memory, only
     their scores). The disk caches are read, but the images predicted (test sets, a user's photos) are kept in
-    them only with ``cache`` (``predict --cache``)."""
+    them only with ``cache`` (``predict --cache``). ``extra`` adds columns of its own, returned last."""
     run = RunDir.open(run_dir)
     run.require_finished()  # an interrupted run's model or thresholds are never used
     model, cfg, _ = run.load_model()
     collected = Collected()
     with cache_policy(write=cache, max_gb=cfg.data.cache_max_gb):
         streamed = stream_run(run, model, cfg, ds.records, collected, one_device(cfg, device), skip_bad=skip_bad,
-                              progress=progress)
-    kept = kept_dataset(ds, streamed)
-    return Prediction.from_scores([r.name for r in kept.records], collected.scores()), kept
+                              progress=progress, extra=extra)
+    kept, scores = kept_dataset(ds, streamed), collected.scores()
+    columns = set(scores) - set(DECISION_COLUMNS)
+    return Prediction.from_scores([r.name for r in kept.records], scores), kept, {k: scores[k] for k in columns}
 
 
 def stream_run(run: RunDir, model: Any, cfg: TrainConfig, records: list[ImageRecord], sink: Sink, devices: Devices, *,
-               skip_bad: bool, progress: bool, extra: Callable[[Outputs, Applied], Scores] | None = None) -> Streamed:
-    """Stream ``records`` through the run's model, decision rule and probabilities into ``sink``
-    (``extra`` adds columns of its own: discover's features, report's open-set argmax)."""
-    thresholds = run.load_thresholds()
-    taxonomy = run.load_taxonomy()  # the model's own may carry the extra class of novelty.oe: class
-    scorer = _scorer_for(thresholds, load_scorer(run.path, thresholds.score))
+               skip_bad: bool, progress: bool,
+               extra: Callable[[OpenSetHead, Outputs, OpenSetDecision], Scores] | None = None) -> Streamed:
+    """Stream ``records`` through the run's model and open-set head into ``sink`` (``extra`` adds columns of its
+    own: discover's features, report's seen-class decision)."""
+    head = run.load_open_set_head()
 
     def score(outputs: Outputs) -> Scores:
-        applied = apply_novelty(outputs, taxonomy, thresholds, scorer)
-        return {**decision_scores(applied), **(extra(outputs, applied) if extra is not None else {})}
+        decision = head.decide(outputs)
+        return {**decision_scores(decision), **(extra(head, outputs, decision) if extra is not None else {})}
 
     def outputs_of(net: torch.nn.Module, images: torch.Tensor, device: torch.device) -> Outputs:
         return model_outputs(net, images, cfg, device)
@@ -180,11 +126,13 @@ def stream_run(run: RunDir, model: Any, cfg: TrainConfig, records: list[ImageRec
                               skip_bad=skip_bad, progress=progress)
 
 
-def decision_scores(applied: Applied) -> Scores:
+DECISION_COLUMNS = ("super_pred", "sub_pred", "super_probs", "sub_probs", "super_conf", "sub_conf")
+
+
+def decision_scores(d: OpenSetDecision) -> Scores:
     """The per-image columns of a :class:`Prediction`."""
-    d = applied.decision
-    return {"super_pred": d.super_pred, "sub_pred": d.sub_pred, "super_probs": applied.super_probs,
-            "sub_probs": applied.sub_probs, "super_conf": d.super_conf, "sub_conf": d.sub_conf}
+    return {"super_pred": d.super_pred, "sub_pred": d.sub_pred, "super_probs": d.super_probs,
+            "sub_probs": d.sub_probs, "super_conf": d.super_conf, "sub_conf": d.sub_conf}
 
 
 def kept_dataset(ds: Dataset, streamed: Streamed) -> Dataset:

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -28,14 +26,14 @@ from ..inference import Outputs
 from ..io import write_text_atomic
 from ..metrics import LEVELS, SUBSETS, OpenSetReport
 from ..novelty.calibrate import sweep
-from ..novelty.decide import decide
-from ..novelty.scoring import seen_view
 from ..report_page import Chart, Grid, Page, Section, Table, Tile, render_page, thumbnail_uri
 from ..reporting import confusion_figure, figure_png, overlaid_curves_figure, sweep_figure
-from ..run import MARKER, RunDir, Thresholds
+from ..novelty.open_set import OpenSetDecision, OpenSetHead
+from ..novelty.thresholds import Thresholds
+from ..run import MARKER, RunDir
 from ..taxonomy import Taxonomy
 from .evaluate import score_prediction
-from .predict import Applied, Collected, Prediction, kept_dataset, one_device, stream_run
+from .predict import Prediction, predict_dataset
 from ..training.stream import Scores
 
 
@@ -70,7 +68,7 @@ def build_report(
         raise SupersubError(f"--images: must be at least 1, got {images}")
     taxonomy, thresholds = run.load_taxonomy(), run.load_thresholds()
     missing: list[str] = []
-    labelled = _predict_labelled(run, Path(test), taxonomy, thresholds, device, skip_bad) if test is not None else None
+    labelled = _predict_labelled(run, Path(test), taxonomy, device, skip_bad) if test is not None else None
     sections: list[Section] = []
     if labelled is None:
         missing.append("Metrics, threshold sweeps on labelled images, confusion matrices and image grids of mistakes "
@@ -106,30 +104,18 @@ def read_labelled_folder(folder: Path, taxonomy: Taxonomy) -> Dataset:
     return read_nested_labels(folder, taxonomy)
 
 
-def _predict_labelled(run: RunDir, folder: Path, taxonomy: Taxonomy, thresholds: Thresholds, device: str | None,
-                      skip_bad: bool) -> Labelled:
-    """Predict as ``supersub evaluate`` does (same functions, one forward pass) and keep the seen-class argmax."""
+def _predict_labelled(run: RunDir, folder: Path, taxonomy: Taxonomy, device: str | None, skip_bad: bool) -> Labelled:
+    """Predict as ``supersub evaluate`` does (its path, one forward pass) and keep the seen-class decision too."""
     ds = read_labelled_folder(folder, taxonomy)
-    model, cfg, _ = run.load_model()
 
-    def open_set(outputs: Outputs, applied: Applied) -> Scores:
-        """The seen-class argmax (no threshold) beside the decisions, for the sweeps."""
-        d = applied.decision
-        seen = seen_view(outputs, taxonomy.n_super, taxonomy.n_sub).outputs
-        o = decide(seen.super_probs, seen.sub_probs, list(taxonomy.sub_to_super), -math.inf, -math.inf,
-                   d.super_conf, d.sub_conf)
+    def closed_set(head: OpenSetHead, outputs: Outputs, decided: OpenSetDecision) -> Scores:
+        o = head.closed_set(outputs, decided)
         return {"open_super": o.super_pred, "open_sub": o.sub_pred}
 
-    collected = Collected()
-    streamed = stream_run(run, model, cfg, ds.records, collected, one_device(cfg, device), skip_bad=skip_bad,
-                          progress=False, extra=open_set)
-    kept = kept_dataset(ds, streamed)
-    scores = collected.scores()
-    pred = Prediction.from_scores(kept.names, scores)
-    open_ = SimpleNamespace(super_pred=scores["open_super"], sub_pred=scores["open_sub"])
+    pred, kept, extra = predict_dataset(run.path, ds, skip_bad, device, extra=closed_set)
     metrics, report = score_prediction(pred, kept, taxonomy)
-    return Labelled(str(folder), kept, pred, open_.super_pred.cpu().numpy(), open_.sub_pred.cpu().numpy(), metrics,
-                    report)
+    return Labelled(str(folder), kept, pred, extra["open_super"].cpu().numpy(), extra["open_sub"].cpu().numpy(),
+                    metrics, report)
 
 
 # ---- sections --------------------------------------------------------------------------------------------
@@ -173,7 +159,8 @@ def _summary_section(run: RunDir, thresholds: Thresholds) -> Section:
     metrics.json folded away (some 60 rows: a reference, not a first read)."""
     t_rows = [[k, _cell(v)] for k, v in thresholds.to_dict().items()]
     tables = [Table(["threshold", "value"], t_rows, [["", f"thresholds.{k}"] for k, _ in t_rows],
-                    "thresholds.json: seen iff confidence >= tau, in units of the novelty score.")]
+                    "The open-set head's thresholds (open_set_head.pt): seen iff confidence >= tau, in units of the "
+                    "novelty score.")]
     paragraphs = []
     try:
         summary = json.loads(run.metrics_file.read_text(encoding="utf-8"))
