@@ -112,7 +112,7 @@ if way == "stream":
     predict_images(run, images, Path(sys.argv[4]), frame=False)
 else:  # the whole set decoded into one tensor first, as before streaming
     from supersub.data.formats import read_images
-        from supersub.data.cache import decode_images
+    from supersub.data.cache import decode_images
     from supersub.pipeline.predict import predict_tensors
     from supersub.run import RunDir
     r = RunDir.open(run)
