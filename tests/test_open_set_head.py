@@ -83,3 +83,15 @@ def test_closed_set_is_the_rule_without_thresholds(old_run: Path) -> None:
 def test_a_foreign_or_inconsistent_head_is_one_line(state: dict, message: str) -> None:
     with pytest.raises(SupersubError, match=message):
         OpenSetHead.from_state_dict(state, "h.pt")
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda r: (r / "thresholds.json").write_text("{tau"), "thresholds.json: not valid JSON"),
+    (lambda r: (r / "thresholds.json").write_text('{"tau_super": "high", "tau_sub": 0.5}'),
+     "thresholds.json: tau_super must be a finite number"),
+    (lambda r: (r / "detectors.pt").unlink(), "detectors.pt: checkpoint not found"),
+])
+def test_an_old_runs_damaged_files_are_one_line(old_run: Path, damage, message: str) -> None:
+    damage(old_run)
+    with pytest.raises(SupersubError, match=message):
+        RunDir.open(old_run).load_open_set_head()
