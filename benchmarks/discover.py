@@ -9,6 +9,9 @@ groups the flagged ones as `discover` does (the number of groups estimated, and,
 the true number of classes among the flagged images), and scores the groups against test_sources.csv (every
 test image's true source class; a seen image flagged by mistake is a group of its own class): clustering
 accuracy (Hungarian matching, Vaze et al. CVPR 2022), NMI and ARI, per level; mean ± std over seeds.
+
+Committed table: docs/results/discover-table.md (and .json), from ``python benchmarks/discover.py --work
+/work/bench-out/discover2 --from-suite /work/bench-out/suite --out docs/results/discover-table.md``.
 """
 
 from __future__ import annotations

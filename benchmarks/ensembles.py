@@ -9,6 +9,9 @@ Each configuration is one `benchmarks/protocol.py --name NAME -- <train flags>` 
 `--rescore CONFIG=S1,S2` then re-chooses that run's novelty score with `supersub calibrate RUN --score S`
 (same models, no retraining), predicts and scores again, and finally restores the run's own score. Prints one
 table: accuracy overall/seen/unseen and cross-entropy per level, and the training wall time of each run.
+
+Committed table: docs/results/ensembles.md, from ``python benchmarks/ensembles.py --variants loso-reptile --seed 0
+--rescore bagging=vim+mi,mi,vim+expected-entropy`` and ``... --variants tin --seed 0 --rescore bagging=vim+mi``.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ Both sides start from image files: ``predict`` is ``supersub.api.predict`` (deco
 cached backbone outputs are not used: the images are new to the cache); the exported side decodes the same files
 with supersub's decoder and runs the ONNX graph in batches of ``--batch``. Each side runs ``--repeats`` times, in
 turns; the best time of each is reported.
+
+Committed result: docs/results/export_speed.json and the README's export speed line, from
+``python benchmarks/export_speed.py --run RUN --images IMAGES.csv --out docs/results/export_speed.json``.
 """
 
 from __future__ import annotations

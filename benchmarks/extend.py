@@ -14,6 +14,9 @@ half B a fresh test split. Then, through the public API:
    their true labels (same recipe and cache);
 5. both, and the original run, predict half B; accuracy by names on its reptiles and on its seen-class images
    (the old classes), and the wall times.
+
+Committed numbers: docs/results/discover.md (train --extend), from
+``python benchmarks/extend.py --seed 0 --out /work/bench-out/discover/extend-s0.json``.
 """
 
 from __future__ import annotations

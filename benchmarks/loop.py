@@ -6,6 +6,9 @@
 discovered cluster keeps the template's name (what saving the review page unchanged writes), then
 `supersub train --extend`, then `supersub evaluate` of the extended run on the same test folder (its novel
 images are now partly known classes, so only the time is the point here). Prints the wall and CPU times.
+
+Committed times: docs/results/discover.md and the README (the whole loop), from
+``python benchmarks/loop.py --out bench-out/loop``.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ training images and ``../shared/bench/score.py`` against ``train_data.csv``. The
 *training-set* figures, a check that the whole path works and that the model learnt something, not a
 measure of generalisation (use ``benchmarks/protocol.py`` for that). Prints one row per combination:
 seconds per epoch, train time, predict time and the scored accuracies.
+
+Committed table: docs/results/benchmarks.md (matrix), from ``python benchmarks/matrix.py --backbone cnn --epochs 1``.
 """
 
 from __future__ import annotations

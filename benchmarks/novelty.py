@@ -20,6 +20,10 @@ with, per level, the share of seen validation images the baseline's thresholds k
 (``supersub calibrate RUN --objective recall --recall SUPER,SUB``); no test label is used to choose it.
 The tables' last column names the levels at which a row beats the baseline: higher unseen accuracy with at
 most 5 points less seen accuracy (issue 4's criterion).
+
+Committed tables: docs/results/novelty.md, novelty-operating-points.md and pretrained-novelty.md, each from the
+commands it lists, e.g. ``python benchmarks/novelty.py --variants tin loso-reptile --seed 0 --exposure none uniform
+--epochs 12 --novel-count 2000``.
 """
 
 from __future__ import annotations

@@ -16,6 +16,10 @@ WORK/results/<exposure>/<split>.json as soon as it is measured, so an interrupte
 
 ``table`` prints per candidate: super / sub AUROC and the competition accuracies (overall / seen / unseen, both
 levels) per variant as mean +- std over seeds, and the suite mean; the default candidates side by side.
+
+Committed tables: docs/results/novelty-suite-tables.md from ``python benchmarks/novelty_suite.py run`` then
+``python benchmarks/novelty_suite.py table --out docs/results/novelty-suite-tables.md`` (the other runs and
+novelty-suite-probe-tables.md: docs/results/novelty-suite.md).
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@
 Builds the split with ../shared/bench/make_protocol.py (read-only yardstick, never copied here), runs
 `supersub train` -> `supersub predict --probs` -> ../shared/bench/score.py, and prints the scored table
 and wall times. Nothing here tunes against the test split: it only runs the CLI as a user would.
+
+Committed tables: docs/results/benchmarks.md and docs/experiments.md, one run per row, from
+``python benchmarks/protocol.py --variant V --seed S --name NAME -- FLAGS`` as each table lists.
 """
 
 from __future__ import annotations

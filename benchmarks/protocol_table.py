@@ -9,6 +9,9 @@ Reads ``WORK/<variant>-<seed>/<name>/result.json`` (the scorer's numbers), the r
 ``supersub evaluate`` (``metrics.open_set_report``): P(novel superclass) ranking novel-superclass images above
 all others (super), and P(novel subclass) ranking novel-subclass images above seen ones among images of seen
 superclasses (sub). Accuracies hang on where tau lands; the AUROCs say whether the features separate novelty.
+
+Committed tables: docs/experiments.md (seed 004, PtR), from e.g. ``python benchmarks/protocol_table.py
+--variant loso-reptile --names ptr-off-partial,ptr2-r1-partial,ptr2-r10-partial,ptr2-r100-partial``.
 """
 
 from __future__ import annotations

@@ -19,6 +19,10 @@ child, from ``os.wait4``, which includes its own children) are recorded. ``train
 (EfficientNet-Lite0, frozen, calibrated) with ``--epochs`` (default 3: the cost that grows with N is the
 feature extraction); ``predict`` uses the run trained on the smallest size, so every size runs the same model.
 Results go to ``WORK/results-LABEL.json``; ``--table`` prints every label side by side.
+
+Committed table: docs/results/scale.md (and scale_before/after.json), from
+``python benchmarks/scale.py --src /work/scale-before/src --label before --sizes 1000 3000 10000``,
+``python benchmarks/scale.py --src src --label after --sizes 1000 3000 10000`` and ``python benchmarks/scale.py --table``.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ weight B, K splits), fine-tune on classes B (new head, backbone at a reduced LR)
 
 Sizes (chosen for 2 shared CPU cores; see docs/experiments.md) are the constants below. Each finished run
 appends one line to results.jsonl, so a stopped session keeps every finished run.
+
+Committed tables: docs/experiments.md (seed 002), from ``split``, ``run --bp B --seed S`` for B in {0.0, 0.1,
+0.3} and S in {0, 1, 2}, ``scratch --seed S``, then ``python benchmarks/seed002_tin.py table``.
 """
 
 from __future__ import annotations

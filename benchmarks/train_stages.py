@@ -8,6 +8,9 @@ extraction), ``evidence`` (each model's outputs on its rows), ``score fit`` (the
 eigh per model and level), ``thresholds`` (the rest of calibration: confidences, sweeps, slopes, temperatures,
 files). It wraps the functions of those steps with timers and changes nothing else, so it measures any checkout:
 ``PYTHONPATH=OTHER/src python benchmarks/train_stages.py ...`` gives the "before" of a change.
+
+Committed results: docs/results/train_stages_*.json and the README's "where a run's time goes", from
+``python benchmarks/train_stages.py --data ../shared/data/bird-dog-reptile [--images 300] --out ...``.
 """
 
 from __future__ import annotations
