@@ -32,8 +32,8 @@ CONFIGS: dict[str, list[str]] = {
 def protocol_run(variant: str, seed: int, name: str, work: Path, bench: Path, force: bool) -> Path:
     folder = work / f"{variant}-{seed}" / name
     if force or not (folder / "result.json").is_file():
-        timed_run([sys.executable, str(HERE / "protocol.py"), "--variant", variant, "--seed", str(seed), "--work", str(work),
-             "--bench", str(bench), "--name", name, "--", *CONFIGS[name]])
+        timed_run([sys.executable, str(HERE / "protocol.py"), "--variant", variant, "--seed", str(seed),
+                   "--work", str(work), "--bench", str(bench), "--name", name, "--", *CONFIGS[name]])
     return folder
 
 
@@ -77,8 +77,8 @@ def main() -> None:
             own_score = read_json(folder / "run" / "thresholds.json")["score"]
             lines.append(row(variant, f"{name} ({own_score})", result, result["seconds"]["train"]))
             for novelty in rescores.get(name, []):
-                lines.append(row(variant, f"{name}, calibrate --score {novelty}", rescore(folder, data, a.bench, novelty),
-                                 None))
+                scored = rescore(folder, data, a.bench, novelty)
+                lines.append(row(variant, f"{name}, calibrate --score {novelty}", scored, None))
             if rescores.get(name):
                 timed_run(supersub_cmd("calibrate", str(folder / "run"), "--score", own_score))
     print("\n".join(lines))

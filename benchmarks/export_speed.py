@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness import write_json
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -67,7 +69,7 @@ def main() -> None:
     print(json.dumps(result, indent=1))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        write_json(args.out, result)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness import write_json
 from supersub import api
 
 LEVELS = ("superclass", "subclass")
@@ -135,7 +136,7 @@ def main() -> None:
         print(name, results[name], flush=True)
     print(json.dumps(results, indent=1))
     if a.out is not None:
-        a.out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+        write_json(a.out, results)
 
 
 if __name__ == "__main__":

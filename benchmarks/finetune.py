@@ -24,13 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness import DEFAULT_DATA
 from supersub.api import load_labelled
 from supersub.config import load_config
 from supersub.data.splits import stratified_split
 from supersub.training.fit import fit_stage
-
-HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "bird-dog-reptile"
 
 
 def time_regime(data, backbone: str, regime: str, epochs: int, a: argparse.Namespace, work: Path) -> dict:

@@ -65,7 +65,7 @@ def main() -> None:
           "accuracy % on the training images (a smoke check, not generalisation):")
     head = ["approach", "regime", "s/epoch", "train s", "predict s", "super acc", "sub acc", "super CE", "sub CE"]
     print(markdown_table(head, [[r["approach"], r["regime"], r["s_per_epoch"], r["train_s"], r["predict_s"],
-                                 r.get("super_acc_overall"), r.get("sub_acc_overall"), r.get("super_ce"), r.get("sub_ce")]
+                                 *(r.get(k) for k in ("super_acc_overall", "sub_acc_overall", "super_ce", "sub_ce"))]
                                 for r in rows]))
 
 

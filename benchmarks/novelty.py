@@ -55,7 +55,8 @@ def train(data: Path, run: Path, exposure: str, a: argparse.Namespace, extra: li
     if (run / "thresholds.json").is_file() and (run / "model.pt").is_file():
         return None
     cmd = supersub_cmd("train", "--data", str(data), "--out", str(run), "--overwrite", "--seed", str(a.seed),
-                       "--epochs", str(a.epochs), "--no-progress", "--set", f"data.cache_dir={a.work / 'cache'}", *extra)
+                       "--epochs", str(a.epochs), "--no-progress", "--set", f"data.cache_dir={a.work / 'cache'}",
+                       *extra)
     if exposure != "none":
         cmd += ["--novel-data", str(data / "novel_data.csv"), "--novel-count", str(a.novel_count), "--oe", exposure]
     return timed_run(cmd)
@@ -182,7 +183,8 @@ def verify(run: Path, data: Path, a: argparse.Namespace, novelty: dict[str, Any]
     novelty["novel_share"] = f"{levels['novel_share_super']},{levels['novel_share_sub']}"
     timed_run(supersub_cmd("calibrate", str(run), *[f"--{k.replace('_', '-')}={v}" for k, v in novelty.items()]))
     pred = run.parent / "predictions.csv"
-    timed_run(supersub_cmd("predict", str(run), str(data / "test_images"), "--out", str(pred), "--probs", "--overwrite"))
+    timed_run(supersub_cmd("predict", str(run), str(data / "test_images"), "--out", str(pred), "--probs",
+                           "--overwrite"))
     return score(data, pred, run.parent / "score.json", a.bench)
 
 

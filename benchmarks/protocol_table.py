@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import statistics
 from pathlib import Path
 
 import pandas as pd
 
+from harness import read_json
 from supersub.novelty.ood_metrics import open_set_metrics
 
 COLUMNS = ("super_acc_overall", "super_acc_seen", "super_acc_unseen", "sub_acc_overall", "sub_acc_seen",
@@ -70,8 +70,8 @@ def main() -> None:
             result = folder / name / "result.json"
             if not result.is_file():
                 continue
-            r = json.loads(result.read_text())
-            metrics = json.loads((folder / name / "run" / "metrics.json").read_text())
+            r = read_json(result)
+            metrics = read_json(folder / name / "run" / "metrics.json")
             r["val_sub"] = metrics.get("final", {}).get("val_acc_sub")
             r["super_auroc"], r["sub_auroc"] = novelty_aurocs(folder, name) or ("-", "-")
             summary.setdefault(name, []).append(r)

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "bird-dog-reptile"
+from harness import DEFAULT_DATA
+
 
 
 def main() -> None:

@@ -22,7 +22,8 @@ Results go to ``WORK/results-LABEL.json``; ``--table`` prints every label side b
 
 Committed table: docs/results/scale.md (and scale_before/after.json), from
 ``python benchmarks/scale.py --src /work/scale-before/src --label before --sizes 1000 3000 10000``,
-``python benchmarks/scale.py --src src --label after --sizes 1000 3000 10000`` and ``python benchmarks/scale.py --table``.
+``python benchmarks/scale.py --src src --label after --sizes 1000 3000 10000``, then
+``python benchmarks/scale.py --table``.
 """
 
 from __future__ import annotations

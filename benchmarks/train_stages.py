@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import tempfile
 import time
@@ -25,6 +24,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from harness import write_json
 
 TIMES: dict[str, float] = defaultdict(float)
 
@@ -124,7 +125,7 @@ def main() -> None:
           f"tau_sub={summary['thresholds']['tau_sub']:.4g}; load {result['load_1min']:.1f})")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        write_json(args.out, result)
 
 
 if __name__ == "__main__":
