@@ -24,6 +24,7 @@ batch ``optim.batch_size``), it measures:
 Each side is set up and warmed up before it is timed; the two sides of a ratio stay set up side by side and
 take turns (A B B A ...), so the load of a shared machine drifts over both alike; both use ``--threads``
 torch threads. Prints one table and writes it as Markdown to ``--out`` (numbers also to ``<out>.json``).
+This file is the driver (it imports no torch); its parts are in ``benchmarks/_speed/``.
 
 Committed table: docs/results/speed.md (numbers in speed.md.json), from
 ``python benchmarks/speed.py --out docs/results/speed.md``.
