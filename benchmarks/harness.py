@@ -1,8 +1,9 @@
 """The plumbing every benchmark shares: find the yardstick, build a protocol split, run the CLI, score, save.
 
 The yardstick is ``../shared/bench`` beside the checkout (``make_protocol.py`` and ``score.py``): read-only, run
-in place and never copied here, so no benchmark can tune against a copy of the test split. Standard library only:
-``benchmarks/speed.py``'s driver imports this and must not import torch.
+in place and never copied here, so no benchmark can tune against a copy of the test split. Importing this loads
+the standard library only (``benchmarks/speed.py``'s driver must not import torch); the last section, the supersub
+internals the re-scoring benchmarks share, imports them inside its functions.
 
     from harness import ensure_protocol, score, supersub_cmd, timed_run
     data = ensure_protocol(work / "tin-0" / "data", "tin", 0)
