@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import write_json
+from harness import open_run, write_json
 
 
 def main() -> None:
@@ -39,9 +39,8 @@ def main() -> None:
     import supersub.api as api
     from supersub.data.cache import decode_images
     from supersub.data.formats import read_images
-    from supersub.run import RunDir
 
-    size = RunDir.open(args.run).load_config().data.image_size
+    size = open_run(args.run).load_config().data.image_size
     with tempfile.TemporaryDirectory(prefix="supersub-export-") as tmp:
         os.environ["SUPERSUB_CACHE_DIR"] = str(Path(tmp) / "cache")  # a fresh cache: nothing precomputed
         onnx_file = Path(tmp) / "model.onnx"
