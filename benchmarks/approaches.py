@@ -9,18 +9,19 @@ Each approach is one run of ``benchmarks/protocol.py`` (split by ../shared/bench
 the from-scratch CNN unless the extra flags say otherwise, and outlier exposure from the protocol's own
 pool (``--novel-count 0`` turns it off). The configs carry the paper's settings, hand-set thresholds
 included; extra flags (e.g. ``--epochs 5``) apply to every approach alike. Prints the scored table.
+
+Committed table: docs/results/benchmarks.md (approaches), from
+``python benchmarks/approaches.py --variant tin --seed 0 -- --epochs 8``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from harness import HERE, after_dashes, read_json, timed_run
+
 CONFIGS = HERE.parent / "configs"
 NAMES = {"a": "A two-heads + KL", "b": "B two-models", "c": "C two-models, cosine sub head"}
 COLUMNS = ["super_acc_overall", "super_acc_seen", "super_acc_unseen", "sub_acc_overall", "sub_acc_seen",
@@ -33,11 +34,9 @@ def run_approach(key: str, a: argparse.Namespace, extra: list[str]) -> dict:
     cmd = [sys.executable, str(HERE / "protocol.py"), "--variant", a.variant, "--seed", str(a.seed),
            "--work", str(a.work), "--name", f"approach-{key}", "--",
            "--config", str(CONFIGS / f"approach_{key}.yaml"), "--backbone", "cnn", *oe, *extra]
-    print("$", " ".join(cmd), flush=True)
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True)
-    result = json.loads((a.work / f"{a.variant}-{a.seed}" / f"approach-{key}" / "result.json").read_text())
-    return {**result, "wall_s": time.perf_counter() - start}
+    seconds = timed_run(cmd)
+    result = read_json(a.work / f"{a.variant}-{a.seed}" / f"approach-{key}" / "result.json")
+    return {**result, "wall_s": seconds}
 
 
 def main() -> None:
@@ -49,7 +48,7 @@ def main() -> None:
     ap.add_argument("--approaches", default="a,b,c")
     ap.add_argument("train_args", nargs=argparse.REMAINDER, help="extra flags for 'supersub train' after --")
     a = ap.parse_args()
-    extra = [x for x in a.train_args if x != "--"]
+    extra = after_dashes(a.train_args)
     results = {key: run_approach(key, a, extra) for key in a.approaches.split(",")}
     print(f"\n{a.variant} seed {a.seed}, cnn, novel-count {a.novel_count}, extra {extra or 'none'} (accuracy %):")
     print(f"{'approach':<32}" + "".join(f"{c.replace('_acc', ''):>16}" for c in COLUMNS) + f"{'train s':>10}")

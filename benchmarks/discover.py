@@ -9,25 +9,25 @@ groups the flagged ones as `discover` does (the number of groups estimated, and,
 the true number of classes among the flagged images), and scores the groups against test_sources.csv (every
 test image's true source class; a seen image flagged by mistake is a group of its own class): clustering
 accuracy (Hungarian matching, Vaze et al. CVPR 2022), NMI and ARI, per level; mean ± std over seeds.
+
+Committed table: docs/results/discover-table.md (and .json), from ``python benchmarks/discover.py --work
+/work/bench-out/discover2 --from-suite /work/bench-out/suite --out docs/results/discover-table.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from harness import DEFAULT_BENCH, ensure_protocol, supersub_cmd, timed_run, write_text
 from supersub.metrics import clustering_scores
 from supersub.pipeline.discover import SUPER_LEVEL, group_flagged, run_view
 
-HERE = Path(__file__).resolve().parent
-DEFAULT_BENCH = HERE.parent.parent / "shared" / "bench"
 LEVELS = {SUPER_LEVEL: "novel superclass", "subclass": "novel subclass"}
 NOVEL_KIND = {SUPER_LEVEL: "novel_super", "subclass": "novel_sub"}  # test_truth.csv's kind of a truly novel image
 
@@ -60,14 +60,10 @@ def ensure_split(work: Path, bench: Path, variant: str, seed: int, cache_dir: st
     """WORK/<variant>-s<seed>/ with data/ (the protocol) and run/ (the default recipe), made when missing."""
     folder = work / f"{variant}-s{seed}"
     data = folder / "data"
-    if not (data / "test_sources.csv").is_file():
-        subprocess.run([sys.executable, str(bench / "make_protocol.py"), str(data), "--variant", variant,
-                        "--seed", str(seed)], check=True)
+    ensure_protocol(data, variant, seed, bench, done="test_sources.csv")
     if not (folder / "run" / "thresholds.json").is_file():
-        supersub = str(Path(sys.executable).parent / "supersub")
-        subprocess.run([supersub, "train", "--data", str(data), "--out", str(folder / "run"), "--overwrite",
-                        "--seed", str(seed), "--set", f"data.cache_dir={cache_dir}", "--set", "trainer.progress=false"],
-                       check=True)
+        timed_run(supersub_cmd("train", "--data", str(data), "--out", str(folder / "run"), "--overwrite", "--seed",
+                               str(seed), "--set", f"data.cache_dir={cache_dir}", "--set", "trainer.progress=false"))
     return folder
 
 
@@ -163,8 +159,8 @@ def main() -> None:
     text = table(results)
     print(text)
     if a.out is not None:
-        a.out.with_suffix(".json").write_text(results.to_json(orient="records", indent=1) + "\n", encoding="utf-8")
-        a.out.write_text(text + "\n", encoding="utf-8")
+        write_text(a.out.with_suffix(".json"), results.to_json(orient="records", indent=1) + "\n")
+        write_text(a.out, text + "\n")
 
 
 if __name__ == "__main__":

@@ -9,18 +9,18 @@ Each configuration is one `benchmarks/protocol.py --name NAME -- <train flags>` 
 `--rescore CONFIG=S1,S2` then re-chooses that run's novelty score with `supersub calibrate RUN --score S`
 (same models, no retraining), predicts and scores again, and finally restores the run's own score. Prints one
 table: accuracy overall/seen/unseen and cross-entropy per level, and the training wall time of each run.
+
+Committed table: docs/results/ensembles.md, from ``python benchmarks/ensembles.py --variants loso-reptile --seed 0
+--rescore bagging=vim+mi,mi,vim+expected-entropy`` and ``... --variants tin --seed 0 --rescore bagging=vim+mi``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-DEFAULT_BENCH = HERE.parent.parent / "shared" / "bench"
+from harness import DEFAULT_BENCH, HERE, read_json, score, supersub_cmd, timed_run
 CONFIGS: dict[str, list[str]] = {
     "default": [],
     "bagging": ["--approach", "bagging", "--members", "5"],
@@ -29,29 +29,22 @@ CONFIGS: dict[str, list[str]] = {
 }
 
 
-def run(cmd: list[str]) -> None:
-    print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
-
-
 def protocol_run(variant: str, seed: int, name: str, work: Path, bench: Path, force: bool) -> Path:
     folder = work / f"{variant}-{seed}" / name
     if force or not (folder / "result.json").is_file():
-        run([sys.executable, str(HERE / "protocol.py"), "--variant", variant, "--seed", str(seed), "--work", str(work),
-             "--bench", str(bench), "--name", name, "--", *CONFIGS[name]])
+        timed_run([sys.executable, str(HERE / "protocol.py"), "--variant", variant, "--seed", str(seed),
+                   "--work", str(work), "--bench", str(bench), "--name", name, "--", *CONFIGS[name]])
     return folder
 
 
-def rescore(folder: Path, data: Path, bench: Path, score: str) -> dict:
-    """Calibrate the trained run with ``score``, predict and score; returns the scorer's figures."""
-    supersub = str(Path(sys.executable).parent / "supersub")
-    tag = score.replace("+", "_")
-    pred, out = folder / f"predictions-{tag}.csv", folder / f"score-{tag}.json"
-    run([supersub, "calibrate", str(folder / "run"), "--score", score])
-    run([supersub, "predict", str(folder / "run"), str(data / "test_images"), "--out", str(pred), "--probs",
-         "--overwrite"])
-    run([sys.executable, str(bench / "score.py"), str(data / "test_truth.csv"), str(pred), "--json", str(out)])
-    return json.loads(out.read_text())
+def rescore(folder: Path, data: Path, bench: Path, novelty_score: str) -> dict:
+    """Calibrate the trained run with ``novelty_score``, predict and score; returns the scorer's figures."""
+    tag = novelty_score.replace("+", "_")
+    pred = folder / f"predictions-{tag}.csv"
+    timed_run(supersub_cmd("calibrate", str(folder / "run"), "--score", novelty_score))
+    timed_run(supersub_cmd("predict", str(folder / "run"), str(data / "test_images"), "--out", str(pred), "--probs",
+                           "--overwrite"))
+    return score(data, pred, folder / f"score-{tag}.json", bench)
 
 
 def row(variant: str, name: str, r: dict, train_s: float | None) -> str:
@@ -80,15 +73,14 @@ def main() -> None:
         data = a.work / f"{variant}-{a.seed}" / "data"
         for name in a.configs.split(","):
             folder = protocol_run(variant, a.seed, name, a.work, a.bench, a.force)
-            result = json.loads((folder / "result.json").read_text())
-            own_score = json.loads((folder / "run" / "thresholds.json").read_text())["score"]
+            result = read_json(folder / "result.json")
+            own_score = read_json(folder / "run" / "thresholds.json")["score"]
             lines.append(row(variant, f"{name} ({own_score})", result, result["seconds"]["train"]))
-            for score in rescores.get(name, []):
-                lines.append(row(variant, f"{name}, calibrate --score {score}", rescore(folder, data, a.bench, score),
-                                 None))
+            for novelty in rescores.get(name, []):
+                scored = rescore(folder, data, a.bench, novelty)
+                lines.append(row(variant, f"{name}, calibrate --score {novelty}", scored, None))
             if rescores.get(name):
-                run([str(Path(sys.executable).parent / "supersub"), "calibrate", str(folder / "run"), "--score",
-                     own_score])
+                timed_run(supersub_cmd("calibrate", str(folder / "run"), "--score", own_score))
     print("\n".join(lines))
 
 

@@ -6,6 +6,9 @@ Both sides start from image files: ``predict`` is ``supersub.api.predict`` (deco
 cached backbone outputs are not used: the images are new to the cache); the exported side decodes the same files
 with supersub's decoder and runs the ONNX graph in batches of ``--batch``. Each side runs ``--repeats`` times, in
 turns; the best time of each is reported.
+
+Committed result: docs/results/export_speed.json and the README's export speed line, from
+``python benchmarks/export_speed.py --run RUN --images IMAGES.csv --out docs/results/export_speed.json``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import os
 import tempfile
 import time
 from pathlib import Path
+
+from harness import open_run, write_json
 
 
 def main() -> None:
@@ -34,9 +39,8 @@ def main() -> None:
     import supersub.api as api
     from supersub.data.cache import decode_images
     from supersub.data.formats import read_images
-    from supersub.run import RunDir
 
-    size = RunDir.open(args.run).load_config().data.image_size
+    size = open_run(args.run).load_config().data.image_size
     with tempfile.TemporaryDirectory(prefix="supersub-export-") as tmp:
         os.environ["SUPERSUB_CACHE_DIR"] = str(Path(tmp) / "cache")  # a fresh cache: nothing precomputed
         onnx_file = Path(tmp) / "model.onnx"
@@ -64,7 +68,7 @@ def main() -> None:
     print(json.dumps(result, indent=1))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        write_json(args.out, result)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,9 @@ half B a fresh test split. Then, through the public API:
    their true labels (same recipe and cache);
 5. both, and the original run, predict half B; accuracy by names on its reptiles and on its seen-class images
    (the old classes), and the wall times.
+
+Committed numbers: docs/results/discover.md (train --extend), from
+``python benchmarks/extend.py --seed 0 --out /work/bench-out/discover/extend-s0.json``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness import write_json
 from supersub import api
 
 LEVELS = ("superclass", "subclass")
@@ -132,7 +136,7 @@ def main() -> None:
         print(name, results[name], flush=True)
     print(json.dumps(results, indent=1))
     if a.out is not None:
-        a.out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+        write_json(a.out, results)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,9 @@ the code ``supersub train`` runs), on the real images at ``--image-size`` (64: n
 
 Speed does not depend on the weights, so timm backbones start from a random initialisation (no network
 needed). Times are wall-clock on whatever machine runs this; the other load on it counts.
+
+Committed table: docs/results/benchmarks.md (finetune), from ``python benchmarks/finetune.py --backbones resnet18,cnn
+--image-size 64 --frozen-epochs 2 --full-epochs 1``.
 """
 
 from __future__ import annotations
@@ -21,13 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness import DEFAULT_DATA
 from supersub.api import load_labelled
 from supersub.config import load_config
 from supersub.data.splits import stratified_split
 from supersub.training.fit import fit_stage
-
-HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "bird-dog-reptile"
 
 
 def time_regime(data, backbone: str, regime: str, epochs: int, a: argparse.Namespace, work: Path) -> dict:

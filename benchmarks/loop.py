@@ -6,6 +6,9 @@
 discovered cluster keeps the template's name (what saving the review page unchanged writes), then
 `supersub train --extend`, then `supersub evaluate` of the extended run on the same test folder (its novel
 images are now partly known classes, so only the time is the point here). Prints the wall and CPU times.
+
+Committed times: docs/results/discover.md and the README (the whole loop), from
+``python benchmarks/loop.py --out bench-out/loop``.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ import os
 import resource
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
+
+from harness import read_json, supersub_cmd
 
 
 CPU: dict[str, float] = {}
@@ -43,19 +47,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("bench-out/loop"))
     a = ap.parse_args()
-    supersub = str(Path(sys.executable).parent / "supersub")
     if a.out.exists():
         shutil.rmtree(a.out)
     times = {"demo (synth, train, evaluate, predict, discover)": run(
-        [supersub, "demo", "--out", str(a.out / "demo"), "--no-progress"])}
+        supersub_cmd("demo", "--out", str(a.out / "demo"), "--no-progress"))}
     found = a.out / "demo" / "discovered"
-    times["train --extend"] = run([supersub, "train", "--extend", str(a.out / "demo" / "run"), "--data",
-                                   str(found / "labels.csv"), "--out", str(a.out / "extended"), "--no-progress"])
-    times["predict (extended run)"] = run([supersub, "predict", str(a.out / "extended"),
-                                           str(a.out / "demo" / "data" / "test_images"), "--out",
-                                           str(a.out / "extended-predictions.csv"), "--names"])
+    times["train --extend"] = run(supersub_cmd("train", "--extend", str(a.out / "demo" / "run"), "--data",
+                                               str(found / "labels.csv"), "--out", str(a.out / "extended"),
+                                               "--no-progress"))
+    times["predict (extended run)"] = run(supersub_cmd("predict", str(a.out / "extended"),
+                                                       str(a.out / "demo" / "data" / "test_images"), "--out",
+                                                       str(a.out / "extended-predictions.csv"), "--names"))
     times["total"] = round(sum(times.values()), 1)
-    summary = json.loads((found / "discover.json").read_text(encoding="utf-8"))
+    summary = read_json(found / "discover.json")
     print(json.dumps({"seconds": times, "cpu_seconds": {**CPU, "total": round(sum(CPU.values()), 1)},
                       "load_average_1min_at_end": os.getloadavg()[0], "flagged": summary["flagged"],
                       "clusters": summary["clusters"]}, indent=1))

@@ -20,15 +20,16 @@ with, per level, the share of seen validation images the baseline's thresholds k
 (``supersub calibrate RUN --objective recall --recall SUPER,SUB``); no test label is used to choose it.
 The tables' last column names the levels at which a row beats the baseline: higher unseen accuracy with at
 most 5 points less seen accuracy (issue 4's criterion).
+
+Committed tables: docs/results/novelty.md, novelty-operating-points.md and pretrained-novelty.md, each from the
+commands it lists, e.g. ``python benchmarks/novelty.py --variants tin loso-reptile --seed 0 --exposure none uniform
+--epochs 12 --novel-count 2000``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-HERE = Path(__file__).resolve().parent
-DEFAULT_BENCH = HERE.parent.parent / "shared" / "bench"
+from harness import (DEFAULT_BENCH, after_dashes, apply_calibrated, decoded_test_set, ensure_protocol, model_outputs,
+                     open_run, score, supersub_cmd, timed_run, write_text)
+
 SCORES = ("msp", "maxlogit", "energy", "entropy", "gen", "mahalanobis", "knn", "knn-class", "vim", "vim+knn",
           "vim+knn-class")
 # "matched" = the recall objective at the baseline's operating point: each threshold keeps the share of seen
@@ -48,49 +50,16 @@ COLUMNS = ("super_acc_seen", "super_acc_unseen", "sub_acc_seen", "sub_acc_unseen
            "sub_acc_overall", "super_ce", "sub_ce")
 
 
-def sh(cmd: list[str]) -> float:
-    print("$", " ".join(cmd), flush=True)
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True)
-    return time.perf_counter() - t0
-
-
-def make_data(bench: Path, data: Path, variant: str, seed: int) -> None:
-    if (data / "test_truth.csv").is_file():
-        return
-    if data.exists():
-        shutil.rmtree(data)
-    sh([sys.executable, str(bench / "make_protocol.py"), str(data), "--variant", variant, "--seed", str(seed)])
-
-
 def train(data: Path, run: Path, exposure: str, a: argparse.Namespace, extra: list[str]) -> float | None:
     """One ``supersub train`` per protocol and exposure setting; an existing finished run is reused."""
     if (run / "thresholds.json").is_file() and (run / "model.pt").is_file():
         return None
-    cmd = [str(Path(sys.executable).parent / "supersub"), "train", "--data", str(data), "--out", str(run),
-           "--overwrite", "--seed", str(a.seed), "--epochs", str(a.epochs), "--no-progress",
-           "--set", f"data.cache_dir={a.work / 'cache'}", *extra]
+    cmd = supersub_cmd("train", "--data", str(data), "--out", str(run), "--overwrite", "--seed", str(a.seed),
+                       "--epochs", str(a.epochs), "--no-progress", "--set", f"data.cache_dir={a.work / 'cache'}",
+                       *extra)
     if exposure != "none":
         cmd += ["--novel-data", str(data / "novel_data.csv"), "--novel-count", str(a.novel_count), "--oe", exposure]
-    return sh(cmd)
-
-
-class TestSet:
-    """The protocol's test images, decoded once, and the truth."""
-
-    def __init__(self, data: Path, image_size: int, cache: Path) -> None:
-        from supersub.data.cache import decode_images
-        from supersub.data.formats import read_labels
-        from supersub.data.records import Dataset
-
-        self.data = data
-        self.read_labels, self.decode, self.Dataset = read_labels, decode_images, Dataset
-        self.image_size, self.cache = image_size, cache
-
-    def load(self, taxonomy: Any) -> tuple[Any, np.ndarray, np.ndarray]:
-        ds = self.read_labels(self.data / "test_truth.csv", self.data / "test_images", taxonomy)
-        decoded = self.decode(ds.records, self.image_size, cache_dir=self.cache)
-        return decoded.images, np.array(ds.super_labels), np.array(ds.sub_labels)
+    return timed_run(cmd)
 
 
 def operating_defaults() -> dict[str, float]:
@@ -118,25 +87,21 @@ def baseline_recall(evidence: dict[str, Any], taxonomy: Any) -> dict[str, float]
 def score_run(run: Path, data: Path, a: argparse.Namespace, label: dict[str, Any]) -> list[dict[str, Any]]:
     """Every score x objective x transfer (and the baseline) on one trained run, without retraining."""
     import supersub.api as ss
-    from supersub.inference import pick_device, run_model
     from supersub.metrics import competition_metrics, open_set_report
-    from supersub.pipeline.calibration import load_scorer
-    from supersub.pipeline.predict import apply_novelty
-    from supersub.run import RunDir
 
-    rd = RunDir.open(run)
+    rd = open_run(run)
     model, cfg, _ = rd.load_model()
     taxonomy = rd.load_taxonomy()
-    images, ys, yb = TestSet(data, cfg.data.image_size, a.work / "cache").load(taxonomy)
-    outputs = run_model(model, images, device=pick_device("cpu"))
+    images, truth = decoded_test_set(data, taxonomy, cfg.data.image_size, a.work / "cache")
+    ys, yb = np.array(truth.super_labels), np.array(truth.sub_labels)
+    outputs = model_outputs(model, images)
     t0 = time.perf_counter()
     evidence = ss.calibration_evidence(run)
     print(f"  evidence collected in {time.perf_counter() - t0:.0f}s", flush=True)
 
     def measure(**novelty: Any) -> dict[str, Any]:
         ss.calibrate(run, evidence=evidence, **{**operating_defaults(), **novelty})
-        thresholds = rd.load_thresholds()
-        applied = apply_novelty(outputs, taxonomy, thresholds, load_scorer(run, thresholds.score))
+        applied, _ = apply_calibrated(run, outputs, taxonomy)
         d = applied.decision
         m = competition_metrics(ys, yb, d.super_pred, d.sub_pred, taxonomy.novel_super, taxonomy.novel_sub,
                                 applied.super_probs, applied.sub_probs)
@@ -148,19 +113,19 @@ def score_run(run: Path, data: Path, a: argparse.Namespace, label: dict[str, Any
     rows[-1]["score"] = "msp-0.99/0.85"
     matched = baseline_recall(evidence, taxonomy)
     print(f"  baseline keeps {matched} of the seen validation images", flush=True)
-    for score in a.scores:
+    for name in a.scores:
         for objective in a.objectives:
             for transfer in a.transfers:
                 if objective == "matched" and transfer != "quantile":
                     continue  # the operating point is a share of seen images: only quantile transfer keeps it
                 t0 = time.perf_counter()
                 if objective == "matched":
-                    rows.append({**measure(score=score, objective="recall", transfer=transfer, **matched),
+                    rows.append({**measure(score=name, objective="recall", transfer=transfer, **matched),
                                  "objective": "matched"})
                 else:
-                    rows.append(measure(score=score, objective=objective, transfer=transfer))
+                    rows.append(measure(score=name, objective=objective, transfer=transfer))
                 r = rows[-1]
-                print(f"  {score:12} {objective:9} {transfer:9} super {r['super_acc_seen']}/{r['super_acc_unseen']} "
+                print(f"  {name:12} {objective:9} {transfer:9} super {r['super_acc_seen']}/{r['super_acc_unseen']} "
                       f"sub {r['sub_acc_seen']}/{r['sub_acc_unseen']} ({time.perf_counter() - t0:.0f}s)", flush=True)
     return rows
 
@@ -205,12 +170,10 @@ def tables(df: pd.DataFrame, objective: str, transfer: str) -> str:
 
 def verify(run: Path, data: Path, a: argparse.Namespace, novelty: dict[str, Any]) -> dict[str, Any]:
     """The chosen configuration through the public CLI and the official scorer."""
-    supersub = str(Path(sys.executable).parent / "supersub")
     if novelty.get("objective") == "matched":
         import supersub.api as ss
-        from supersub.run import RunDir
 
-        shares = baseline_recall(ss.calibration_evidence(run), RunDir.open(run).load_taxonomy())
+        shares = baseline_recall(ss.calibration_evidence(run), open_run(run).load_taxonomy())
         novelty = {**novelty, "objective": "recall", "super_recall": shares["super_recall"],
                    "sub_recall": shares["sub_recall"]}
     defaults = operating_defaults()
@@ -218,13 +181,11 @@ def verify(run: Path, data: Path, a: argparse.Namespace, novelty: dict[str, Any]
     novelty = {k: v for k, v in novelty.items() if k not in defaults}
     novelty["recall"] = f"{levels['super_recall']},{levels['sub_recall']}"
     novelty["novel_share"] = f"{levels['novel_share_super']},{levels['novel_share_sub']}"
-    cmd = [supersub, "calibrate", str(run)] + [f"--{k.replace('_', '-')}={v}" for k, v in novelty.items()]
-    sh(cmd)
+    timed_run(supersub_cmd("calibrate", str(run), *[f"--{k.replace('_', '-')}={v}" for k, v in novelty.items()]))
     pred = run.parent / "predictions.csv"
-    sh([supersub, "predict", str(run), str(data / "test_images"), "--out", str(pred), "--probs", "--overwrite"])
-    out = run.parent / "score.json"
-    sh([sys.executable, str(a.bench / "score.py"), str(data / "test_truth.csv"), str(pred), "--json", str(out)])
-    return json.loads(out.read_text())
+    timed_run(supersub_cmd("predict", str(run), str(data / "test_images"), "--out", str(pred), "--probs",
+                           "--overwrite"))
+    return score(data, pred, run.parent / "score.json", a.bench)
 
 
 def main() -> None:
@@ -243,12 +204,12 @@ def main() -> None:
     ap.add_argument("--verify", default=None, help="JSON of calibrate options to check end to end on every run")
     ap.add_argument("train_args", nargs=argparse.REMAINDER, help="extra flags for 'supersub train' after --")
     a = ap.parse_args()
-    extra = [x for x in a.train_args if x != "--"]
+    extra = after_dashes(a.train_args)
     a.work.mkdir(parents=True, exist_ok=True)
     runs = []
     for variant in a.variants:
         data = a.work / f"{variant}-{a.seed}" / "data"
-        make_data(a.bench, data, variant, a.seed)
+        ensure_protocol(data, variant, a.seed, a.bench)
         for exposure in a.exposure:
             run = a.work / f"{variant}-{a.seed}" / exposure / "run"
             seconds = train(data, run, exposure, a, extra)
@@ -269,7 +230,7 @@ def main() -> None:
         pd.DataFrame(rows).to_csv(a.work / "results.csv", index=False)
     df = pd.DataFrame(rows)
     md = tables(df, a.objectives[0], a.transfers[0])
-    (a.work / "results.md").write_text(md + "\n")
+    write_text(a.work / "results.md", md + "\n")
     print(md)
 
 

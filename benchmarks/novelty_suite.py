@@ -16,23 +16,25 @@ WORK/results/<exposure>/<split>.json as soon as it is measured, so an interrupte
 
 ``table`` prints per candidate: super / sub AUROC and the competition accuracies (overall / seen / unseen, both
 levels) per variant as mean +- std over seeds, and the suite mean; the default candidates side by side.
+
+Committed tables: docs/results/novelty-suite-tables.md from ``python benchmarks/novelty_suite.py run`` then
+``python benchmarks/novelty_suite.py table --out docs/results/novelty-suite-tables.md`` (the other runs and
+novelty-suite-probe-tables.md: docs/results/novelty-suite.md).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
-import sys
+import itertools
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-BENCH = HERE.parent.parent / "shared" / "bench"
+from harness import (DEFAULT_BENCH, apply_calibrated, decoded_test_set, ensure_protocol, model_outputs, open_run,
+                     read_json, write_json, write_text)
+
 VARIANTS = ("loso-reptile", "loso-bird", "loso-dog", "near-amphibian", "tin")
 # the built-in dataset (supersub data synth): a domain far from ImageNet, reported beside the suite, not in its mean
 FAR = "synth"
@@ -93,22 +95,15 @@ METRICS = ("super_auroc", "sub_auroc", "super_acc_overall", "super_acc_seen", "s
            "sub_acc_overall", "sub_acc_seen", "sub_acc_unseen")
 
 
-def split_name(variant: str, seed: int) -> str:
-    return f"{variant}-s{seed}"
-
-
 def make_split(work: Path, variant: str, seed: int) -> Path:
-    data = work / "data" / split_name(variant, seed)
+    data = work / "data" / f"{variant}-s{seed}"
     if variant == FAR:
         if not (data / "test_truth.csv").is_file():
             import supersub.api as ss
 
             ss.synth(str(data), seed=seed)
         return data
-    if not (data / "test_sources.csv").is_file():
-        subprocess.run([sys.executable, str(BENCH / "make_protocol.py"), str(data), "--variant", variant,
-                        "--seed", str(seed)], check=True)
-    return data
+    return ensure_protocol(data, variant, seed, DEFAULT_BENCH, done="test_sources.csv")
 
 
 def train_run(work: Path, data: Path, seed: int, exposure: str, recipe: str) -> tuple[Path, float]:
@@ -131,40 +126,27 @@ def train_run(work: Path, data: Path, seed: int, exposure: str, recipe: str) -> 
 def loso_config(run: Path) -> Any:
     """The run's config with the LOSO protocol, so the evidence holds the LOSO models whatever the last candidate
     wrote into the run (``calibrate`` saves its options)."""
-    from supersub.run import RunDir
-
-    cfg = RunDir.open(run).load_config()
+    cfg = open_run(run).load_config()
     return cfg.model_copy(update={"novelty": cfg.novelty.model_copy(update={"super_protocol": "loso"})})
 
 
 def test_outputs(run: Path, data: Path, work: Path) -> tuple[Any, Any, Any]:
     """The final model's outputs on the split's test images, from the feature cache, and the labelled records."""
-    from supersub.data.cache import decode_images
-    from supersub.data.formats import read_labels
-    from supersub.inference import pick_device
-    from supersub.run import RunDir
-    from supersub.training.finetune import cached_outputs
-
-    rd = RunDir.open(run)
+    rd = open_run(run)
     model, cfg, _ = rd.load_model()
     taxonomy = rd.load_taxonomy()
-    ds = read_labels(data / "test_truth.csv", data / "test_images", taxonomy)
-    images = decode_images(ds.records, cfg.data.image_size, cache_dir=work / "cache").images
-    outputs = cached_outputs(model, images, cfg, pick_device("cpu"))
-    return outputs, taxonomy, ds
+    images, truth = decoded_test_set(data, taxonomy, cfg.data.image_size, work / "cache")
+    return model_outputs(model, images, cfg), taxonomy, truth
 
 
 def measure(run: Path, evidence: Any, outputs: Any, taxonomy: Any, truth: Any, options: dict[str, Any]) -> dict[str, Any]:
     """One candidate through the run's calibration path, then ``supersub evaluate``'s metrics on the test images."""
     import supersub.api as ss
-    from supersub.pipeline.calibration import load_scorer
     from supersub.pipeline.evaluate import score_prediction
-    from supersub.pipeline.predict import Prediction, apply_novelty
-    from supersub.run import RunDir
+    from supersub.pipeline.predict import Prediction
 
     summary = ss.calibrate(run, evidence=evidence, **{**RESET, **options})
-    thresholds = RunDir.open(run).load_thresholds()
-    applied = apply_novelty(outputs, taxonomy, thresholds, load_scorer(run, thresholds.score))
+    applied, thresholds = apply_calibrated(run, outputs, taxonomy)
     d = applied.decision
     names = [r.name for r in truth.records]
     pred = Prediction(names, d.super_pred, d.sub_pred, applied.super_probs, applied.sub_probs, d.super_conf, d.sub_conf)
@@ -175,15 +157,10 @@ def measure(run: Path, evidence: Any, outputs: Any, taxonomy: Any, truth: Any, o
 
 
 def run_suite(a: argparse.Namespace) -> None:
-    import supersub.api as ss
-
     seeds = tuple(a.seeds) if a.seeds else (0,) if a.quick else SEEDS
     names = a.candidates or list(CANDIDATES)
-    for exposure in a.exposure:
-        for recipe in a.recipes:
-            for seed in seeds:
-                for variant in a.variants:
-                    score_split(a, exposure, recipe, variant, seed, names)
+    for exposure, recipe, seed, variant in itertools.product(a.exposure, a.recipes, seeds, a.variants):
+        score_split(a, exposure, recipe, variant, seed, names)
 
 
 def score_split(a: argparse.Namespace, exposure: str, recipe: str, variant: str, seed: int, names: list[str]) -> None:
@@ -192,7 +169,7 @@ def score_split(a: argparse.Namespace, exposure: str, recipe: str, variant: str,
 
     data = make_split(a.work, variant, seed)
     out = a.work / "results" / exposure / recipe / f"{data.name}.json"
-    rows = json.loads(out.read_text()) if out.is_file() else {}
+    rows = read_json(out, default={})
     todo = [n for n in names if n not in rows or "error" in rows[n]]
     if not todo:
         return
@@ -213,10 +190,7 @@ def score_split(a: argparse.Namespace, exposure: str, recipe: str, variant: str,
               f"{r.get('super_acc_seen')}/{r.get('super_acc_unseen')}  sub AUROC "
               f"{r.get('sub_auroc', float('nan')):.4f} {r.get('sub_acc_seen')}/{r.get('sub_acc_unseen')}"
               f"{'  ' + r['error'] if 'error' in r else ''} ({time.perf_counter() - t1:.0f}s)", flush=True)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(rows, indent=1))
-        os.replace(tmp, out)
+        write_json(out, rows)
 
 
 def load_results(work: Path) -> dict[tuple[str, str, str, int], dict[str, Any]]:
@@ -225,7 +199,7 @@ def load_results(work: Path) -> dict[tuple[str, str, str, int], dict[str, Any]]:
     for path in sorted((work / "results").glob("*/*/*.json")):
         variant, seed = path.stem.rsplit("-s", 1)
         exposure, recipe = path.parent.parent.name, path.parent.name
-        for name, row in json.loads(path.read_text()).items():
+        for name, row in read_json(path).items():
             if "error" not in row:
                 found[(exposure, f"{recipe}:{name}", variant, int(seed))] = row
     return found
@@ -238,9 +212,14 @@ def fmt(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
     return f"{v.mean():.{digits}f}" if len(v) == 1 else f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
 
 
+def seed_values(found: dict, exposure: str, name: str, variant: str, metric: str) -> list[float]:
+    """One candidate's ``metric`` on one variant, per measured seed."""
+    keys = [(exposure, name, variant, s) for s in SEEDS]
+    return [found[k][metric] for k in keys if k in found and found[k].get(metric) is not None]
+
+
 def variant_mean(found: dict, exposure: str, name: str, variant: str, metric: str) -> float | None:
-    vals = [found[(exposure, name, variant, s)].get(metric) for s in SEEDS if (exposure, name, variant, s) in found]
-    vals = [v for v in vals if v is not None]
+    vals = seed_values(found, exposure, name, variant, metric)
     return float(np.mean(vals)) if vals else None
 
 
@@ -254,14 +233,28 @@ def summary(found: dict) -> list[str]:
             cells = []
             for metric in METRICS:
                 means = [variant_mean(found, exposure, name, v, metric) for v in VARIANTS]
-                ok = all(m is not None for m in means)
                 scale = 100.0 if "auroc" in metric else 1.0
-                cells.append(f"{np.mean(means) * scale:.1f}" if ok else "-")
+                cells.append(f"{np.mean(means) * scale:.1f}" if None not in means else "-")
             far = [variant_mean(found, exposure, name, FAR, m) for m in ("super_acc_seen", "super_acc_unseen")]
             far_cell = "-" if None in far else f"{far[0]:.1f} / {far[1]:.1f}"
             if all(c == "-" for c in cells) and far_cell == "-":
                 continue
             lines.append(f"| {exposure} | {name} | " + " | ".join(cells) + f" | {far_cell} |")
+    return lines + [""]
+
+
+def metric_table(found: dict, exposure: str, names: list[str], metric: str) -> list[str]:
+    """One metric: a row per candidate, mean +- std over seeds per variant, the suite mean, the far domain."""
+    scale = 100.0 if "auroc" in metric else 1.0
+    lines = [f"## {exposure}: {metric}", "", "| candidate | " + " | ".join(VARIANTS) + f" | suite | {FAR} |",
+             "|---|" + "---:|" * (len(VARIANTS) + 2)]
+    for name in names:
+        values = {v: seed_values(found, exposure, name, v, metric) for v in (*VARIANTS, FAR)}
+        cells = {v: fmt(vals, scale) + (f" (n={len(vals)})" if len(vals) not in (0, 3) else "")
+                 for v, vals in values.items()}
+        means = [float(np.mean(values[v])) * scale for v in VARIANTS if values[v]]
+        suite = f"{np.mean(means):.1f}" if len(means) == len(VARIANTS) else "-"
+        lines.append(f"| {name} | " + " | ".join(cells[v] for v in VARIANTS) + f" | {suite} | {cells[FAR]} |")
     return lines + [""]
 
 
@@ -275,30 +268,11 @@ def table(a: argparse.Namespace) -> str:
     for exposure in sorted({k[0] for k in found}):
         names = [f"{r}:{n}" for r in RECIPES for n in CANDIDATES
                  if any(k[0] == exposure and k[1] == f"{r}:{n}" for k in found)]
-        for metric_group, metrics in (("AUROC", ("super_auroc", "sub_auroc")),
-                                      ("superclass accuracy", ("super_acc_overall", "super_acc_seen", "super_acc_unseen")),
-                                      ("subclass accuracy", ("sub_acc_overall", "sub_acc_seen", "sub_acc_unseen"))):
-            for metric in metrics:
-                scale, digits = (100.0, 1) if "auroc" in metric else (1.0, 1)
-                lines += [f"## {exposure}: {metric}", "",
-                          "| candidate | " + " | ".join(VARIANTS) + f" | suite | {FAR} |",
-                          "|---|" + "---:|" * (len(VARIANTS) + 2)]
-                for name in names:
-                    cells, means = [], []
-                    for variant in (*VARIANTS, FAR):
-                        vals = [found[(exposure, name, variant, s)][metric] for s in SEEDS
-                                if (exposure, name, variant, s) in found
-                                and found[(exposure, name, variant, s)].get(metric) is not None]
-                        n = len(vals)
-                        cells.append(f"{fmt(vals, scale, digits)}" + (f" (n={n})" if n not in (0, 3) else ""))
-                        if vals and variant != FAR:
-                            means.append(float(np.mean(vals)) * scale)
-                    suite = f"{np.mean(means):.{digits}f}" if len(means) == len(VARIANTS) else "-"
-                    lines.append(f"| {name} | " + " | ".join(cells[:-1]) + f" | {suite} | {cells[-1]} |")
-                lines.append("")
+        for metric in METRICS:
+            lines += metric_table(found, exposure, names, metric)
     text = "\n".join(lines)
     if a.out:
-        a.out.write_text(text + "\n")
+        write_text(a.out, text + "\n")
     return text
 
 

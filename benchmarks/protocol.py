@@ -6,27 +6,19 @@
 Builds the split with ../shared/bench/make_protocol.py (read-only yardstick, never copied here), runs
 `supersub train` -> `supersub predict --probs` -> ../shared/bench/score.py, and prints the scored table
 and wall times. Nothing here tunes against the test split: it only runs the CLI as a user would.
+
+Committed tables: docs/results/benchmarks.md and docs/experiments.md, one run per row, from
+``python benchmarks/protocol.py --variant V --seed S --name NAME -- FLAGS`` as each table lists.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-DEFAULT_BENCH = HERE.parent.parent / "shared" / "bench"
-
-
-def run(cmd: list[str]) -> float:
-    print("$", " ".join(cmd), flush=True)
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True)
-    return time.perf_counter() - t0
+from harness import DEFAULT_BENCH, after_dashes, ensure_protocol, score, supersub_cmd, timed_run, write_json
 
 
 def main() -> None:
@@ -38,27 +30,24 @@ def main() -> None:
     ap.add_argument("--name", default="default", help="name of this configuration (run folder)")
     ap.add_argument("train_args", nargs=argparse.REMAINDER, help="extra flags for 'supersub train' after --")
     a = ap.parse_args()
-    extra = [x for x in a.train_args if x != "--"]
-    supersub = str(Path(sys.executable).parent / "supersub")
+    extra = after_dashes(a.train_args)
     data = a.work / f"{a.variant}-{a.seed}" / "data"
     out = a.work / f"{a.variant}-{a.seed}" / a.name
     times: dict[str, float] = {}
     if not (data / "test_truth.csv").is_file():
-        if data.exists():
-            shutil.rmtree(data)
-        times["protocol"] = run([sys.executable, str(a.bench / "make_protocol.py"), str(data), "--variant", a.variant,
-                                 "--seed", str(a.seed)])
+        start = time.perf_counter()
+        ensure_protocol(data, a.variant, a.seed, a.bench)
+        times["protocol"] = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
-    times["train"] = run([supersub, "train", "--data", str(data), "--out", str(out / "run"), "--overwrite",
-                          "--seed", str(a.seed), "--no-progress", *extra])
+    times["train"] = timed_run(supersub_cmd("train", "--data", str(data), "--out", str(out / "run"), "--overwrite",
+                                            "--seed", str(a.seed), "--no-progress", *extra))
     pred = out / "predictions.csv"
-    times["predict"] = run([supersub, "predict", str(out / "run"), str(data / "test_images"), "--out", str(pred),
-                            "--probs", "--overwrite"])
-    score_json = out / "score.json"
-    run([sys.executable, str(a.bench / "score.py"), str(data / "test_truth.csv"), str(pred), "--json", str(score_json)])
+    times["predict"] = timed_run(supersub_cmd("predict", str(out / "run"), str(data / "test_images"), "--out",
+                                              str(pred), "--probs", "--overwrite"))
+    scored = score(data, pred, out / "score.json", a.bench)
     result = {"variant": a.variant, "seed": a.seed, "name": a.name, "train_args": extra,
-              "seconds": {k: round(v, 1) for k, v in times.items()}, **json.loads(score_json.read_text())}
-    (out / "result.json").write_text(json.dumps(result, indent=2))
+              "seconds": {k: round(v, 1) for k, v in times.items()}, **scored}
+    write_json(out / "result.json", result, indent=2)
     print(json.dumps(result["seconds"]))
 
 

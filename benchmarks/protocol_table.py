@@ -9,18 +9,21 @@ Reads ``WORK/<variant>-<seed>/<name>/result.json`` (the scorer's numbers), the r
 ``supersub evaluate`` (``metrics.open_set_report``): P(novel superclass) ranking novel-superclass images above
 all others (super), and P(novel subclass) ranking novel-subclass images above seen ones among images of seen
 superclasses (sub). Accuracies hang on where tau lands; the AUROCs say whether the features separate novelty.
+
+Committed tables: docs/experiments.md (seed 004, PtR), from e.g. ``python benchmarks/protocol_table.py
+--variant loso-reptile --names ptr-off-partial,ptr2-r1-partial,ptr2-r10-partial,ptr2-r100-partial``.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
 import statistics
 from pathlib import Path
 
 import pandas as pd
 
+from harness import read_json
 from supersub.novelty.ood_metrics import open_set_metrics
 
 COLUMNS = ("super_acc_overall", "super_acc_seen", "super_acc_unseen", "sub_acc_overall", "sub_acc_seen",
@@ -67,8 +70,8 @@ def main() -> None:
             result = folder / name / "result.json"
             if not result.is_file():
                 continue
-            r = json.loads(result.read_text())
-            metrics = json.loads((folder / name / "run" / "metrics.json").read_text())
+            r = read_json(result)
+            metrics = read_json(folder / name / "run" / "metrics.json")
             r["val_sub"] = metrics.get("final", {}).get("val_acc_sub")
             r["super_auroc"], r["sub_auroc"] = novelty_aurocs(folder, name) or ("-", "-")
             summary.setdefault(name, []).append(r)

@@ -9,6 +9,10 @@ training path (``supersub.training.fit.fit_stage``, the Lightning loop ``supersu
 epochs without validation. Printed per regime: seconds per epoch after the first (the steady state), training
 images/second, the speed-up over ``full``, and the one-off cost of filling the cache of frozen outputs (paid
 once per data set and weights, then read from disk; it is timed with an empty cache folder).
+
+Committed table: docs/results/benchmarks.md (fine-tuning regimes, speed), from
+``python benchmarks/regimes_speed.py --images 384 --input-size 128 --epochs 2``. (speed.py's (b) measures frozen
+and partial against full for its target; this prints the epoch time of any list of regimes.)
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "bird-dog-reptile"
+from harness import DEFAULT_DATA
+
 
 
 def main() -> None:

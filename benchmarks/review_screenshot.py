@@ -5,6 +5,8 @@
 Serves the review app of RUN and DISCOVERED on a free local port, opens the Clusters tab, types a name into
 the first cluster (nothing is saved) and writes a PNG. The README's is loso-reptile seed 0's run and the
 discover folder of benchmarks/extend.py (half of its test images).
+
+Committed: docs/results/review.png (the README's screenshot), from the command above.
 """
 
 from __future__ import annotations

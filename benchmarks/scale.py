@@ -19,12 +19,16 @@ child, from ``os.wait4``, which includes its own children) are recorded. ``train
 (EfficientNet-Lite0, frozen, calibrated) with ``--epochs`` (default 3: the cost that grows with N is the
 feature extraction); ``predict`` uses the run trained on the smallest size, so every size runs the same model.
 Results go to ``WORK/results-LABEL.json``; ``--table`` prints every label side by side.
+
+Committed table: docs/results/scale.md (and scale_before/after.json), from
+``python benchmarks/scale.py --src /work/scale-before/src --label before --sizes 1000 3000 10000``,
+``python benchmarks/scale.py --src src --label after --sizes 1000 3000 10000``, then
+``python benchmarks/scale.py --table``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -33,7 +37,9 @@ import tempfile
 import time
 from pathlib import Path
 
-TINY = Path("/work/shared/data/tiny-imagenet")
+from harness import SHARED, read_json, write_json
+
+TINY = SHARED / "data" / "tiny-imagenet"
 SUPERS, SUBS_PER_SUPER = 10, 10
 
 
@@ -103,7 +109,7 @@ def run_side(args: argparse.Namespace) -> None:
     work.mkdir(parents=True, exist_ok=True)
     sizes = sorted(args.sizes)
     results_path = work / f"results-{args.label}.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else {"label": args.label, "rows": []}
+    results = read_json(results_path, default={"label": args.label, "rows": []})
     cli = [sys.executable, "-m", "supersub.cli"]
     runs = work / f"runs-{args.label}"
     runs.mkdir(exist_ok=True)
@@ -117,7 +123,7 @@ def run_side(args: argparse.Namespace) -> None:
                            "--epochs", str(args.epochs)], args.src, args.threads, runs / f"train-{n}.log")
             results["rows"].append({"command": "train", "images": n, **row})
             print(f"[{args.label}] train {n}: {row}", file=sys.stderr, flush=True)
-            results_path.write_text(json.dumps(results, indent=1))
+            write_json(results_path, results)
         if args.only in (None, "predict"):
             if not (model_run / "model.pt").is_file():
                 raise SystemExit(f"{model_run}: train the smallest size first (the run every size predicts with)")
@@ -125,14 +131,14 @@ def run_side(args: argparse.Namespace) -> None:
                            "--overwrite"], args.src, args.threads, runs / f"predict-{n}.log")
             results["rows"].append({"command": "predict", "images": n, **row})
             print(f"[{args.label}] predict {n}: {row}", file=sys.stderr, flush=True)
-            results_path.write_text(json.dumps(results, indent=1))
+            write_json(results_path, results)
 
 
 def table(work: Path) -> str:
     """One row per (command, images), a column group per label: seconds, images/s, the marginal images/s from the
     next smaller size (extra images / extra seconds: equal across sizes when time is linear in images, whatever the
     fixed start-up cost), peak RSS (MiB)."""
-    sides = [json.loads(p.read_text()) for p in sorted(work.glob("results-*.json"))]
+    sides = [read_json(p) for p in sorted(work.glob("results-*.json"))]
     sides.sort(key=lambda s: {"before": 0, "after": 1}.get(s["label"], 2))
     keys = sorted({(r["command"], r["images"]) for s in sides for r in s["rows"]}, key=lambda k: (k[0] != "predict", k))
     head = "| command | images | " + " | ".join(f"{s['label']} s | {s['label']} img/s | {s['label']} marginal img/s | "

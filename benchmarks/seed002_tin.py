@@ -10,6 +10,9 @@ weight B, K splits), fine-tune on classes B (new head, backbone at a reduced LR)
 
 Sizes (chosen for 2 shared CPU cores; see docs/experiments.md) are the constants below. Each finished run
 appends one line to results.jsonl, so a stopped session keeps every finished run.
+
+Committed tables: docs/experiments.md (seed 002), from ``split``, ``run --bp B --seed S`` for B in {0.0, 0.1,
+0.3} and S in {0, 1, 2}, ``scratch --seed S``, then ``python benchmarks/seed002_tin.py table``.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
-TIN = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "tiny-imagenet"
+from harness import SHARED, read_json, timed_run, write_text
+
+TIN = SHARED / "data" / "tiny-imagenet"
 COMMON = ["--backbone", "cnn", "--image-size", "32", "--batch-size", "128", "--no-progress",
           "--set", "data.cache_dir=bench-out/cache"]
 # (model, pretraining on A, fine-tuning on B) per size; "small" is the size of every n=3 table so far,
@@ -45,17 +50,22 @@ def size_args(size: str) -> tuple[list[str], list[str], list[str]]:
 
 
 def cli(args: list[str]) -> None:
-    cmd = [sys.executable, "-m", "supersub.cli", *args]
-    print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    timed_run([sys.executable, "-m", "supersub.cli", *args])
+
+
+def record(work: Path, row: dict[str, Any]) -> None:
+    """Append one finished run to results.jsonl (a stopped session keeps every finished run) and print it."""
+    with open(work / "results.jsonl", "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+    print(json.dumps(row), flush=True)
 
 
 def split(work: Path) -> None:
     wnids = sorted(os.listdir(TIN / "train"))
     random.Random(0).shuffle(wnids)
     work.mkdir(parents=True, exist_ok=True)
-    (work / "A.txt").write_text("\n".join(sorted(wnids[:100])) + "\n")
-    (work / "B.txt").write_text("\n".join(sorted(wnids[100:])) + "\n")
+    write_text(work / "A.txt", "\n".join(sorted(wnids[:100])) + "\n")
+    write_text(work / "B.txt", "\n".join(sorted(wnids[100:])) + "\n")
 
 
 def run(work: Path, bp: float, k: int, seed: int, size: str = "small") -> None:
@@ -68,12 +78,10 @@ def run(work: Path, bp: float, k: int, seed: int, size: str = "small") -> None:
     cli(["pretrain", "--data", str(TIN / "train"), "--classes", str(work / "B.txt"), "--out", str(fine),
          "--weights", str(pre), "--seed", str(seed), "--test-data", str(TIN / "val"), "--overwrite", *model,
          *finetune])
-    a, b = (json.loads(Path(f"{p}.json").read_text()) for p in (pre, fine))
+    a, b = (read_json(Path(f"{p}.json")) for p in (pre, fine))
     row = {"bp": bp, "k": k, "seed": seed, "A_test_acc": a["test_acc"], "B_test_acc": b["test_acc"],
            "seconds": round(a["seconds"] + b["seconds"], 1)}
-    with open(work / "results.jsonl", "a") as fh:
-        fh.write(json.dumps(row) + "\n")
-    print(json.dumps(row), flush=True)
+    record(work, row)
 
 
 def scratch(work: Path, seed: int, size: str = "small") -> None:
@@ -83,12 +91,10 @@ def scratch(work: Path, seed: int, size: str = "small") -> None:
     cli(["pretrain", "--data", str(TIN / "train"), "--classes", str(work / "B.txt"), "--out", str(out),
          "--seed", str(seed), "--test-data", str(TIN / "val"), "--overwrite", *model,
          *finetune[:4], "--lr", "0.003"])  # B's images and epochs, the pretraining LR
-    b = json.loads(Path(f"{out}.json").read_text())
+    b = read_json(Path(f"{out}.json"))
     row = {"bp": -1.0, "k": 0, "seed": seed, "A_test_acc": None, "B_test_acc": b["test_acc"],
            "seconds": b["seconds"]}
-    with open(work / "results.jsonl", "a") as fh:
-        fh.write(json.dumps(row) + "\n")
-    print(json.dumps(row), flush=True)
+    record(work, row)
 
 
 def table(work: Path) -> None:

@@ -24,6 +24,10 @@ batch ``optim.batch_size``), it measures:
 Each side is set up and warmed up before it is timed; the two sides of a ratio stay set up side by side and
 take turns (A B B A ...), so the load of a shared machine drifts over both alike; both use ``--threads``
 torch threads. Prints one table and writes it as Markdown to ``--out`` (numbers also to ``<out>.json``).
+This file is the driver (it imports no torch); its parts are in ``benchmarks/_speed/``.
+
+Committed table: docs/results/speed.md (numbers in speed.md.json), from
+``python benchmarks/speed.py --out docs/results/speed.md``.
 """
 
 from __future__ import annotations
@@ -42,13 +46,11 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # the modules beside this file (the workers get the driver's sys.path)
+sys.path.insert(0, str(HERE))  # harness and _speed beside this file (the workers get the driver's sys.path)
 
-from speed_plan import Plan, Prepared  # noqa: E402 - after the path
-from speed_table import build_rows, describe, markdown, print_rich  # noqa: E402
-from speed_workers import Worker, start_server  # noqa: E402
-
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "bird-dog-reptile"
+from _speed.table import Plan, Prepared, build_rows, describe, markdown, print_rich  # noqa: E402 - after the path
+from _speed.workers import Worker, start_server  # noqa: E402
+from harness import DEFAULT_DATA, write_text  # noqa: E402
 _T0 = time.perf_counter()
 
 
@@ -261,25 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     command = command_line()
     print_rich(rows, f"supersub speed ({plan.threads} thread(s){', smoke' if plan.smoke else ''})")
     print(f"command: {command}")
-    _write_atomic(a.out, markdown(rows, describe(plan, prep, results, command, seconds)))
-    _write_atomic(json_out, json.dumps({"plan": asdict(plan), "prepared": asdict(prep), "results": results,
+    write_text(a.out, markdown(rows, describe(plan, prep, results, command, seconds)))
+    write_text(json_out, json.dumps({"plan": asdict(plan), "prepared": asdict(prep), "results": results,
                                         "rows": [{**asdict(r), "met": r.met} for r in rows], "command": command,
                                         "seconds": seconds}, indent=2) + "\n")
     print(f"wrote {a.out} and {json_out}")
     return 0
-
-
-def _write_atomic(target: Path, text: str) -> None:
-    """supersub.io's atomic write without importing torch (which supersub.io does): temp file, then rename."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _load() -> str:

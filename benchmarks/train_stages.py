@@ -8,13 +8,15 @@ extraction), ``evidence`` (each model's outputs on its rows), ``score fit`` (the
 eigh per model and level), ``thresholds`` (the rest of calibration: confidences, sweeps, slopes, temperatures,
 files). It wraps the functions of those steps with timers and changes nothing else, so it measures any checkout:
 ``PYTHONPATH=OTHER/src python benchmarks/train_stages.py ...`` gives the "before" of a change.
+
+Committed results: docs/results/train_stages_*.json and the README's "where a run's time goes", from
+``python benchmarks/train_stages.py --data ../shared/data/bird-dog-reptile [--images 300] --out ...``.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import tempfile
 import time
@@ -22,6 +24,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from harness import write_json
 
 TIMES: dict[str, float] = defaultdict(float)
 
@@ -121,7 +125,7 @@ def main() -> None:
           f"tau_sub={summary['thresholds']['tau_sub']:.4g}; load {result['load_1min']:.1f})")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        write_json(args.out, result)
 
 
 if __name__ == "__main__":

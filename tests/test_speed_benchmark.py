@@ -86,7 +86,7 @@ def test_a_missed_target_reads_no() -> None:
     """The verdict logic on hand-made rows: a ratio below its target is 'NO', at or above it 'yes'."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        from speed_table import Row, _cells
+        from _speed.table import Row, _cells
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
     slow = Row("train", "t", 9.0, 10.0, 0.9, 0.95, (1.0, 1.0), "img/s")

@@ -1,4 +1,4 @@
-"""The measured sides of benchmarks/speed.py. Each runs in its own worker process (:mod:`speed_workers`):
+"""The measured sides of benchmarks/speed.py. Each runs in its own worker process (:mod:`_speed.workers`):
 ``side(gate, **kwargs)`` sets itself up, then calls ``gate.step(images)`` before every unit of work it times.
 
 supersub's sides go through the code its commands run (``fit_stage`` for ``supersub train``'s stages,
@@ -22,7 +22,8 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from speed_gate import Gate
+from _speed.workers import Gate
+from harness import open_run
 from supersub import api
 from supersub.config import TrainConfig, load_config
 from supersub.data.augment import augment_uint8, build_augmentation
@@ -30,7 +31,6 @@ from supersub.data.cache import decode_images
 from supersub.data.formats import read_images
 from supersub.memory import keep_freed_memory
 from supersub.models.model import build_model
-from supersub.run import RunDir
 from supersub.training.fit import fit_stage
 from supersub.training.objective import build_loss
 
@@ -180,7 +180,7 @@ def pure_forward(gate: Gate, run: str, folder: str, batch_size: int, pool: int, 
     batch of ``batch_size``, cycling through ``pool`` images. ``keep_memory``: as in :func:`plain_training`."""
     if keep_memory:
         keep_freed_memory()
-    model, cfg, _ = RunDir.open(run).load_model()
+    model, cfg, _ = open_run(run).load_model()
     records = read_images(Path(folder)).records[:pool]
     images = decode_images(records, cfg.data.image_size).images
     with torch.inference_mode():
