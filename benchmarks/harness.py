@@ -158,11 +158,7 @@ def model_outputs(model: Any, images: Any, cfg: Any = None) -> Any:
     return cached_outputs(model, images, cfg, pick_device("cpu"))
 
 
-def apply_calibrated(run: Path, outputs: Any, taxonomy: Any) -> tuple[Any, Any]:
-    """The run's current calibration (thresholds and novelty scorer) applied to ``outputs``, as ``predict`` does;
-    (applied novelty, thresholds)."""
-    from supersub.pipeline.calibration import load_scorer
-    from supersub.pipeline.predict import apply_novelty
-
-    thresholds = open_run(run).load_thresholds()
-    return apply_novelty(outputs, taxonomy, thresholds, load_scorer(run, thresholds.score)), thresholds
+def apply_calibrated(run: Path, outputs: Any) -> tuple[Any, Any]:
+    """The run's current open-set head applied to ``outputs``, as ``predict`` does: (decision, thresholds)."""
+    head = open_run(run).load_open_set_head()
+    return head.decide(outputs), head.thresholds

@@ -101,11 +101,10 @@ def score_run(run: Path, data: Path, a: argparse.Namespace, label: dict[str, Any
 
     def measure(**novelty: Any) -> dict[str, Any]:
         ss.calibrate(run, evidence=evidence, **{**operating_defaults(), **novelty})
-        applied, _ = apply_calibrated(run, outputs, taxonomy)
-        d = applied.decision
+        d, _ = apply_calibrated(run, outputs)
         m = competition_metrics(ys, yb, d.super_pred, d.sub_pred, taxonomy.novel_super, taxonomy.novel_sub,
-                                applied.super_probs, applied.sub_probs)
-        m.update(open_set_report(ys, yb, d.super_pred, d.sub_pred, applied.super_probs, applied.sub_probs,
+                                d.super_probs, d.sub_probs)
+        m.update(open_set_report(ys, yb, d.super_pred, d.sub_pred, d.super_probs, d.sub_probs,
                                  d.super_conf, d.sub_conf, taxonomy).metrics)
         return {**label, "objective": "hand-set", "transfer": "-", **novelty, **m}
 

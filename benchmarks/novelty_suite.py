@@ -146,10 +146,9 @@ def measure(run: Path, evidence: Any, outputs: Any, taxonomy: Any, truth: Any, o
     from supersub.pipeline.predict import Prediction
 
     summary = ss.calibrate(run, evidence=evidence, **{**RESET, **options})
-    applied, thresholds = apply_calibrated(run, outputs, taxonomy)
-    d = applied.decision
+    d, thresholds = apply_calibrated(run, outputs)
     names = [r.name for r in truth.records]
-    pred = Prediction(names, d.super_pred, d.sub_pred, applied.super_probs, applied.sub_probs, d.super_conf, d.sub_conf)
+    pred = Prediction(names, d.super_pred, d.sub_pred, d.super_probs, d.sub_probs, d.super_conf, d.sub_conf)
     m, _ = score_prediction(pred, truth, taxonomy)
     return {**{k: v for k, v in m.items() if isinstance(v, (int, float)) or v is None},
             "tau_super": thresholds.tau_super, "tau_sub": thresholds.tau_sub,
