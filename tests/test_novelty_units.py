@@ -19,7 +19,7 @@ from supersub.novelty.calibrate import kept_share, transfer_threshold
 from supersub.data.exposure import read_novel_sub, write_tin_novel_sub, write_tin_outliers
 from supersub.pipeline.calibration import calibrate_run
 from supersub.pipeline.evidence import collect_evidence
-from supersub.pipeline.stages import EXTRA_CLASS, UNUSED, Pool, plan_stages, stage_labels, with_extra_class
+from supersub.pipeline.stages import EXTRA_CLASS, UNUSED, Pool, plan_stages, stage_targets, with_extra_class
 from supersub.novelty.scoring import NoveltyScorer, SeenView, seen_view
 from supersub.novelty.temperature import fit_temperature, nll
 from supersub.run import Thresholds
@@ -157,11 +157,14 @@ def test_class_exposure_adds_an_explicit_novel_class_at_both_levels() -> None:
     pool = _pool()
     cfg = build_config({"data": {"holdout_fraction": 0.3}})
     stage = plan_stages(pool, TAX, cfg)["calibration"]
-    tax, y_super, y_sub = stage_labels(pool, TAX, stage, "class")
+    t = stage_targets(pool, TAX, stage, "class")
+    tax, y_super, y_sub = t.fit_taxonomy, t.fit_y_super, t.fit_y_sub
     assert tax.super_names[-1] == EXTRA_CLASS and tax.n_super == 3 and tax.n_sub == 3 + 1
     outliers = pool.outliers
     assert set(y_super[outliers].tolist()) == {2} and set(y_sub[outliers].tolist()) == {3}
-    assert torch.equal(tax.membership(), with_extra_class(stage_labels(pool, TAX, stage, "uniform")[0]).membership())
+    assert torch.equal(tax.membership(), with_extra_class(t.taxonomy).membership())
+    assert torch.equal(t.taxonomy.membership(), stage_targets(pool, TAX, stage, "uniform").fit_taxonomy.membership())
+    assert set(t.y_super[outliers].tolist()) == {OUTLIER}  # the evidence's labels keep outliers apart
     assert torch.equal(tax.membership()[:-1, :-1], TAX.subset(stage.keep_sub)[0].membership())
     assert tax.membership()[-1].tolist() == [0.0, 0.0, 1.0]
     held = stage.held[0]

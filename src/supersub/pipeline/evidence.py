@@ -19,7 +19,7 @@ from ..novelty.scoring import Head, SeenView, linear_heads, seen_view
 from ..taxonomy import Taxonomy
 from ..training.finetune import CACHED_REGIMES, cached_outputs
 from ..training.module import HierarchicalModule
-from .stages import Pool, Stage, stage_labels
+from .stages import Pool, Stage, stage_targets
 
 
 EVIDENCE_BLOCK = 1024  # images copied out of the pool at a time (a multiple of supersub.inference.BATCH)
@@ -52,7 +52,9 @@ def collect_evidence(
     With a cached regime (``cfg.optim.finetune`` frozen/partial) the frozen part's outputs come from the
     cache that training filled, so the backbone does not run again.
     """
-    tax, y_super, y_sub = stage_labels(pool, taxonomy, stage, "uniform")
+    # a planned stage carries its targets; one read back from the split file (calibrate) gets them here, once
+    t = stage.targets or stage_targets(pool, taxonomy, stage, "uniform")
+    tax, y_super, y_sub = t.taxonomy, t.y_super, t.y_sub
     device = pick_device(accelerator)
     everything: Outputs | None = None
     if cfg is not None and cfg.optim.finetune in CACHED_REGIMES:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -62,9 +62,27 @@ class Pool:
         return torch.nonzero((self.y_super >= 0) & (self.y_sub == NOVEL_SUB)).flatten().tolist()
 
 
+@dataclass(frozen=True)
+class StageTargets:
+    """A stage's classes and every pool row's labels in them, computed once (:func:`stage_targets`).
+
+    ``taxonomy``/``y_super``/``y_sub``: the stage's seen classes, rows of other classes :data:`UNUSED`, exposure
+    rows as in the pool (what the stage's evidence is read with); ``fit_*``: what its model trains on, which under
+    ``novelty.oe: class`` adds the explicit novel class and labels the outlier rows with it.
+    """
+
+    taxonomy: Taxonomy
+    y_super: torch.Tensor
+    y_sub: torch.Tensor
+    fit_taxonomy: Taxonomy
+    fit_y_super: torch.Tensor
+    fit_y_sub: torch.Tensor
+
+
 @dataclass
 class Stage:
-    """One model's share of the pool: its classes (original indices) and image index lists.
+    """One model's share of the pool: its classes (original indices), image index lists and, once planned, the
+    labels of every row in its classes (``targets``; not saved in the split file, recomputed on load).
 
     ``held`` are images of held-out subclasses of seen superclasses, ``novel`` images of a novel
     superclass (held-back outliers, or the left-out superclass of a LOSO model).
@@ -77,6 +95,11 @@ class Stage:
     val: list[int]
     held: list[int] = field(default_factory=list)
     novel: list[int] = field(default_factory=list)
+    targets: StageTargets | None = field(default=None, repr=False, compare=False)
+
+    def rows(self) -> dict[str, list[int] | str]:
+        """The plain data the split file records (everything but the targets)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "targets"}
 
 
 def stage_taxonomy(taxonomy: Taxonomy, stage: Stage) -> tuple[Taxonomy, dict[int, int], dict[int, int]]:
@@ -104,18 +127,22 @@ def with_extra_class(taxonomy: Taxonomy) -> Taxonomy:
     )
 
 
-def stage_labels(
-    pool: Pool, taxonomy: Taxonomy, stage: Stage, oe: str
-) -> tuple[Taxonomy, torch.Tensor, torch.Tensor]:
-    """Training taxonomy and labels of a stage: remapped indices; exposure labels as ``oe`` needs them."""
+def stage_targets(pool: Pool, taxonomy: Taxonomy, stage: Stage, oe: str) -> StageTargets:
+    """A stage's taxonomy and remapped labels, and the model's training ones (exposure labels as ``oe`` needs)."""
     tax, super_map, sub_map = stage_taxonomy(taxonomy, stage)
     y_super = torch.tensor([super_map.get(int(k), UNUSED) if k >= 0 else int(k) for k in pool.y_super.tolist()])
     y_sub = torch.tensor([sub_map.get(int(j), UNUSED) if j >= 0 else int(j) for j in pool.y_sub.tolist()])
-    if oe == "class":
-        outlier = pool.y_super == OUTLIER
-        y_super[outlier], y_sub[outlier] = tax.n_super, tax.n_sub
-        tax = with_extra_class(tax)
-    return tax, y_super, y_sub
+    if oe != "class":
+        return StageTargets(tax, y_super, y_sub, tax, y_super, y_sub)
+    fit_super, fit_sub = y_super.clone(), y_sub.clone()
+    outlier = pool.y_super == OUTLIER
+    fit_super[outlier], fit_sub[outlier] = tax.n_super, tax.n_sub
+    return StageTargets(tax, y_super, y_sub, with_extra_class(tax), fit_super, fit_sub)
+
+
+def with_targets(stages: dict[str, Stage], pool: Pool, taxonomy: Taxonomy, oe: str) -> dict[str, Stage]:
+    """Every stage with its targets computed (once: training, evidence and saving read them from the stage)."""
+    return {name: replace(stage, targets=stage_targets(pool, taxonomy, stage, oe)) for name, stage in stages.items()}
 
 
 def needs_calibration_model(cfg: NoveltyConfig) -> bool:
@@ -132,7 +159,13 @@ def calibration_stage_names(names: Iterable[str]) -> list[str]:
 
 
 def plan_stages(pool: Pool, taxonomy: Taxonomy, cfg: TrainConfig) -> dict[str, Stage]:
-    """Every stage of a run (final, and calibration folds / LOSO models when thresholds are to be calibrated)."""
+    """Every stage of a run (final, and calibration folds / LOSO models when thresholds are to be calibrated),
+    each with its targets."""
+    return with_targets(_stage_rows(pool, taxonomy, cfg), pool, taxonomy, cfg.novelty.oe)
+
+
+def _stage_rows(pool: Pool, taxonomy: Taxonomy, cfg: TrainConfig) -> dict[str, Stage]:
+    """Which rows each stage trains, validates and calibrates on."""
     labelled_sub = pool.y_sub[: pool.n_labelled].tolist()
     all_super, all_sub = list(range(taxonomy.n_super)), list(range(taxonomy.n_sub))
     train, val = stratified_split(labelled_sub, cfg.data.val_fraction, cfg.seed)
@@ -218,7 +251,7 @@ def save_split(folder: Path, data: str, pool: Pool, stages: dict[str, Stage]) ->
     write_json_atomic(
         folder / SPLIT_FILE,
         {"data": data, "n_images": len(pool.y_super), "n_labelled": pool.n_labelled,
-         "stages": {name: asdict(stage) for name, stage in stages.items()}},
+         "stages": {name: stage.rows() for name, stage in stages.items()}},
     )
 
 

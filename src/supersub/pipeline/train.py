@@ -14,14 +14,13 @@ from ..data.cache_limit import cache_policy
 from ..errors import SupersubError
 from ..io import write_json_atomic
 from ..run import MARKER, RunDir, load_model_file, save_model_file
-from ..taxonomy import Taxonomy
 from ..training.distributed import is_global_zero
 from ..training.fitters import fit_model
 from .calibration import calibrate_and_save
 from .configure import resolve_config
 from .evidence import STAGE_MODEL_FILE, Evidence, collect_evidence
 from .inputs import load_labelled, training_pool
-from .stages import Pool, Stage, plan_stages, save_split, stage_labels
+from .stages import Pool, Stage, plan_stages, save_split
 
 log = logging.getLogger("supersub")
 
@@ -70,14 +69,14 @@ def _train(data: str | Path, out: str | Path, cfg: TrainConfig, overwrite: bool,
             if reused is not None:
                 model, summary[name] = reused
             else:
-                result = _fit_stage(pool, taxonomy, stage, cfg, run, resume)
+                result = _fit_stage(pool, stage, cfg, run, resume)
                 model = result.model
                 summary[name] = {"epochs_run": result.epochs_run, result.monitor: result.best_score,
                                  "seconds_per_epoch": result.seconds_per_epoch and round(result.seconds_per_epoch, 2),
                                  **result.details}
                 if lead:  # every stage's model in one format: model.pt, checkpoints/<stage>/model.pt (for calibrate)
-                    stage_tax = stage_labels(pool, taxonomy, stage, cfg.novelty.oe)[0]
-                    save_model_file(model_path, model, cfg, stage_tax)
+                    assert stage.targets is not None
+                    save_model_file(model_path, model, cfg, stage.targets.fit_taxonomy)
                     # written after the model: its presence says the stage is done (a resume reuses the model)
                     write_json_atomic(run.checkpoints_dir / name / STAGE_DONE_FILE, summary[name])
                     _drop_lightning_checkpoints(run.checkpoints_dir / name)
@@ -150,9 +149,11 @@ def _finished_stage(run: RunDir, name: str, model_path: Path) -> tuple[Any, dict
     return model, summary
 
 
-def _fit_stage(pool: Pool, taxonomy: Taxonomy, stage: Stage, cfg: TrainConfig, run: RunDir, resume: bool) -> Any:
+def _fit_stage(pool: Pool, stage: Stage, cfg: TrainConfig, run: RunDir, resume: bool) -> Any:
     """Train one stage's model (final, calibration or LOSO) on its share of the pool."""
-    tax, y_super, y_sub = stage_labels(pool, taxonomy, stage, cfg.novelty.oe)
+    assert stage.targets is not None  # plan_stages computed them
+    t = stage.targets
+    tax, y_super, y_sub = t.fit_taxonomy, t.fit_y_super, t.fit_y_sub
     log.info("%s model: %d subclasses, %d train / %d validation images", stage.name, len(stage.keep_sub),
              len(stage.train), len(stage.val))
     epochs = None if stage.name == "final" else cfg.novelty.calibration_epochs
