@@ -15,7 +15,8 @@ from supersub.config import build_config
 from supersub.errors import SupersubError
 from supersub.data.splits import holdout_folds, holdout_subclasses
 from supersub.losses import OUTLIER
-from supersub.pipeline.calibration import calibrate_run, calibration_evidence
+from supersub.novelty.head_fit import calibrate_run
+from supersub.pipeline.calibration import calibration_evidence
 from supersub.pipeline.stages import Pool, calibration_stage_names, plan_stages
 from supersub.run import RunDir
 from supersub.taxonomy import Taxonomy

@@ -17,7 +17,7 @@ from supersub.losses import NOVEL_SUB, OUTLIER, HierarchicalLoss
 from supersub.metrics import confusion_matrix, expected_calibration_error, open_set_report
 from supersub.novelty.calibrate import kept_share, transfer_threshold
 from supersub.data.exposure import read_novel_sub, write_tin_novel_sub, write_tin_outliers
-from supersub.pipeline.calibration import calibrate_run
+from supersub.novelty.head_fit import calibrate_run
 from supersub.pipeline.evidence import collect_evidence
 from supersub.pipeline.stages import EXTRA_CLASS, UNUSED, Pool, plan_stages, stage_targets, with_extra_class
 from supersub.novelty.scoring import NoveltyScorer, SeenView, seen_view

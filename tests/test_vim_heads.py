@@ -7,7 +7,7 @@ import torch
 
 from supersub.config import ModelConfig, build_config
 from supersub.models.model import HierarchicalClassifier
-from supersub.pipeline.calibration import calibrate_run
+from supersub.novelty.head_fit import calibrate_run
 from supersub.pipeline.evidence import collect_evidence
 from supersub.pipeline.stages import Pool, Stage
 from supersub.novelty.scores import ViMScore

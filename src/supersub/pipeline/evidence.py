@@ -1,12 +1,11 @@
-"""Evidence: a trained model's outputs on its stage's images, which calibration works from."""
+"""Evidence: a trained model's outputs on its stage's images, which the open-set head is fitted from
+(:class:`~supersub.novelty.head_fit.Evidence`, re-exported here)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 
 from ..config import TrainConfig
 from ..errors import SupersubError
@@ -15,7 +14,8 @@ from ..io import load_checkpoint
 from ..run import load_model_file
 from ..models.ensemble import BaggingEnsemble
 from ..models.model import HierarchicalClassifier
-from ..novelty.scoring import Head, SeenView, linear_heads, seen_view
+from ..novelty.head_fit import Evidence
+from ..novelty.scoring import SeenView, linear_heads, seen_view
 from ..taxonomy import Taxonomy
 from ..training.finetune import CACHED_REGIMES, cached_outputs
 from ..training.module import HierarchicalModule
@@ -23,24 +23,6 @@ from .stages import Pool, Stage, stage_targets
 
 
 EVIDENCE_BLOCK = 1024  # images copied out of the pool at a time (a multiple of supersub.inference.BATCH)
-
-
-@dataclass
-class Evidence:
-    """One model's outputs on its stage's images, restricted to its seen classes, with stage labels."""
-
-    taxonomy: Taxonomy
-    train: SeenView
-    train_y_super: torch.Tensor
-    train_y_sub: torch.Tensor
-    val: SeenView | None
-    val_y_super: torch.Tensor
-    val_y_sub: torch.Tensor
-    held: SeenView | None = None
-    held_y_super: torch.Tensor | None = None
-    novel: SeenView | None = None
-    # each level's linear read-out (W, b) of the model, restricted to the seen classes (None: not affine)
-    heads: dict[str, Head | None] = field(default_factory=dict)
 
 
 def collect_evidence(
