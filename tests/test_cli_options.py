@@ -113,3 +113,16 @@ print(len(built))
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120,
                          check=True).stdout
     assert out.split() == ["1"]
+
+
+def test_forwarded_api_verbs_keep_their_names_keywords_and_docs() -> None:
+    """api.evaluate and the like forward to the pipeline function instead of restating its signature."""
+    import inspect
+
+    from supersub import api
+
+    for name in ("discover", "evaluate", "report", "export", "demo", "experiment", "compare"):
+        verb = getattr(api, name)
+        assert verb.__name__ == name and verb.__module__ == "supersub.api" and verb.__doc__, name
+    assert list(inspect.signature(api.evaluate).parameters) == ["run_dir", "images", "labels", "skip_bad", "save",
+                                                                "out", "device", "strict"]
