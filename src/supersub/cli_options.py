@@ -86,6 +86,7 @@ class Flag:
 
     @property
     def flag(self) -> str:
+        """The option's name, without a switch's ``--no-`` form."""
         return self.option.split("/")[0]
 
     @property
