@@ -9,26 +9,26 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import Any, ParamSpec, TypeVar
 
 from .config import TrainConfig
 from .errors import SupersubError
 from .data.synth import write_synth
 from .memory import freed_memory_kept
 from .pipeline.calibration import calibration_evidence as _calibration_evidence, recalibrate
-from .pipeline.compare import Comparison, compare_runs
+from .pipeline.compare import Comparison, compare_runs  # noqa: F401 - part of the API
 from .pipeline.configure import resolve_config  # noqa: F401 - part of the API
 from .pipeline.demo import run_demo
 from .pipeline.discover import Discovery, discover_images
 from .pipeline.evaluate import evaluate_run
 from .pipeline.extend import extend_run
-from .pipeline.experiment import Experiment, run_experiment
+from .pipeline.experiment import Experiment, run_experiment  # noqa: F401 - part of the API
 from .pipeline.export import export_run
 from .pipeline.evidence import Evidence
 from .pipeline.inputs import LabelledImages, load_labelled  # noqa: F401 - part of the API
@@ -39,6 +39,8 @@ from .run import RunDir  # noqa: F401 - part of the API
 from .training.fit import global_rng_kept
 
 log = logging.getLogger("supersub")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 __all__ = ["synth", "resolve_config", "train", "pretrain", "calibration_evidence", "calibrate", "predict", "evaluate", "report",
            "export", "demo", "experiment", "compare", "predict_tensors", "Prediction", "load_labelled", "discover", "Discovery",
@@ -52,6 +54,21 @@ def call_scope() -> Iterator[None]:
     (:func:`supersub.training.fit.scoped_process_state`)."""
     with freed_memory_kept(), global_rng_kept():
         yield
+
+
+def _verb(function: Callable[P, R], name: str, doc: str) -> Callable[P, R]:
+    """``function`` of the pipeline as the API's verb ``name``, run in a :func:`call_scope`: its signature (what
+    ``help()`` and ``inspect.signature`` show) is the pipeline function's, stated once, with the API's ``doc``."""
+
+    @functools.wraps(function)
+    def verb(*args: P.args, **kwargs: P.kwargs) -> R:
+        with call_scope():
+            return function(*args, **kwargs)
+
+    verb.__name__ = verb.__qualname__ = name
+    verb.__module__ = __name__
+    verb.__doc__ = inspect.cleandoc(doc)
+    return verb
 
 
 # a @contextmanager is a decorator too; each call enters a fresh scope
@@ -131,56 +148,6 @@ def calibrate(run_dir: str | Path, *, evidence: dict[str, Evidence] | None = Non
         return recalibrate(run_dir, evidence=evidence, **novelty)
 
 
-def predict(
-    run_dir: str | Path,
-    images: str | Path,
-    out: str | Path | None = None,
-    *,
-    probs: bool = False,
-    names: bool = False,
-    overwrite: bool = False,
-    skip_bad: bool = False,
-    device: str | None = None,
-    cache: bool = False,
-    accelerator: str | None = None,
-    devices: str | None = None,
-    strategy: str | None = None,
-) -> pd.DataFrame:
-    """Predict every image of a flat folder, a nested folder or a CSV of image paths; write the CSV to ``out``.
-
-    ``names`` adds the class names beside the indices; ``device`` (cpu, cuda, cuda:1, mps, auto) overrides the
-    run's ``trainer.accelerator`` for inference. Cached backbone outputs of these images are read, and kept on
-    disk only with ``cache`` (by default a prediction leaves the caches as they were). Images are read and
-    predicted in chunks (the CSV grows as they finish, under a temporary name); ``devices`` and ``strategy``
-    spread the chunks over several devices through Lightning (which then runs this script once per device, as
-    for training; by default one device of the run's accelerator, or ``accelerator``).
-    """
-    with call_scope():
-        frame = predict_images(run_dir, images, out, probs=probs, names=names, overwrite=overwrite,
-                               skip_bad=skip_bad, device=device, cache=cache, accelerator=accelerator,
-                               devices=devices, strategy=strategy)
-    assert isinstance(frame, pd.DataFrame)
-    return frame
-
-
-def discover(
-    run_dir: str | Path, images: str | Path, out: str | Path, *, groups: int | None = None, max_groups: int = 40,
-    overwrite: bool = False, skip_bad: bool = False, device: str | None = None, cache: bool = False,
-    sheet_images: int = 12, seed: int = 0,
-) -> Discovery:
-    """Group the images of ``images`` that the run flags novel into candidate new classes, in folder ``out``.
-
-    Novel-superclass images are grouped among themselves, novel-subclass images within their predicted
-    superclass; the number of groups of each set is estimated (silhouette over Ward clusterings of the
-    features) unless ``groups`` forces it (at most ``max_groups`` are tried). Writes ``clusters.csv``,
-    ``labels.csv`` (a template to rename, read by ``train(extend=...)``), the contact sheet ``clusters.html``
-    and ``discover.json``; existing ones are replaced only with ``overwrite``.
-    """
-    with call_scope():
-        return discover_images(run_dir, images, out, groups=groups, max_groups=max_groups, overwrite=overwrite,
-                               skip_bad=skip_bad, device=device, cache=cache, sheet_images=sheet_images, seed=seed)
-
-
 def review_app(run_dir: str | Path, *, images: str | Path | None = None, discovered: str | Path | None = None,
                labels: str | Path | None = None, device: str | None = None) -> Any:
     """The FastAPI app of ``review`` (to serve it yourself, or to test it): predicts ``images`` (default: the
@@ -212,77 +179,75 @@ def review(run_dir: str | Path, *, images: str | Path | None = None, discovered:
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
-def evaluate(
-    run_dir: str | Path, images: str | Path, labels: str | Path | None = None, *, skip_bad: bool = False,
-    save: bool = True, out: str | Path | None = None, device: str | None = None, strict: bool = False,
-) -> dict[str, Any]:
-    """Competition metrics (accuracy overall/seen/unseen, cross-entropy, per level) on labelled images.
-
-    ``labels`` is a CSV (image,superclass_index,subclass_index) of the images in ``images``; without it
-    ``images`` is a labelled nested folder ``<superclass>/<subclass>/`` matched to the run's classes by name
-    (a folder matching no class is novel, with a warning naming the closest class; ``strict`` refuses it).
-    The metrics and the open-set report go to ``out`` (default: ``RUN/evaluations``) unless ``save`` is off.
-    """
-    with call_scope():
-        return evaluate_run(run_dir, images, labels, skip_bad=skip_bad, save=save, out=out, device=device, strict=strict)
-
-
-def report(
-    run_dir: str | Path, test: str | Path | None = None, out: str | Path | None = None, *, overwrite: bool = False,
-    device: str | None = None, skip_bad: bool = False, images: int = 24,
-) -> Path:
-    """Write one self-contained HTML page about a run (default ``RUN_DIR/report.html``) and return its path.
-
-    ``test`` is a labelled folder (``test_truth.csv`` + ``test_images/``, or ``<superclass>/<subclass>/``
-    folders): with it the page adds the metrics ``evaluate`` computes, sweeps and confusions on it and grids of
-    the most confident mistakes and of the images flagged novel (``images`` thumbnails each).
-    """
-    with call_scope():
-        return build_report(run_dir, test, out, overwrite=overwrite, device=device, skip_bad=skip_bad, images=images)
-
-
-def export(run_dir: str | Path, out: str | Path, *, overwrite: bool = False) -> dict[str, Any]:
-    """Write the run's model *with its open-set decision* as one ONNX graph (``out``) and its class names
-    (``out`` with suffix ``.json``): uint8 images in; superclass index, subclass index and both levels'
-    probabilities with the novel column out. Scores that search training features (kNN) are refused."""
-    with call_scope():
-        return export_run(run_dir, out, overwrite=overwrite)
-
-
 def synth(out: str | Path, seed: int = 0, **kwargs: Any) -> dict[str, Any]:
     """Write the built-in procedural dataset (see :mod:`supersub.data.synth`)."""
     return write_synth(Path(out), seed=seed, **kwargs)
 
 
-def demo(out: str | Path = "runs/demo", *, overwrite: bool = False, seed: int = 0, **overrides: Any) -> dict[str, Any]:
-    """Synthesise the built-in data, train with calibration, evaluate on its test folder, write predictions.
+predict = _verb(predict_images, "predict", """
+    Predict every image of a flat folder, a nested folder or a CSV of image paths; write the CSV to ``out``.
+
+    ``names`` adds the class names beside the indices; ``device`` (cpu, cuda, cuda:1, mps, auto) overrides the
+    run's ``trainer.accelerator`` for inference. Cached backbone outputs of these images are read, and kept on
+    disk only with ``cache`` (by default a prediction leaves the caches as they were). Images are read and
+    predicted in chunks (the CSV grows as they finish, under a temporary name); ``devices`` and ``strategy``
+    spread the chunks over several devices through Lightning (which then runs this script once per device, as
+    for training; by default one device of the run's accelerator, or ``accelerator``). The keywords after
+    ``strategy`` are what the command line sets (``frame`` off: only the count is returned).
+    """)
+
+discover = _verb(discover_images, "discover", """
+    Group the images of ``images`` that the run flags novel into candidate new classes, in folder ``out``.
+
+    Novel-superclass images are grouped among themselves, novel-subclass images within their predicted
+    superclass; the number of groups of each set is estimated (silhouette over Ward clusterings of the
+    features) unless ``groups`` forces it (at most ``max_groups`` are tried). Writes ``clusters.csv``,
+    ``labels.csv`` (a template to rename, read by ``train(extend=...)``), the contact sheet ``clusters.html``
+    and ``discover.json``; existing ones are replaced only with ``overwrite``.
+    """)
+
+evaluate = _verb(evaluate_run, "evaluate", """
+    Competition metrics (accuracy overall/seen/unseen, cross-entropy, per level) on labelled images.
+
+    ``labels`` is a CSV (image,superclass_index,subclass_index) of the images in ``images``; without it
+    ``images`` is a labelled nested folder ``<superclass>/<subclass>/`` matched to the run's classes by name
+    (a folder matching no class is novel, with a warning naming the closest class; ``strict`` refuses it).
+    The metrics and the open-set report go to ``out`` (default: ``RUN/evaluations``) unless ``save`` is off.
+    """)
+
+report = _verb(build_report, "report", """
+    Write one self-contained HTML page about a run (default ``RUN_DIR/report.html``) and return its path.
+
+    ``test`` is a labelled folder (``test_truth.csv`` + ``test_images/``, or ``<superclass>/<subclass>/``
+    folders): with it the page adds the metrics ``evaluate`` computes, sweeps and confusions on it and grids of
+    the most confident mistakes and of the images flagged novel (``images`` thumbnails each).
+    """)
+
+export = _verb(export_run, "export", """
+    Write the run's model *with its open-set decision* as one ONNX graph (``out``) and its class names
+    (``out`` with suffix ``.json``): uint8 images in; superclass index, subclass index and both levels'
+    probabilities with the novel column out. Scores that search training features (kNN) are refused.
+    """)
+
+demo = _verb(run_demo, "demo", """
+    Synthesise the built-in data, train with calibration, evaluate on its test folder, write predictions.
 
     Returns ``{"train": summary, "test": metrics, "discovered": {...}, "seconds": ...}`` (``discovered``: the
     novel-flagged test images grouped by :func:`discover` into ``OUT/discovered``); ``overrides`` are dotted config keys.
-    """
-    with call_scope():
-        return run_demo(out, overwrite=overwrite, seed=seed, **overrides)
+    """)
 
-
-def experiment(grid: str | Path | dict[str, Any], out: str | Path | None = None, *, overwrite: bool = False,
-               dry_run: bool = False, **overrides: Any) -> Experiment:
-    """Train every run of a grid file (one after another), evaluate each on the grid's test folder, and
+experiment = _verb(run_experiment, "experiment", """
+    Train every run of a grid file (one after another), evaluate each on the grid's test folder, and
     write ``OUT/results.csv`` and ``results.md``.
 
     Each run is an ordinary run directory ``OUT/<name>/``. Finished runs are skipped, interrupted ones
     resumed; a folder holding another configuration is an error unless ``overwrite``. ``overrides`` are
     dotted config keys for every run; ``dry_run`` only lists each run's state. See
     :mod:`supersub.pipeline.grid` for the file's fields.
-    """
-    with call_scope():
-        return run_experiment(grid, out, overwrite=overwrite, dry_run=dry_run, **overrides)
+    """)
 
-
-def compare(runs: list[str | Path], *, baseline: str | Path | None = None, group_by: list[str] | None = None,
-            evaluation: str | None = None, out: str | Path | None = None, overwrite: bool = False) -> Comparison:
-    """Competition metrics and AUROCs of evaluated runs, mean ± std per group (runs differing only by seed,
+compare = _verb(compare_runs, "compare", """
+    Competition metrics and AUROCs of evaluated runs, mean ± std per group (runs differing only by seed,
     or by ``group_by`` keys), and each group's change against the baseline run's group (default: the
     first run's). With ``out``: compare.csv, compare.md, compare_deltas.csv and the chart compare_delta.png.
-    """
-    return compare_runs(runs, baseline=baseline, group_by=group_by, evaluation=evaluation, out=out,
-                        overwrite=overwrite)
+    """)
