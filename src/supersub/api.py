@@ -140,7 +140,7 @@ def calibrate(run_dir: str | Path, *, evidence: dict[str, Evidence] | None = Non
     ``objective``, ``transfer``, ``super_protocol``, ``tau_super``, ``tau_sub``, ...); the others keep the
     run's values, except that thresholds are re-calibrated unless given, and a new ``score`` starts from its
     own default options unless ``score_options`` is given. ``evidence`` (:func:`calibration_evidence`)
-    saves re-running the models when trying several scores. Rewrites thresholds.json, detectors.pt, the
+    saves re-running the models when trying several scores. Rewrites the open-set head (open_set_head.pt), the
     sweeps and the novelty section of config.yaml; returns the calibration summary.
     """
     RunDir.open(run_dir).require_finished()  # never calibrate an interrupted run (it would then look finished)
