@@ -71,3 +71,55 @@ class Outputs:
     def _fields(self) -> tuple[torch.Tensor | None, ...]:
         return self.super_logits, self.sub_logits, self.features, self.super_members, self.sub_members
 
+
+Logits = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None", "torch.Tensor | None"]
+
+
+class RowSelection(Outputs):
+    """Some rows of a larger :class:`Outputs`: the logits are copied out at once (a few numbers an image), the
+    features and tapped layers each time they are read (a copy the reader frees when done).
+
+    Why: a run's stages (final, calibration folds, LOSO models) each keep their evidence until calibration, and
+    with a frozen backbone every stage's features are the same matrix; selecting them once per stage and view
+    held that matrix once per stage. Read, they are ``source.features[index]``, the bytes
+    :meth:`Outputs.select` gives, so every score computed from them is the same. Only the source's features and
+    layers are kept (not its logits of every row).
+    """
+
+    def __init__(self, logits: Logits, all_features: torch.Tensor, all_layers: dict[str, torch.Tensor] | None,
+                 index: torch.Tensor) -> None:
+        self.super_logits, self.sub_logits, self.super_members, self.sub_members = logits
+        self._all_features, self._all_layers, self._index = all_features, all_layers, index
+
+    @classmethod
+    def pick(cls, source: Outputs, rows: Sequence[int]) -> RowSelection:
+        """Rows ``rows`` of ``source`` (an index list, as :meth:`Outputs.select` takes)."""
+        index = torch.as_tensor(list(rows), dtype=torch.long)
+        sm, bm = source.super_members, source.sub_members
+        logits = (source.super_logits[index], source.sub_logits[index],
+                  None if sm is None else sm[index], None if bm is None else bm[index])
+        return cls(logits, source.features, source.layers, index)
+
+    @property  # type: ignore[override]
+    def features(self) -> torch.Tensor:
+        return self._all_features[self._index]
+
+    @property  # type: ignore[override]
+    def layers(self) -> dict[str, torch.Tensor] | None:
+        return None if self._all_layers is None else {k: v[self._index] for k, v in self._all_layers.items()}
+
+    def layer(self, name: str) -> torch.Tensor | None:
+        """One layer's rows only (reading ``layers`` would copy every tapped layer)."""
+        if name == "final":
+            return self.features
+        rows = None if self._all_layers is None else self._all_layers.get(name)
+        return None if rows is None else rows[self._index]
+
+    def seen_classes(self, n_super: int, n_sub: int) -> Outputs:
+        sm, bm = self.super_members, self.sub_members
+        logits = (self.super_logits[:, :n_super], self.sub_logits[:, :n_sub],
+                  None if sm is None else sm[..., :n_super], None if bm is None else bm[..., :n_sub])
+        return RowSelection(logits, self._all_features, self._all_layers, self._index)
+
+    def __repr__(self) -> str:
+        return f"RowSelection({len(self._index)} rows of {len(self._all_features)})"

@@ -15,7 +15,7 @@ from ..errors import SupersubError
 from ..novelty.head_fit import LEVEL_NAMES, Calibration, calibrate_run
 from ..reporting import save_sweep
 from ..run import RunDir
-from .evidence import Evidence, collect_evidence, load_stage_model
+from .evidence import Evidence, SharedRows, collect_evidence, load_stage_model
 from .inputs import load_labelled, training_pool
 from .stages import calibration_stage_names, load_split, needs_calibration_model
 
@@ -82,11 +82,12 @@ def calibration_evidence(run_dir: str | Path, cfg: TrainConfig | None = None) ->
     if cfg.novelty.super_protocol == "loso" and cfg.novelty.tau_super is None:
         wanted |= {name for name in stages if name.startswith("loso-")}
     evidence: dict[str, Evidence] = {}
+    shared = SharedRows()  # the frozen features every stage's evidence reads, held once
     for name, stage in stages.items():
         if name not in wanted:
             continue
         model = run.load_model()[0] if name == "final" else load_stage_model(run.path, name)
-        evidence[name] = collect_evidence(model, pool, taxonomy, stage, cfg.trainer.accelerator, cfg)
+        evidence[name] = collect_evidence(model, pool, taxonomy, stage, cfg.trainer.accelerator, cfg, shared)
     return evidence
 
 

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import torch
 
 from ..config import TrainConfig
 from ..errors import SupersubError
@@ -15,6 +17,7 @@ from ..run import load_model_file
 from ..models.ensemble import BaggingEnsemble
 from ..models.model import HierarchicalClassifier
 from ..novelty.head_fit import Evidence
+from ..novelty.outputs import RowSelection
 from ..novelty.scoring import SeenView, linear_heads, seen_view
 from ..taxonomy import Taxonomy
 from ..training.finetune import CACHED_REGIMES, cached_outputs
@@ -25,14 +28,39 @@ from .stages import Pool, Stage, stage_targets
 EVIDENCE_BLOCK = 1024  # images copied out of the pool at a time (a multiple of supersub.inference.BATCH)
 
 
+@dataclass
+class SharedRows:
+    """Feature matrices (final features, tapped layers) of the pool that several stages' evidence hold as one.
+
+    Why: with a frozen backbone and no trained neck every stage's features are the same numbers; each stage
+    keeping its own copy until calibration made training's memory grow by one feature matrix per stage.
+    """
+
+    kept: list[torch.Tensor] = field(default_factory=list)
+
+    def share(self, out: Outputs) -> Outputs:
+        """``out`` with each feature matrix replaced by an equal one kept earlier (bit for bit), if any."""
+        layers = None if out.layers is None else {k: self._one(v) for k, v in out.layers.items()}
+        return replace(out, features=self._one(out.features), layers=layers)
+
+    def _one(self, t: torch.Tensor) -> torch.Tensor:
+        for kept in self.kept:
+            if kept.shape == t.shape and kept.dtype == t.dtype and torch.equal(kept, t):
+                return kept
+        self.kept.append(t)
+        return t
+
+
 def collect_evidence(
     model: HierarchicalClassifier | BaggingEnsemble, pool: Pool, taxonomy: Taxonomy, stage: Stage, accelerator: str = "auto",
-    cfg: TrainConfig | None = None,
+    cfg: TrainConfig | None = None, shared: SharedRows | None = None,
 ) -> Evidence:
     """Run ``model`` on the stage's labelled training, validation, held-out and novel images.
 
     With a cached regime (``cfg.optim.finetune`` frozen/partial) the frozen part's outputs come from the
-    cache that training filled, so the backbone does not run again.
+    cache that training filled, so the backbone does not run again; the views then read their features out of
+    the pool's matrix when used (:class:`RowSelection`), a matrix that ``shared`` (one per run) keeps once for
+    every stage whose features are the same.
     """
     # a planned stage carries its targets; one read back from the split file (calibrate) gets them here, once
     t = stage.targets or stage_targets(pool, taxonomy, stage, "uniform")
@@ -41,12 +69,14 @@ def collect_evidence(
     everything: Outputs | None = None
     if cfg is not None and cfg.optim.finetune in CACHED_REGIMES:
         everything = cached_outputs(model, pool.images, cfg, device)
+        if shared is not None:
+            everything = shared.share(everything)
 
     def view(idx: Sequence[int]) -> SeenView | None:
         if not idx:
             return None
         if everything is not None:
-            out = everything.select(idx)
+            out: Outputs = RowSelection.pick(everything, idx)
         else:
             # a block of rows at a time (multiples of run_model's batch: the same batches as all at once), so
             # memory-mapped images are never all copied into memory

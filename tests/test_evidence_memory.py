@@ -1,0 +1,108 @@
+"""Training's memory grows by the frozen feature matrix once, not once per stage (issue 25).
+
+Every stage of the default recipe (final, seven calibration folds) keeps its evidence until calibration; with a
+frozen backbone their features are the same numbers. These tests count the bytes of the distinct tensor storages
+the evidence holds (not the resident set, which a 2-core CI shares and glibc's heap blurs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from conftest import run_cli
+from supersub.novelty.outputs import Outputs, RowSelection
+from supersub.pipeline import train as train_module
+from supersub.pipeline.calibration import calibration_evidence
+from supersub.pipeline.evidence import Evidence, SharedRows
+
+
+def held_storages(obj: Any, seen: dict[int, int] | None = None, visited: set[int] | None = None) -> dict[int, int]:
+    """``{storage address: bytes}`` of every tensor reachable from ``obj`` (attributes, dicts, sequences)."""
+    seen = {} if seen is None else seen
+    visited = set() if visited is None else visited
+    if id(obj) in visited:
+        return seen
+    visited.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        storage = obj.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            held_storages(value, seen, visited)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            held_storages(value, seen, visited)
+    elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+        for value in vars(obj).values():
+            held_storages(value, seen, visited)
+    return seen
+
+
+def feature_matrix_bytes(evidence: dict[str, Evidence]) -> int:
+    """Bytes of one copy of the pool's features and tapped layers (the final model's rows of every image)."""
+    out = evidence["final"].train.outputs
+    assert isinstance(out, RowSelection)
+    rows = [out._all_features, *(out._all_layers or {}).values()]
+    return sum(t.untyped_storage().nbytes() for t in {t.untyped_storage().data_ptr(): t for t in rows}.values())
+
+
+def check_held_once(evidence: dict[str, Evidence]) -> None:
+    assert len(evidence) > 2  # final and the calibration folds of the default recipe
+    matrix = feature_matrix_bytes(evidence)
+    held = sum(held_storages(evidence).values())
+    # one feature matrix, plus every stage's logits and labels (a few numbers an image); before, each stage held
+    # its own copy of the features of every image it saw: one matrix per stage
+    assert matrix < held < 1.5 * matrix, (held, matrix)
+    storages = {ev_view.outputs._all_features.untyped_storage().data_ptr()  # type: ignore[union-attr]
+                for ev in evidence.values() for ev_view in (ev.train, ev.val, ev.held, ev.novel) if ev_view is not None}
+    assert len(storages) == 1
+
+
+def test_training_holds_the_frozen_features_once_for_every_stage(synth_dir: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The evidence ``train`` hands calibration (the default recipe, as the recipe_run fixture trains it)."""
+    captured: dict[str, dict[str, Evidence]] = {}
+    calibrate = train_module.calibrate_and_save
+
+    def capture(run: Any, cfg: Any, evidence: dict[str, Evidence]) -> Any:
+        captured["evidence"] = evidence
+        return calibrate(run, cfg, evidence)
+
+    monkeypatch.setattr(train_module, "calibrate_and_save", capture)
+    assert run_cli(["train", "--data", str(synth_dir), "--out", str(tmp_path / "run"), "--novel-data",
+                    str(synth_dir / "novel_images"), "--epochs", "1", "--image-size", "24", "--input-size", "32",
+                    "--batch-size", "32", "--no-progress"]) == 0
+    check_held_once(captured["evidence"])
+
+
+def test_calibrate_holds_the_frozen_features_once_for_every_stage(recipe_run: Path) -> None:
+    check_held_once(calibration_evidence(recipe_run))
+
+
+def test_a_row_selection_reads_the_rows_select_copies() -> None:
+    g = torch.Generator().manual_seed(0)
+    out = Outputs(torch.randn(9, 3, generator=g), torch.randn(9, 5, generator=g), torch.randn(9, 4, generator=g),
+                  layers={"block-1": torch.randn(9, 2, generator=g)})
+    rows = [7, 0, 3, 3]
+    lazy, eager = RowSelection.pick(out, rows), out.select(rows)
+    for a, b in zip(lazy._fields(), eager._fields()):
+        assert (a is None and b is None) or torch.equal(a, b)
+    assert torch.equal(lazy.layer("block-1"), eager.layers["block-1"]) and lazy.layer("block-2") is None
+    assert torch.equal(lazy.layer("final"), eager.features)
+    seen = lazy.seen_classes(2, 4)
+    assert isinstance(seen, RowSelection) and seen.sub_logits.shape == (4, 4)
+    assert torch.equal(seen.features, eager.features)
+
+
+def test_shared_rows_keep_equal_matrices_once_and_different_ones_apart() -> None:
+    shared = SharedRows()
+    features = torch.arange(12.0).view(3, 4)
+    first = shared.share(Outputs(torch.zeros(3, 2), torch.zeros(3, 2), features))
+    again = shared.share(Outputs(torch.ones(3, 2), torch.ones(3, 2), features.clone()))
+    other = shared.share(Outputs(torch.ones(3, 2), torch.ones(3, 2), features + 1))
+    assert again.features is first.features and other.features is not first.features
+    assert torch.equal(again.super_logits, torch.ones(3, 2))
