@@ -32,7 +32,7 @@ def main() -> None:
 
     from supersub.config import ModelConfig
     from supersub.models.feature_cache import extract_features
-    from supersub.models.model import HierarchicalClassifier
+    from supersub.models.hierarchical import HierarchicalClassifier
 
     torch.manual_seed(0)
     images = torch.randint(0, 256, (a.images, 3, 64, 64), dtype=torch.uint8)

@@ -28,7 +28,7 @@ from harness import DEFAULT_DATA
 from supersub.api import load_labelled
 from supersub.config import load_config
 from supersub.data.splits import stratified_split
-from supersub.training.fit import fit_stage
+from supersub.training.lightning_fit import fit_stage
 
 
 def time_regime(data, backbone: str, regime: str, epochs: int, a: argparse.Namespace, work: Path) -> dict:

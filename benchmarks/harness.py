@@ -132,8 +132,8 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]], alig
 # Imported here, and lazily (the speed driver imports no torch), so that a rename of supersub's modules is
 # fixed in this section rather than in every benchmark that re-scores a trained run without the CLI.
 def open_run(run: Path) -> Any:
-    """The run folder's reader (``supersub.run.RunDir``): config, model, taxonomy, thresholds."""
-    from supersub.run import RunDir
+    """The run folder's reader (``supersub.run_dir.RunDir``): config, model, taxonomy, thresholds."""
+    from supersub.run_dir import RunDir
 
     return RunDir.open(run)
 

@@ -74,8 +74,8 @@ def operating_defaults() -> dict[str, float]:
 
 def baseline_recall(evidence: dict[str, Any], taxonomy: Any) -> dict[str, float]:
     """The share of the final model's seen validation images that the baseline keeps, per level."""
-    from supersub.novelty.calibrate import kept_share
-    from supersub.novelty.scoring import NoveltyScorer
+    from supersub.novelty.threshold_search import kept_share
+    from supersub.novelty.level_scorer import NoveltyScorer
 
     final = evidence["final"]
     msp = NoveltyScorer.fit("msp", final.train, final.train_y_super, final.train_y_sub)

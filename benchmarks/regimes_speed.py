@@ -5,7 +5,7 @@
         [--backbone efficientnet_lite0] [--input-size 128] [--epochs 2] [--regimes full partial:1 partial:2 frozen]
 
 Each regime trains the same model (same images, batch size, input size, seed) through supersub's own
-training path (``supersub.training.fit.fit_stage``, the Lightning loop ``supersub train`` uses) for a few
+training path (``supersub.training.lightning_fit.fit_stage``, the Lightning loop ``supersub train`` uses) for a few
 epochs without validation. Printed per regime: seconds per epoch after the first (the steady state), training
 images/second, the speed-up over ``full``, and the one-off cost of filling the cache of frozen outputs (paid
 once per data set and weights, then read from disk; it is timed with an empty cache folder).
@@ -41,7 +41,7 @@ def main() -> None:
 
     from supersub import api
     from supersub.config import load_config
-    from supersub.training.fit import fit_stage
+    from supersub.training.lightning_fit import fit_stage
 
     base = {"model.backbone": a.backbone, "model.input_size": a.input_size, "optim.batch_size": a.batch_size,
             "optim.epochs": a.epochs, "optim.patience": a.epochs + 1, "trainer.progress": False,

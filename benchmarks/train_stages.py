@@ -81,8 +81,8 @@ def main() -> None:
 
     import supersub
     import supersub.api as api
-    import supersub.novelty.scoring as scoring
-    import supersub.pipeline.calibration as calibration
+    import supersub.novelty.level_scorer as scoring
+    import supersub.pipeline.calibrate as calibration
     import supersub.pipeline.train as train
     import supersub.training.finetune as finetune
 

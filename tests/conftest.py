@@ -70,7 +70,7 @@ def recipe_run(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 def interrupt_at_epoch(monkeypatch: pytest.MonkeyPatch, stage: str, epoch: int) -> None:
     """Raise KeyboardInterrupt (what a Ctrl-C raises) in-process when 0-based ``epoch`` of ``stage`` starts, so
     that stage's last.ckpt holds epoch ``epoch - 1``: an interrupted run, made on an event, not a timer."""
-    from supersub.training import fit
+    from supersub.training import lightning_fit as fit
 
     original = fit.EpochTimer.on_train_epoch_start
 

@@ -25,7 +25,7 @@ def _pause(flag: Path) -> None:
 def _patch(where: str, flag: Path) -> None:
     kind, _, rest = where.partition(":")
     if kind in ("epoch-end", "epoch-start"):
-        from supersub.training import fit
+        from supersub.training import lightning_fit as fit
 
         stage, epoch = rest.rsplit(":", 1)
         name = "on_train_epoch_end" if kind == "epoch-end" else "on_train_epoch_start"
@@ -38,7 +38,7 @@ def _patch(where: str, flag: Path) -> None:
 
         setattr(fit.EpochTimer, name, hook)
     elif kind == "thresholds":
-        from supersub import run
+        from supersub import run_dir as run
 
         save = run.RunDir.save_open_set_head
 

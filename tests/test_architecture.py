@@ -16,11 +16,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "supersub"
 
 # lowest first; a unit is a top-level module or sub-package of supersub
 LAYERS: list[set[str]] = [
-    {"__init__", "errors", "taxonomy", "io", "score_specs", "memory", "threads"},  # ground floor
-    {"config"},
+    {"__init__", "errors", "taxonomy", "io", "score_catalog", "memory", "threads"},  # ground floor
+    {"config", "run_config"},
     {"novelty", "metrics", "losses", "grouping"},  # maths on arrays and tensors
     {"data", "models", "reporting", "report_page"},
-    {"inference", "run"},
+    {"inference", "run_dir"},
     {"training"},
     {"pipeline", "pretrain", "review"},
     {"api"},
@@ -29,7 +29,7 @@ LAYERS: list[set[str]] = [
 LAYER_OF = {unit: level for level, units in enumerate(LAYERS) for unit in units}
 # the pure layer: what the issue allows novelty/ and metrics.py to import
 PURE = {"novelty", "metrics"}
-PURE_MAY_IMPORT = {"__init__", "errors", "taxonomy", "io", "score_specs", "threads", "config", "novelty", "metrics"}
+PURE_MAY_IMPORT = {"__init__", "errors", "taxonomy", "io", "score_catalog", "threads", "config", "novelty", "metrics"}
 
 
 def _module_name(path: Path) -> str:
@@ -133,14 +133,24 @@ def test_the_checker_sees_relative_and_late_imports() -> None:
     cli = {t for _, t in _imports(PACKAGE / "cli.py")}
     assert {"supersub.api", "supersub.errors", "supersub.config"} <= cli  # api and config are imported late
     evidence = {t for _, t in _imports(PACKAGE / "pipeline" / "evidence.py")}
-    assert {"supersub.training.finetune", "supersub.pipeline.stages"} <= evidence
+    assert {"supersub.training.finetune", "supersub.pipeline.stage_plan"} <= evidence
 
 
 def test_validating_a_config_imports_no_model_or_detector_code() -> None:
     """The config reads score ranges and bundled backbone names as data; the maths never pulls in plotting."""
     code = ("import sys, supersub.config; heavy = [m for m in ('torch', 'pytorch_ood', 'timm') if m in sys.modules];"
-            "import supersub.novelty.calibrate, supersub.metrics; plots = 'matplotlib' in sys.modules;"
+            "import supersub.novelty.threshold_search, supersub.metrics; plots = 'matplotlib' in sys.modules;"
             "print(heavy, plots)")
     env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
     assert out.strip() == "[] False"
+
+
+def test_no_two_modules_share_a_file_name() -> None:
+    """A path alone tells a newcomer what a file holds: no two modules of the package are called the same
+    (``__init__.py`` aside, and Lightning's ``module.py`` convention for a LightningModule / DataModule)."""
+    seen: dict[str, list[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        seen.setdefault(path.name, []).append(str(path.relative_to(PACKAGE)))
+    shared = {name: paths for name, paths in seen.items() if len(paths) > 1 and name not in ("__init__.py", "module.py")}
+    assert not shared, f"modules sharing a file name: {shared}"

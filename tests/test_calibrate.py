@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from supersub.errors import SupersubError
-from supersub.novelty.calibrate import choose_threshold, sweep
+from supersub.novelty.threshold_search import choose_threshold, sweep
 from supersub.reporting import save_sweep
 
 

@@ -16,9 +16,9 @@ from supersub.errors import SupersubError
 from supersub.data.splits import holdout_folds, holdout_subclasses
 from supersub.losses import OUTLIER
 from supersub.novelty.head_fit import calibrate_run
-from supersub.pipeline.calibration import calibration_evidence
-from supersub.pipeline.stages import Pool, calibration_stage_names, plan_stages
-from supersub.run import RunDir
+from supersub.pipeline.calibrate import calibration_evidence
+from supersub.pipeline.stage_plan import Pool, calibration_stage_names, plan_stages
+from supersub.run_dir import RunDir
 from supersub.taxonomy import Taxonomy
 
 # superclass 0 owns subclasses 0..5, superclass 1 owns 6..8, superclass 2 only 9

@@ -15,7 +15,7 @@ import pytest
 from supersub.config import ModelConfig, OptimConfig, build_config, config_to_dict
 from supersub.errors import SupersubError
 from supersub.models.build import create_model
-from supersub.models.model import TWO_MODELS
+from supersub.models.hierarchical import TWO_MODELS
 from supersub.taxonomy import Taxonomy
 from supersub.training.bagging import member_config
 from supersub.training.module import HierarchicalModule

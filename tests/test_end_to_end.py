@@ -11,7 +11,7 @@ import torch
 
 from conftest import TINY_TRAIN_ARGS, run_cli, saved_detectors, saved_thresholds
 from supersub import api
-from supersub.run import RunDir
+from supersub.run_dir import RunDir
 
 
 def test_train_writes_a_complete_run_directory(trained_run: Path):

@@ -18,11 +18,11 @@ from supersub.errors import SupersubError
 from supersub.inference import Outputs
 from supersub.models.boosted import XGBoostHead
 from supersub.models.ensemble import BaggingEnsemble, average_logits
-from supersub.models.model import HierarchicalClassifier
+from supersub.models.hierarchical import HierarchicalClassifier
 from supersub.models.moe import mixture_sub_logits
-from supersub.novelty.scores import create_detector, detector_from_state
-from supersub.novelty.scoring import NoveltyScorer, seen_view
-from supersub.run import RunDir
+from supersub.novelty.detectors import create_detector, detector_from_state
+from supersub.novelty.level_scorer import NoveltyScorer, seen_view
+from supersub.run_dir import RunDir
 from supersub.training.bagging import member_indices
 
 pytest.importorskip("xgboost")

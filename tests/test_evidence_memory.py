@@ -16,7 +16,7 @@ import torch
 from conftest import run_cli
 from supersub.novelty.outputs import Outputs, RowSelection
 from supersub.pipeline import train as train_module
-from supersub.pipeline.calibration import calibration_evidence
+from supersub.pipeline.calibrate import calibration_evidence
 from supersub.pipeline.evidence import Evidence, SharedRows
 
 

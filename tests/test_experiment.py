@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 import supersub.pipeline.experiment as experiment_module
-import supersub.training.fit as fit_module
+import supersub.training.lightning_fit as fit_module
 from conftest import run_cli
 from supersub import api
 from supersub.pipeline.compare import METRICS

@@ -16,7 +16,7 @@ from supersub.data.cache import decode_images
 from supersub.data.formats import read_images
 from supersub.errors import SupersubError
 from supersub.pipeline.export import EXPORTABLE_SCORES, check_exportable
-from supersub.run import RunDir
+from supersub.run_dir import RunDir
 
 ort = pytest.importorskip("onnxruntime")
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from supersub.training.fit import cpu_threads
+from supersub.training.lightning_fit import cpu_threads
 
 
 def test_cpu_threads_sets_and_restores() -> None:
@@ -48,7 +48,7 @@ def test_dense_threads_limits_torch_and_blas_and_restores_both() -> None:
 
 def test_a_detector_fits_on_one_thread_and_gives_the_threads_back(monkeypatch: pytest.MonkeyPatch) -> None:
     """ViM's eigh of a 1280x1280 covariance took 88 of a small run's 101 s with 2 threads on a loaded 2-core CPU."""
-    from supersub.novelty.scores import ViMScore, create_detector
+    from supersub.novelty.detectors import ViMScore, create_detector
 
     seen: list[int] = []
     real = ViMScore._fit

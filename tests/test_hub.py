@@ -9,9 +9,9 @@ from safetensors.torch import save_file
 from supersub.config import ModelConfig, TrainConfig
 from supersub.errors import SupersubError
 from supersub.models.hub import create_timm_backbone, input_size_for
-from supersub.models.model import HierarchicalClassifier
+from supersub.models.hierarchical import HierarchicalClassifier
 from supersub.models.scratch_cnn import ScratchCNN
-from supersub.run import RunDir
+from supersub.run_dir import RunDir
 from supersub.taxonomy import Taxonomy
 
 ARCH = "test_resnet"  # timm's ~0.4 M-parameter test network: real ResNet layout, fast on CPU

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import supersub.api as api
-from supersub.run import RunDir
+from supersub.run_dir import RunDir
 from conftest import run_cli
 
 ARGS = ["--epochs", "3", "--image-size", "16", "--batch-size", "8", "--no-progress", "--backbone", "cnn",

@@ -2,7 +2,7 @@ import torch
 
 from supersub.config import ModelConfig
 from supersub.data.splits import holdout_subclasses, stratified_split
-from supersub.models.model import HierarchicalClassifier
+from supersub.models.hierarchical import HierarchicalClassifier
 from supersub.models.scratch_cnn import ScratchCNN
 from supersub.taxonomy import Taxonomy
 

@@ -8,10 +8,10 @@ from torch import nn
 
 from supersub.config import ModelConfig, NoveltyConfig
 from supersub.errors import SupersubError
-from supersub.models.model import HierarchicalClassifier
+from supersub.models.hierarchical import HierarchicalClassifier
 from supersub.models.taps import TappedBackbone, tap_widths
 from supersub.novelty.outputs import Outputs
-from supersub.novelty.scoring import NoveltyScorer, SeenView, decided_subclass_logits, layer_features
+from supersub.novelty.level_scorer import NoveltyScorer, SeenView, decided_subclass_logits, layer_features
 
 # two superclasses: subclasses 0, 1 belong to superclass 0; 2, 3 to superclass 1
 SUB_TO_SUPER = [0, 0, 1, 1]
@@ -113,7 +113,7 @@ def test_model_outputs_carry_the_layers_and_heads_ignore_them():
 
 
 def test_averaged_score_is_the_mean_of_standardised_parts_and_round_trips():
-    from supersub.novelty.scores import create_detector, detector_from_state
+    from supersub.novelty.detectors import create_detector, detector_from_state
 
     g = torch.Generator().manual_seed(0)
     x, logits, y = torch.randn(60, 5, generator=g), torch.randn(60, 4, generator=g), torch.arange(60) % 4
@@ -150,7 +150,7 @@ def test_auto_layer_is_the_last_block_where_the_model_has_it_else_final():
 def test_vim_caps_its_subspace_at_the_features_numerical_rank():
     """Issue 28: one backbone's 8 features twice (16 columns of rank 8) left no residual outside the default 8
     dimensions; the subspace now stops below the rank."""
-    from supersub.novelty.scores import create_detector
+    from supersub.novelty.detectors import create_detector
 
     g = torch.Generator().manual_seed(0)
     half = torch.randn(200, 8, generator=g)

@@ -19,9 +19,9 @@ from supersub.data.formats import read_flat
 from supersub.errors import SupersubError
 from supersub.inference import run_model
 from supersub.novelty.open_set import OpenSetHead
-from supersub.novelty.scores import create_detector
-from supersub.novelty.scoring import NoveltyScorer
-from supersub.run import RunDir
+from supersub.novelty.detectors import create_detector
+from supersub.novelty.level_scorer import NoveltyScorer
+from supersub.run_dir import RunDir
 
 TINY = ["--epochs", "1", "--image-size", "24", "--batch-size", "16", "--no-progress", "--val-fraction", "0.25",
         "--backbone", "cnn", "--set", "model.width=4", "--set", "model.depth=[1]"]

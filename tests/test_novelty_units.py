@@ -15,14 +15,14 @@ from supersub.errors import SupersubError
 from supersub.inference import Outputs
 from supersub.losses import NOVEL_SUB, OUTLIER, HierarchicalLoss
 from supersub.metrics import confusion_matrix, expected_calibration_error, open_set_report
-from supersub.novelty.calibrate import kept_share, transfer_threshold
+from supersub.novelty.threshold_search import kept_share, transfer_threshold
 from supersub.data.exposure import read_novel_sub, write_tin_novel_sub, write_tin_outliers
 from supersub.novelty.head_fit import calibrate_run
 from supersub.pipeline.evidence import collect_evidence
-from supersub.pipeline.stages import EXTRA_CLASS, UNUSED, Pool, plan_stages, stage_targets, with_extra_class
-from supersub.novelty.scoring import NoveltyScorer, SeenView, seen_view
+from supersub.pipeline.stage_plan import EXTRA_CLASS, UNUSED, Pool, plan_stages, stage_targets, with_extra_class
+from supersub.novelty.level_scorer import NoveltyScorer, SeenView, seen_view
 from supersub.novelty.temperature import fit_temperature, nll
-from supersub.run import Thresholds
+from supersub.run_dir import Thresholds
 from supersub.taxonomy import Taxonomy
 
 # superclass 0 owns subclasses 0, 1, 2; superclass 1 owns 3, 4

@@ -13,7 +13,7 @@ from conftest import run_cli
 from supersub.errors import SupersubError
 from supersub.novelty.open_set import OpenSetHead
 from supersub.novelty.thresholds import Thresholds
-from supersub.run import RunDir
+from supersub.run_dir import RunDir
 
 BEFORE = Path(__file__).parent / "data" / "run_before_open_set_head"
 

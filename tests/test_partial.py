@@ -9,9 +9,9 @@ import torch
 import supersub.api as api
 from supersub.config import ModelConfig, load_config
 from supersub.errors import SupersubError
-from supersub.models.model import HierarchicalClassifier
-from supersub.models.stages import split_backbone
-from supersub.training.fit import fit_stage
+from supersub.models.hierarchical import HierarchicalClassifier
+from supersub.models.trunk_split import split_backbone
+from supersub.training.lightning_fit import fit_stage
 
 from conftest import run_cli
 

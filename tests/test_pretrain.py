@@ -13,9 +13,9 @@ from conftest import run_cli
 from supersub.config import ModelConfig, TrainConfig
 from supersub.errors import SupersubError
 from supersub.io import load_checkpoint
-from supersub.models.model import build_model
+from supersub.models.hierarchical import build_model
 from supersub.pretrain.folder import read_class_folder, read_class_list
-from supersub.pretrain.model import PretrainNet
+from supersub.pretrain.partition_network import PretrainNet
 from supersub.pretrain.partitions import binary_partition_loss, partition_targets, random_partitions
 from supersub.taxonomy import Taxonomy
 
@@ -142,7 +142,7 @@ def test_pretrain_resume_and_refusals(tmp_path: Path) -> None:
 
 def test_pretrain_regime_from_weights_is_discriminative(tmp_path: Path) -> None:
     from supersub.api import resolve_config
-    from supersub.pretrain.run import finetune_chosen, resolve_regime
+    from supersub.pretrain.pretrain_run import finetune_chosen, resolve_regime
 
     overrides = {"model.backbone": "cnn", "model.weights": str(tmp_path / "w.pt")}
     cfg = resolve_config(None, **overrides)

@@ -22,9 +22,9 @@ from supersub.inference import Outputs
 from supersub.novelty.decide import Decision, decide
 from supersub.novelty.open_set import OpenSetDecision, OpenSetHead
 from supersub.novelty.probs import NOVEL_MARGIN, PROB_FLOOR, fit_slope, novel_probability, with_novel_column
-from supersub.novelty.scoring import Confidences, NoveltyScorer
-from supersub.novelty.scores import create_detector
-from supersub.run import Thresholds
+from supersub.novelty.level_scorer import Confidences, NoveltyScorer
+from supersub.novelty.detectors import create_detector
+from supersub.run_dir import Thresholds
 from supersub.taxonomy import Taxonomy
 
 EXAMPLES = int(os.environ.get("SUPERSUB_FUZZ_EXAMPLES", "100"))

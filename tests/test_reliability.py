@@ -34,7 +34,7 @@ from supersub.data.splits import holdout_subclasses, stratified_split
 from supersub.data.synth import write_synth
 from supersub.errors import SupersubError
 from supersub.io import write_atomic, write_text_atomic
-from supersub.run import MARKER
+from supersub.run_dir import MARKER
 from supersub.taxonomy import Taxonomy
 from conftest import saved_thresholds
 

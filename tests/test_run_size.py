@@ -14,7 +14,7 @@ from supersub import api
 from supersub.config import build_config
 from supersub.errors import SupersubError
 from supersub.models.build import create_model
-from supersub.run import load_model_file, save_model_file
+from supersub.run_dir import load_model_file, save_model_file
 from supersub.taxonomy import Taxonomy
 
 TAX = Taxonomy(("a", "b"), ("a1", "a2", "b1"), (0, 0, 1))

@@ -1,4 +1,4 @@
-"""Novelty detectors (supersub.novelty.scores) and open-set metrics, on small synthetic data with known answers."""
+"""Novelty detectors (supersub.novelty.detectors) and open-set metrics, on small synthetic data with known answers."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pytorch_ood.detector import KNN, ViM
 
 from supersub.errors import SupersubError
 from supersub.novelty.ood_metrics import fpr_at_tpr, open_set_metrics
-from supersub.novelty.scores import DETECTORS, FitError, create_detector, detector_from_state
+from supersub.novelty.detectors import DETECTORS, FitError, create_detector, detector_from_state
 
 N_DIM, N_CLASSES, PER_CLASS = 12, 3, 50
 LOGITS = torch.tensor([[2.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
@@ -352,7 +352,7 @@ def test_options_survive_the_round_trip() -> None:
 
 def test_the_config_takes_every_registered_score_alone_or_as_a_level_pair() -> None:
     from supersub.config import build_config
-    from supersub.novelty.scores import level_scores
+    from supersub.novelty.detectors import level_scores
 
     for name, cls in DETECTORS.items():
         model = {"approach": "bagging"} if cls.needs_members else {}  # ensemble scores need an ensemble
@@ -366,7 +366,7 @@ def test_the_config_takes_every_registered_score_alone_or_as_a_level_pair() -> N
 
 def test_a_level_pair_scores_each_level_with_its_own_detector() -> None:
     from supersub.inference import Outputs
-    from supersub.novelty.scoring import NoveltyScorer, seen_view
+    from supersub.novelty.level_scorer import NoveltyScorer, seen_view
 
     g = torch.Generator().manual_seed(0)
     feats, sup, sub = torch.randn(40, 6, generator=g), torch.randn(40, 2, generator=g), torch.randn(40, 4, generator=g)
@@ -444,10 +444,10 @@ def test_metrics_reject_empty_input() -> None:
 
 
 def test_every_detector_matches_its_score_spec() -> None:
-    """The config validates against supersub.score_specs; the detectors must take exactly those options."""
+    """The config validates against supersub.score_catalog; the detectors must take exactly those options."""
     import inspect
 
-    from supersub.score_specs import SCORE_SPECS
+    from supersub.score_catalog import SCORE_SPECS
 
     assert set(DETECTORS) == set(SCORE_SPECS)
     for name, cls in DETECTORS.items():

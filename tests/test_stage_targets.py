@@ -10,7 +10,7 @@ import pytest
 
 import supersub.api as api
 import supersub.pipeline.evidence as evidence
-import supersub.pipeline.stages as stages
+import supersub.pipeline.stage_plan as stages
 
 
 def test_each_stage_computes_its_targets_once(synth_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

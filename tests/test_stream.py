@@ -17,7 +17,7 @@ from supersub.data.formats import read_images
 from supersub.errors import SupersubError
 from supersub.data.cache import decode_images
 from supersub.pipeline.predict import predict_images, predict_tensors
-from supersub.run import RunDir
+from supersub.run_dir import RunDir
 
 
 def in_memory_csv(run_dir: Path, images: Path, probs: bool, names: bool) -> str:
@@ -114,7 +114,7 @@ else:  # the whole set decoded into one tensor first, as before streaming
     from supersub.data.formats import read_images
     from supersub.data.cache import decode_images
     from supersub.pipeline.predict import predict_tensors
-    from supersub.run import RunDir
+    from supersub.run_dir import RunDir
     r = RunDir.open(run)
     model, cfg, _ = r.load_model()
     ds = read_images(images)
@@ -173,7 +173,7 @@ def test_two_cpu_processes_share_the_frozen_feature_extraction(synth_dir, tmp_pa
 
     from supersub.models import feature_cache
     from supersub.pipeline.inputs import load_labelled, training_pool
-    from supersub.run import load_model_file
+    from supersub.run_dir import load_model_file
     from supersub.training.finetune import cached_rows
 
     cache = tmp_path / "cache"

@@ -6,7 +6,7 @@ import torch
 import torch.utils.deterministic
 
 from supersub.config import load_config
-from supersub.training.fit import build_trainer
+from supersub.training.lightning_fit import build_trainer
 
 
 def test_deterministic_trainer_does_not_fill_new_tensors(tmp_path: Path) -> None:

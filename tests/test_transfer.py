@@ -16,8 +16,8 @@ from supersub import api
 from supersub.config import ignored_options, load_config
 from supersub.data.synth import write_synth
 from supersub.models.scratch_cnn import ScratchCNN
-from supersub.run import RunDir
-from supersub.training.fit import fit_stage
+from supersub.run_dir import RunDir
+from supersub.training.lightning_fit import fit_stage
 
 APPROACHES = ["two-heads", "two-models", "cosine", "sub-only"]
 REGIMES = ["frozen", "full", "discriminative", "gradual"]

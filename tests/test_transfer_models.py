@@ -12,11 +12,11 @@ from torch import nn
 from supersub.config import ModelConfig, OptimConfig, TrainConfig, build_config
 from supersub.errors import SupersubError
 from supersub.models.heads import CosineClassifier
-from supersub.models.model import HierarchicalClassifier
-from supersub.run import RunDir
+from supersub.models.hierarchical import HierarchicalClassifier
+from supersub.run_dir import RunDir
 from supersub.taxonomy import Taxonomy
 from supersub.training.finetune import GradualUnfreeze, parameter_groups
-from supersub.training.fit import check_resumable
+from supersub.training.lightning_fit import check_resumable
 from supersub.training.module import HierarchicalModule
 from supersub.training.objective import build_loss
 

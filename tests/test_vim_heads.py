@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from supersub.config import ModelConfig, build_config
-from supersub.models.model import HierarchicalClassifier
+from supersub.models.hierarchical import HierarchicalClassifier
 from supersub.novelty.head_fit import calibrate_run
 from supersub.pipeline.evidence import collect_evidence
-from supersub.pipeline.stages import Pool, Stage
-from supersub.novelty.scores import ViMScore
-from supersub.novelty.scoring import NoveltyScorer, linear_heads
+from supersub.pipeline.stage_plan import Pool, Stage
+from supersub.novelty.detectors import ViMScore
+from supersub.novelty.level_scorer import NoveltyScorer, linear_heads
 from supersub.taxonomy import Taxonomy
 
 TAX = Taxonomy(("bird", "dog"), ("a", "b", "c"), (0, 0, 1))

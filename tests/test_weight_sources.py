@@ -13,7 +13,7 @@ from PIL import Image
 from supersub.config import ModelConfig, build_config
 from supersub.errors import SupersubError
 from supersub.models import weight_sources
-from supersub.models.model import HierarchicalClassifier
+from supersub.models.hierarchical import HierarchicalClassifier
 from supersub.models.weight_sources import WEIGHT_SOURCES, create_bundled_backbone, map_state_dict
 
 TIN_VAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny-imagenet" / "val"

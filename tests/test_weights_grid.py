@@ -21,7 +21,7 @@ from conftest import run_cli, saved_thresholds
 from supersub import api
 from supersub.config import ModelConfig, OptimConfig, TrainConfig
 from supersub.data.synth import write_synth
-from supersub.run import RunDir
+from supersub.run_dir import RunDir
 
 ARCH = "test_resnet"  # timm's ~0.4 M-parameter test network: a real ResNet layout
 SIZE = "16"

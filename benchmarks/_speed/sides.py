@@ -30,8 +30,8 @@ from supersub.data.augment import augment_uint8, build_augmentation
 from supersub.data.cache import decode_images
 from supersub.data.formats import read_images
 from supersub.memory import keep_freed_memory
-from supersub.models.model import build_model
-from supersub.training.fit import fit_stage
+from supersub.models.hierarchical import build_model
+from supersub.training.lightning_fit import fit_stage
 from supersub.training.objective import build_loss
 
 UNBOUNDED_EPOCHS = 10_000  # gated training runs until the driver says stop

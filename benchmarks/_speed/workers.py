@@ -26,7 +26,7 @@ from typing import Any
 # what the fork server imports before forking workers: the heavy libraries by their package names (Python
 # 3.11's fork server imports these before it applies the driver's sys.path, so the modules beside this file
 # may not be found there; a worker then imports them, which is quick once their dependencies are loaded)
-PRELOAD = ["torch", "lightning", "timm", "kornia", "pandas", "supersub.api", "supersub.training.fit",
+PRELOAD = ["torch", "lightning", "timm", "kornia", "pandas", "supersub.api", "supersub.training.lightning_fit",
            "_speed.workers", "_speed.sides"]
 
 

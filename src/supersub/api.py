@@ -21,9 +21,9 @@ from .config import TrainConfig
 from .errors import SupersubError
 from .data.synth import write_synth
 from .memory import freed_memory_kept
-from .pipeline.calibration import calibration_evidence as _calibration_evidence, recalibrate
+from .pipeline.calibrate import calibration_evidence as _calibration_evidence, recalibrate
 from .pipeline.compare import Comparison, compare_runs  # noqa: F401 - part of the API
-from .pipeline.configure import resolve_config  # noqa: F401 - part of the API
+from .run_config import resolve_config  # noqa: F401 - part of the API
 from .pipeline.demo import run_demo
 from .pipeline.discover import Discovery, discover_images
 from .pipeline.evaluate import evaluate_run
@@ -35,8 +35,8 @@ from .pipeline.inputs import LabelledImages, load_labelled  # noqa: F401 - part 
 from .pipeline.predict import Prediction, predict_images, predict_tensors as _predict_tensors
 from .pipeline.report import build_report
 from .pipeline.train import train_run
-from .run import RunDir  # noqa: F401 - part of the API
-from .training.fit import global_rng_kept
+from .run_dir import RunDir  # noqa: F401 - part of the API
+from .training.lightning_fit import global_rng_kept
 
 log = logging.getLogger("supersub")
 P = ParamSpec("P")
@@ -51,7 +51,7 @@ __all__ = ["synth", "resolve_config", "train", "pretrain", "calibration_evidence
 def call_scope() -> Iterator[None]:
     """What an API call changes in the process lasts for the call only: glibc's malloc settings
     (:mod:`supersub.memory`) and the global random states; fits also scope what Lightning changes
-    (:func:`supersub.training.fit.scoped_process_state`)."""
+    (:func:`supersub.training.lightning_fit.scoped_process_state`)."""
     with freed_memory_kept(), global_rng_kept():
         yield
 
@@ -127,7 +127,7 @@ def pretrain(
     weights, the run is a fine-tuning: a new class head, the backbone at ``lr`` and the head at
     ``head_lr_mult`` x ``lr`` (finetune discriminative). Returns the summary (also written to ``out.json``).
     """
-    from .pretrain.run import pretrain_run  # Lightning and the backbone registry load here
+    from .pretrain.pretrain_run import pretrain_run  # Lightning and the backbone registry load here
 
     with call_scope():
         return pretrain_run(data, out, config, test_data=test_data, overwrite=overwrite, resume=resume, **overrides)

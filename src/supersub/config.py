@@ -17,7 +17,7 @@ from pydantic import (
 )
 
 from .errors import SupersubError
-from .score_specs import SCORE_SPECS, check_options, level_scores, options_for_detector, score_spec
+from .score_catalog import SCORE_SPECS, check_options, level_scores, options_for_detector, score_spec
 
 
 class _Strict(BaseModel):
@@ -271,11 +271,11 @@ LAYER_PATTERN = r"^(auto|(final|block-[1-8])(\+(final|block-[1-8]))*)$"
 
 
 class NoveltyConfig(_Strict):
-    """Novelty score and thresholds; a ``None`` threshold is calibrated (see :mod:`supersub.pipeline.calibration`)."""
+    """Novelty score and thresholds; a ``None`` threshold is calibrated (see :mod:`supersub.pipeline.calibrate`)."""
 
     score: str = Field(
         "vim+probe",
-        description="novelty score per level (supersub.novelty.scores): one name for both levels or SUPER+SUB; the "
+        description="novelty score per level (supersub.novelty.detectors): one name for both levels or SUPER+SUB; the "
         "default vim+probe (ViM on the features for a new superclass, reading novelty.super_layer, the backbone's "
         "last block by default; for a new subclass, a logistic-regression probe on the L2-normalised features, "
         "scoring the subclass the rule picks) was best on the novelty suite (docs/results/novelty-suite.md); msp = "
@@ -292,7 +292,7 @@ class NoveltyConfig(_Strict):
                            "super_layer; auto = final: the subclass head's own features rank new species best)")
     score_options: dict[str, int | float] = Field(
         default_factory=dict,
-        description="options of the score's detector (supersub.novelty.scores, its 'params'), e.g. {k: 50} for "
+        description="options of the score's detector (supersub.novelty.detectors, its 'params'), e.g. {k: 50} for "
         "knn / knn-class, {dim: 64} for vim, {gamma: 0.2, top_m: 10} for gen, {temperature: 2} for energy; msp "
         "takes none",
     )
@@ -380,7 +380,7 @@ class NoveltyConfig(_Strict):
 
     @property
     def layers(self) -> tuple[str, str]:
-        """(super_layer, sub_layer): what :class:`supersub.novelty.scoring.NoveltyScorer` reads at each level."""
+        """(super_layer, sub_layer): what :class:`supersub.novelty.level_scorer.NoveltyScorer` reads at each level."""
         return self.super_layer, self.sub_layer
 
     def options_for(self, score: str) -> dict[str, int | float]:
@@ -465,7 +465,7 @@ RECIPE_FINETUNE = "frozen"  # the regime of the recommended recipe (README, Reco
 # test keeps equal to this list): data here, so validating a config imports no model code
 BUNDLED_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 RECIPE_SCORE_WITH_OUTLIERS = "energy"
-# approaches with one backbone per level (supersub.models.model.TWO_MODELS, which a test keeps equal to this)
+# approaches with one backbone per level (supersub.models.hierarchical.TWO_MODELS, which a test keeps equal to this)
 TWO_NETWORK_APPROACHES = ("two-models", "cosine")  # the recipe's novelty score when data.novel_data is given
 
 

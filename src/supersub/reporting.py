@@ -1,7 +1,7 @@
 """Files a person looks at: threshold sweeps, confusion matrices and training curves as CSV tables and PNG plots,
 and the delta charts of `supersub compare`.
 
-The maths that produces them (:mod:`supersub.novelty.calibrate`, :mod:`supersub.metrics`) never imports
+The maths that produces them (:mod:`supersub.novelty.threshold_search`, :mod:`supersub.metrics`) never imports
 matplotlib; only this module does.
 """
 
@@ -20,7 +20,7 @@ from matplotlib.ticker import MaxNLocator
 from .errors import SupersubError
 from .io import atomic_path, write_atomic
 from .metrics import LEVELS, OpenSetReport
-from .novelty.calibrate import SWEEP_COLUMNS
+from .novelty.threshold_search import SWEEP_COLUMNS
 
 
 def save_sweep(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..config import ModelConfig
 from ..taxonomy import Taxonomy
 from .ensemble import BaggingEnsemble
-from .model import HierarchicalClassifier, build_model
+from .hierarchical import HierarchicalClassifier, build_model
 
 
 def create_model(cfg: ModelConfig, taxonomy: Taxonomy, load_weights: bool = False) -> HierarchicalClassifier | BaggingEnsemble:

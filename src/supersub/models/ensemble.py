@@ -7,7 +7,7 @@ are ``log(mean_k p_k)`` plus a per-row shift, the members' mean log-sum-exp: the
 probability exactly (a softmax ignores a per-row shift), and ``logsumexp(logits)`` is the members' mean
 energy, so logit scores keep their scale (``msp`` is the mean confidence, ``energy`` the mean energy).
 :meth:`BaggingEnsemble.outputs` also returns each member's logits for the disagreement scores (``mi``,
-``expected-entropy`` in :mod:`supersub.novelty.scores`).
+``expected-entropy`` in :mod:`supersub.novelty.detectors`).
 
 Members whose backbones hold identical weights (always so with ``finetune: frozen``, where no backbone trains)
 share one backbone module: the features are computed once per image, not K times, and ``model.pt`` stores one
@@ -24,9 +24,9 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..taxonomy import Taxonomy
-from .model import HierarchicalClassifier, _same_weights
+from .hierarchical import HierarchicalClassifier, _same_weights
 from ..novelty.outputs import Outputs
-from .stages import StageSplit, split_backbone
+from .trunk_split import StageSplit, split_backbone
 
 Triple = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 

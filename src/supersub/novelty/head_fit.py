@@ -23,12 +23,12 @@ from ..config import NoveltyConfig
 from ..errors import SupersubError
 from ..taxonomy import Taxonomy
 from ..threads import dense_threads
-from .calibrate import choose_threshold, kept_share, sweep, transfer_threshold
+from .threshold_search import choose_threshold, kept_share, sweep, transfer_threshold
 from .decide import decide
 from .ood_metrics import open_set_metrics
 from .open_set import OpenSetHead
 from .probs import fit_slope
-from .scoring import FALLBACK_SCORE, Confidences, Head, LevelFitError, NoveltyScorer, SeenView, with_fallback
+from .level_scorer import FALLBACK_SCORE, Confidences, Head, LevelFitError, NoveltyScorer, SeenView, with_fallback
 from .temperature import fit_temperature
 from .thresholds import Thresholds
 

@@ -11,7 +11,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from ..errors import SupersubError
-from .calibrate import ArrayLike, as_float_array
+from .threshold_search import ArrayLike, as_float_array
 
 
 def fpr_at_tpr(seen: np.ndarray, novel: np.ndarray, tpr: float = 0.95) -> float:

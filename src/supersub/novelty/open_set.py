@@ -1,11 +1,11 @@
 """A run's open-set head: everything that turns a model's outputs into open-set decisions, as one object.
 
-It holds the fitted novelty detectors of both levels (:class:`~supersub.novelty.scoring.NoveltyScorer`), the
+It holds the fitted novelty detectors of both levels (:class:`~supersub.novelty.level_scorer.NoveltyScorer`), the
 thresholds, slopes and temperatures (:class:`~supersub.novelty.thresholds.Thresholds`) and the sub->super map
 the rule needs. Calibration fits it once; predict, evaluate, report, discover, export and
 ``supersub.api.predict_tensors`` call :meth:`OpenSetHead.decide`, the one path from outputs to decisions (the
 shape of pytorch-ood's detectors: fit once, then predict). Pure: tensors in, tensors out; the run directory
-stores it as one file (:meth:`supersub.run.RunDir.save_open_set_head`).
+stores it as one file (:meth:`supersub.run_dir.RunDir.save_open_set_head`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from ..errors import SupersubError
 from .decide import Decision, decide
 from .outputs import Outputs
 from .probs import novel_probability, with_novel_column
-from .scores import create_detector
-from .scoring import NoveltyScorer, seen_view
+from .detectors import create_detector
+from .level_scorer import NoveltyScorer, seen_view
 from .thresholds import Thresholds
 
 HEAD_FORMAT = "supersub-open-set-head-1"

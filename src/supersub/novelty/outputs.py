@@ -2,7 +2,7 @@
 
 A single network fills the first three fields. An ensemble (:mod:`supersub.models.ensemble`) also fills
 ``super_members`` / ``sub_members``, its members' own logits ``(N, K, C)``, which the disagreement scores of
-:mod:`supersub.novelty.scores` read (``mi``, ``expected-entropy``); its ``super_logits`` / ``sub_logits`` are
+:mod:`supersub.novelty.detectors` read (``mi``, ``expected-entropy``); its ``super_logits`` / ``sub_logits`` are
 the combined ones every other score, the decision rule and the probabilities use.
 """
 

@@ -19,7 +19,7 @@ import torch
 from scipy.optimize import minimize_scalar
 
 from ..errors import SupersubError
-from .calibrate import ArrayLike, as_float_array
+from .threshold_search import ArrayLike, as_float_array
 
 SLOPE_MIN, SLOPE_MAX = 1.0, 1000.0
 PROB_FLOOR = 1e-6

@@ -21,7 +21,7 @@ from rich.table import Table
 from ..errors import SupersubError
 from ..io import read_mapping, write_atomic, write_text_atomic
 from ..reporting import DeltaPanel, save_delta_chart
-from ..run import MARKER, RunDir
+from ..run_dir import MARKER, RunDir
 from .grid import EXPERIMENT_MARKER, check_key, format_value, identity_dict, short_keys
 
 # column -> header: the competition's metrics per level, then the threshold-free AUROC of each level

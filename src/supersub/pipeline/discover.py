@@ -31,7 +31,7 @@ from ..inference import Outputs
 from ..io import write_atomic, write_json_atomic, write_text_atomic
 from ..novelty.open_set import OpenSetDecision, OpenSetHead
 from ..report_page import Grid, Page, Section, Table, Tile, render_page, thumbnail_uri
-from ..run import RunDir
+from ..run_dir import RunDir
 from .predict import Collected, kept_dataset, one_device, stream_run
 from ..training.stream import Scores
 

@@ -12,7 +12,7 @@ from ..data.records import Dataset
 from ..io import write_json_atomic
 from ..metrics import OpenSetReport, competition_metrics, open_set_report
 from ..reporting import save_open_set_report
-from ..run import RunDir
+from ..run_dir import RunDir
 from ..taxonomy import Taxonomy
 from .predict import Prediction, predict_dataset
 

@@ -13,16 +13,16 @@ from ..config import TrainConfig
 from ..errors import SupersubError
 from ..inference import Outputs, pick_device, run_model
 from ..io import load_checkpoint
-from ..run import load_model_file
+from ..run_dir import load_model_file
 from ..models.ensemble import BaggingEnsemble
-from ..models.model import HierarchicalClassifier
+from ..models.hierarchical import HierarchicalClassifier
 from ..novelty.head_fit import Evidence
 from ..novelty.outputs import RowSelection
-from ..novelty.scoring import SeenView, linear_heads, seen_view
+from ..novelty.level_scorer import SeenView, linear_heads, seen_view
 from ..taxonomy import Taxonomy
 from ..training.finetune import CACHED_REGIMES, cached_outputs
 from ..training.module import HierarchicalModule
-from .stages import Pool, Stage, stage_targets
+from .stage_plan import Pool, Stage, stage_targets
 
 
 EVIDENCE_BLOCK = 1024  # images copied out of the pool at a time (a multiple of supersub.inference.BATCH)

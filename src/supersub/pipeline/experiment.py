@@ -24,7 +24,7 @@ from .. import __version__
 from ..config import config_yaml
 from ..errors import SupersubError
 from ..io import write_atomic, write_json_atomic, write_text_atomic
-from ..run import MARKER, RunDir
+from ..run_dir import MARKER, RunDir
 from .compare import METRICS, format_frame_markdown
 from .evaluate import evaluate_run
 from .grid import EXPERIMENT_MARKER, Grid, GridRun, identity_dict, load_grid

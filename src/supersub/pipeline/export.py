@@ -25,10 +25,10 @@ from torch import nn
 from ..errors import SupersubError
 from ..io import atomic_path, write_json_atomic
 from ..models.ensemble import BaggingEnsemble
-from ..models.model import HierarchicalClassifier
-from ..novelty.scores import level_scores
+from ..models.hierarchical import HierarchicalClassifier
+from ..novelty.detectors import level_scores
 from ..novelty.open_set import OpenSetHead
-from ..run import RunDir
+from ..run_dir import RunDir
 
 log = logging.getLogger("supersub")
 

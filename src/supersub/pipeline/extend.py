@@ -23,8 +23,8 @@ from ..config import build_config
 from ..data.formats import read_dataset, read_named
 from ..errors import SupersubError
 from ..io import write_json_atomic
-from ..run import RunDir
-from .stages import SPLIT_FILE
+from ..run_dir import RunDir
+from .stage_plan import SPLIT_FILE
 from .train import train_run
 
 log = logging.getLogger("supersub")

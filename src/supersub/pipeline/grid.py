@@ -31,7 +31,7 @@ from sklearn.model_selection import ParameterGrid
 from ..config import TrainConfig, config_to_dict
 from ..errors import SupersubError
 from ..io import read_mapping
-from .configure import _flatten, resolve_config
+from ..run_config import _flatten, resolve_config
 
 # keys that change how a run is carried out, not what it computes: two runs that differ only here are the
 # same experiment (for skipping finished runs and for grouping in `compare`)

@@ -20,7 +20,7 @@ from ..data.records import Dataset, ImageRecord
 from ..errors import SupersubError
 from ..losses import NOVEL_SUB, OUTLIER
 from ..taxonomy import Taxonomy
-from .stages import Pool
+from .stage_plan import Pool
 
 log = logging.getLogger("supersub")
 

@@ -23,9 +23,9 @@ from ..inference import Outputs, named_device, pick_device, run_model
 from ..io import atomic_path
 from ..config import TrainConfig
 from ..models.ensemble import BaggingEnsemble
-from ..models.model import HierarchicalClassifier
+from ..models.hierarchical import HierarchicalClassifier
 from ..novelty.open_set import OpenSetDecision, OpenSetHead
-from ..run import RunDir
+from ..run_dir import RunDir
 from ..taxonomy import Taxonomy
 from ..training.distributed import is_global_zero
 from ..training.finetune import cached_outputs

@@ -25,12 +25,12 @@ from ..errors import SupersubError
 from ..inference import Outputs
 from ..io import write_text_atomic
 from ..metrics import LEVELS, SUBSETS, OpenSetReport
-from ..novelty.calibrate import sweep
+from ..novelty.threshold_search import sweep
 from ..report_page import Chart, Grid, Page, Section, Table, Tile, render_page, thumbnail_uri
 from ..reporting import confusion_figure, figure_png, overlaid_curves_figure, sweep_figure
 from ..novelty.open_set import OpenSetDecision, OpenSetHead
 from ..novelty.thresholds import Thresholds
-from ..run import MARKER, RunDir
+from ..run_dir import MARKER, RunDir
 from ..taxonomy import Taxonomy
 from .evaluate import score_prediction
 from .predict import Prediction, predict_dataset

@@ -14,14 +14,14 @@ from ..config import TrainConfig, warn_ignored_options
 from ..data.cache_limit import cache_policy
 from ..errors import SupersubError
 from ..io import write_json_atomic
-from ..run import MARKER, RunDir, load_model_file, save_model_file
+from ..run_dir import MARKER, RunDir, load_model_file, save_model_file
 from ..training.distributed import is_global_zero
-from ..training.fitters import fit_model
-from .calibration import calibrate_and_save
-from .configure import resolve_config
+from ..training.fit_by_approach import fit_model
+from .calibrate import calibrate_and_save
+from ..run_config import resolve_config
 from .evidence import STAGE_MODEL_FILE, Evidence, SharedRows, collect_evidence
 from .inputs import load_labelled, training_pool
-from .stages import Pool, Stage, plan_stages, save_split
+from .stage_plan import Pool, Stage, plan_stages, save_split
 
 log = logging.getLogger("supersub")
 

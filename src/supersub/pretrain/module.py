@@ -12,7 +12,7 @@ from ..config import TrainConfig
 from ..data.augment import augment_uint8, build_augmentation
 from ..data.module import epoch_seed
 from ..training.module import configure_optimizer
-from .model import PretrainNet
+from .partition_network import PretrainNet
 from .partitions import binary_partition_loss, random_partitions
 
 

@@ -22,7 +22,7 @@ from ..errors import SupersubError
 from ..io import write_atomic
 from ..io import read_mapping
 from ..pipeline.discover import CLUSTERS_CSV, LABELS_CSV, SUMMARY_JSON, Flagged, run_view
-from ..run import RunDir
+from ..run_dir import RunDir
 
 LABEL_COLUMNS = ["image", "superclass", "subclass", "cluster"]
 DECISIONS = ("seen", "novel_super", "novel_sub")

@@ -2,7 +2,7 @@
 resample of the stage's training images (Breiman, "Bagging Predictors", 1996), then one
 :class:`~supersub.models.ensemble.BaggingEnsemble`.
 
-Member ``k`` trains like any single model (``fit_member``: :func:`supersub.training.fitters.fit_model`, so
+Member ``k`` trains like any single model (``fit_member``: :func:`supersub.training.fit_by_approach.fit_model`, so
 members may have XGBoost heads too) with seed ``1000 * seed + k`` (its own initialisation and batch order) on a sample of
 ``round(subsample * n)`` training images, drawn with replacement when ``model.with_replacement``. All members
 early-stop on the same validation images. With ``finetune: frozen`` the backbone features come from the disk cache
@@ -22,7 +22,7 @@ import torch
 from ..config import NoveltyConfig, TrainConfig
 from ..models.ensemble import BaggingEnsemble
 from ..taxonomy import Taxonomy
-from .fit import FitResult
+from .lightning_fit import FitResult
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def fit_bagging(images: torch.Tensor, y_super: torch.Tensor, y_sub: torch.Tensor
                 val_idx: Sequence[int], taxonomy: Taxonomy, cfg: TrainConfig, run_path: Path, stage: str,
                 epochs: int | None = None, resume: bool = False, *, fit_member: Callable[..., FitResult]) -> FitResult:
     """Train every member with ``fit_member`` (the routine a single model of its config gets,
-    :func:`supersub.training.fitters.fit_model`), then assemble the ensemble (otherwise ``fit_stage``'s signature)."""
+    :func:`supersub.training.fit_by_approach.fit_model`), then assemble the ensemble (otherwise ``fit_stage``'s signature)."""
     results: list[FitResult] = []
     for k in range(cfg.model.members):
         idx = member_indices(train_idx, k, cfg)

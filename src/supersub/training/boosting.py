@@ -19,11 +19,11 @@ import torch
 
 from ..config import TrainConfig
 from ..models.boosted import XGBoostHead
-from ..models.model import HierarchicalClassifier, build_model
+from ..models.hierarchical import HierarchicalClassifier, build_model
 from ..taxonomy import Taxonomy
 from .distributed import local_device
 from .finetune import cached_rows, freeze_backbones
-from .fit import FitResult
+from .lightning_fit import FitResult
 
 log = logging.getLogger(__name__)
 

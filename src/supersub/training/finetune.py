@@ -5,7 +5,7 @@
   costs a few matrix products instead of a backbone forward and backward pass per image.
 * ``partial`` - the stem and early stages frozen with their activations computed once (and cached on
   disk), the last ``optim.trainable_stages`` stages plus the backbone's final conv trained at
-  ``optim.lr / optim.head_lr_mult`` and the new layers at ``optim.lr`` (:mod:`supersub.models.stages`).
+  ``optim.lr / optim.head_lr_mult`` and the new layers at ``optim.lr`` (:mod:`supersub.models.trunk_split`).
 * ``full`` - every parameter at ``optim.lr``.
 * ``discriminative`` - the backbones at ``optim.lr``, the new layers (necks, heads) at
   ``optim.head_lr_mult`` x ``optim.lr``.
@@ -30,8 +30,8 @@ from .. import inference
 from ..inference import Outputs
 from ..models.feature_cache import default_cache_dir, extract_features
 from ..models.ensemble import BaggingEnsemble
-from ..models.model import HierarchicalClassifier
-from ..models.stages import StageSplit
+from ..models.hierarchical import HierarchicalClassifier
+from ..models.trunk_split import StageSplit
 
 CACHED_REGIMES = ("frozen", "partial")  # regimes whose batches hold cached backbone outputs, not images
 

@@ -11,7 +11,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from ..config import OptimConfig, TrainConfig
 from ..data.augment import BatchMixer, augment_uint8, build_augmentation
 from ..data.module import epoch_seed
-from ..models.model import build_model
+from ..models.hierarchical import build_model
 from ..taxonomy import Taxonomy
 from .finetune import CACHED_REGIMES, forward_cached, freeze_backbones, parameter_groups
 from .objective import build_loss, mixed_loss

@@ -17,7 +17,7 @@ from torch import nn
 from ..config import TrainConfig
 from ..data.augment import Mix
 from ..losses import HierarchicalLoss, LossParts, uniform_outlier_loss
-from ..models.model import APPROACHES
+from ..models.hierarchical import APPROACHES
 from ..taxonomy import Taxonomy
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..config import TrainConfig, build_config, load_config
+from .config import TrainConfig, build_config, load_config
 
 
 def resolve_config(config: TrainConfig | dict[str, Any] | str | Path | None = None, **overrides: Any) -> TrainConfig:

@@ -23,7 +23,7 @@ from ..models.heads import trains_by_gradient
 from ..taxonomy import Taxonomy
 from .bagging import fit_bagging
 from .boosting import fit_boosted
-from .fit import FitResult, fit_stage
+from .lightning_fit import FitResult, fit_stage
 
 Fitter = Callable[..., FitResult]
 

@@ -14,10 +14,10 @@ from ..config import TrainConfig, build_config, warn_ignored_options
 from ..errors import SupersubError
 from ..novelty.head_fit import LEVEL_NAMES, Calibration, calibrate_run
 from ..reporting import save_sweep
-from ..run import RunDir
+from ..run_dir import RunDir
 from .evidence import Evidence, SharedRows, collect_evidence, load_stage_model
 from .inputs import load_labelled, training_pool
-from .stages import calibration_stage_names, load_split, needs_calibration_model
+from .stage_plan import calibration_stage_names, load_split, needs_calibration_model
 
 log = logging.getLogger("supersub")
 

@@ -1,7 +1,7 @@
 """The novelty scores as plain data: names, options and confidence ranges.
 
 The config validates ``novelty.score``, ``novelty.score_options`` and hand-set thresholds against this
-table without importing the detectors (and pytorch-ood); :mod:`supersub.novelty.scores` builds its
+table without importing the detectors (and pytorch-ood); :mod:`supersub.novelty.detectors` builds its
 detectors from the same table, and a test checks that the two agree.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 from .errors import SupersubError
 
 PAIR_SEPARATOR = "+"
-# "maxlogit,knn-class": the average of the parts' standardised confidences (supersub.novelty.scores.AveragedScore)
+# "maxlogit,knn-class": the average of the parts' standardised confidences (supersub.novelty.detectors.AveragedScore)
 AVERAGE_SEPARATOR = ","
 
 

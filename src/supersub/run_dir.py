@@ -32,9 +32,9 @@ from .errors import SupersubError
 from .io import _first_line, load_checkpoint, torch_save_atomic, write_json_atomic, write_text_atomic  # noqa: F401 - re-exported
 from .models.build import create_model
 from .models.ensemble import BaggingEnsemble
-from .models.model import HierarchicalClassifier
+from .models.hierarchical import HierarchicalClassifier
 from .novelty.open_set import OpenSetHead
-from .novelty.scoring import NoveltyScorer
+from .novelty.level_scorer import NoveltyScorer
 from .novelty.thresholds import Thresholds  # noqa: F401 - re-exported (runs, tests and benchmarks import it here)
 from .taxonomy import Taxonomy
 

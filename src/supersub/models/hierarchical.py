@@ -36,7 +36,7 @@ from .backbones import Backbone, create_backbone
 from .heads import create_head
 from .moe import ExpertHeads, mixture_sub_logits
 from ..novelty.outputs import Outputs
-from .stages import StageSplit, split_backbone
+from .trunk_split import StageSplit, split_backbone
 from .taps import TappedBackbone, supports_taps, tap_names, tap_widths
 
 Logits = tuple[torch.Tensor, torch.Tensor]

@@ -15,7 +15,7 @@ with their superclass and :data:`~supersub.losses.NOVEL_SUB`):
   superclass): the calibration split without superclass k, whose images then stand in for a novel
   superclass; the pooled result sets tau_super when there are no outlier images to calibrate on.
 
-How thresholds are chosen from these models is :mod:`supersub.pipeline.calibration`. Every index list is saved in ``calibration/split.json`` so ``supersub calibrate`` can re-score a trained
+How thresholds are chosen from these models is :mod:`supersub.pipeline.calibrate`. Every index list is saved in ``calibration/split.json`` so ``supersub calibrate`` can re-score a trained
 run with another score or objective without retraining.
 """
 

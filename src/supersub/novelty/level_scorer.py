@@ -6,7 +6,7 @@ the decision rule thresholds (higher = more seen, see :mod:`supersub.novelty.dec
 * ``msp``: superclass max softmax, and at the subclass level the subclass head's (unnormalised)
   probability of the chosen subclass of the predicted superclass, comparable across superclasses (see
   :func:`~supersub.novelty.decide.subclass_confidence` for why it is not renormalised within the superclass);
-* every other score is a detector of :mod:`supersub.novelty.scores` fitted per level on the training
+* every other score is a detector of :mod:`supersub.novelty.detectors` fitted per level on the training
   images' logits and features (the superclass detector on superclass logits and labels, the subclass
   detector on subclass logits and labels). ``vim`` also needs the level's linear read-out ``(W, b)``:
   :func:`linear_heads` takes it from the model, and :meth:`NoveltyScorer.fit` passes it on.
@@ -27,10 +27,10 @@ import torch
 
 from ..errors import SupersubError
 from ..io import torch_save_atomic
-from ..score_specs import PAIR_SEPARATOR
+from ..score_catalog import PAIR_SEPARATOR
 from .decide import decide, subclass_mask
 from .outputs import Outputs
-from .scores import (
+from .detectors import (
     DETECTORS, Detector, FitError, create_detector, detector_from_state, level_scores, options_for_detector,
 )
 

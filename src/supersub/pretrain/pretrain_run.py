@@ -24,14 +24,14 @@ from ..data.module import TensorDataModule
 from ..data.splits import stratified_split
 from ..errors import SupersubError
 from ..io import load_checkpoint, write_json_atomic
-from ..pipeline.configure import resolve_config
+from ..run_config import resolve_config
 from ..training.distributed import local_device
-from ..training.fit import (
+from ..training.lightning_fit import (
     EpochTimer, build_trainer, check_resumable, fit_interruptibly, in_scoped_process_state, quiet_lightning,
 )
 from ..training.loggers import keep_csv_history
 from .folder import folder_classes, read_class_folder, read_class_list
-from .model import PretrainNet, save_pretrained
+from .partition_network import PretrainNet, save_pretrained
 from .module import PretrainModule
 
 log = logging.getLogger("supersub")

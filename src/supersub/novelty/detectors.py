@@ -23,7 +23,7 @@ from sklearn.covariance import LedoitWolf
 
 from ..errors import SupersubError
 from ..threads import dense_threads
-from ..score_specs import (  # noqa: F401 - re-exported
+from ..score_catalog import (  # noqa: F401 - re-exported
     AVERAGE_SEPARATOR, SCORE_SPECS, average_parts, check_options, level_scores, options_for_detector, positive_option,
 )
 
@@ -37,7 +37,7 @@ class FitError(SupersubError):
     """A detector cannot be fitted on these features (too few rows or directions, no variance, no residual).
 
     A property of the model's outputs, not of the options: the pipeline may replace the level's score by one
-    that needs no fitting (:data:`supersub.novelty.scoring.FALLBACK_SCORE`) instead of failing after training.
+    that needs no fitting (:data:`supersub.novelty.level_scorer.FALLBACK_SCORE`) instead of failing after training.
     """
 
 
@@ -49,14 +49,14 @@ class Detector(ABC):
     """
 
     name: ClassVar[str]
-    # options and confidence range come from the score's entry in supersub.score_specs (set below), which
+    # options and confidence range come from the score's entry in supersub.score_catalog (set below), which
     # the config reads without importing this module
     confidence_range: ClassVar[tuple[float, float] | None] = None
     params: ClassVar[tuple[str, ...]] = ()
     fitted: ClassVar[tuple[str, ...]] = ()
     needs_features: ClassVar[bool] = False
     # ensemble scores read the members' logits (N, K, C) instead of the combined (N, C) ones (see NoveltyScorer);
-    # set from the score's entry in supersub.score_specs like the options
+    # set from the score's entry in supersub.score_catalog like the options
     needs_members: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -1,6 +1,6 @@
 """The pretraining network: a supersub backbone, a class head and (seed 002) K binary-partition heads.
 
-The backbone is built exactly as :class:`supersub.models.model.HierarchicalClassifier` builds it (same
+The backbone is built exactly as :class:`supersub.models.hierarchical.HierarchicalClassifier` builds it (same
 registry, normalisation and input size), so the saved ``backbone.*`` tensors load with ``train --weights``
 and give the same features. Only the backbone and class head are saved: the binary heads are dropped.
 """
@@ -16,7 +16,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..io import torch_save_atomic
 from ..models.backbones import create_backbone
-from ..models.model import prepare_images
+from ..models.hierarchical import prepare_images
 
 PRETRAIN_FORMAT = "supersub-pretrain-1"
 
