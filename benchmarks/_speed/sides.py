@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from _speed.workers import Gate
+from _speed.gate import Gate
 from harness import open_run
 from supersub import api
 from supersub.config import TrainConfig, load_config
