@@ -118,7 +118,9 @@ else:  # the whole set decoded into one tensor first, as before streaming
     r = RunDir.open(run)
     model, cfg, _ = r.load_model()
     ds = read_images(images)
-    decoded = decode_images(ds.records, cfg.data.image_size).images
+    # in anonymous memory, as before streaming (the decoded set may now be a memory-mapped file, whose pages the
+    # kernel can drop under pressure, which hid the growth this control must show)
+    decoded = decode_images(ds.records, cfg.data.image_size).images.clone()
     predict_tensors(model, r.load_open_set_head(), decoded, ds.names, "cpu", cfg=cfg)
 # the kernel's high-water mark of this process's own resident set (KiB); not ru_maxrss, which Linux carries over
 # from the forking parent across exec (under a full test run, the pytest process's 1.5 GB hid every difference)
