@@ -227,6 +227,10 @@ def fit_stage(
     best = Path(ckpt.best_model_path) if ckpt.best_model_path else None
     if best is not None and best.is_file():
         module.load_state_dict(load_checkpoint(best)["state_dict"])
+    if trainer.world_size > 1:
+        # rank 0 deletes the stage's Lightning checkpoints once the stage is done: not before every rank has read
+        # best.ckpt (a rank that found it gone kept its last epoch's weights, or failed, under load)
+        trainer.strategy.barrier("supersub: best weights restored")
     score = ckpt.best_model_score
     return FitResult(
         model=module.model.cpu().eval(),
