@@ -22,7 +22,8 @@ Results go to ``WORK/results-LABEL.json``; ``--table`` prints every label side b
 
 ``train`` also records the peak RSS of each of its phases (``harness.PhasePeaks``: the kernel's high-water mark
 reset as a phase starts, read as it ends, in the training process itself): ``decode`` (reading the images),
-``extract`` (the frozen backbone over the images; later calls read the feature cache), ``fits`` (the stages'
+``extract`` (the first call of the frozen backbone over the images), ``re-extract`` (the later calls: the
+stages' rows read back from the feature cache), ``fits`` (the stages'
 fits less extraction), ``evidence``, ``calibration``, ``other`` (start-up, the split, saving), and ``after
 extract``, the peak of everything after the first extraction: what training holds besides the extraction's heap,
 which should grow by no more than the feature matrix (``FEATURE_ROW_KB`` an image).
@@ -50,7 +51,7 @@ from harness import SHARED, PhasePeaks, after_dashes, markdown_table, read_json,
 TINY = SHARED / "data" / "tiny-imagenet"
 SUPERS, SUBS_PER_SUPER = 10, 10
 FEATURE_ROW_KB = (1280 + 320 + 192) * 4 / 1024  # frozen Lite0: final features + the two tapped blocks, float32
-PHASES = ("decode", "extract", "fits", "evidence", "calibration", "other", "after extract")
+PHASES = ("decode", "extract", "re-extract", "fits", "evidence", "calibration", "other", "after extract")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -78,8 +79,9 @@ def probe(out: Path, cli_args: list[str]) -> None:
     import supersub.training.finetune as finetune
 
     peaks = PhasePeaks(after="extract")
-    for owner, name, phase in ((train, "load_labelled", "decode"), (finetune, "extract_features", "extract"),
-                               (train, "fit_model", "fits"), (train, "collect_evidence", "evidence"),
+    extractions = iter(["extract"])  # the first call computes; the later ones read the feature cache
+    wrap_calls(finetune, "extract_features", lambda: peaks.phase(next(extractions, "re-extract")))
+    for owner, name, phase in ((train, "load_labelled", "decode"), (train, "fit_model", "fits"), (train, "collect_evidence", "evidence"),
                                (train, "calibrate_and_save", "calibration")):
         wrap_calls(owner, name, lambda phase=phase: peaks.phase(phase))
     sys.argv = ["supersub", *after_dashes(cli_args)]
