@@ -170,10 +170,13 @@ class PhasePeaks:
     each phase resets the mark as it starts (``/proc/self/clear_refs`` = 5) and reads it as it ends. A phase
     nested in another (extraction inside a fit) ends one segment of the outer phase and starts one of its own;
     the outer phase resumes with a fresh mark. ``after`` (a phase name) also gathers the peak of everything run
-    once that phase has ended the first time (the target "after extraction" is that figure)."""
+    once that phase has ended the first time (the target "after extraction" is that figure). ``<phase> file``
+    is the most of the resident set that was file-backed (``RssFile``: mapped files' pages, which the kernel
+    can drop) at the end of one of the phase's segments."""
 
     def __init__(self, after: str | None = None) -> None:
         self.peaks: dict[str, float] = {}
+        self.file: dict[str, float] = {}
         self.after, self.after_peak = after, None  # after_peak: a number once ``after`` has ended
         self._stack = ["other"]
         self._reset()
@@ -186,6 +189,7 @@ class PhasePeaks:
     def _close_segment(self) -> None:
         name, peak = self._stack[-1], _status_kib("VmHWM") / 1024
         self.peaks[name] = max(self.peaks.get(name, 0.0), peak)
+        self.file[name] = max(self.file.get(name, 0.0), _status_kib("RssFile") / 1024)
         if self.after_peak is not None:
             self.after_peak = max(self.after_peak, peak)
         if name == self.after and self.after_peak is None:
@@ -207,6 +211,7 @@ class PhasePeaks:
         """Each phase's peak (MiB, one decimal), and ``after <phase>`` when that phase ran."""
         self._close_segment()
         out = {k: round(v, 1) for k, v in self.peaks.items()}
+        out.update({f"{k} file": round(v, 1) for k, v in self.file.items()})
         if self.after and self.after_peak is not None:
             out[f"after {self.after}"] = round(self.after_peak, 1)
         return out

@@ -137,6 +137,7 @@ def measure(cmd: list[str], src: Path, threads: int, log: Path) -> dict[str, Any
     row: dict[str, Any] = {"seconds": round(seconds, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}  # KiB
     if "--phases-json" in cmd:
         phases = row["phase_peak_mib"] = read_json(Path(cmd[cmd.index("--phases-json") + 1]))
+        phases = {k: v for k, v in phases.items() if not k.endswith(" file")}
         # resetting the high-water mark resets ru_maxrss too (both are the kernel's hiwater_rss): the process's
         # peak is the highest of its phases'
         row["peak_rss_mib"] = max(row["peak_rss_mib"], *phases.values())
