@@ -31,7 +31,9 @@ which should grow by no more than the feature matrix (``FEATURE_ROW_KB`` an imag
 Committed table: docs/results/scale.md (and scale_before/after.json), from
 ``python benchmarks/scale.py --src /work/scale-before/src --label before --sizes 1000 3000 10000``,
 ``python benchmarks/scale.py --src src --label after --sizes 1000 3000 10000``, then
-``python benchmarks/scale.py --table``.
+``python benchmarks/scale.py --table``; training's phases (the second table there, scale_phases*.json) from
+``[SUPERSUB_KEEP_FREED_MEMORY=0] python benchmarks/scale.py --src src --label phases[-nokeep] --only train
+--threads 1``.
 """
 
 from __future__ import annotations
