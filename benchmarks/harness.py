@@ -20,7 +20,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,94 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]], alig
     rules = ["---:" if (align[i:i + 1] == "r") else "---" for i in range(len(header))]
     lines = [header, rules, *[[("-" if c is None else str(c)) for c in r] for r in rows]]
     return "\n".join("| " + " | ".join(line) + " |" for line in lines)
+
+
+# ---- measuring steps inside one process -------------------------------------------------------------
+def wrap_calls(owner: Any, name: str, scope: Callable[[], AbstractContextManager[Any]]) -> bool:
+    """Run every call of ``owner.name`` inside a fresh ``scope()`` (a timer, a memory phase), changing nothing
+    else; a classmethod stays one. False (and nothing wrapped) when ``owner`` has no such attribute, so a probe
+    written for today's module names still measures an older checkout, without that step."""
+    if not hasattr(owner, name):
+        return False
+    real: Callable[..., Any] = getattr(owner, name)
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with scope():
+            return real(*args, **kwargs)
+
+    is_classmethod = isinstance(getattr(owner, "__dict__", {}).get(name), classmethod)
+    if is_classmethod:  # call the underlying function with the class it is called on (a subclass stays itself)
+        func = real.__func__  # type: ignore[attr-defined]
+
+        def wrapper(cls: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[no-redef]  # noqa: F811
+            with scope():
+                return func(cls, *args, **kwargs)
+
+    setattr(owner, name, classmethod(wrapper) if is_classmethod else wrapper)
+    return True
+
+
+def _status_kib(field: str) -> int:
+    """A ``kB`` field of ``/proc/self/status`` (VmHWM, VmRSS, RssFile)."""
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise BenchError(f"/proc/self/status has no {field} (the memory phases need Linux)")
+
+
+class PhasePeaks:
+    """The peak resident set (MiB) of each phase of this process, read from the kernel's high-water mark.
+
+    ``ru_maxrss`` gives one peak for a whole run, set by its largest phase; to see how each later phase grows,
+    each phase resets the mark as it starts (``/proc/self/clear_refs`` = 5) and reads it as it ends. A phase
+    nested in another (extraction inside a fit) ends one segment of the outer phase and starts one of its own;
+    the outer phase resumes with a fresh mark. ``after`` (a phase name) also gathers the peak of everything run
+    once that phase has ended the first time (the target "after extraction" is that figure). ``<phase> file``
+    is the most of the resident set that was file-backed (``RssFile``: mapped files' pages, which the kernel
+    can drop) at the end of one of the phase's segments."""
+
+    def __init__(self, after: str | None = None) -> None:
+        self.peaks: dict[str, float] = {}
+        self.file: dict[str, float] = {}
+        self.after, self.after_peak = after, None  # after_peak: a number once ``after`` has ended
+        self._stack = ["other"]
+        self._reset()
+
+    @staticmethod
+    def _reset() -> None:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+
+    def _close_segment(self) -> None:
+        name, peak = self._stack[-1], _status_kib("VmHWM") / 1024
+        self.peaks[name] = max(self.peaks.get(name, 0.0), peak)
+        self.file[name] = max(self.file.get(name, 0.0), _status_kib("RssFile") / 1024)
+        if self.after_peak is not None:
+            self.after_peak = max(self.after_peak, peak)
+        if name == self.after and self.after_peak is None:
+            self.after_peak = 0.0  # the segments from here on are "after"
+        self._reset()
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Attribute the memory peak of the block to ``name`` (to its own segments, not to the enclosing phase)."""
+        self._close_segment()
+        self._stack.append(name)
+        try:
+            yield
+        finally:
+            self._close_segment()
+            self._stack.pop()
+
+    def result(self) -> dict[str, float]:
+        """Each phase's peak (MiB, one decimal), and ``after <phase>`` when that phase ran."""
+        self._close_segment()
+        out = {k: round(v, 1) for k, v in self.peaks.items()}
+        out.update({f"{k} file": round(v, 1) for k, v in self.file.items()})
+        if self.after and self.after_peak is not None:
+            out[f"after {self.after}"] = round(self.after_peak, 1)
+        return out
 
 
 # ---- supersub internals shared by benchmarks ----------------------------------------------------------

@@ -20,10 +20,20 @@ child, from ``os.wait4``, which includes its own children) are recorded. ``train
 feature extraction); ``predict`` uses the run trained on the smallest size, so every size runs the same model.
 Results go to ``WORK/results-LABEL.json``; ``--table`` prints every label side by side.
 
+``train`` also records the peak RSS of each of its phases (``harness.PhasePeaks``: the kernel's high-water mark
+reset as a phase starts, read as it ends, in the training process itself): ``decode`` (reading the images),
+``extract`` (the first call of the frozen backbone over the images), ``re-extract`` (the later calls: the
+stages' rows read back from the feature cache), ``fits`` (the stages'
+fits less extraction), ``evidence``, ``calibration``, ``other`` (start-up, the split, saving), and ``after
+extract``, the peak of everything after the first extraction: what training holds besides the extraction's heap,
+which should grow by no more than the feature matrix (``FEATURE_ROW_KB`` an image).
+
 Committed table: docs/results/scale.md (and scale_before/after.json), from
 ``python benchmarks/scale.py --src /work/scale-before/src --label before --sizes 1000 3000 10000``,
 ``python benchmarks/scale.py --src src --label after --sizes 1000 3000 10000``, then
-``python benchmarks/scale.py --table``.
+``python benchmarks/scale.py --table``; training's phases (the second table there, scale_phases*.json) from
+``[SUPERSUB_KEEP_FREED_MEMORY=0] python benchmarks/scale.py --src src --label phases[-nokeep] --only train
+--threads 1``.
 """
 
 from __future__ import annotations
@@ -36,11 +46,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-from harness import SHARED, read_json, write_json
+from harness import SHARED, PhasePeaks, after_dashes, markdown_table, read_json, wrap_calls, write_json
 
 TINY = SHARED / "data" / "tiny-imagenet"
 SUPERS, SUBS_PER_SUPER = 10, 10
+FEATURE_ROW_KB = (1280 + 320 + 192) * 4 / 1024  # frozen Lite0: final features + the two tapped blocks, float32
+PHASES = ("decode", "extract", "re-extract", "fits", "evidence", "calibration", "other", "after extract")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,7 +67,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of every command")
     p.add_argument("--only", choices=["train", "predict"], help="measure one command only")
     p.add_argument("--table", action="store_true", help="print the table of every results-*.json in --work")
+    p.add_argument("--phases-json", type=Path, help="(internal) run `supersub ARGS...` in this process, writing "
+                   "each phase's peak RSS to this file")
+    p.add_argument("cli_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return p.parse_args(argv)
+
+
+def probe(out: Path, cli_args: list[str]) -> None:
+    """Run the supersub CLI in this process with each training phase's memory peak recorded into ``out``
+    (written even when the command fails, so a failed run still shows how far it got)."""
+    import supersub.cli as cli
+    import supersub.pipeline.train as train
+    import supersub.training.finetune as finetune
+
+    peaks = PhasePeaks(after="extract")
+    extractions = iter(["extract"])  # the first call computes; the later ones read the feature cache
+    wrap_calls(finetune, "extract_features", lambda: peaks.phase(next(extractions, "re-extract")))
+    for owner, name, phase in ((train, "load_labelled", "decode"), (train, "fit_model", "fits"), (train, "collect_evidence", "evidence"),
+                               (train, "calibrate_and_save", "calibration")):
+        wrap_calls(owner, name, lambda phase=phase: peaks.phase(phase))
+    sys.argv = ["supersub", *after_dashes(cli_args)]
+    try:
+        cli.main()
+    finally:
+        write_json(out, peaks.result())
 
 
 def photos(data: Path, classes: int) -> list[list[Path]]:
@@ -85,8 +121,9 @@ def build(work: Path, data: Path, n: int) -> tuple[Path, Path]:
     return flat, nested
 
 
-def measure(cmd: list[str], src: Path, threads: int, log: Path) -> dict[str, float]:
-    """Run ``cmd`` with supersub from ``src`` and an empty feature cache: wall seconds and peak RSS (MiB)."""
+def measure(cmd: list[str], src: Path, threads: int, log: Path) -> dict[str, Any]:
+    """Run ``cmd`` with supersub from ``src`` and an empty feature cache: wall seconds and peak RSS (MiB), and
+    the peak of each phase when ``cmd`` is this script's ``--phases-json`` probe."""
     cache = Path(tempfile.mkdtemp(prefix="scale-cache-", dir=log.parent))
     env = {**os.environ, "PYTHONPATH": str(src.resolve()), "SUPERSUB_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1",
            "OMP_NUM_THREADS": str(threads)}
@@ -99,7 +136,14 @@ def measure(cmd: list[str], src: Path, threads: int, log: Path) -> dict[str, flo
     shutil.rmtree(cache, ignore_errors=True)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}); see {log}")
-    return {"seconds": round(seconds, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}  # ru_maxrss is KiB
+    row: dict[str, Any] = {"seconds": round(seconds, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}  # KiB
+    if "--phases-json" in cmd:
+        phases = row["phase_peak_mib"] = read_json(Path(cmd[cmd.index("--phases-json") + 1]))
+        phases = {k: v for k, v in phases.items() if not k.endswith(" file")}
+        # resetting the high-water mark resets ru_maxrss too (both are the kernel's hiwater_rss): the process's
+        # peak is the highest of its phases'
+        row["peak_rss_mib"] = max(row["peak_rss_mib"], *phases.values())
+    return row
 
 
 def run_side(args: argparse.Namespace) -> None:
@@ -119,7 +163,9 @@ def run_side(args: argparse.Namespace) -> None:
         print(f"[{args.label}] {n} images: folders ready", file=sys.stderr, flush=True)
         if args.only in (None, "train"):
             out = runs / f"train-{n}"
-            row = measure([*cli, "train", "--data", str(nested), "--out", str(out), "--overwrite", "--no-progress",
+            probe_cli = [sys.executable, str(Path(__file__).resolve()), "--phases-json", str(runs / f"phases-{n}.json"),
+                         "--"]
+            row = measure([*probe_cli, "train", "--data", str(nested), "--out", str(out), "--overwrite", "--no-progress",
                            "--epochs", str(args.epochs)], args.src, args.threads, runs / f"train-{n}.log")
             results["rows"].append({"command": "train", "images": n, **row})
             print(f"[{args.label}] train {n}: {row}", file=sys.stderr, flush=True)
@@ -170,10 +216,41 @@ def _previous(side: dict, command: str, n: int) -> dict | None:
     return _latest(side, command, sizes[-1]) if sizes else None
 
 
+def phase_table(sides: list[dict]) -> str:
+    """Training's peak RSS by phase (MiB), one row per label and size measured with phases; the last column is the
+    growth per image of the ``after extract`` peak from the label's smallest such size, against a feature row."""
+    rows: list[list[object]] = []
+    for s in sides:
+        sizes = sorted({r["images"] for r in s["rows"] if r["command"] == "train"})
+        measured = [r for r in (_latest(s, "train", n) for n in sizes) if r is not None and "phase_peak_mib" in r]
+        for r in measured:
+            rows.append([s["label"], r["images"], *[_mib(r["phase_peak_mib"].get(k)) for k in PHASES],
+                         _growth_kb(measured[0], r)])
+    return markdown_table(["label", "images", *PHASES, f"after extract KB/image (feature row {FEATURE_ROW_KB:.1f})"],
+                          rows, align="lr" + "r" * (len(PHASES) + 1))
+
+
+def _growth_kb(first: dict, row: dict) -> str | None:
+    """KB an image the ``after extract`` peak grew from ``first`` to ``row`` (None for ``first`` itself)."""
+    a, b = first["phase_peak_mib"].get("after extract"), row["phase_peak_mib"].get("after extract")
+    if row["images"] == first["images"] or a is None or b is None:
+        return None
+    return f"{(b - a) * 1024 / (row['images'] - first['images']):.1f}"
+
+
+def _mib(value: float | None) -> str | None:
+    return None if value is None else f"{value:.0f}"
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.table:
+    if args.phases_json:
+        probe(args.phases_json, args.cli_args)
+    elif args.table:
         print(table(args.work))
+        sides = [read_json(p) for p in sorted(args.work.glob("results-*.json"))]
+        if any("phase_peak_mib" in r for s in sides for r in s["rows"]):
+            print("\n" + phase_table(sides))
     else:
         run_side(args)
 

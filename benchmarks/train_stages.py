@@ -21,27 +21,29 @@ import os
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from harness import write_json
+from harness import wrap_calls, write_json
 
 TIMES: dict[str, float] = defaultdict(float)
 
 
+@contextmanager
+def _timer(key: str) -> Iterator[None]:
+    """Add the block's wall time to ``TIMES[key]``."""
+    t = time.perf_counter()
+    try:
+        yield
+    finally:
+        TIMES[key] += time.perf_counter() - t
+
+
 def _timed(owner: Any, name: str, key: str) -> None:
-    """Replace ``owner.name`` by a wrapper adding its wall time to ``TIMES[key]``."""
-    real: Callable[..., Any] = getattr(owner, name)
-
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        t = time.perf_counter()
-        try:
-            return real(*args, **kwargs)
-        finally:
-            TIMES[key] += time.perf_counter() - t
-
-    setattr(owner, name, wrapper)
+    """Time every call of ``owner.name`` into ``TIMES[key]``."""
+    wrap_calls(owner, name, lambda: _timer(key))
 
 
 def _subset(data: Path, n: int, where: Path, per_subclass: int = 20) -> Path:
@@ -94,16 +96,7 @@ def main() -> None:
         _timed(train, "collect_evidence", "evidence")
         _timed(train, "calibrate_and_save", "calibration")
         _timed(train, "load_labelled", "decode")
-        real_fit = scoring.NoveltyScorer.fit.__func__
-
-        def scorer_fit(cls: Any, *a: Any, **k: Any) -> Any:
-            t = time.perf_counter()
-            try:
-                return real_fit(cls, *a, **k)
-            finally:
-                TIMES["score fit"] += time.perf_counter() - t
-
-        scoring.NoveltyScorer.fit = classmethod(scorer_fit)  # type: ignore[method-assign]
+        _timed(scoring.NoveltyScorer, "fit", "score fit")
         t0 = time.perf_counter()
         summary = api.train(data, work / "run", seed=args.seed, **{"trainer.progress": False,
                                                                    "data.cache_dir": str(work / "cache")})

@@ -1,9 +1,11 @@
-"""benchmarks/harness.py's pure parts: tables, result files, the yardstick lookup. Nothing here runs a benchmark."""
+"""benchmarks/harness.py's pure parts: tables, result files, the yardstick lookup, the call wrappers and memory
+phases; scale.py's phase table. Nothing here runs a benchmark."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
@@ -72,3 +74,57 @@ def test_ensure_protocol_reuses_a_finished_split(harness: ModuleType, tmp_path: 
 
 def test_after_dashes_drops_the_separator(harness: ModuleType) -> None:
     assert harness.after_dashes(["--", "--epochs", "3"]) == ["--epochs", "3"]
+
+
+def test_wrap_calls_scopes_each_call_and_keeps_a_classmethod(harness: ModuleType) -> None:
+    calls: list[str] = []
+
+    @contextmanager
+    def scope() -> Iterator[None]:
+        calls.append("in")
+        yield
+        calls.append("out")
+
+    class Owner:
+        @classmethod
+        def make(cls, x: int) -> tuple[type, int]:
+            return cls, x
+
+    class Child(Owner):
+        pass
+
+    assert harness.wrap_calls(Owner, "make", scope)
+    assert Child.make(3) == (Child, 3) and calls == ["in", "out"]  # still a classmethod: the subclass stays itself
+    assert not harness.wrap_calls(Owner, "renamed_away", scope)  # an older checkout: nothing wrapped, no error
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="the memory phases read Linux's /proc")
+def test_phase_peaks_give_a_nested_phase_its_own_peak(harness: ModuleType) -> None:
+    peaks = harness.PhasePeaks(after="inner")
+    with peaks.phase("outer"):
+        with peaks.phase("inner"):
+            block = bytearray(96 * 2**20)  # written (zeroed), so resident
+            del block
+        with peaks.phase("later"):
+            pass
+    result = peaks.result()
+    phases = {"other", "outer", "inner", "later"}
+    assert set(result) == phases | {f"{p} file" for p in phases} | {"after inner"}
+    assert result["inner"] - result["outer"] > 64  # the outer phase resumed with a fresh mark
+    assert result["after inner"] < result["inner"] - 64  # the inner phase's own peak is not "after" it
+
+
+def test_scale_phase_table_gives_growth_per_image_from_the_smallest_size(harness: ModuleType) -> None:
+    import scale
+
+    def row(n: int, after: float) -> dict:
+        return {"command": "train", "images": n, "seconds": 1.0, "peak_rss_mib": 2000.0,
+                "phase_peak_mib": {"decode": 900.0, "extract": 2000.0, "fits": after, "after extract": after}}
+
+    sides = [{"label": "phases", "rows": [row(1000, 1700.0), row(10000, 1700.0 + 9000 * 7 / 1024),
+                                          {"command": "predict", "images": 1000, "seconds": 1.0, "peak_rss_mib": 1.0}]},
+             {"label": "old", "rows": [{"command": "train", "images": 1000, "seconds": 1.0, "peak_rss_mib": 1.0}]}]
+    lines = scale.phase_table(sides).splitlines()
+    assert len(lines) == 4 and "feature row 7.0" in lines[0]  # header, rule, one row per size measured by phase
+    assert lines[2].startswith("| phases | 1000 | 900 | 2000 | - | 1700 | - | - | - | 1700 | - |")
+    assert lines[3].endswith("| 7.0 |")

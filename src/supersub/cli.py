@@ -200,8 +200,8 @@ def predict(
                                           show_default="the run's trainer.devices"),
     strategy: Optional[str] = typer.Option(None, help="auto, ddp (one process per device, rank 0 writes the CSV)",
                                            show_default="the run's trainer.strategy"),
-    num_nodes: int = typer.Option(1, "--num-nodes", help="machines of a multi-node job (SLURM: --nodes); --devices "
-                                  "is per machine"),
+    num_nodes: Optional[int] = typer.Option(None, "--num-nodes", help="machines of a multi-node job (SLURM: "
+                                            "--nodes); --devices is per machine", show_default="the run's trainer.num_nodes"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="a progress bar with images/s (terminals only)"),
 ) -> None:
     """Write image,superclass_index,subclass_index for every image (novel = last index)."""

@@ -190,6 +190,8 @@ TRAIN_FLAGS: tuple[Flag, ...] = (
     Flag("--accelerator", ("trainer.accelerator",), "where to train: auto, cpu, gpu, mps", str, HARDWARE),
     Flag("--devices", ("trainer.devices",), "how many devices: auto, 1, 2, '0,1'", str, HARDWARE),
     Flag("--strategy", ("trainer.strategy",), "several devices: auto, ddp, ...", str, HARDWARE),
+    Flag("--num-nodes", ("trainer.num_nodes",), "machines of a multi-node job (SLURM: --nodes); --devices is per "
+         "machine", int, HARDWARE),
     Flag("--precision", ("trainer.precision",), "number format: 32-true, 16-mixed, bf16-mixed", str, HARDWARE),
     Flag("--progress/--no-progress", ("trainer.progress",),
          "a progress bar on a terminal (one line per epoch in a log file)", bool, RUN),

@@ -450,6 +450,7 @@ class TrainerConfig(_Strict):
     accelerator: str = "auto"
     devices: str = "auto"
     strategy: str = "auto"
+    num_nodes: int = Field(1, ge=1, description="machines of a multi-node job (SLURM: --nodes); devices is per machine")
     precision: str = "32-true"
     deterministic: bool = True
     progress: bool = True

@@ -151,12 +151,15 @@ def one_device(cfg: TrainConfig, device: str | None) -> Devices:
 
 
 def run_devices(cfg: TrainConfig, device: str | None, accelerator: str | None, devices: str | None,
-                strategy: str | None, num_nodes: int = 1, runs_devices: bool = False) -> Devices:
+                strategy: str | None, num_nodes: int | None = None, runs_devices: bool = False) -> Devices:
     """``predict``'s devices: ``--device``, else the options given, else (``runs_devices``: the command line) the
-    run's ``trainer`` settings, or one device of the run's accelerator.
+    run's ``trainer`` settings (machines too: a run trained on N nodes predicts on N), or one device of the run's
+    accelerator on one machine.
 
     Several devices mean Lightning re-runs the command line once per device: right for ``supersub predict``, wrong
     for a library call (a notebook, a test runner would be started again), so the API asks for them explicitly."""
+    if num_nodes is None:
+        num_nodes = cfg.trainer.num_nodes if runs_devices else 1
     if num_nodes < 1:
         raise SupersubError(f"--num-nodes: {num_nodes} machines; give 1 or more")
     if device:
@@ -226,7 +229,7 @@ def predict_images(
     accelerator: str | None = None,
     devices: str | None = None,
     strategy: str | None = None,
-    num_nodes: int = 1,
+    num_nodes: int | None = None,
     runs_devices: bool = False,
     frame: bool = True,
     progress: bool = False,

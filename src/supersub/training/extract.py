@@ -33,7 +33,7 @@ def extract_on_devices(model: torch.nn.Module, images: torch.Tensor, cfg: TrainC
     def nothing(_: Any) -> dict[str, torch.Tensor]:
         return {}
 
-    devices = Devices(cfg.trainer.accelerator, cfg.trainer.devices, cfg.trainer.strategy)
+    devices = Devices(cfg.trainer.accelerator, cfg.trainer.devices, cfg.trainer.strategy, cfg.trainer.num_nodes)
     done = run_chunks(model, ChunkRows(images), rows, nothing, Discard(), devices, skip_bad=False, progress=False,
                       several_only=True)
     return done is not None

@@ -94,6 +94,7 @@ def build_trainer(cfg: TrainConfig, run_path: Path, stage: str, epochs: int, cal
         accelerator=cfg.trainer.accelerator,
         devices=_devices(cfg.trainer.devices),
         strategy=cfg.trainer.strategy,
+        num_nodes=cfg.trainer.num_nodes,
         precision=cfg.trainer.precision,
         deterministic="warn" if cfg.trainer.deterministic else False,
         callbacks=callbacks,
