@@ -11,6 +11,8 @@ import torch
 
 from conftest import run_cli
 from supersub.errors import SupersubError
+from supersub.novelty.detectors import create_detector
+from supersub.novelty.level_scorer import NoveltyScorer
 from supersub.novelty.open_set import OpenSetHead
 from supersub.novelty.thresholds import Thresholds
 from supersub.run_dir import RunDir
@@ -90,6 +92,9 @@ def test_a_foreign_or_inconsistent_head_is_one_line(state: dict, message: str) -
     (lambda r: (r / "thresholds.json").write_text('{"tau_super": "high", "tau_sub": 0.5}'),
      "thresholds.json: tau_super must be a finite number"),
     (lambda r: (r / "detectors.pt").unlink(), "detectors.pt: checkpoint not found"),
+    (lambda r: torch.save(NoveltyScorer("msp", create_detector("msp"), create_detector("msp")).state_dict(),
+                          r / "detectors.pt"),
+     r"detectors.pt: scorer 'msp' does not match the thresholds' score 'vim\+probe'"),
 ])
 def test_an_old_runs_damaged_files_are_one_line(old_run: Path, damage, message: str) -> None:
     damage(old_run)

@@ -156,10 +156,10 @@ class RunDir:
         if thresholds.score == "msp" and not self.detectors_file.exists():
             return OpenSetHead.msp(thresholds, taxonomy.sub_to_super, taxonomy.n_super)
         scorer = NoveltyScorer.from_state(load_checkpoint(self.detectors_file), str(self.detectors_file))
-        if scorer.name != thresholds.score:
-            raise SupersubError(f"{self.detectors_file}: holds score {scorer.name!r} but thresholds.json says "
-                                f"{thresholds.score!r}")
-        return OpenSetHead(scorer, thresholds, taxonomy.sub_to_super, taxonomy.n_super)
+        try:
+            return OpenSetHead(scorer, thresholds, taxonomy.sub_to_super, taxonomy.n_super)
+        except SupersubError as e:  # detectors of another score than thresholds.json's
+            raise SupersubError(f"{self.detectors_file}: {e}") from None
 
     def load_thresholds(self) -> Thresholds:
         """The head's thresholds, slopes and temperatures (what the report and ``export`` show)."""

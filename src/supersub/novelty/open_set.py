@@ -21,7 +21,7 @@ from .decide import Decision, decide
 from .outputs import Outputs
 from .probs import novel_probability, with_novel_column
 from .detectors import create_detector
-from .level_scorer import NoveltyScorer, seen_view
+from .level_scorer import NoveltyScorer, SeenView, seen_view
 from .thresholds import Thresholds
 
 HEAD_FORMAT = "supersub-open-set-head-1"
@@ -65,7 +65,9 @@ class OpenSetHead:
 
     def rule(self, outputs: Outputs) -> Decision:
         """The decision rule alone, at the head's thresholds, on its detectors' confidences."""
-        view = seen_view(outputs, self.n_super, self.n_sub)
+        return self._rule(seen_view(outputs, self.n_super, self.n_sub))
+
+    def _rule(self, view: SeenView) -> Decision:
         conf = self.scorer.confidences(view, self.sub_to_super)
         seen, t = view.outputs, self.thresholds
         return decide(seen.super_probs, seen.sub_probs, self.sub_to_super, t.tau_super, t.tau_sub, conf.super_conf,
@@ -82,8 +84,8 @@ class OpenSetHead:
         """Decisions and calibrated probabilities for one batch of the run's final model's outputs: the novel
         probability is the fitted logistic on the thresholded confidences, the seen-class probabilities come from
         temperature-scaled logits (a temperature never changes an argmax)."""
-        d, t = self.rule(outputs), self.thresholds
-        seen = seen_view(outputs, self.n_super, self.n_sub).outputs
+        view, t = seen_view(outputs, self.n_super, self.n_sub), self.thresholds  # once per batch (the hot path)
+        d, seen = self._rule(view), view.outputs
         q_super = novel_probability(d.super_conf, t.tau_super, t.slope_super)
         q_sub = novel_probability(d.sub_conf, t.tau_sub, t.slope_sub)
         p_super = (seen.super_logits / t.temperature_super).softmax(dim=1)

@@ -104,8 +104,8 @@ def predict_dataset(run_dir: str | Path, ds: Dataset, skip_bad: bool, device: st
         streamed = stream_run(run, model, cfg, ds.records, collected, one_device(cfg, device), skip_bad=skip_bad,
                               progress=progress, extra=extra)
     kept, scores = kept_dataset(ds, streamed), collected.scores()
-    columns = set(scores) - set(DECISION_COLUMNS)
-    return Prediction.from_scores([r.name for r in kept.records], scores), kept, {k: scores[k] for k in columns}
+    extra_columns = {k: v for k, v in scores.items() if k not in DECISION_COLUMNS}
+    return Prediction.from_scores([r.name for r in kept.records], scores), kept, extra_columns
 
 
 def stream_run(run: RunDir, model: Any, cfg: TrainConfig, records: list[ImageRecord], sink: Sink, devices: Devices, *,

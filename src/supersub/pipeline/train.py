@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import shutil
@@ -72,10 +71,6 @@ def _train(data: str | Path, out: str | Path, cfg: TrainConfig, overwrite: bool,
                 model, summary[name] = reused
             else:
                 result = _fit_stage(pool, stage, cfg, run, resume)
-                # the fit's trainer, module and data module refer to one another, so its copies of the feature
-                # rows (a matrix of every image) wait for Python's rarely run full collection: without this each
-                # stage's stayed in memory until the end (40-70 KB an image over a run's stages)
-                gc.collect()
                 model = result.model
                 summary[name] = {"epochs_run": result.epochs_run, result.monitor: result.best_score,
                                  "seconds_per_epoch": result.seconds_per_epoch and round(result.seconds_per_epoch, 2),

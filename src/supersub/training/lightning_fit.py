@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import gc
 import logging
 import signal
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,6 +152,22 @@ def cpu_threads(n: int | None) -> Iterator[None]:
 in_scoped_process_state = scoped_process_state()
 
 
+def _collects_its_garbage(fit: Callable[..., FitResult]) -> Callable[..., FitResult]:
+    """Run ``fit``, then a full garbage collection: Lightning's trainer, the module and the data module refer to one
+    another, so a finished fit's copies of the feature rows (a matrix of every image) would wait for Python's rarely
+    run full collection; every stage's stayed in memory until the run ended (40-70 KB an image over its stages)."""
+
+    @functools.wraps(fit)
+    def collected(*args: Any, **kwargs: Any) -> FitResult:
+        try:
+            return fit(*args, **kwargs)
+        finally:
+            gc.collect()
+
+    return collected
+
+
+@_collects_its_garbage
 @in_scoped_process_state
 def fit_stage(
     images: torch.Tensor,
