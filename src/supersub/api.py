@@ -56,9 +56,10 @@ def call_scope() -> Iterator[None]:
         yield
 
 
-def _verb(function: Callable[P, R], name: str, doc: str) -> Callable[P, R]:
+def _verb(function: Callable[P, R], name: str, doc: str | None = None) -> Callable[P, R]:
     """``function`` of the pipeline as the API's verb ``name``, run in a :func:`call_scope`: its signature (what
-    ``help()`` and ``inspect.signature`` show) is the pipeline function's, stated once, with the API's ``doc``."""
+    ``help()`` and ``inspect.signature`` show) is the pipeline function's, stated once, with the API's ``doc`` (by
+    default the function's own)."""
 
     @functools.wraps(function)
     def verb(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -67,13 +68,12 @@ def _verb(function: Callable[P, R], name: str, doc: str) -> Callable[P, R]:
 
     verb.__name__ = verb.__qualname__ = name
     verb.__module__ = __name__
-    verb.__doc__ = inspect.cleandoc(doc)
+    verb.__doc__ = inspect.cleandoc(doc if doc is not None else function.__doc__ or "")
     return verb
 
 
-# a @contextmanager is a decorator too; each call enters a fresh scope
-calibration_evidence = call_scope()(_calibration_evidence)
-predict_tensors = call_scope()(_predict_tensors)
+calibration_evidence = _verb(_calibration_evidence, "calibration_evidence")
+predict_tensors = _verb(_predict_tensors, "predict_tensors")
 
 
 def train(
