@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness import DEFAULT_BENCH, ensure_protocol, supersub_cmd, timed_run, write_text
+from harness import DEFAULT_BENCH, ensure_protocol, is_calibrated, supersub_cmd, timed_run, write_text
 from supersub.metrics import clustering_scores
 from supersub.pipeline.discover import SUPER_LEVEL, group_flagged, run_view
 
@@ -42,7 +42,7 @@ def from_suite(work: Path, suite: Path, variant: str, seed: int) -> None:
     from supersub.config import TrainConfig
 
     folder = work / f"{variant}-s{seed}"
-    if (folder / "run" / "thresholds.json").is_file() and (folder / "run" / ".default-novelty").is_file():
+    if is_calibrated(folder / "run") and (folder / "run" / ".default-novelty").is_file():
         return
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / "data").exists():
@@ -61,7 +61,7 @@ def ensure_split(work: Path, bench: Path, variant: str, seed: int, cache_dir: st
     folder = work / f"{variant}-s{seed}"
     data = folder / "data"
     ensure_protocol(data, variant, seed, bench, done="test_sources.csv")
-    if not (folder / "run" / "thresholds.json").is_file():
+    if not is_calibrated(folder / "run"):
         timed_run(supersub_cmd("train", "--data", str(data), "--out", str(folder / "run"), "--overwrite", "--seed",
                                str(seed), "--set", f"data.cache_dir={cache_dir}", "--set", "trainer.progress=false"))
     return folder
@@ -146,7 +146,7 @@ def main() -> None:
     rows: list[dict[str, object]] = []
     for variant in a.variants:
         for seed in a.seeds:
-            if a.available and not (a.work / f"{variant}-s{seed}" / "run" / "thresholds.json").is_file():
+            if a.available and not is_calibrated(a.work / f"{variant}-s{seed}" / "run"):
                 print(f"skipped {variant} seed {seed}: no trained run", flush=True)
                 continue
             if a.from_suite is not None:

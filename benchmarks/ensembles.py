@@ -20,7 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from harness import DEFAULT_BENCH, HERE, read_json, score, supersub_cmd, timed_run
+from harness import DEFAULT_BENCH, HERE, read_json, run_score, score, supersub_cmd, timed_run
 CONFIGS: dict[str, list[str]] = {
     "default": [],
     "bagging": ["--approach", "bagging", "--members", "5"],
@@ -74,7 +74,7 @@ def main() -> None:
         for name in a.configs.split(","):
             folder = protocol_run(variant, a.seed, name, a.work, a.bench, a.force)
             result = read_json(folder / "result.json")
-            own_score = read_json(folder / "run" / "thresholds.json")["score"]
+            own_score = run_score(folder / "run")
             lines.append(row(variant, f"{name} ({own_score})", result, result["seconds"]["train"]))
             for novelty in rescores.get(name, []):
                 scored = rescore(folder, data, a.bench, novelty)

@@ -227,6 +227,19 @@ def open_run(run: Path) -> Any:
     return RunDir.open(run)
 
 
+def is_calibrated(run: Path) -> bool:
+    """A run whose open-set head was saved (``open_set_head.pt``, or an old run's ``thresholds.json``): trained to
+    the end, so a benchmark reuses it instead of training again."""
+    from supersub.run_dir import RunDir
+
+    return RunDir(run).saved_head_file.is_file()
+
+
+def run_score(run: Path) -> str:
+    """The novelty score a run's saved head uses (what ``calibrate`` chose last, ``auto`` resolved)."""
+    return str(open_run(run).load_thresholds().score)
+
+
 def decoded_test_set(data: Path, taxonomy: Any, image_size: int, cache: Path) -> tuple[Any, Any]:
     """A protocol split's test images decoded (through the shared image cache) and their labelled records."""
     from supersub.data.cache import decode_images

@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness import (DEFAULT_BENCH, after_dashes, apply_calibrated, decoded_test_set, ensure_protocol, model_outputs,
-                     open_run, score, supersub_cmd, timed_run, write_text)
+from harness import (DEFAULT_BENCH, after_dashes, apply_calibrated, decoded_test_set, ensure_protocol, is_calibrated,
+                     model_outputs, open_run, score, supersub_cmd, timed_run, write_text)
 
 SCORES = ("msp", "maxlogit", "energy", "entropy", "gen", "mahalanobis", "knn", "knn-class", "vim", "vim+knn",
           "vim+knn-class")
@@ -52,7 +52,7 @@ COLUMNS = ("super_acc_seen", "super_acc_unseen", "sub_acc_seen", "sub_acc_unseen
 
 def train(data: Path, run: Path, exposure: str, a: argparse.Namespace, extra: list[str]) -> float | None:
     """One ``supersub train`` per protocol and exposure setting; an existing finished run is reused."""
-    if (run / "thresholds.json").is_file() and (run / "model.pt").is_file():
+    if is_calibrated(run) and (run / "model.pt").is_file():
         return None
     cmd = supersub_cmd("train", "--data", str(data), "--out", str(run), "--overwrite", "--seed", str(a.seed),
                        "--epochs", str(a.epochs), "--no-progress", "--set", f"data.cache_dir={a.work / 'cache'}",

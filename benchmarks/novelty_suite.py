@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from harness import (DEFAULT_BENCH, apply_calibrated, decoded_test_set, ensure_protocol, model_outputs, open_run,
-                     read_json, write_json, write_text)
+from harness import (DEFAULT_BENCH, apply_calibrated, decoded_test_set, ensure_protocol, is_calibrated, model_outputs,
+                     open_run, read_json, write_json, write_text)
 
 VARIANTS = ("loso-reptile", "loso-bird", "loso-dog", "near-amphibian", "tin")
 # the built-in dataset (supersub data synth): a domain far from ImageNet, reported beside the suite, not in its mean
@@ -88,6 +88,8 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "probe-auto-r85": {"score": "vim+probe", "super_layer": "auto", "super_recall": 0.85},
     "probe-auto-loso": {"score": "vim+probe", "super_layer": "auto", "super_protocol": "loso"},
     "avg-probe-auto": {"score": "vim+maxlogit,probe", "super_layer": "auto"},
+    # each level's score chosen on the run's calibration evidence (supersub.novelty.score_choice)
+    "score-auto": {"score": "auto", "super_layer": "auto"},
 }
 RESET = {"super_layer": "final", "sub_layer": "final", "super_protocol": "auto", "score_options": {},
          "objective": "balanced", "transfer": "quantile", "super_recall": 0.95, "sub_recall": 0.95}
@@ -111,7 +113,7 @@ def train_run(work: Path, data: Path, seed: int, exposure: str, recipe: str) -> 
     import supersub.api as ss
 
     run = work / "runs" / exposure / recipe / data.name
-    if (run / "thresholds.json").is_file() and (run / "model.pt").is_file():
+    if is_calibrated(run) and (run / "model.pt").is_file():
         return run, 0.0
     overrides: dict[str, Any] = {"seed": seed, "data.cache_dir": str(work / "cache"), "trainer.progress": False,
                                  "novelty.super_protocol": "loso", **RECIPES[recipe]}

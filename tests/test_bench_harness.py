@@ -128,3 +128,14 @@ def test_scale_phase_table_gives_growth_per_image_from_the_smallest_size(harness
     assert len(lines) == 4 and "feature row 7.0" in lines[0]  # header, rule, one row per size measured by phase
     assert lines[2].startswith("| phases | 1000 | 900 | 2000 | - | 1700 | - | - | - | 1700 | - |")
     assert lines[3].endswith("| 7.0 |")
+
+
+def test_a_run_counts_as_calibrated_by_its_head_file_new_or_old(harness: ModuleType, tmp_path: Path) -> None:
+    """Benchmarks reuse finished runs: the check must know today's open_set_head.pt, not only thresholds.json
+    (after issue 27 it looked for the old file alone and retrained every recalibrated run)."""
+    assert not harness.is_calibrated(tmp_path)
+    (tmp_path / "thresholds.json").write_text("{}")
+    assert harness.is_calibrated(tmp_path)
+    (tmp_path / "thresholds.json").unlink()
+    (tmp_path / "open_set_head.pt").write_bytes(b"")
+    assert harness.is_calibrated(tmp_path)

@@ -17,7 +17,7 @@ from pydantic import (
 )
 
 from .errors import SupersubError
-from .score_catalog import SCORE_SPECS, check_options, level_scores, options_for_detector, score_spec
+from .score_catalog import AUTO, SCORE_SPECS, check_options, level_scores, options_for_detector, score_spec
 
 
 class _Strict(BaseModel):
@@ -279,7 +279,8 @@ class NoveltyConfig(_Strict):
         "default vim+probe (ViM on the features for a new superclass, reading novelty.super_layer, the backbone's "
         "last block by default; for a new subclass, a logistic-regression probe on the L2-normalised features, "
         "scoring the subclass the rule picks) was best on the novelty suite (docs/results/novelty-suite.md); msp = "
-        "the seed paper's max softmax",
+        "the seed paper's max softmax; auto (for both levels, or one: vim+auto) chooses each level's detector on the "
+        "run's calibration evidence (supersub.novelty.score_choice; with >= 3 superclasses it trains LOSO models)",
     )
     super_layer: str = Field(
         "auto", pattern=LAYER_PATTERN,
@@ -401,6 +402,9 @@ class NoveltyConfig(_Strict):
         if value is None or not isinstance(name, str):
             return value
         score = level_scores(name)[0 if info.field_name == "tau_super" else 1]
+        if score == AUTO:
+            raise ValueError("a hand-set threshold needs a named score at its level: auto chooses the score, and "
+                             "with it the threshold's units, when the run is calibrated")
         bounds = score_spec(score).confidence_range
         if bounds is not None and not bounds[0] <= value <= bounds[1]:
             hint = "" if score == "msp" else " (for max-softmax thresholds such as 0.99 set --score msp)"

@@ -49,8 +49,20 @@ SCORE_SPECS: dict[str, ScoreSpec] = {s.name: s for s in (
 )}
 
 
+# ``auto`` at a level: the score is chosen among AUTO_CANDIDATES on the run's calibration evidence when the run is
+# calibrated (supersub.novelty.score_choice); the first candidate is the suite's default, kept unless another one
+# separates the evidence clearly better. It takes no options and no hand-set threshold (its units are not known yet).
+AUTO = "auto"
+AUTO_CANDIDATES: dict[str, tuple[str, ...]] = {
+    "super": ("vim", "knn", "mahalanobis", "maxlogit"),
+    "sub": ("probe", "maxlogit", "knn-class", "energy"),
+}
+
+
 def score_spec(name: str) -> ScoreSpec:
     """A score's spec; ``a,b`` (an average of scores) takes the options of its parts and has no fixed range."""
+    if name == AUTO:
+        return ScoreSpec(AUTO)
     if AVERAGE_SEPARATOR in name:
         parts = average_parts(name)
         options = {k: v for part in parts for k, v in SCORE_SPECS[part].options.items()}

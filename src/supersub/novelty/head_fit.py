@@ -21,6 +21,7 @@ import torch
 
 from ..config import NoveltyConfig
 from ..errors import SupersubError
+from ..score_catalog import AUTO, AUTO_CANDIDATES, PAIR_SEPARATOR, level_scores
 from ..taxonomy import Taxonomy
 from ..threads import dense_threads
 from .threshold_search import choose_threshold, kept_share, sweep, transfer_threshold
@@ -28,7 +29,9 @@ from .decide import decide
 from .ood_metrics import open_set_metrics
 from .open_set import OpenSetHead
 from .probs import fit_slope
-from .level_scorer import FALLBACK_SCORE, Confidences, Head, LevelFitError, NoveltyScorer, SeenView, with_fallback
+from .level_scorer import (FALLBACK_SCORE, LEVELS, Confidences, Head, LevelFitError, NoveltyScorer, SeenView,
+                           with_fallback)
+from .score_choice import ScoreChoice, choose_score
 from .temperature import fit_temperature
 from .thresholds import Thresholds
 
@@ -164,6 +167,8 @@ def calibrate_run(
     threshold of that level is in the requested score's units, so there it stays an error.
     """
     requested, reasons = score, {}
+    folds = [calibration] if isinstance(calibration, Evidence) else list(calibration or ())
+    score, choices = _resolve_auto(score, cfg, final, folds, list(loso))
     while True:
         # the configured score's options follow it to its fallback name (another score keeps its defaults)
         scored = cfg.model_copy(update={"score": score}) if requested == cfg.score else cfg
@@ -182,10 +187,67 @@ def calibrate_run(
             log.warning("%s score %s cannot be fitted on this run's features (%s): the %s level uses %s instead "
                         "(recorded as score %s in the open-set head)", LEVEL_NAMES[e.level], e.detector, e,
                         LEVEL_NAMES[e.level], FALLBACK_SCORE, score)
-    if reasons:
+    if reasons or choices:
         cal.summary["score_requested"] = requested
         cal.summary.update({f"{level}_score_fallback": reason for level, reason in reasons.items()})
+    for choice in choices:
+        cal.summary.update(choice.summary())
     return cal
+
+
+def _resolve_auto(score: str, cfg: NoveltyConfig, final: Evidence, folds: list[Evidence],
+                  loso: list[Evidence]) -> tuple[str, list[ScoreChoice]]:
+    """``score`` with each ``auto`` level replaced by the detector :func:`.score_choice.choose_score` picks on the
+    evidence (one log line per level: a warning when no candidate separates)."""
+    levels = list(level_scores(score))
+    if AUTO not in levels:
+        return score, []
+    choices = []
+    for i, level in enumerate(LEVELS):
+        if levels[i] != AUTO:
+            continue
+        aurocs, why_none = _evidence_aurocs(level, cfg, final, folds, loso)
+        choice = choose_score(level, AUTO_CANDIDATES[level], aurocs, why_none)
+        (log.info if choice.separates else log.warning)("%s", choice.message)
+        levels[i] = choice.detector
+        choices.append(choice)
+    return (levels[0] if levels[0] == levels[1] else PAIR_SEPARATOR.join(levels)), choices
+
+
+def _evidence_aurocs(level: str, cfg: NoveltyConfig, final: Evidence, folds: list[Evidence],
+                     loso: list[Evidence]) -> tuple[dict[str, float], str]:
+    """Each candidate's AUROC on the level's evidence (candidates that cannot be fitted are left out), or why there
+    is none. Superclass: the pooled LOSO models, each left-out superclass against the others' validation and
+    held-out images (what _loso_choice cuts on); subclass: held-out subclasses against validation images, the mean
+    over the calibration folds."""
+    if level == "super":
+        if final.taxonomy.n_super < 3:
+            return {}, "leaving a superclass out to stand for a new family needs >= 3 superclasses"
+        if not loso:
+            return {}, "this run has no LOSO models: train it with novelty.score auto to have them"
+    elif not any(ev.val is not None and ev.held is not None for ev in folds):
+        return {}, "this run has no calibration model with held-out subclasses"
+    aurocs = {}
+    for candidate in AUTO_CANDIDATES[level]:
+        try:
+            if level == "super":
+                metrics = _loso_choice(f"{candidate}+{FALLBACK_SCORE}", loso, cfg).metrics
+                aurocs[candidate] = float(metrics["auroc"]) if metrics else float("nan")
+            else:
+                aurocs[candidate] = float(np.mean([_held_out_auroc(f"{FALLBACK_SCORE}+{candidate}", cfg, ev)
+                                                   for ev in folds if ev.val is not None and ev.held is not None]))
+        except LevelFitError as e:
+            log.info("score auto: %s cannot be fitted on this run's features (%s); not a candidate", candidate, e)
+    return {k: v for k, v in aurocs.items() if np.isfinite(v)}, "no candidate could be fitted"
+
+
+def _held_out_auroc(score: str, cfg: NoveltyConfig, ev: Evidence) -> float:
+    """AUROC of ``score``'s subclass confidence: validation images (seen) against held-out subclasses (novel)."""
+    assert ev.val is not None and ev.held is not None
+    scorer = NoveltyScorer.fit(score, ev.train, ev.train_y_super, ev.train_y_sub, ev.heads, layers=cfg.layers)
+    tax = ev.taxonomy.sub_to_super
+    return float(open_set_metrics(scorer.confidences(ev.val, tax).sub_conf,
+                                  scorer.confidences(ev.held, tax).sub_conf)["auroc"])
 
 
 LEVEL_NAMES = {"super": "superclass", "sub": "subclass"}

@@ -17,7 +17,7 @@ from ..reporting import save_sweep
 from ..run_dir import RunDir
 from .evidence import Evidence, SharedRows, collect_evidence, load_stage_model
 from .inputs import load_labelled, training_pool
-from .stage_plan import calibration_stage_names, load_split, needs_calibration_model
+from .stage_plan import calibration_stage_names, load_split, needs_calibration_model, needs_loso_models
 
 log = logging.getLogger("supersub")
 
@@ -79,7 +79,7 @@ def calibration_evidence(run_dir: str | Path, cfg: TrainConfig | None = None) ->
             f"but the run was trained on {n_labelled} + {n_images - n_labelled}; the data changed since training"
         )
     wanted = {"final"} | (set(calibration_stage_names(stages)) if needs_calibration_model(cfg.novelty) else set())
-    if cfg.novelty.super_protocol == "loso" and cfg.novelty.tau_super is None:
+    if needs_loso_models(cfg.novelty, taxonomy.n_super):
         wanted |= {name for name in stages if name.startswith("loso-")}
     evidence: dict[str, Evidence] = {}
     shared = SharedRows()  # the frozen features every stage's evidence reads, held once

@@ -11,9 +11,10 @@ with their superclass and :data:`~supersub.losses.NOVEL_SUB`):
   With ``novelty.calibration_folds`` K > 1, folds ``calibration-1`` .. ``calibration-{K-1}`` hold out other
   subclasses the same way, and each threshold is the mean of the K folds' (one draw of pseudo-novel
   subclasses is a noisy stand-in for the novel subclasses a test brings).
-* ``loso-<k>`` (``novelty.super_protocol: loso``, optional because it trains one more model per
-  superclass): the calibration split without superclass k, whose images then stand in for a novel
-  superclass; the pooled result sets tau_super when there are no outlier images to calibrate on.
+* ``loso-<k>`` (``novelty.super_protocol: loso``, or ``novelty.score: auto`` with >= 3 superclasses; optional
+  because it trains one more model per superclass): the calibration split without superclass k, whose images
+  then stand in for a novel superclass; the pooled result sets tau_super (the loso protocol) or chooses the
+  superclass score (auto).
 
 How thresholds are chosen from these models is :mod:`supersub.pipeline.calibrate`. Every index list is saved in ``calibration/split.json`` so ``supersub calibrate`` can re-score a trained
 run with another score or objective without retraining.
@@ -33,6 +34,7 @@ import torch
 from ..config import NoveltyConfig, TrainConfig
 from ..data.splits import holdout_folds, stratified_split
 from ..errors import SupersubError
+from ..score_catalog import AUTO, level_scores
 from ..io import write_json_atomic
 from ..losses import NOVEL_SUB, OUTLIER
 from ..taxonomy import Taxonomy
@@ -149,6 +151,14 @@ def needs_calibration_model(cfg: NoveltyConfig) -> bool:
     return cfg.tau_super is None or cfg.tau_sub is None
 
 
+def needs_loso_models(cfg: NoveltyConfig, n_super: int) -> bool:
+    """LOSO models: for the LOSO protocol's cut, or as the evidence ``score: auto`` chooses the superclass score on
+    (a left-out superclass stands for a new family only when >= 2 others remain to train on)."""
+    if cfg.tau_super is not None:
+        return False
+    return cfg.super_protocol == "loso" or (level_scores(cfg.score)[0] == AUTO and n_super >= 3)
+
+
 CALIBRATION = "calibration"  # the first calibration fold's stage; the others are calibration-1, calibration-2, ...
 
 
@@ -202,7 +212,7 @@ def _stage_rows(pool: Pool, taxonomy: Taxonomy, cfg: TrainConfig) -> dict[str, S
             [seen_rows[i] for i in tr] + train_outliers + novel_sub, [seen_rows[i] for i in va],
             [i for i, h in enumerate(is_held) if h], cal_outliers,
         )
-    if cfg.novelty.super_protocol == "loso" and cfg.novelty.tau_super is None:
+    if needs_loso_models(cfg.novelty, taxonomy.n_super):
         stages.update(_loso_stages(pool, taxonomy, stages[CALIBRATION]))
     return stages
 
