@@ -85,3 +85,16 @@ def test_two_superclasses_keep_the_default_superclass_score(synth_dir: Path, tmp
     cal = json.loads((run / "metrics.json").read_text())["novelty"]
     assert cal["super_score_auto"] == "vim" and "super_score_auto_auroc" not in cal
     assert cal["sub_score_auto"] in AUTO_CANDIDATES["sub"] and cal["sub_score_auto_auroc"]
+
+
+def test_the_python_api_resolves_one_auto_level(trained_run: Path, tmp_path: Path) -> None:
+    """``supersub.api.calibrate(run, score="vim+auto")``: the superclass keeps vim, the subclass is chosen."""
+    import shutil
+
+    import supersub.api as ss
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    summary = ss.calibrate(run, score="vim+auto")
+    assert summary["score_requested"] == "vim+auto" and "super_score_auto" not in summary
+    assert summary["thresholds"]["score"] == f"vim+{summary['sub_score_auto']}"
