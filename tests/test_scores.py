@@ -181,6 +181,23 @@ def test_mahalanobis_measures_in_the_span_of_rank_deficient_features(caplog: pyt
         create_detector("mahalanobis").fit(torch.zeros(120, 3), torch.ones(120, 16), y)
 
 
+def test_vim_caps_its_subspace_below_the_rank_of_rank_deficient_features(caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 28: 8 features twice (16 columns of rank 8): the width rule (16 // 2 = 8) would leave no residual;
+    ViM keeps 7 directions, says so in one line, and still scores a query off the span as more novel."""
+    g = torch.Generator().manual_seed(0)
+    h = 3 * torch.randn(3, 8, generator=g)[torch.arange(3).repeat_interleave(40)] + torch.randn(120, 8, generator=g)
+    twice = torch.cat([h, h], dim=1)
+    logits = twice[:, :3].clone()
+    with caplog.at_level("INFO", logger="supersub"):
+        vim = create_detector("vim").fit(logits, twice)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("vim:")]
+    assert said == ["vim: principal dimension 8 capped at 7 (the features' numerical rank is 8 of 16 columns)"]
+    assert vim.dim == 7
+    q = torch.randn(10, 8, generator=g)
+    on_span, off_span = torch.cat([q, q], dim=1), torch.cat([q, q + 3.0], dim=1)
+    assert (vim.confidence(on_span[:, :3], off_span) < vim.confidence(on_span[:, :3], on_span)).all()
+
+
 def test_a_detector_that_cannot_fit_its_features_raises_fit_error() -> None:
     """FitError (a SupersubError the pipeline may answer with a fallback score) is about the features, never
     about a misused call."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -46,15 +48,16 @@ def run_model(model: nn.Module, images: torch.Tensor, batch_size: int | None = N
     device = device or pick_device()
     keep_freed_memory()  # every batch reuses the previous batch's activation memory
     model = model.to(device, memory_format=torch.channels_last).eval()  # faster convolutions, same results
-    batches = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size].to(device).contiguous(memory_format=torch.channels_last)
-        batches.append(outputs_of(model, batch).cpu_float())
-        release(images)  # memory-mapped images: keep the batch, not every page read so far
-
-    if not batches:
+    if not len(images):
         raise ValueError("run_model needs at least one image")
-    return Outputs.cat(batches)
+
+    def batches() -> Iterator[Outputs]:
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size].to(device).contiguous(memory_format=torch.channels_last)
+            yield outputs_of(model, batch).cpu_float()
+            release(images)  # memory-mapped images: keep the batch, not every page read so far
+
+    return Outputs.gather(batches(), len(images))
 
 
 def outputs_of(model: nn.Module, images: torch.Tensor) -> Outputs:

@@ -143,21 +143,28 @@ def _check_logits(score: str, logits: Tensor, ndim: int = 2) -> None:
         raise SupersubError(f"score '{score}': logits contain a non-finite value")
 
 
+# rows at a time in the row-wise passes over a whole training matrix (5 MB per float64 temporary at 1,280 columns)
+UNIT_CHUNK = 512
+
+
 def _check_features(score: str, features: OptTensor, n: int) -> Tensor:
     if features is None:
         raise SupersubError(f"score '{score}': needs the model's features, got none")
     if features.ndim != 2 or features.shape[0] != n:
         raise SupersubError(f"score '{score}': features have shape {tuple(features.shape)}, expected ({n}, D)")
-    if not torch.isfinite(features).all():
+    if not all(bool(torch.isfinite(block).all()) for block in features.split(UNIT_CHUNK)):  # no (N, D) mask
         raise SupersubError(f"score '{score}': features contain a non-finite value")
     return features
 
 
 def _seen_rows(
-    score: str, features: OptTensor, labels: OptTensor, n: int, need_labels: bool
+    score: str, features: OptTensor, labels: OptTensor, n: int, need_labels: bool, float64: bool = True
 ) -> tuple[Tensor, OptTensor]:
-    """float64 CPU features (and labels) of the in-distribution rows: negative labels are dropped."""
-    x = _check_features(score, features, n).detach().cpu().double()
+    """CPU features (and labels) of the in-distribution rows: negative labels are dropped. float64 unless
+    ``float64=False`` (then the caller's own dtype, and no copy when every row is kept: a fit on the training images
+    of a large run would otherwise hold the matrix twice over, in float64)."""
+    x = _check_features(score, features, n).detach().cpu()
+    x = x.double() if float64 else x
     y = None
     if labels is None and need_labels:
         raise SupersubError(f"score '{score}': fitting needs the class labels, got none")
@@ -165,7 +172,8 @@ def _seen_rows(
         if labels.shape != (n,) or labels.is_floating_point():
             raise SupersubError(f"score '{score}': labels must be {n} integers, got shape {tuple(labels.shape)}")
         y = labels.detach().cpu().long()
-        x, y = x[y >= 0], y[y >= 0]
+        if not bool((y >= 0).all()):
+            x, y = x[y >= 0], y[y >= 0]
     if len(x) < 2:
         raise FitError(f"score '{score}': fitting needs at least 2 seen-class samples, got {len(x)}")
     return x, y
@@ -186,6 +194,24 @@ def _spectrum(second_moment: Tensor) -> tuple[Tensor, Tensor, int]:
 
 def _unit(x: Tensor) -> Tensor:
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def _unit_float32(x: Tensor, scale: float | None = None) -> Tensor:
+    """``(_unit(x.double()) * scale).float()`` computed a block of rows at a time (row by row the same numbers):
+    the float64 intermediates of a whole training matrix cost 4x the float32 result."""
+    out = torch.empty(x.shape, dtype=torch.float32)
+    for start in range(0, len(x), UNIT_CHUNK):
+        block = _unit(x[start:start + UNIT_CHUNK].double())
+        out[start:start + UNIT_CHUNK] = block if scale is None else block * scale
+    return out
+
+
+def _spans_no_direction(z: Tensor, tolerance: float) -> bool:
+    """Whether every row of ``z`` equals the mean row within ``tolerance``: ``max |z - mean|`` read off each
+    column's extremes (rounding is monotone, so it is the same number) without an (N, D) temporary."""
+    mean = z.mean(dim=0)
+    spread = torch.maximum(z.amax(dim=0) - mean, mean - z.amin(dim=0))
+    return float(spread.max()) <= tolerance
 
 
 # ---- logit scores --------------------------------------------------------------------------------
@@ -404,8 +430,8 @@ class KNNScore(Detector):
         self.bank: OptTensor = None
 
     def _fit(self, logits: Tensor, features: OptTensor, labels: OptTensor, weight: OptTensor, bias: OptTensor) -> None:
-        x, _ = _seen_rows(self.name, features, labels, logits.shape[0], need_labels=False)
-        self.bank = _unit(x).float()
+        x, _ = _seen_rows(self.name, features, labels, logits.shape[0], need_labels=False, float64=False)
+        self.bank = _unit_float32(x)
 
     def _confidence(self, logits: Tensor, features: OptTensor, k: int | None = None) -> Tensor:
         assert features is not None and self.bank is not None
@@ -441,9 +467,9 @@ class KNNClassScore(Detector):
         self.labels: OptTensor = None
 
     def _fit(self, logits: Tensor, features: OptTensor, labels: OptTensor, weight: OptTensor, bias: OptTensor) -> None:
-        x, y = _seen_rows(self.name, features, labels, logits.shape[0], need_labels=True)
+        x, y = _seen_rows(self.name, features, labels, logits.shape[0], need_labels=True, float64=False)
         assert y is not None
-        self.bank, self.labels = _unit(x).float(), y
+        self.bank, self.labels = _unit_float32(x), y
 
     def _confidence(self, logits: Tensor, features: OptTensor, k: int | None = None) -> Tensor:
         assert features is not None and self.bank is not None and self.labels is not None
@@ -493,13 +519,14 @@ class ProbeScore(Detector):
         self.bias: OptTensor = None
 
     def _fit(self, logits: Tensor, features: OptTensor, labels: OptTensor, weight: OptTensor, bias: OptTensor) -> None:
-        x, y = _seen_rows(self.name, features, labels, logits.shape[0], need_labels=True)
+        x, y = _seen_rows(self.name, features, labels, logits.shape[0], need_labels=True, float64=False)
         assert y is not None
         n_classes = logits.shape[1]
         if int(y.max()) >= n_classes:
             raise SupersubError(f"score '{self.name}': label {int(y.max())} outside the {n_classes} classes of the logits")
-        z = (_unit(x) * self.scale).float()
-        if float((z - z.mean(dim=0)).abs().max()) <= 1e-6 * self.scale:
+        z = _unit_float32(x, self.scale)
+        del x
+        if _spans_no_direction(z, 1e-6 * self.scale):
             # identical (or all-zero) unit features: every class would get the same logit up to its bias
             raise FitError(f"score '{self.name}': the training features span 0 directions once L2-normalised; the "
                            "probe needs features that vary between images")
@@ -573,8 +600,9 @@ class ViMScore(Detector):
             seen_logits = seen_logits[labels.detach().cpu() >= 0]
         weight, bias = self._head(weight, bias, x, seen_logits)
         origin = -(torch.linalg.pinv(weight) @ bias)
-        centered = x - origin
         dim = self._principal_dim(x.shape)
+        centered = x - origin
+        del x  # the float64 matrix is held once, centred
         # the subspace must leave a residual: rank-deficient features have fewer directions than columns, so the
         # width rule alone can cover them all (issue 28: two frozen copies of resnet18 gave 1,024 columns of rank 512)
         _, vectors, rank = _spectrum(centered.T @ centered / len(centered))
@@ -583,10 +611,10 @@ class ViMScore(Detector):
                 raise FitError(f"score '{self.name}': the training features span {rank} direction(s); ViM needs "
                                "at least 2")
             log.info("vim: principal dimension %d capped at %d (the features' numerical rank is %d of %d columns)",
-                     dim, rank - 1, rank, x.shape[1])
+                     dim, rank - 1, rank, centered.shape[1])
             dim = rank - 1
         basis = vectors[:, -dim:]
-        residual = _residual_norm(centered, basis).mean()
+        residual = _residual_norm_by_blocks(centered, basis).mean()
         if not residual > 1e-12 * centered.norm(dim=1).mean():
             raise FitError(f"score '{self.name}': training features have no residual outside {dim} dimensions")
         self.dim, self.origin, self.basis = dim, origin, basis
@@ -627,8 +655,15 @@ class ViMScore(Detector):
 
 
 def _residual_norm(centered: Tensor, basis: Tensor) -> Tensor:
-    """Norm of each row after removing its projection on the orthonormal columns of ``basis``."""
+    """Norm of each row after removing its projection on the orthonormal columns of ``basis`` (the exported graph
+    traces this: no Python-side blocks here)."""
     return (centered - (centered @ basis) @ basis.T).norm(dim=1)
+
+
+def _residual_norm_by_blocks(centered: Tensor, basis: Tensor) -> Tensor:
+    """:func:`_residual_norm` of a whole training matrix, a block of rows at a time (row by row the same numbers;
+    the whole matrix's projection would cost three more copies of it)."""
+    return torch.cat([_residual_norm(block, basis) for block in centered.split(UNIT_CHUNK)])
 
 
 def _check_dim(score: str, features: Tensor, n_dim: int) -> None:

@@ -165,7 +165,7 @@ def layer_features(outputs: Outputs, layer: str) -> torch.Tensor:
             raise SupersubError(f"novelty layer {name!r}: this model does not expose it (available: {have}; tapped "
                                 "blocks need a timm backbone and model.tap_blocks > 0)")
         pieces.append(x.float() / x.float().norm(dim=1, keepdim=True).clamp_min(1e-12))
-    return torch.cat(pieces, dim=1)
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
 
 
 class NoveltyScorer:
@@ -209,8 +209,11 @@ class NoveltyScorer:
             weight, bias = head if head is not None else (None, None)
             made = create_detector(detector, **options_for_detector(detector, dict(options or {})))
             try:
-                detectors.append(made.fit(_logits_for(made, out, level)[keep], layer_features(out, layer)[keep],
-                                          labels[keep], head_weight=weight, head_bias=bias))
+                every = bool(keep.all())  # indexing copies: a large run's training matrix is not copied for nothing
+                feats = layer_features(out, layer)
+                detectors.append(made.fit(_logits_for(made, out, level)[keep], feats if every else feats[keep],
+                                          labels if every else labels[keep], head_weight=weight, head_bias=bias))
+                del feats
             except FitError as e:
                 raise LevelFitError(level, detector, str(e)) from None
         return cls(name, *detectors, layers=layers)

@@ -8,7 +8,7 @@ the combined ones every other score, the decision rule and the probabilities use
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -67,6 +67,31 @@ class Outputs:
         layers = None if parts[0].layers is None else {k: torch.cat([p.layers[k] for p in parts])  # type: ignore[index]
                                                        for k in parts[0].layers}
         return Outputs(*(None if col[0] is None else torch.cat(col) for col in columns), layers=layers)
+
+    @staticmethod
+    def gather(parts: Iterable[Outputs], n: int) -> Outputs:
+        """:meth:`cat` of ``n`` rows arriving in batches, each copied into place as it comes: one batch is alive
+        at a time instead of every batch and then their concatenation (twice a large run's feature matrix)."""
+        out: Outputs | None = None
+        filled = 0
+        for part in parts:
+            rows = len(part.super_logits)
+            if out is None:
+                def room(t: torch.Tensor | None) -> torch.Tensor | None:
+                    return None if t is None else t.new_empty((n, *t.shape[1:]))
+                layers = None if part.layers is None else {k: room(v) for k, v in part.layers.items()}
+                out = Outputs(*(room(t) for t in part._fields()), layers=layers)  # type: ignore[arg-type]
+            for into, t in zip(out._fields(), part._fields()):
+                if into is not None and t is not None:
+                    into[filled:filled + rows] = t
+            for k, v in (part.layers or {}).items():
+                out.layers[k][filled:filled + rows] = v  # type: ignore[index]
+            filled += rows
+        if out is None:
+            raise ValueError("Outputs.gather needs at least one batch")
+        if filled != n:
+            raise ValueError(f"Outputs.gather: expected {n} rows, got {filled}")
+        return out
 
     def _fields(self) -> tuple[torch.Tensor | None, ...]:
         return self.super_logits, self.sub_logits, self.features, self.super_members, self.sub_members

@@ -201,8 +201,8 @@ def cached_outputs(model: HierarchicalClassifier | BaggingEnsemble, images: torc
     was_training = model.training
     model.to(device).eval()
     try:
-        chunks = [model.outputs_from_rows(rows[i:i + batch_size].float().to(device), splits).cpu_float()
-                  for i in range(0, len(rows), batch_size)]
+        chunks = (model.outputs_from_rows(rows[i:i + batch_size].float().to(device), splits).cpu_float()
+                  for i in range(0, len(rows), batch_size))
+        return Outputs.gather(chunks, len(rows))
     finally:
         model.train(was_training)
-    return Outputs.cat(chunks)
