@@ -133,6 +133,15 @@ def _choose(
 
 def _loso_choice(score: str, loso: list[Evidence], cfg: NoveltyConfig) -> _LevelChoice:
     """tau_super from the pooled LOSO models, each standardised by its seen validation confidences."""
+    seen_z, novel_z, correct = _loso_confidences(score, loso, cfg)
+    return _choose(seen_z, novel_z, correct, cfg, cfg.objective, "super")
+
+
+def _loso_confidences(score: str, loso: list[Evidence], cfg: NoveltyConfig) -> tuple[
+    torch.Tensor, torch.Tensor, torch.Tensor
+]:
+    """The LOSO models' superclass confidences, pooled: seen (validation + held-out) and left-out (novel) images,
+    each model's z-scored by its own seen ones, and whether each seen image's superclass is decided right."""
     seen_z, novel_z, correct = [], [], []
     for ev in loso:
         scorer = NoveltyScorer.fit(score, ev.train, ev.train_y_super, ev.train_y_sub, ev.heads, options=cfg.options_for(score),
@@ -149,7 +158,7 @@ def _loso_choice(score: str, loso: list[Evidence], cfg: NoveltyConfig) -> _Level
         correct.append(torch.cat([
             _correct(v, c, y, torch.zeros_like(y), ev.taxonomy)[0] for v, c, y in zip(views, confs, labels)
         ]))
-    return _choose(torch.cat(seen_z), torch.cat(novel_z), torch.cat(correct), cfg, cfg.objective, "super")
+    return torch.cat(seen_z), torch.cat(novel_z), torch.cat(correct)
 
 
 @dense_threads()  # detector fits, confidences and sweeps are small dense ops: one thread (see supersub.threads)
@@ -230,9 +239,9 @@ def _evidence_aurocs(level: str, cfg: NoveltyConfig, final: Evidence, folds: lis
     aurocs = {}
     for candidate in AUTO_CANDIDATES[level]:
         try:
-            if level == "super":
-                metrics = _loso_choice(f"{candidate}+{FALLBACK_SCORE}", loso, cfg).metrics
-                aurocs[candidate] = float(metrics["auroc"]) if metrics else float("nan")
+            if level == "super":  # the AUROC _loso_choice would report, without its threshold search
+                seen_z, novel_z, _ = _loso_confidences(f"{candidate}+{FALLBACK_SCORE}", loso, cfg)
+                aurocs[candidate] = float(open_set_metrics(seen_z, novel_z)["auroc"]) if len(novel_z) else float("nan")
             else:
                 aurocs[candidate] = float(np.mean([_held_out_auroc(f"{FALLBACK_SCORE}+{candidate}", cfg, ev)
                                                    for ev in folds if ev.val is not None and ev.held is not None]))

@@ -63,10 +63,7 @@ class Outputs:
         """Row-wise concatenation of batches of the same model."""
         if not parts:
             raise ValueError("Outputs.cat needs at least one batch")
-        columns = list(zip(*(p._fields() for p in parts)))
-        layers = None if parts[0].layers is None else {k: torch.cat([p.layers[k] for p in parts])  # type: ignore[index]
-                                                       for k in parts[0].layers}
-        return Outputs(*(None if col[0] is None else torch.cat(col) for col in columns), layers=layers)
+        return Outputs.gather(parts, sum(len(p.super_logits) for p in parts))
 
     @staticmethod
     def gather(parts: Iterable[Outputs], n: int) -> Outputs:
@@ -77,10 +74,7 @@ class Outputs:
         for part in parts:
             rows = len(part.super_logits)
             if out is None:
-                def room(t: torch.Tensor | None) -> torch.Tensor | None:
-                    return None if t is None else t.new_empty((n, *t.shape[1:]))
-                layers = None if part.layers is None else {k: room(v) for k, v in part.layers.items()}
-                out = Outputs(*(room(t) for t in part._fields()), layers=layers)  # type: ignore[arg-type]
+                out = part._empty(n)
             for into, t in zip(out._fields(), part._fields()):
                 if into is not None and t is not None:
                     into[filled:filled + rows] = t
@@ -92,6 +86,13 @@ class Outputs:
         if filled != n:
             raise ValueError(f"Outputs.gather: expected {n} rows, got {filled}")
         return out
+
+    def _empty(self, n: int) -> Outputs:
+        """Uninitialised outputs of ``n`` rows shaped like these (what :meth:`gather` fills)."""
+        def room(t: torch.Tensor) -> torch.Tensor:
+            return t.new_empty((n, *t.shape[1:]))
+        layers = None if self.layers is None else {k: room(v) for k, v in self.layers.items()}
+        return Outputs(*(None if t is None else room(t) for t in self._fields()), layers=layers)  # type: ignore[arg-type]
 
     def _fields(self) -> tuple[torch.Tensor | None, ...]:
         return self.super_logits, self.sub_logits, self.features, self.super_members, self.sub_members

@@ -81,8 +81,8 @@ def collect_evidence(
             # a block of rows at a time (multiples of run_model's batch: the same batches as all at once), so
             # memory-mapped images are never all copied into memory
             rows = list(idx)
-            out = Outputs.cat([run_model(model, pool.images[rows[i:i + EVIDENCE_BLOCK]], device=device)
-                               for i in range(0, len(rows), EVIDENCE_BLOCK)])
+            out = Outputs.gather((run_model(model, pool.images[rows[i:i + EVIDENCE_BLOCK]], device=device)
+                                  for i in range(0, len(rows), EVIDENCE_BLOCK)), len(rows))
         return seen_view(out, tax.n_super, tax.n_sub)
 
     train = [i for i in stage.train if y_super[i] >= 0 and y_sub[i] >= 0]
