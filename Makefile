@@ -18,8 +18,9 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/supersub demo --out runs/demo --overwrite
 
+# one test process per core, at most four (each builds the session's tiny runs once); `pytest` alone runs serially
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --maxprocesses 4
 
 bench-protocol: $(STAMP)
 	$(PY) benchmarks/protocol.py --variant tin --seed 0

@@ -17,6 +17,10 @@ TINY_TRAIN_ARGS = [
 ]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # two test processes on two cores: one thread each (and in their subprocesses), not two fighting for a core
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 # frozen backbone outputs go to a per-session folder, never into the user cache
 os.environ["SUPERSUB_CACHE_DIR"] = tempfile.mkdtemp(prefix="supersub-test-cache-")
 

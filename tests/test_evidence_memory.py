@@ -106,3 +106,59 @@ def test_shared_rows_keep_equal_matrices_once_and_different_ones_apart() -> None
     other = shared.share(Outputs(torch.ones(3, 2), torch.ones(3, 2), features + 1))
     assert again.features is first.features and other.features is not first.features
     assert torch.equal(again.super_logits, torch.ones(3, 2))
+
+
+def test_every_stage_fits_and_collects_evidence_from_one_read_of_the_rows(synth_dir: Path, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fits of all eight stages and their evidence index the rows read once from the cache (before: each stage's
+    fit and each stage's evidence read their own copy, then SharedRows compared and dropped the evidence's)."""
+    from supersub.models import feature_cache
+
+    reads: list[torch.Tensor] = []
+    read = feature_cache._read_or_compute
+
+    def counted(*args: Any, **kwargs: Any) -> torch.Tensor:
+        reads.append(read(*args, **kwargs))
+        return reads[-1]
+
+    captured: dict[str, dict[str, Evidence]] = {}
+    calibrate = train_module.calibrate_and_save
+
+    def capture(run: Any, cfg: Any, evidence: dict[str, Evidence]) -> Any:
+        captured["evidence"] = evidence
+        return calibrate(run, cfg, evidence)
+
+    monkeypatch.setattr(feature_cache, "_read_or_compute", counted)
+    monkeypatch.setattr(train_module, "calibrate_and_save", capture)
+    assert run_cli(["train", "--data", str(synth_dir), "--out", str(tmp_path / "run"), "--epochs", "1",
+                    "--image-size", "24", "--input-size", "32", "--batch-size", "32", "--no-progress"]) == 0
+    assert len(reads) == 1, len(reads)
+    evidence = captured["evidence"]
+    assert len(evidence) > 2
+    matrix = reads[0].untyped_storage().data_ptr()
+    for ev in evidence.values():
+        out = ev.train.outputs
+        assert isinstance(out, RowSelection)
+        assert out._all_features.untyped_storage().data_ptr() == matrix
+        assert all(t.untyped_storage().data_ptr() == matrix for t in (out._all_layers or {}).values())
+    assert feature_cache._HELD is None  # released with the run
+
+
+def test_outside_a_run_every_call_reads_its_own_rows(tmp_path: Path) -> None:
+    from supersub.models.feature_cache import extract_features, held_for_the_run
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 5))
+    images = torch.randint(0, 255, (6, 3, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    normalize = lambda x: x.float() / 255  # noqa: E731
+    a = extract_features(net, images, normalize, cache_dir=tmp_path)
+    b = extract_features(net, images, normalize, cache_dir=tmp_path)
+    assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()
+    with held_for_the_run():
+        c = extract_features(net, images, normalize, cache_dir=tmp_path)
+        d = extract_features(net, images.clone(), normalize, cache_dir=tmp_path)  # same pixels: same rows
+        e = extract_features(net, images[:3], normalize, cache_dir=tmp_path)  # other images: their own rows
+        with torch.no_grad():
+            net[1].bias.add_(1.0)
+        f = extract_features(net, images, normalize)  # other weights: a miss, never a stale hit
+    assert torch.equal(c, a) and d is c and e.data_ptr() != c.data_ptr() and torch.equal(e, a[:3])
+    assert torch.allclose(f, a + 1.0)

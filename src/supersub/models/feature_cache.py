@@ -56,10 +56,48 @@ def extract_features(
     _check_images(images)
     if batch_size < 1:
         raise SupersubError(f"feature extraction: batch_size must be >= 1, got {batch_size}")
-    if cache_dir is None:
+    if cache_dir is None and _HELD is None:
         return _compute(backbone, images, normalize, batch_size, torch.device(device), input_size, dtype)
     network = network_digest(backbone, normalize, input_size, dtype)
     keys = image_keys(images)
+    held_as = (network, hashlib.sha256("\0".join(keys).encode()).hexdigest())
+    if _HELD is not None and held_as in _HELD:
+        return _HELD[held_as]
+    rows = (_compute(backbone, images, normalize, batch_size, torch.device(device), input_size, dtype)
+            if cache_dir is None else _read_or_compute(backbone, images, normalize, batch_size, device, input_size,
+                                                       dtype, cache_dir, network, keys))
+    if _HELD is not None:
+        _HELD[held_as] = rows
+    return rows
+
+
+# while a run holds its rows (held_for_the_run): {(network digest, digest of the image keys): rows}
+_HELD: dict[tuple[str, str], torch.Tensor] | None = None
+
+
+@contextmanager
+def held_for_the_run() -> Iterator[None]:
+    """Within this context :func:`extract_features` returns the same tensor for the same network and images.
+
+    Why: a run's stages (final, calibration folds, LOSO models) and their evidence read the same frozen rows;
+    reading each from the cache into its own matrix held two or three copies of the feature matrix at once.
+    Callers treat the rows as read-only (they index and copy them, never write into them).
+    """
+    global _HELD
+    if _HELD is not None:  # nested: the outer run's rows stay shared
+        yield
+        return
+    _HELD = {}
+    try:
+        yield
+    finally:
+        _HELD = None
+
+
+def _read_or_compute(backbone: nn.Module, images: torch.Tensor, normalize: Normalize, batch_size: int,
+                     device: torch.device | str, input_size: int | None, dtype: torch.dtype, cache_dir: Path,
+                     network: str, keys: list[str]) -> torch.Tensor:
+    """The rows of ``images`` from the disk cache, computing (and saving) the misses."""
     store = _ShardIndex(Path(cache_dir), network)
     missing = [i for i, key in enumerate(keys) if key not in store]
     out: torch.Tensor | None = None

@@ -171,6 +171,13 @@ class HierarchicalClassifier(nn.Module):
         x = self.prepare(images)
         return self.arrange_rows([e(x) for e in self.feature_extractors()])
 
+    def feature_columns(self) -> slice | None:
+        """The columns of cached rows that :meth:`head_forward` returns as its features unchanged (one network,
+        no trained neck), else None: evidence can then point at the rows instead of copying them."""
+        if self.sub_neck is not None or not isinstance(self.neck, nn.Sequential) or len(self.neck) > 0:
+            return None
+        return slice(0, int(self.backbone.num_features))
+
     def layers_of_rows(self, rows: torch.Tensor) -> dict[str, torch.Tensor] | None:
         """The tapped layers of rows that carry them (``block-n`` .. ``block-1``), else None."""
         if not self.tap_blocks or rows.shape[1] <= self.num_backbone_features:

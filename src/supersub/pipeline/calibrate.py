@@ -12,6 +12,7 @@ from typing import Any
 
 from ..config import TrainConfig, build_config, warn_ignored_options
 from ..errors import SupersubError
+from ..models.feature_cache import held_for_the_run
 from ..novelty.head_fit import LEVEL_NAMES, Calibration, calibrate_run
 from ..reporting import save_sweep
 from ..run_dir import RunDir
@@ -83,11 +84,12 @@ def calibration_evidence(run_dir: str | Path, cfg: TrainConfig | None = None) ->
         wanted |= {name for name in stages if name.startswith("loso-")}
     evidence: dict[str, Evidence] = {}
     shared = SharedRows()  # the frozen features every stage's evidence reads, held once
-    for name, stage in stages.items():
-        if name not in wanted:
-            continue
-        model = run.load_model()[0] if name == "final" else load_stage_model(run.path, name)
-        evidence[name] = collect_evidence(model, pool, taxonomy, stage, cfg.trainer.accelerator, cfg, shared)
+    with held_for_the_run():  # ... and read from the cache once
+        for name, stage in stages.items():
+            if name not in wanted:
+                continue
+            model = run.load_model()[0] if name == "final" else load_stage_model(run.path, name)
+            evidence[name] = collect_evidence(model, pool, taxonomy, stage, cfg.trainer.accelerator, cfg, shared)
     return evidence
 
 

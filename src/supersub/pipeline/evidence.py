@@ -45,10 +45,15 @@ class SharedRows:
 
     def _one(self, t: torch.Tensor) -> torch.Tensor:
         for kept in self.kept:
-            if kept.shape == t.shape and kept.dtype == t.dtype and torch.equal(kept, t):
+            if kept.shape == t.shape and kept.dtype == t.dtype and (_same_memory(kept, t) or torch.equal(kept, t)):
                 return kept
         self.kept.append(t)
         return t
+
+
+def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Two views of the same numbers (the run's shared rows): equal without comparing them."""
+    return a.data_ptr() == b.data_ptr() and a.stride() == b.stride()
 
 
 def collect_evidence(

@@ -13,6 +13,7 @@ from ..config import TrainConfig, warn_ignored_options
 from ..data.cache_limit import cache_policy
 from ..errors import SupersubError
 from ..io import write_json_atomic
+from ..models.feature_cache import held_for_the_run
 from ..run_dir import MARKER, RunDir, load_model_file, save_model_file
 from ..training.distributed import is_global_zero
 from ..training.fit_by_approach import fit_model
@@ -36,7 +37,8 @@ def train_run(
 ) -> dict[str, Any]:
     """:func:`supersub.api.train`: every stage's model, then calibration; rank 0 writes the run directory."""
     cfg = resolve_config(config, **overrides)
-    with cache_policy(max_gb=cfg.data.cache_max_gb):  # the caches' size limit of this run's config
+    # the caches' size limit of this run's config; every stage reads one copy of the frozen rows
+    with cache_policy(max_gb=cfg.data.cache_max_gb), held_for_the_run():
         return _train(data, out, cfg, overwrite, resume)
 
 

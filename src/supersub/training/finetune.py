@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -198,11 +199,26 @@ def cached_outputs(model: HierarchicalClassifier | BaggingEnsemble, images: torc
     rows = cached_rows(model, images, cfg, device)[:, 0]
     batch_size = batch_size or inference.BATCH
     splits = model.stage_splits(cfg.optim.trainable_stages) if cfg.optim.finetune == "partial" else None
+    # features that are columns of the (float32) rows are those columns, not a copy: a large run holds its
+    # feature matrix once (supersub.models.feature_cache.held_for_the_run shares the rows across stages)
+    columns = model.feature_columns() if isinstance(model, HierarchicalClassifier) and splits is None \
+        and rows.dtype == torch.float32 else None
     was_training = model.training
     model.to(device).eval()
     try:
-        chunks = (model.outputs_from_rows(rows[i:i + batch_size].float().to(device), splits).cpu_float()
+        chunks = (_outputs_of_chunk(model, rows[i:i + batch_size].to(device), splits, columns is None)
                   for i in range(0, len(rows), batch_size))
-        return Outputs.gather(chunks, len(rows))
+        out = Outputs.gather(chunks, len(rows))
     finally:
         model.train(was_training)
+    if columns is not None:
+        assert isinstance(model, HierarchicalClassifier)
+        out = replace(out, features=rows[:, columns], layers=model.layers_of_rows(rows))
+    return out
+
+
+def _outputs_of_chunk(model: HierarchicalClassifier | BaggingEnsemble, rows: torch.Tensor,
+                      splits: Sequence[StageSplit] | None, with_features: bool) -> Outputs:
+    out = model.outputs_from_rows(rows.float(), splits).cpu_float()
+    # without its features (one empty column kept for the shape gather allocates): the caller points at the rows
+    return out if with_features else replace(out, features=out.features[:, :0], layers=None)
