@@ -172,11 +172,14 @@ class PhasePeaks:
     the outer phase resumes with a fresh mark. ``after`` (a phase name) also gathers the peak of everything run
     once that phase has ended the first time (the target "after extraction" is that figure). ``<phase> file``
     is the most of the resident set that was file-backed (``RssFile``: mapped files' pages, which the kernel
-    can drop) at the end of one of the phase's segments."""
+    can drop) at the end of one of the phase's segments. ``<phase> s`` is the wall time its segments took (the stage
+    breakdown of the run's seconds)."""
 
     def __init__(self, after: str | None = None) -> None:
         self.peaks: dict[str, float] = {}
         self.file: dict[str, float] = {}
+        self.seconds: dict[str, float] = {}
+        self._segment_start = time.perf_counter()
         self.after, self.after_peak = after, None  # after_peak: a number once ``after`` has ended
         self._stack = ["other"]
         self._reset()
@@ -190,6 +193,9 @@ class PhasePeaks:
         name, peak = self._stack[-1], _status_kib("VmHWM") / 1024
         self.peaks[name] = max(self.peaks.get(name, 0.0), peak)
         self.file[name] = max(self.file.get(name, 0.0), _status_kib("RssFile") / 1024)
+        now = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - self._segment_start
+        self._segment_start = now
         if self.after_peak is not None:
             self.after_peak = max(self.after_peak, peak)
         if name == self.after and self.after_peak is None:
@@ -212,6 +218,7 @@ class PhasePeaks:
         self._close_segment()
         out = {k: round(v, 1) for k, v in self.peaks.items()}
         out.update({f"{k} file": round(v, 1) for k, v in self.file.items()})
+        out.update({f"{k} s": round(v, 1) for k, v in self.seconds.items()})
         if self.after and self.after_peak is not None:
             out[f"after {self.after}"] = round(self.after_peak, 1)
         return out

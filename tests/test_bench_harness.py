@@ -109,7 +109,8 @@ def test_phase_peaks_give_a_nested_phase_its_own_peak(harness: ModuleType) -> No
             pass
     result = peaks.result()
     phases = {"other", "outer", "inner", "later"}
-    assert set(result) == phases | {f"{p} file" for p in phases} | {"after inner"}
+    assert set(result) == phases | {f"{p} file" for p in phases} | {f"{p} s" for p in phases} | {"after inner"}
+    assert all(result[f"{p} s"] >= 0 for p in phases)
     assert result["inner"] - result["outer"] > 64  # the outer phase resumed with a fresh mark
     assert result["after inner"] < result["inner"] - 64  # the inner phase's own peak is not "after" it
 

@@ -203,3 +203,41 @@ def test_two_cpu_processes_share_the_frozen_feature_extraction(synth_dir, tmp_pa
     direct = cached_rows(model, pool.images, cfg.model_copy(update={"data": cfg.data.model_copy(
         update={"feature_cache": False})}), torch.device("cpu"))
     assert torch.equal(from_cache, direct)
+
+
+def test_the_heap_is_trimmed_after_every_chunk(trained_run, synth_dir, tmp_path, monkeypatch):
+    """Freed memory goes back to the kernel between chunks (supersub.memory.return_freed_memory), so the resident
+    set of a long stream stays that of one chunk: once per chunk handed over."""
+    from supersub.training import stream
+
+    small_chunks(monkeypatch, 32)
+    calls: list[int] = []
+    monkeypatch.setattr(stream, "return_freed_memory", lambda: calls.append(1) or True)
+    rows = predict_images(trained_run, synth_dir / "test_images", tmp_path / "pred.csv", frame=False)
+    assert len(calls) == -(-rows // 32) > 1
+
+
+def test_frozen_extraction_forwards_small_batches_on_a_cpu(recipe_run, synth_dir, tmp_path, monkeypatch):
+    """On a CPU the frozen network sees at most CPU_EXTRACT_BATCH images per pass whatever the training batch
+    (a batch of 64 at 224 px held 900 MB more and ran slower); the rows are the same numbers."""
+    from supersub.training import finetune
+
+    model, cfg, _ = RunDir.open(recipe_run).load_model()
+    cfg = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"batch_size": 64}),
+                                 "data": cfg.data.model_copy(update={"feature_cache": False})})
+    sizes: list[int] = []
+    stem = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d))  # what every pass runs first
+    hook = stem.register_forward_hook(lambda m, inputs, out: sizes.append(len(inputs[0])))
+    images = decode_images(read_images(synth_dir / "test_images").records[:40], cfg.data.image_size).images
+    small = finetune.cached_rows(model, images, cfg, torch.device("cpu"))
+    assert max(sizes) == finetune.CPU_EXTRACT_BATCH < 40 and sum(sizes) == 40, sizes
+    monkeypatch.setattr(finetune, "CPU_EXTRACT_BATCH", 64)
+    # the same numbers up to float rounding (a convolution's algorithm can depend on the batch and thread count)
+    torch.testing.assert_close(finetune.cached_rows(model, images, cfg, torch.device("cpu")), small, rtol=1e-4, atol=1e-4)
+    hook.remove()
+    assert finetune.extraction_batch(cfg, torch.device("cuda")) == 64  # an accelerator keeps the training batch
+
+
+def test_a_chunk_forwards_whole_batches():
+    """Chunks are a multiple of run_model's batch: chunked prediction forwards the batches the whole set did."""
+    assert chunks.CHUNK % inference.BATCH == 0
