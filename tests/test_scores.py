@@ -283,6 +283,29 @@ def test_probe_fits_the_same_read_out_as_scikit_learns_logistic_regression() -> 
     assert torch.allclose(ours, theirs, atol=2e-3)
 
 
+def test_fits_that_may_reuse_the_rows_fit_the_same_detectors_and_leave_other_rows_alone() -> None:
+    """overwrite_features (the scorer's own copy of a row selection): the probe normalises those rows in place and
+    ViM centres its float64 copy in place; the fitted numbers are bit for bit those of a fit on untouched rows, and
+    rows the caller keeps (overwrite_features off, or float64 features ViM receives as they are) are not changed."""
+    g = torch.Generator().manual_seed(5)
+    y = torch.arange(4).repeat_interleave(40)
+    x = torch.randn(4, 24, generator=g)[y] + 0.7 * torch.randn(160, 24, generator=g)
+    logits = torch.nn.functional.one_hot(y, 4).float() + 0.1 * torch.randn(160, 4, generator=g)
+    kept, given = x.clone(), x.clone()
+    plain = create_detector("probe").fit(logits, kept, y)
+    reused = create_detector("probe").fit(logits, given, y, overwrite_features=True)
+    assert torch.equal(plain.weight, reused.weight) and torch.equal(plain.bias, reused.bias)
+    assert torch.equal(kept, x)  # not the caller's to lose
+    assert not torch.equal(given, x) and torch.allclose(given.norm(dim=1), torch.full((160,), 10.0))  # unit x scale
+    as_float64 = x.double()
+    vim = create_detector("vim", dim=8).fit(logits, x, y)
+    vim64 = create_detector("vim", dim=8).fit(logits, as_float64.clone(), y, overwrite_features=True)
+    untouched = create_detector("vim", dim=8).fit(logits, as_float64, y)
+    assert torch.equal(as_float64, x.double())  # float64 rows are the caller's: centred in a copy
+    assert torch.equal(vim.basis, untouched.basis) and torch.equal(vim.basis, vim64.basis)
+    assert torch.equal(vim.alpha, untouched.alpha)
+
+
 @pytest.mark.parametrize("features", [torch.zeros(12, 5), torch.ones(12, 5) * torch.arange(1, 13).unsqueeze(1)])
 def test_probe_refuses_features_that_do_not_vary_once_normalised(features: torch.Tensor) -> None:
     # all-zero rows, or rows on one ray (different norms, one direction): unit features are all alike, so a probe

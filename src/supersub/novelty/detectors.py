@@ -77,11 +77,19 @@ class Detector(ABC):
         *,
         head_weight: OptTensor = None,
         head_bias: OptTensor = None,
+        overwrite_features: bool = False,
     ) -> D:
-        """Fit on the training rows; only ``vim`` uses the head, but every score takes the same arguments."""
+        """Fit on the training rows; only ``vim`` uses the head, but every score takes the same arguments.
+
+        ``overwrite_features``: the caller made ``features`` for this fit alone (a selection of rows) and lets the
+        detector reuse their memory (the probe normalises them in place: one matrix fewer on a large run)."""
         _check_logits(self.name, logits, 3 if self.needs_members else 2)
-        with dense_threads():  # eigh, pinv, covariances: barrier waits, not speed, with more threads (threads.py)
-            self._fit(logits, features, labels, head_weight, head_bias)
+        self._may_overwrite = overwrite_features
+        try:
+            with dense_threads():  # eigh, pinv, covariances: barrier waits, not speed, with more threads (threads.py)
+                self._fit(logits, features, labels, head_weight, head_bias)
+        finally:
+            del self._may_overwrite
         return self
 
     def _fit(self, logits: Tensor, features: OptTensor, labels: OptTensor, weight: OptTensor, bias: OptTensor) -> None:
@@ -196,10 +204,11 @@ def _unit(x: Tensor) -> Tensor:
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def _unit_float32(x: Tensor, scale: float | None = None) -> Tensor:
+def _unit_float32(x: Tensor, scale: float | None = None, in_place: bool = False) -> Tensor:
     """``(_unit(x.double()) * scale).float()`` computed a block of rows at a time (row by row the same numbers):
-    the float64 intermediates of a whole training matrix cost 4x the float32 result."""
-    out = torch.empty(x.shape, dtype=torch.float32)
+    the float64 intermediates of a whole training matrix cost 4x the float32 result. ``in_place`` writes the result
+    over a float32 ``x`` (no second matrix)."""
+    out = x if in_place and x.dtype == torch.float32 else torch.empty(x.shape, dtype=torch.float32)
     for start in range(0, len(x), UNIT_CHUNK):
         block = _unit(x[start:start + UNIT_CHUNK].double())
         out[start:start + UNIT_CHUNK] = block if scale is None else block * scale
@@ -524,7 +533,8 @@ class ProbeScore(Detector):
         n_classes = logits.shape[1]
         if int(y.max()) >= n_classes:
             raise SupersubError(f"score '{self.name}': label {int(y.max())} outside the {n_classes} classes of the logits")
-        z = _unit_float32(x, self.scale)
+        # the caller's own copy of the rows (or this fit's, after dropping unlabelled rows) becomes the unit rows
+        z = _unit_float32(x, self.scale, in_place=self._may_overwrite or x.data_ptr() != features.data_ptr())
         del x
         if _spans_no_direction(z, 1e-6 * self.scale):
             # identical (or all-zero) unit features: every class would get the same logit up to its bias
@@ -601,7 +611,8 @@ class ViMScore(Detector):
         weight, bias = self._head(weight, bias, x, seen_logits)
         origin = -(torch.linalg.pinv(weight) @ bias)
         dim = self._principal_dim(x.shape)
-        centered = x - origin
+        # x is this fit's own float64 copy unless the features came as float64: centre it in place then
+        centered = x.sub_(origin) if x.data_ptr() != features.data_ptr() else x - origin
         del x  # the float64 matrix is held once, centred
         # the subspace must leave a residual: rank-deficient features have fewer directions than columns, so the
         # width rule alone can cover them all (issue 28: two frozen copies of resnet18 gave 1,024 columns of rank 512)

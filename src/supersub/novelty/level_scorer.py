@@ -29,7 +29,7 @@ from ..errors import SupersubError
 from ..io import torch_save_atomic
 from ..score_catalog import PAIR_SEPARATOR
 from .decide import decide, subclass_mask
-from .outputs import Outputs
+from .outputs import Outputs, RowSelection
 from .detectors import (
     DETECTORS, Detector, FitError, create_detector, detector_from_state, level_scores, options_for_detector,
 )
@@ -211,8 +211,12 @@ class NoveltyScorer:
             try:
                 every = bool(keep.all())  # indexing copies: a large run's training matrix is not copied for nothing
                 feats = layer_features(out, layer)
+                # a row selection's features (or the labelled ones) are a copy made for this fit: the detector may
+                # reuse that memory
+                own = not every or isinstance(out, RowSelection)
                 detectors.append(made.fit(_logits_for(made, out, level)[keep], feats if every else feats[keep],
-                                          labels if every else labels[keep], head_weight=weight, head_bias=bias))
+                                          labels if every else labels[keep], head_weight=weight, head_bias=bias,
+                                          overwrite_features=own))
                 del feats
             except FitError as e:
                 raise LevelFitError(level, detector, str(e)) from None
