@@ -94,6 +94,18 @@ def held_for_the_run() -> Iterator[None]:
         _HELD = None
 
 
+@contextmanager
+def not_held() -> Iterator[None]:
+    """Within a run that holds its rows, calls whose rows are not worth holding (the shards several devices write
+    into the cache, read back whole afterwards) keep nothing."""
+    global _HELD
+    held, _HELD = _HELD, None
+    try:
+        yield
+    finally:
+        _HELD = held
+
+
 def _read_or_compute(backbone: nn.Module, images: torch.Tensor, normalize: Normalize, batch_size: int,
                      device: torch.device | str, input_size: int | None, dtype: torch.dtype, cache_dir: Path,
                      network: str, keys: list[str]) -> torch.Tensor:

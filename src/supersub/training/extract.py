@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from ..config import TrainConfig
-from ..data.chunks import ChunkRows
+from ..data.chunks import ChunkRows, chunk_size
+from ..models.feature_cache import CACHE_BLOCK, not_held
 from .stream import Devices, Discard, run_chunks
 from .finetune import cache_dir, cached_rows
 
@@ -28,12 +29,14 @@ def extract_on_devices(model: torch.nn.Module, images: torch.Tensor, cfg: TrainC
         return False
 
     def rows(net: torch.nn.Module, chunk: torch.Tensor, device: torch.device) -> torch.Tensor:
-        return cached_rows(net, chunk, cfg, device, views)  # computes the misses and saves them, shard by shard
+        with not_held():  # a shard goes to the cache; the run holds the whole matrix, read back afterwards
+            return cached_rows(net, chunk, cfg, device, views)  # computes the misses and saves them, shard by shard
 
     def nothing(_: Any) -> dict[str, torch.Tensor]:
         return {}
 
     devices = Devices(cfg.trainer.accelerator, cfg.trainer.devices, cfg.trainer.strategy, cfg.trainer.num_nodes)
-    done = run_chunks(model, ChunkRows(images), rows, nothing, Discard(), devices, skip_bad=False, progress=False,
+    # chunks of the cache's block: each rank's chunk becomes one shard file
+    done = run_chunks(model, ChunkRows(images, chunk_size(CACHE_BLOCK)), rows, nothing, Discard(), devices, skip_bad=False, progress=False,
                       several_only=True)
     return done is not None
