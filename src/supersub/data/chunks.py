@@ -29,11 +29,11 @@ CHUNK = 256
 ENV = "SUPERSUB_CHUNK"
 
 
-def chunk_size(default: int = CHUNK) -> int:
-    """``default`` (:data:`CHUNK`), or ``$SUPERSUB_CHUNK`` when set (a positive whole number)."""
+def chunk_size(default: int | None = None) -> int:
+    """``default`` (else :data:`CHUNK`, read when called), or ``$SUPERSUB_CHUNK`` when set (a positive whole number)."""
     text = os.environ.get(ENV, "").strip()
     if not text:
-        return default
+        return CHUNK if default is None else default
     if not text.isdigit() or int(text) < 1:
         raise SupersubError(f"${ENV}: {text!r} is not a positive number of images")
     return int(text)
