@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import platform
@@ -73,10 +74,15 @@ def return_freed_memory() -> bool:
     if not _on:
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.malloc_trim(0))
+        return bool(_libc().malloc_trim(0))
     except (OSError, AttributeError):
         return False
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """The C library, loaded once (mallopt, malloc_trim)."""
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 
 
 def _apply() -> bool:
@@ -92,7 +98,7 @@ def _apply() -> bool:
 
 def _mallopt(settings: dict[int, int]) -> bool:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = _libc()
         return all(libc.mallopt(param, value) == 1 for param, value in settings.items())
     except (OSError, AttributeError):
         return False

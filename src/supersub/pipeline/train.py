@@ -37,8 +37,8 @@ def train_run(
 ) -> dict[str, Any]:
     """:func:`supersub.api.train`: every stage's model, then calibration; rank 0 writes the run directory."""
     cfg = resolve_config(config, **overrides)
-    # the caches' size limit of this run's config; every stage reads one copy of the frozen rows
-    with cache_policy(max_gb=cfg.data.cache_max_gb), held_for_the_run():
+    # the caches' size limit of this run's config
+    with cache_policy(max_gb=cfg.data.cache_max_gb):
         return _train(data, out, cfg, overwrite, resume)
 
 
@@ -61,36 +61,39 @@ def _train(data: str | Path, out: str | Path, cfg: TrainConfig, overwrite: bool,
     run = RunDir(out) if not lead else _open_run(out, overwrite, resume)
     evidence: dict[str, Evidence] = {}
     shared = SharedRows()  # the frozen features every stage's evidence reads, held once
-    try:
-        if lead:
-            run.save_config(cfg)
-            run.save_taxonomy(taxonomy)
-            save_split(run.calibration_dir, str(Path(data).resolve()), pool, stages)
-        for name, stage in sorted(stages.items(), key=lambda item: item[0] == "final"):  # final model last
-            model_path = run.model_file if name == "final" else run.checkpoints_dir / name / STAGE_MODEL_FILE
-            reused = _finished_stage(run, name, model_path) if resume else None
-            if reused is not None:
-                model, summary[name] = reused
-            else:
-                result = _fit_stage(pool, stage, cfg, run, resume)
-                model = result.model
-                summary[name] = {"epochs_run": result.epochs_run, result.monitor: result.best_score,
-                                 "seconds_per_epoch": result.seconds_per_epoch and round(result.seconds_per_epoch, 2),
-                                 **result.details}
-                if lead:  # every stage's model in one format: model.pt, checkpoints/<stage>/model.pt (for calibrate)
-                    assert stage.targets is not None
-                    save_model_file(model_path, model, cfg, stage.targets.fit_taxonomy)
-                    # written after the model: its presence says the stage is done (a resume reuses the model)
-                    write_json_atomic(run.checkpoints_dir / name / STAGE_DONE_FILE, summary[name])
-                    _drop_lightning_checkpoints(run.checkpoints_dir / name)
-            evidence[name] = collect_evidence(model, pool, taxonomy, stage, cfg.trainer.accelerator, cfg, shared)
-    except SupersubError:
-        # a bad option found when the first stage starts (backbone, weights, trainer, logger): nothing was
-        # trained, so leave no half-made run behind; a run with checkpoints stays for --resume
-        if lead and not resume and not any(run.checkpoints_dir.rglob("*.ckpt")) \
-                and not any(run.checkpoints_dir.rglob(STAGE_DONE_FILE)):
-            shutil.rmtree(run.path, ignore_errors=True)
-        raise
+    # every stage's fit and evidence read one copy of the frozen rows; released before calibration, which keeps
+    # only what the evidence points at
+    with held_for_the_run():
+        try:
+            if lead:
+                run.save_config(cfg)
+                run.save_taxonomy(taxonomy)
+                save_split(run.calibration_dir, str(Path(data).resolve()), pool, stages)
+            for name, stage in sorted(stages.items(), key=lambda item: item[0] == "final"):  # final model last
+                model_path = run.model_file if name == "final" else run.checkpoints_dir / name / STAGE_MODEL_FILE
+                reused = _finished_stage(run, name, model_path) if resume else None
+                if reused is not None:
+                    model, summary[name] = reused
+                else:
+                    result = _fit_stage(pool, stage, cfg, run, resume)
+                    model = result.model
+                    summary[name] = {"epochs_run": result.epochs_run, result.monitor: result.best_score,
+                                     "seconds_per_epoch": result.seconds_per_epoch and round(result.seconds_per_epoch, 2),
+                                     **result.details}
+                    if lead:  # every stage's model in one format: model.pt, checkpoints/<stage>/model.pt (for calibrate)
+                        assert stage.targets is not None
+                        save_model_file(model_path, model, cfg, stage.targets.fit_taxonomy)
+                        # written after the model: its presence says the stage is done (a resume reuses the model)
+                        write_json_atomic(run.checkpoints_dir / name / STAGE_DONE_FILE, summary[name])
+                        _drop_lightning_checkpoints(run.checkpoints_dir / name)
+                evidence[name] = collect_evidence(model, pool, taxonomy, stage, cfg.trainer.accelerator, cfg, shared)
+        except SupersubError:
+            # a bad option found when the first stage starts (backbone, weights, trainer, logger): nothing was
+            # trained, so leave no half-made run behind; a run with checkpoints stays for --resume
+            if lead and not resume and not any(run.checkpoints_dir.rglob("*.ckpt")) \
+                    and not any(run.checkpoints_dir.rglob(STAGE_DONE_FILE)):
+                shutil.rmtree(run.path, ignore_errors=True)
+            raise
     if not lead:
         return summary  # a DDP worker's share (the fits) is done: rank 0 calibrates and writes the run
     cal = calibrate_and_save(run, cfg, evidence)
