@@ -127,6 +127,19 @@ def test_every_stage_fits_and_collects_evidence_from_one_read_of_the_rows(synth_
         assert out._all_features.untyped_storage().data_ptr() == matrix
         assert all(t.untyped_storage().data_ptr() == matrix for t in (out._all_layers or {}).values())
     assert feature_cache._HELD is None  # released with the run
+    # the frozen recipe keeps only the final model's evidence; each fold's is made again when calibration reads it
+    # (from the stage's saved model and the held rows: one read above), the numbers `supersub calibrate` collects
+    assert list(evidence._kept) == ["final"] and evidence.made_when_read
+    recollected = calibration_evidence(tmp_path / "run")
+    assert sorted(recollected) == sorted(evidence)
+    for name in evidence:
+        made, again = evidence[name], recollected[name]
+        for view in ("train", "val", "held"):
+            a, b = getattr(made, view), getattr(again, view)
+            assert (a is None) == (b is None)
+            if a is not None:
+                assert torch.equal(a.outputs.super_logits, b.outputs.super_logits)
+                assert torch.equal(a.outputs.sub_logits, b.outputs.sub_logits)
 
 
 def test_outside_a_run_every_call_reads_its_own_rows(tmp_path: Path) -> None:

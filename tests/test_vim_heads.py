@@ -86,3 +86,20 @@ def test_linear_heads_drop_the_explicit_novel_class() -> None:
     for level, n in (("super", 2), ("sub", 3)):
         w, b = model.linear_readout(level)
         assert torch.equal(heads[level][0], w[:n]) and torch.equal(heads[level][1], b[:n])
+
+
+@pytest.mark.parametrize("n, d, duplicate", [(40, 6, False), (40, 6, True), (4, 9, False)])
+def test_the_blockwise_least_squares_head_is_the_pseudo_inverse_solution(monkeypatch: pytest.MonkeyPatch, n: int,
+                                                                         d: int, duplicate: bool) -> None:
+    """ViM's head without (W, b): R updated a few rows at a time gives ``pinv([x, 1]) @ logits`` (the SVD of the
+    whole matrix it replaces), full rank, with a repeated column (rank-deficient) and with fewer rows than columns."""
+    from supersub.novelty import detectors
+
+    monkeypatch.setattr(detectors, "LSQ_BLOCK", 7)  # several updates, the last one short
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(n, d, generator=g)
+    if duplicate:
+        x[:, -1] = x[:, 0]
+    logits = torch.randn(n, 5, generator=g, dtype=torch.float64)
+    expected = torch.linalg.pinv(torch.cat([x.double(), torch.ones(n, 1, dtype=torch.float64)], dim=1)) @ logits
+    assert torch.allclose(detectors._least_squares(x, logits), expected, atol=1e-9)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -604,29 +605,32 @@ class ViMScore(Detector):
         self.alpha: OptTensor = None
 
     def _fit(self, logits: Tensor, features: OptTensor, labels: OptTensor, weight: OptTensor, bias: OptTensor) -> None:
-        x, _ = _seen_rows(self.name, features, labels, logits.shape[0], need_labels=False)
+        # every pass over the training rows goes a block at a time in float64 (no float64 copy of the matrix, no
+        # (N, D) temporaries): a large run's fit holds its input rows and D x D matrices only
+        x, _ = _seen_rows(self.name, features, labels, logits.shape[0], need_labels=False, float64=False)
         seen_logits = logits.detach().cpu().double()
         if labels is not None:
             seen_logits = seen_logits[labels.detach().cpu() >= 0]
         weight, bias = self._head(weight, bias, x, seen_logits)
         origin = -(torch.linalg.pinv(weight) @ bias)
         dim = self._principal_dim(x.shape)
-        # x is this fit's own float64 copy unless the features came as float64: centre it in place then
-        centered = x.sub_(origin) if x.data_ptr() != features.data_ptr() else x - origin
-        del x  # the float64 matrix is held once, centred
+        second_moment = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64)
+        for block in _centred_blocks(x, origin):
+            second_moment += block.T @ block
         # the subspace must leave a residual: rank-deficient features have fewer directions than columns, so the
         # width rule alone can cover them all (issue 28: two frozen copies of resnet18 gave 1,024 columns of rank 512)
-        _, vectors, rank = _spectrum(centered.T @ centered / len(centered))
+        _, vectors, rank = _spectrum(second_moment / len(x))
         if dim >= rank:
             if rank < 2:
                 raise FitError(f"score '{self.name}': the training features span {rank} direction(s); ViM needs "
                                "at least 2")
             log.info("vim: principal dimension %d capped at %d (the features' numerical rank is %d of %d columns)",
-                     dim, rank - 1, rank, centered.shape[1])
+                     dim, rank - 1, rank, x.shape[1])
             dim = rank - 1
         basis = vectors[:, -dim:]
-        residual = _residual_norm_by_blocks(centered, basis).mean()
-        if not residual > 1e-12 * centered.norm(dim=1).mean():
+        residual = torch.cat([_residual_norm(block, basis) for block in _centred_blocks(x, origin)]).mean()
+        norm = torch.cat([block.norm(dim=1) for block in _centred_blocks(x, origin)]).mean()
+        if not residual > 1e-12 * norm:
             raise FitError(f"score '{self.name}': training features have no residual outside {dim} dimensions")
         self.dim, self.origin, self.basis = dim, origin, basis
         self.alpha = seen_logits.max(dim=1).values.mean() / residual
@@ -639,7 +643,7 @@ class ViMScore(Detector):
         if (weight is None) != (bias is None):
             raise SupersubError(f"score '{self.name}': pass both head_weight and head_bias, or neither")
         if weight is None or bias is None:
-            solution = torch.linalg.pinv(torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)) @ logits
+            solution = _least_squares(x, logits)
             return solution[:-1].T, solution[-1]
         if tuple(weight.shape) != (n_classes, n_dim) or tuple(bias.shape) != (n_classes,):
             raise SupersubError(
@@ -671,10 +675,32 @@ def _residual_norm(centered: Tensor, basis: Tensor) -> Tensor:
     return (centered - (centered @ basis) @ basis.T).norm(dim=1)
 
 
-def _residual_norm_by_blocks(centered: Tensor, basis: Tensor) -> Tensor:
-    """:func:`_residual_norm` of a whole training matrix, a block of rows at a time (row by row the same numbers;
-    the whole matrix's projection would cost three more copies of it)."""
-    return torch.cat([_residual_norm(block, basis) for block in centered.split(UNIT_CHUNK)])
+def _centred_blocks(x: Tensor, origin: Tensor) -> Iterator[Tensor]:
+    """``x.double() - origin`` a block of :data:`UNIT_CHUNK` rows at a time (the whole matrix in float64 would be
+    twice a float32 input's size, once more for each temporary of a pass over it)."""
+    for block in x.split(UNIT_CHUNK):
+        yield block.double() - origin
+
+
+LSQ_BLOCK = 4096  # rows a time in the least-squares head's QR updates (10 MB in float64 at 320 columns)
+
+
+def _least_squares(x: Tensor, targets: Tensor) -> Tensor:
+    """``pinv([x, 1]) @ targets`` (the minimum-norm least-squares solution, ``(D + 1, C)``) without ``[x, 1]``:
+    its R factor is updated a block of rows at a time (``[R; block] = Q R'``, the targets rotated with it), and
+    ``pinv([x, 1]) = pinv(R) Q^T`` with the same cut-off on the same singular values.
+
+    Why: the pseudo-inverse of the whole matrix held three ``N x (D + 1)`` float64 matrices (its SVD's), the
+    largest memory of a large run's calibration; the normal equations would hold none but square the
+    condition number (features on a line through the origin then centred off it)."""
+    n, n_dim = len(x), x.shape[1] + 1
+    r = torch.zeros(0, n_dim, dtype=torch.float64)
+    rotated = torch.zeros(0, targets.shape[1], dtype=torch.float64)
+    for start in range(0, n, LSQ_BLOCK):
+        block = x[start:start + LSQ_BLOCK].double()
+        q, r = torch.linalg.qr(torch.cat([r, torch.cat([block, torch.ones(len(block), 1, dtype=torch.float64)], 1)]))
+        rotated = q.T @ torch.cat([rotated, targets[start:start + LSQ_BLOCK].double()])
+    return torch.linalg.pinv(r, rtol=torch.finfo(torch.float64).eps * max(n, n_dim)) @ rotated
 
 
 def _check_dim(score: str, features: Tensor, n_dim: int) -> None:

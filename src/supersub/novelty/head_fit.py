@@ -131,13 +131,13 @@ def _choose(
                         separates)
 
 
-def _loso_choice(score: str, loso: list[Evidence], cfg: NoveltyConfig) -> _LevelChoice:
+def _loso_choice(score: str, loso: Sequence[Evidence], cfg: NoveltyConfig) -> _LevelChoice:
     """tau_super from the pooled LOSO models, each standardised by its seen validation confidences."""
     seen_z, novel_z, correct = _loso_confidences(score, loso, cfg)
     return _choose(seen_z, novel_z, correct, cfg, cfg.objective, "super")
 
 
-def _loso_confidences(score: str, loso: list[Evidence], cfg: NoveltyConfig) -> tuple[
+def _loso_confidences(score: str, loso: Sequence[Evidence], cfg: NoveltyConfig) -> tuple[
     torch.Tensor, torch.Tensor, torch.Tensor
 ]:
     """The LOSO models' superclass confidences, pooled: seen (validation + held-out) and left-out (novel) images,
@@ -161,6 +161,12 @@ def _loso_confidences(score: str, loso: list[Evidence], cfg: NoveltyConfig) -> t
     return torch.cat(seen_z), torch.cat(novel_z), torch.cat(correct)
 
 
+def _as_folds(calibration: Evidence | Sequence[Evidence] | None) -> Sequence[Evidence]:
+    """The calibration folds as a sequence, not copied into a list: a lazy sequence (the pipeline's ``Stages``)
+    makes each fold's evidence when it is read, so only the fold in use is held."""
+    return [calibration] if isinstance(calibration, Evidence) else (calibration or ())
+
+
 @dense_threads()  # detector fits, confidences and sweeps are small dense ops: one thread (see supersub.threads)
 def calibrate_run(
     score: str, cfg: NoveltyConfig, final: Evidence, calibration: Evidence | Sequence[Evidence] | None = None,
@@ -176,8 +182,8 @@ def calibrate_run(
     threshold of that level is in the requested score's units, so there it stays an error.
     """
     requested, reasons = score, {}
-    folds = [calibration] if isinstance(calibration, Evidence) else list(calibration or ())
-    score, choices = _resolve_auto(score, cfg, final, folds, list(loso))
+    folds = _as_folds(calibration)
+    score, choices = _resolve_auto(score, cfg, final, folds, loso)
     while True:
         # the configured score's options follow it to its fallback name (another score keeps its defaults)
         scored = cfg.model_copy(update={"score": score}) if requested == cfg.score else cfg
@@ -204,8 +210,8 @@ def calibrate_run(
     return cal
 
 
-def _resolve_auto(score: str, cfg: NoveltyConfig, final: Evidence, folds: list[Evidence],
-                  loso: list[Evidence]) -> tuple[str, list[ScoreChoice]]:
+def _resolve_auto(score: str, cfg: NoveltyConfig, final: Evidence, folds: Sequence[Evidence],
+                  loso: Sequence[Evidence]) -> tuple[str, list[ScoreChoice]]:
     """``score`` with each ``auto`` level replaced by the detector :func:`.score_choice.choose_score` picks on the
     evidence (one log line per level: a warning when no candidate separates)."""
     levels = list(level_scores(score))
@@ -223,8 +229,8 @@ def _resolve_auto(score: str, cfg: NoveltyConfig, final: Evidence, folds: list[E
     return (levels[0] if levels[0] == levels[1] else PAIR_SEPARATOR.join(levels)), choices
 
 
-def _evidence_aurocs(level: str, cfg: NoveltyConfig, final: Evidence, folds: list[Evidence],
-                     loso: list[Evidence]) -> tuple[dict[str, float], str]:
+def _evidence_aurocs(level: str, cfg: NoveltyConfig, final: Evidence, folds: Sequence[Evidence],
+                     loso: Sequence[Evidence]) -> tuple[dict[str, float], str]:
     """Each candidate's AUROC on the level's evidence (candidates that cannot be fitted are left out), or why there
     is none. Superclass: the pooled LOSO models, each left-out superclass against the others' validation and
     held-out images (what _loso_choice cuts on); subclass: held-out subclasses against validation images, the mean
@@ -267,7 +273,7 @@ def _calibrate_run(
     loso: Sequence[Evidence],
 ) -> Calibration:
     """:func:`calibrate_run` with one score throughout."""
-    folds = [calibration] if isinstance(calibration, Evidence) else list(calibration or ())
+    folds = _as_folds(calibration)
     if not folds and (cfg.tau_super is None or cfg.tau_sub is None):
         raise SupersubError(
             "this run has no calibration model (it was trained with hand-set thresholds): set both "
@@ -283,7 +289,7 @@ def _calibrate_run(
                                "super_layer": scorer.layers[0], "sub_layer": scorer.layers[1]}
     # one choice per fold; fold 0's figures and sweeps stand for all in the summary
     # the LOSO models do not depend on the fold: their choice is made once and shared by every fold
-    by_loso = _loso_choice(score, list(loso), cfg) if loso and cfg.super_protocol == "loso" and cfg.tau_super is None else None
+    by_loso = _loso_choice(score, loso, cfg) if loso and cfg.super_protocol == "loso" and cfg.tau_super is None else None
     per_fold = []
     for k, ev in enumerate(folds, 1):
         log.info("fitting thresholds, calibration model %d/%d", k, len(folds))

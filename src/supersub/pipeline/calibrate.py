@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from ..config import TrainConfig, build_config, warn_ignored_options
@@ -16,7 +17,7 @@ from ..models.feature_cache import held_for_the_run
 from ..novelty.head_fit import LEVEL_NAMES, Calibration, calibrate_run
 from ..reporting import save_sweep
 from ..run_dir import RunDir
-from .evidence import Evidence, SharedRows, collect_evidence, load_stage_model
+from .evidence import Evidence, SharedRows, Stages, collect_evidence, load_stage_model
 from .inputs import load_labelled, training_pool
 from .stage_plan import calibration_stage_names, load_split, needs_calibration_model, needs_loso_models
 
@@ -39,10 +40,11 @@ def save_sweeps(cal: Calibration, run_path: Path) -> None:
                    "its cut" if folds > 1 else "tau")
 
 
-def calibrate_and_save(run: RunDir, cfg: TrainConfig, evidence: dict[str, Evidence]) -> Any:
-    """Choose and save thresholds, detectors and sweeps from the stages' outputs."""
-    loso = [ev for name, ev in sorted(evidence.items()) if name.startswith("loso-")]
-    folds = [evidence[name] for name in calibration_stage_names(evidence)]
+def calibrate_and_save(run: RunDir, cfg: TrainConfig, evidence: Mapping[str, Evidence]) -> Any:
+    """Choose and save thresholds, detectors and sweeps from the stages' outputs (the folds and LOSO models are
+    read one at a time: a :class:`StageEvidence` makes each when it is read)."""
+    loso = Stages(evidence, sorted(name for name in evidence if name.startswith("loso-")))
+    folds = Stages(evidence, calibration_stage_names(evidence))
     cal = calibrate_run(cfg.novelty.score, cfg.novelty, evidence["final"], folds, loso)
     for level, name in LEVEL_NAMES.items():
         if cal.summary.get(f"{level}_no_separation"):

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -49,6 +49,60 @@ class SharedRows:
                 return kept
         self.kept.append(t)
         return t
+
+
+class StageEvidence(Mapping[str, Evidence]):
+    """Each stage's evidence by stage name; some are made again each time they are read instead of kept.
+
+    Why: a stage of the frozen recipe reads the run's held rows, so its evidence is the stage's head over those
+    rows, seconds to make; keeping every stage's logits until calibration (eight stages x 90 logits) grew
+    training's memory by about 3 KB an image. Calibration reads the folds and LOSO models one at a time
+    (:class:`Stages`), so an evidence made on demand lives only while it is used.
+    """
+
+    def __init__(self) -> None:
+        self._kept: dict[str, Evidence] = {}
+        self._makers: dict[str, Callable[[], Evidence]] = {}
+
+    def keep(self, name: str, evidence: Evidence) -> None:
+        self._makers.pop(name, None)
+        self._kept[name] = evidence
+
+    def make_when_read(self, name: str, make: Callable[[], Evidence]) -> None:
+        self._kept.pop(name, None)
+        self._makers[name] = make
+
+    @property
+    def made_when_read(self) -> bool:
+        """Whether some evidence is made on demand (it reads the run's held rows: keep them while this lives)."""
+        return bool(self._makers)
+
+    def __getitem__(self, name: str) -> Evidence:
+        if name in self._kept:
+            return self._kept[name]
+        return self._makers[name]()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([*self._kept, *self._makers])
+
+    def __len__(self) -> int:
+        return len(self._kept) + len(self._makers)
+
+
+class Stages(Sequence[Evidence]):
+    """Some stages' evidence in order, each read from ``evidence`` when indexed (a :class:`StageEvidence` makes
+    it then): calibration walks the folds one at a time without holding them all."""
+
+    def __init__(self, evidence: Mapping[str, Evidence], names: Sequence[str]) -> None:
+        self._evidence, self.names = evidence, list(names)
+
+    def __getitem__(self, i):  # type: ignore[no-untyped-def, override]
+        if isinstance(i, slice):
+            return Stages(self._evidence, self.names[i])
+        return self._evidence[self.names[i]]
+
+    def __len__(self) -> int:
+        return len(self.names)
 
 
 def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -6,6 +6,8 @@ import json
 import logging
 import shutil
 import time
+from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +15,14 @@ from ..config import TrainConfig, warn_ignored_options
 from ..data.cache_limit import cache_policy
 from ..errors import SupersubError
 from ..io import write_json_atomic
+from ..models.hierarchical import HierarchicalClassifier
 from ..models.feature_cache import held_for_the_run
 from ..run_dir import MARKER, RunDir, load_model_file, save_model_file
 from ..training.distributed import is_global_zero
 from ..training.fit_by_approach import fit_model
 from .calibrate import calibrate_and_save
 from ..run_config import resolve_config
-from .evidence import STAGE_MODEL_FILE, Evidence, SharedRows, collect_evidence
+from .evidence import STAGE_MODEL_FILE, Evidence, SharedRows, StageEvidence, collect_evidence, load_stage_model
 from .inputs import load_labelled, training_pool
 from .stage_plan import Pool, Stage, plan_stages, save_split
 
@@ -59,11 +62,14 @@ def _train(data: str | Path, out: str | Path, cfg: TrainConfig, overwrite: bool,
     pool = training_pool(data_, cfg, summary)
     stages = plan_stages(pool, taxonomy, cfg)
     run = RunDir(out) if not lead else _open_run(out, overwrite, resume)
-    evidence: dict[str, Evidence] = {}
+    evidence = StageEvidence()
     shared = SharedRows()  # the frozen features every stage's evidence reads, held once
-    # every stage's fit and evidence read one copy of the frozen rows; released before calibration, which keeps
-    # only what the evidence points at
-    with held_for_the_run():
+    # every stage's fit and evidence read one copy of the frozen rows; they stay held through calibration when
+    # some evidence is made there (from those rows), else they are released before it, which keeps only what the
+    # evidence points at (a partial run's trunk activations do not live through calibration)
+    rows = ExitStack()
+    with rows:
+        rows.enter_context(held_for_the_run())
         try:
             if lead:
                 run.save_config(cfg)
@@ -86,7 +92,13 @@ def _train(data: str | Path, out: str | Path, cfg: TrainConfig, overwrite: bool,
                         # written after the model: its presence says the stage is done (a resume reuses the model)
                         write_json_atomic(run.checkpoints_dir / name / STAGE_DONE_FILE, summary[name])
                         _drop_lightning_checkpoints(run.checkpoints_dir / name)
-                evidence[name] = collect_evidence(model, pool, taxonomy, stage, cfg.trainer.accelerator, cfg, shared)
+                if name != "final" and _evidence_from_held_rows(cfg, model):
+                    if lead:  # made when calibration reads it, from the saved model (a DDP worker does not calibrate)
+                        evidence.make_when_read(name, partial(_saved_stage_evidence, run.path, name, pool, taxonomy,
+                                                              stage, cfg, shared))
+                else:
+                    evidence.keep(name, collect_evidence(model, pool, taxonomy, stage, cfg.trainer.accelerator, cfg,
+                                                         shared))
         except SupersubError:
             # a bad option found when the first stage starts (backbone, weights, trainer, logger): nothing was
             # trained, so leave no half-made run behind; a run with checkpoints stays for --resume
@@ -94,9 +106,11 @@ def _train(data: str | Path, out: str | Path, cfg: TrainConfig, overwrite: bool,
                     and not any(run.checkpoints_dir.rglob(STAGE_DONE_FILE)):
                 shutil.rmtree(run.path, ignore_errors=True)
             raise
-    if not lead:
-        return summary  # a DDP worker's share (the fits) is done: rank 0 calibrates and writes the run
-    cal = calibrate_and_save(run, cfg, evidence)
+        if not lead:
+            return summary  # a DDP worker's share (the fits) is done: rank 0 calibrates and writes the run
+        if not evidence.made_when_read:
+            rows.close()
+        cal = calibrate_and_save(run, cfg, evidence)
     if "calibration" in stages:
         held = [taxonomy.sub_names[j] for j in sorted(set(range(taxonomy.n_sub)) - set(stages["calibration"].keep_sub))]
         summary["calibration"] = {"held_out_subclasses": held, **summary["calibration"], **cal.summary}
@@ -114,6 +128,20 @@ def _train(data: str | Path, out: str | Path, cfg: TrainConfig, overwrite: bool,
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     run.save_metrics(summary)
     return summary
+
+
+def _evidence_from_held_rows(cfg: TrainConfig, model: Any) -> bool:
+    """Whether the stage's evidence is its head over the run's held frozen rows (cheap to make again when read:
+    a frozen single network without a trained neck), rather than a forward pass worth keeping."""
+    return cfg.optim.finetune == "frozen" and isinstance(model, HierarchicalClassifier) \
+        and model.feature_columns() is not None
+
+
+def _saved_stage_evidence(run_path: Path, name: str, pool: Pool, taxonomy: Any, stage: Stage, cfg: TrainConfig,
+                          shared: SharedRows) -> Evidence:
+    """A stage's evidence from its saved model (what ``supersub calibrate`` reads too)."""
+    return collect_evidence(load_stage_model(run_path, name), pool, taxonomy, stage, cfg.trainer.accelerator, cfg,
+                            shared)
 
 
 STAGE_DONE_FILE = "stage.json"  # checkpoints/<stage>/stage.json: the stage's summary, written once it is done
