@@ -283,27 +283,34 @@ def test_probe_fits_the_same_read_out_as_scikit_learns_logistic_regression() -> 
     assert torch.allclose(ours, theirs, atol=2e-3)
 
 
-def test_fits_that_may_reuse_the_rows_fit_the_same_detectors_and_leave_other_rows_alone() -> None:
-    """overwrite_features (the scorer's own copy of a row selection): the probe normalises those rows in place and
-    ViM centres its float64 copy in place; the fitted numbers are bit for bit those of a fit on untouched rows, and
-    rows the caller keeps (overwrite_features off, or float64 features ViM receives as they are) are not changed."""
+def test_fits_on_rows_read_in_blocks_are_the_fits_on_the_gathered_rows() -> None:
+    """A run's rows given where they are (IndexedRows: rows of the held matrix, gathered a block at a time, a tapped
+    layer L2-normalised per block) fit the probe and ViM bit for bit as the gathered matrix does, across several
+    blocks and with unlabelled rows dropped, and the matrix is left as it was."""
+    from supersub.novelty import detectors
+    from supersub.novelty.outputs import IndexedRows
+
     g = torch.Generator().manual_seed(5)
     y = torch.arange(4).repeat_interleave(40)
-    x = torch.randn(4, 24, generator=g)[y] + 0.7 * torch.randn(160, 24, generator=g)
-    logits = torch.nn.functional.one_hot(y, 4).float() + 0.1 * torch.randn(160, 4, generator=g)
-    kept, given = x.clone(), x.clone()
-    plain = create_detector("probe").fit(logits, kept, y)
-    reused = create_detector("probe").fit(logits, given, y, overwrite_features=True)
-    assert torch.equal(plain.weight, reused.weight) and torch.equal(plain.bias, reused.bias)
-    assert torch.equal(kept, x)  # not the caller's to lose
-    assert not torch.equal(given, x) and torch.allclose(given.norm(dim=1), torch.full((160,), 10.0))  # unit x scale
-    as_float64 = x.double()
-    vim = create_detector("vim", dim=8).fit(logits, x, y)
-    vim64 = create_detector("vim", dim=8).fit(logits, as_float64.clone(), y, overwrite_features=True)
-    untouched = create_detector("vim", dim=8).fit(logits, as_float64, y)
-    assert torch.equal(as_float64, x.double())  # float64 rows are the caller's: centred in a copy
-    assert torch.equal(vim.basis, untouched.basis) and torch.equal(vim.basis, vim64.basis)
-    assert torch.equal(vim.alpha, untouched.alpha)
+    y[::17] = -1  # unlabelled rows: left out of both fits
+    x = torch.randn(4, 24, generator=g)[y.clamp_min(0)] + 0.7 * torch.randn(160, 24, generator=g)
+    matrix = torch.cat([torch.randn(30, 24, generator=g), x])  # other images' rows around the selection
+    index = torch.arange(30, 190)
+    logits = torch.nn.functional.one_hot(y.clamp_min(0), 4).float() + 0.1 * torch.randn(160, 4, generator=g)
+    before = matrix.clone()
+    with pytest.MonkeyPatch.context() as mp:  # several blocks in every pass
+        for name, size in (("UNIT_CHUNK", 16), ("PROBE_BLOCK", 32), ("LSQ_BLOCK", 48)):
+            mp.setattr(detectors, name, size)
+        for unit in (False, True):
+            rows = IndexedRows(matrix, index, unit=unit)
+            gathered = rows.gather()
+            for name in ("probe", "vim"):
+                options = {"dim": 8} if name == "vim" else {}
+                in_blocks = create_detector(name, **options).fit(logits, rows, y)
+                at_once = create_detector(name, **options).fit(logits, gathered, y)
+                for key in in_blocks.fitted:
+                    assert torch.equal(getattr(in_blocks, key), getattr(at_once, key)), (name, unit, key)
+    assert torch.equal(matrix, before)
 
 
 @pytest.mark.parametrize("features", [torch.zeros(12, 5), torch.ones(12, 5) * torch.arange(1, 13).unsqueeze(1)])

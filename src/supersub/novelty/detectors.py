@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -24,6 +24,7 @@ from sklearn.covariance import LedoitWolf
 
 from ..errors import SupersubError
 from ..threads import dense_threads
+from .outputs import IndexedRows
 from ..score_catalog import (  # noqa: F401 - re-exported
     AVERAGE_SEPARATOR, SCORE_SPECS, average_parts, check_options, level_scores, options_for_detector, positive_option,
 )
@@ -59,6 +60,8 @@ class Detector(ABC):
     # ensemble scores read the members' logits (N, K, C) instead of the combined (N, C) ones (see NoveltyScorer);
     # set from the score's entry in supersub.score_catalog like the options
     needs_members: ClassVar[bool] = False
+    # fits that pass over their training rows a block at a time take a run's rows where they are (IndexedRows)
+    reads_blocks: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -78,19 +81,12 @@ class Detector(ABC):
         *,
         head_weight: OptTensor = None,
         head_bias: OptTensor = None,
-        overwrite_features: bool = False,
     ) -> D:
         """Fit on the training rows; only ``vim`` uses the head, but every score takes the same arguments.
-
-        ``overwrite_features``: the caller made ``features`` for this fit alone (a selection of rows) and lets the
-        detector reuse their memory (the probe normalises them in place: one matrix fewer on a large run)."""
+        A detector with ``reads_blocks`` also takes :class:`~supersub.novelty.outputs.IndexedRows` as features."""
         _check_logits(self.name, logits, 3 if self.needs_members else 2)
-        self._may_overwrite = overwrite_features
-        try:
-            with dense_threads():  # eigh, pinv, covariances: barrier waits, not speed, with more threads (threads.py)
-                self._fit(logits, features, labels, head_weight, head_bias)
-        finally:
-            del self._may_overwrite
+        with dense_threads():  # eigh, pinv, covariances: barrier waits, not speed, with more threads (threads.py)
+            self._fit(logits, features, labels, head_weight, head_bias)
         return self
 
     def _fit(self, logits: Tensor, features: OptTensor, labels: OptTensor, weight: OptTensor, bias: OptTensor) -> None:
@@ -154,26 +150,38 @@ def _check_logits(score: str, logits: Tensor, ndim: int = 2) -> None:
 
 # rows at a time in the row-wise passes over a whole training matrix (5 MB per float64 temporary at 1,280 columns)
 UNIT_CHUNK = 512
+PROBE_BLOCK = 1024  # rows a time in each evaluation of the probe's loss (5 MB of unit rows at 1,280 columns)
 
 
-def _check_features(score: str, features: OptTensor, n: int) -> Tensor:
+Rows = Tensor | IndexedRows  # training features: a matrix, or a run's rows read in blocks (reads_blocks fits)
+
+
+def _row_blocks(x: Rows, size: int = UNIT_CHUNK) -> Iterator[Tensor]:
+    """The rows of ``x`` a block at a time (views of a matrix, gathered blocks of :class:`IndexedRows`)."""
+    return x.blocks(size) if isinstance(x, IndexedRows) else iter(x.split(size))
+
+
+def _check_features(score: str, features: Rows | None, n: int) -> Rows:
     if features is None:
         raise SupersubError(f"score '{score}': needs the model's features, got none")
-    if features.ndim != 2 or features.shape[0] != n:
+    if len(features.shape) != 2 or features.shape[0] != n:
         raise SupersubError(f"score '{score}': features have shape {tuple(features.shape)}, expected ({n}, D)")
-    if not all(bool(torch.isfinite(block).all()) for block in features.split(UNIT_CHUNK)):  # no (N, D) mask
+    if not all(bool(torch.isfinite(block).all()) for block in _row_blocks(features)):  # no (N, D) mask
         raise SupersubError(f"score '{score}': features contain a non-finite value")
     return features
 
 
 def _seen_rows(
-    score: str, features: OptTensor, labels: OptTensor, n: int, need_labels: bool, float64: bool = True
-) -> tuple[Tensor, OptTensor]:
+    score: str, features: Rows | None, labels: OptTensor, n: int, need_labels: bool, float64: bool = True
+) -> tuple[Any, OptTensor]:
     """CPU features (and labels) of the in-distribution rows: negative labels are dropped. float64 unless
     ``float64=False`` (then the caller's own dtype, and no copy when every row is kept: a fit on the training images
-    of a large run would otherwise hold the matrix twice over, in float64)."""
-    x = _check_features(score, features, n).detach().cpu()
-    x = x.double() if float64 else x
+    of a large run would otherwise hold the matrix twice over, in float64). Rows read in blocks
+    (:class:`IndexedRows`, ``float64=False`` only) stay so."""
+    x: Any = _check_features(score, features, n)
+    if not isinstance(x, IndexedRows):
+        x = x.detach().cpu()
+        x = x.double() if float64 else x
     y = None
     if labels is None and need_labels:
         raise SupersubError(f"score '{score}': fitting needs the class labels, got none")
@@ -205,22 +213,29 @@ def _unit(x: Tensor) -> Tensor:
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def _unit_float32(x: Tensor, scale: float | None = None, in_place: bool = False) -> Tensor:
+def _unit_float32(x: Tensor, scale: float | None = None) -> Tensor:
     """``(_unit(x.double()) * scale).float()`` computed a block of rows at a time (row by row the same numbers):
-    the float64 intermediates of a whole training matrix cost 4x the float32 result. ``in_place`` writes the result
-    over a float32 ``x`` (no second matrix)."""
-    out = x if in_place and x.dtype == torch.float32 else torch.empty(x.shape, dtype=torch.float32)
+    the float64 intermediates of a whole training matrix cost 4x the float32 result."""
+    out = torch.empty(x.shape, dtype=torch.float32)
     for start in range(0, len(x), UNIT_CHUNK):
         block = _unit(x[start:start + UNIT_CHUNK].double())
         out[start:start + UNIT_CHUNK] = block if scale is None else block * scale
     return out
 
 
-def _spans_no_direction(z: Tensor, tolerance: float) -> bool:
-    """Whether every row of ``z`` equals the mean row within ``tolerance``: ``max |z - mean|`` read off each
+def _spans_no_direction(blocks: Iterable[Tensor], tolerance: float) -> bool:
+    """Whether every row of the blocks equals the mean row within ``tolerance``: ``max |z - mean|`` read off each
     column's extremes (rounding is monotone, so it is the same number) without an (N, D) temporary."""
-    mean = z.mean(dim=0)
-    spread = torch.maximum(z.amax(dim=0) - mean, mean - z.amin(dim=0))
+    total, high, low, n = None, None, None, 0
+    for z in blocks:
+        block_sum, block_high, block_low = z.double().sum(dim=0), z.amax(dim=0), z.amin(dim=0)
+        total = block_sum if total is None else total + block_sum
+        high = block_high if high is None else torch.maximum(high, block_high)
+        low = block_low if low is None else torch.minimum(low, block_low)
+        n += len(z)
+    assert total is not None and high is not None and low is not None
+    mean = total / n
+    spread = torch.maximum(high.double() - mean, mean - low.double())
     return float(spread.max()) <= tolerance
 
 
@@ -507,12 +522,12 @@ class KNNClassScore(Detector):
 class ProbeScore(Detector):
     """The decided class's logit in a logistic-regression probe on the L2-normalised features.
 
-    A linear read-out fitted by cross-entropy alone (L-BFGS, full batch, an L2 penalty on the weights) on unit
-    features times ``scale``: the model's own head is trained with auxiliary losses, on unnormalised features
-    whose norm varies between images, and its max logit mixes "how typical of the class" with "how large the
-    feature vector is". On frozen EfficientNet-Lite0 features this probe's logit ranked novel subclasses
-    better than the head's max logit (docs/results/novelty-suite.md). The class scored is the one the logits
-    passed to :meth:`confidence` pick (``argmax``), so at the subclass level it is the decided subclass j*.
+    A linear read-out fitted by cross-entropy alone (L-BFGS, full batch taken in blocks of rows, an L2 penalty on
+    the weights) on unit features times ``scale``: the model's own head is trained with auxiliary losses, on
+    unnormalised features whose norm varies between images, and its max logit mixes "how typical of the class"
+    with "how large the feature vector is". On frozen EfficientNet-Lite0 features this probe's logit ranked novel
+    subclasses better than the head's max logit (docs/results/novelty-suite.md). The class scored is the one the
+    logits passed to :meth:`confidence` pick (``argmax``), so at the subclass level it is the decided subclass j*.
     Fitted with torch's L-BFGS (float32, at most 100 iterations) rather than scikit-learn's LogisticRegression,
     whose float64 solver took 2-4x longer per fit on 4,000 x 1,280 features in the probe, for the same AUROC;
     a test checks both reach the same read-out.
@@ -521,6 +536,7 @@ class ProbeScore(Detector):
     name = "probe"
     fitted = ("weight", "bias")
     needs_features = True
+    reads_blocks = True
     _PENALTY = 1.0  # scikit-learn's C = 1: the weights' squared norm over 2 N added to the mean cross-entropy
 
     def __init__(self, scale: float = 10.0) -> None:
@@ -534,24 +550,38 @@ class ProbeScore(Detector):
         n_classes = logits.shape[1]
         if int(y.max()) >= n_classes:
             raise SupersubError(f"score '{self.name}': label {int(y.max())} outside the {n_classes} classes of the logits")
-        # the caller's own copy of the rows (or this fit's, after dropping unlabelled rows) becomes the unit rows
-        z = _unit_float32(x, self.scale, in_place=self._may_overwrite or x.data_ptr() != features.data_ptr())
-        del x
-        if _spans_no_direction(z, 1e-6 * self.scale):
+        # each row's factor scale / ||x|| (a float64 norm); the scaled unit rows are made a block at a time in every
+        # evaluation of the loss, so the fit holds no matrix of the rows besides the caller's (a large run's rows:
+        # read where they are, IndexedRows); by blocks it also ran faster than on one matrix (its temporaries)
+        factors = torch.cat([(self.scale / block.double().norm(dim=1).clamp_min(1e-12)).float()
+                             for block in _row_blocks(x)])
+
+        def unit_rows() -> Iterator[Tensor]:
+            for block, factor in zip(_row_blocks(x, PROBE_BLOCK), factors.split(PROBE_BLOCK)):
+                yield block.float() * factor[:, None]
+
+        if _spans_no_direction(unit_rows(), 1e-6 * self.scale):
             # identical (or all-zero) unit features: every class would get the same logit up to its bias
             raise FitError(f"score '{self.name}': the training features span 0 directions once L2-normalised; the "
                            "probe needs features that vary between images")
-        w = torch.zeros(n_classes, z.shape[1], requires_grad=True)
+        w = torch.zeros(n_classes, x.shape[1], requires_grad=True)
         b = torch.zeros(n_classes, requires_grad=True)
-        penalty = 1.0 / (2 * self._PENALTY * len(z))
+        n = len(y)
+        penalty = 1.0 / (2 * self._PENALTY * n)
         optimiser = torch.optim.LBFGS([w, b], lr=1.0, max_iter=100, tolerance_grad=1e-5, tolerance_change=1e-9,
                                       history_size=20, line_search_fn="strong_wolfe")
 
         def closure() -> Tensor:
+            """The mean cross-entropy plus the penalty; its gradient accumulated a block of rows at a time."""
             optimiser.zero_grad()
-            loss = torch.nn.functional.cross_entropy(z @ w.T + b, y) + penalty * (w * w).sum()
-            loss.backward()
-            return loss
+            regulariser = penalty * (w * w).sum()
+            regulariser.backward()
+            loss = float(regulariser.detach())
+            for z, y_block in zip(unit_rows(), y.split(PROBE_BLOCK)):
+                part = torch.nn.functional.cross_entropy(z @ w.T + b, y_block, reduction="sum") / n
+                part.backward()
+                loss += float(part.detach())
+            return torch.tensor(loss)
 
         with torch.enable_grad():
             optimiser.step(closure)
@@ -597,6 +627,7 @@ class ViMScore(Detector):
     name = "vim"
     fitted = ("origin", "basis", "alpha")
     needs_features = True
+    reads_blocks = True
 
     def __init__(self, dim: int | None = None) -> None:
         self.dim = None if dim is None else positive_option(self.name, "dim", dim, integer=True)
@@ -675,17 +706,17 @@ def _residual_norm(centered: Tensor, basis: Tensor) -> Tensor:
     return (centered - (centered @ basis) @ basis.T).norm(dim=1)
 
 
-def _centred_blocks(x: Tensor, origin: Tensor) -> Iterator[Tensor]:
+def _centred_blocks(x: Rows, origin: Tensor) -> Iterator[Tensor]:
     """``x.double() - origin`` a block of :data:`UNIT_CHUNK` rows at a time (the whole matrix in float64 would be
     twice a float32 input's size, once more for each temporary of a pass over it)."""
-    for block in x.split(UNIT_CHUNK):
+    for block in _row_blocks(x):
         yield block.double() - origin
 
 
 LSQ_BLOCK = 4096  # rows a time in the least-squares head's QR updates (10 MB in float64 at 320 columns)
 
 
-def _least_squares(x: Tensor, targets: Tensor) -> Tensor:
+def _least_squares(x: Rows, targets: Tensor) -> Tensor:
     """``pinv([x, 1]) @ targets`` (the minimum-norm least-squares solution, ``(D + 1, C)``) without ``[x, 1]``:
     its R factor is updated a block of rows at a time (``[R; block] = Q R'``, the targets rotated with it), and
     ``pinv([x, 1]) = pinv(R) Q^T`` with the same cut-off on the same singular values.
@@ -696,10 +727,10 @@ def _least_squares(x: Tensor, targets: Tensor) -> Tensor:
     n, n_dim = len(x), x.shape[1] + 1
     r = torch.zeros(0, n_dim, dtype=torch.float64)
     rotated = torch.zeros(0, targets.shape[1], dtype=torch.float64)
-    for start in range(0, n, LSQ_BLOCK):
-        block = x[start:start + LSQ_BLOCK].double()
-        q, r = torch.linalg.qr(torch.cat([r, torch.cat([block, torch.ones(len(block), 1, dtype=torch.float64)], 1)]))
-        rotated = q.T @ torch.cat([rotated, targets[start:start + LSQ_BLOCK].double()])
+    for block, target in zip(_row_blocks(x, LSQ_BLOCK), targets.split(LSQ_BLOCK)):
+        a = torch.cat([block.double(), torch.ones(len(block), 1, dtype=torch.float64)], 1)
+        q, r = torch.linalg.qr(torch.cat([r, a]))
+        rotated = q.T @ torch.cat([rotated, target.double()])
     return torch.linalg.pinv(r, rtol=torch.finfo(torch.float64).eps * max(n, n_dim)) @ rotated
 
 

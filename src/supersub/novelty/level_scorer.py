@@ -29,7 +29,7 @@ from ..errors import SupersubError
 from ..io import torch_save_atomic
 from ..score_catalog import PAIR_SEPARATOR
 from .decide import decide, subclass_mask
-from .outputs import Outputs, RowSelection
+from .outputs import IndexedRows, Outputs, RowSelection
 from .detectors import (
     DETECTORS, Detector, FitError, create_detector, detector_from_state, level_scores, options_for_detector,
 )
@@ -168,6 +168,16 @@ def layer_features(outputs: Outputs, layer: str) -> torch.Tensor:
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
 
 
+def _fit_features(detector: Detector, outputs: Outputs, layer: str) -> torch.Tensor | IndexedRows:
+    """The training features a detector is fitted on: a row selection's rows of one layer left where they are
+    (:class:`IndexedRows`) for a detector that reads them in blocks, else :func:`layer_features`."""
+    if detector.reads_blocks and isinstance(outputs, RowSelection) and "+" not in layer:
+        rows = outputs.indexed(layer)
+        if rows is not None:
+            return rows
+    return layer_features(outputs, layer)
+
+
 class NoveltyScorer:
     """A detector per level under one score name; ``msp`` is max softmax (see the module docstring)."""
 
@@ -210,13 +220,9 @@ class NoveltyScorer:
             made = create_detector(detector, **options_for_detector(detector, dict(options or {})))
             try:
                 every = bool(keep.all())  # indexing copies: a large run's training matrix is not copied for nothing
-                feats = layer_features(out, layer)
-                # a row selection's features (or the labelled ones) are a copy made for this fit: the detector may
-                # reuse that memory
-                own = not every or isinstance(out, RowSelection)
+                feats = _fit_features(made, out, layer)
                 detectors.append(made.fit(_logits_for(made, out, level)[keep], feats if every else feats[keep],
-                                          labels if every else labels[keep], head_weight=weight, head_bias=bias,
-                                          overwrite_features=own))
+                                          labels if every else labels[keep], head_weight=weight, head_bias=bias))
                 del feats
             except FitError as e:
                 raise LevelFitError(level, detector, str(e)) from None

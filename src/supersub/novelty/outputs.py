@@ -8,7 +8,7 @@ the combined ones every other score, the decision rule and the probabilities use
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -141,6 +141,14 @@ class RowSelection(Outputs):
         rows = None if self._all_layers is None else self._all_layers.get(name)
         return None if rows is None else rows[self._index]
 
+    def indexed(self, name: str) -> IndexedRows | None:
+        """One layer's rows, read in blocks when used (:class:`IndexedRows`): ``final`` as they are, a tapped
+        block L2-normalised (as :func:`~supersub.novelty.level_scorer.layer_features` gives it); None if absent."""
+        if name == "final":
+            return IndexedRows(self._all_features, self._index)
+        rows = None if self._all_layers is None else self._all_layers.get(name)
+        return None if rows is None else IndexedRows(rows, self._index, unit=True)
+
     def seen_classes(self, n_super: int, n_sub: int) -> Outputs:
         sm, bm = self.super_members, self.sub_members
         logits = (self.super_logits[:, :n_super], self.sub_logits[:, :n_sub],
@@ -149,3 +157,42 @@ class RowSelection(Outputs):
 
     def __repr__(self) -> str:
         return f"RowSelection({len(self._index)} rows of {len(self._all_features)})"
+
+
+class IndexedRows:
+    """Rows ``index`` of ``matrix``, gathered a block at a time when read (each block L2-normalised if ``unit``,
+    as :func:`~supersub.novelty.level_scorer.layer_features` does to a tapped layer): what a detector that passes
+    over its training rows in blocks (ViM, the probe) is given for a :class:`RowSelection`.
+
+    Why: a fit on a stage's training rows gathered them into a matrix of their own (one stage of a 50,000-image run:
+    230 MB of final features) next to the run's held matrix; read in blocks, the fit holds one block.
+    """
+
+    def __init__(self, matrix: torch.Tensor, index: torch.Tensor, unit: bool = False) -> None:
+        self.matrix, self.index, self.unit = matrix, index, unit
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.index), self.matrix.shape[1]))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32 if self.unit else self.matrix.dtype
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, rows: torch.Tensor) -> IndexedRows:
+        """The rows a boolean mask or an index tensor picks (still not gathered)."""
+        return IndexedRows(self.matrix, self.index[rows], self.unit)
+
+    def blocks(self, size: int) -> Iterator[torch.Tensor]:
+        """The rows, ``size`` at a time, in order."""
+        for start in range(0, len(self.index), size):
+            block = self.matrix[self.index[start:start + size]]
+            yield block.float() / block.float().norm(dim=1, keepdim=True).clamp_min(1e-12) if self.unit else block
+
+    def gather(self) -> torch.Tensor:
+        """All the rows in one matrix (for a detector that needs them at once)."""
+        rows = self.matrix[self.index]
+        return rows.float() / rows.float().norm(dim=1, keepdim=True).clamp_min(1e-12) if self.unit else rows
