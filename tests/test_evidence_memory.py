@@ -7,6 +7,7 @@ the evidence holds (not the resident set, which a 2-core CI shares and glibc's h
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +161,55 @@ def test_outside_a_run_every_call_reads_its_own_rows(tmp_path: Path) -> None:
         f = extract_features(net, images, normalize)  # other weights: a miss, never a stale hit
     assert torch.equal(c, a) and d is c and e.data_ptr() != c.data_ptr() and torch.equal(e, a[:3])
     assert torch.allclose(f, a + 1.0)
+
+
+HELD_ROWS_RSS = """
+import sys
+import torch
+from supersub.data.module import Rows
+from supersub.models import feature_cache
+from supersub.models.feature_cache import extract_features, held_for_the_run
+from supersub.novelty.outputs import IndexedRows
+feature_cache.CACHE_BLOCK = 128  # the extraction's own blocks small beside the matrix
+if sys.argv[2] == "in-memory":  # the rows as before: one matrix in the process's memory
+    feature_cache.writable_rows = lambda rows, row_shape, dtype, cache_dir=None: torch.empty((rows, *row_shape), dtype=dtype)
+def status(key):
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key + ":")) / 1024
+torch.manual_seed(0)
+net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 8192))
+images = torch.randint(0, 255, (6144, 3, 4, 4), dtype=torch.uint8)
+with torch.no_grad(), held_for_the_run():
+    start = status("VmRSS")
+    rows = extract_features(net, images, lambda x: x.float() / 255, cache_dir=sys.argv[1])
+    extracted = status("VmRSS")
+    open("/proc/self/clear_refs", "w").write("5")  # the high-water mark from here: the reads
+    total = 0.0
+    for block in IndexedRows(rows, torch.arange(len(rows))).blocks(256):  # what a calibration fit reads
+        total += float(block.sum())
+    data = Rows(rows, torch.randperm(len(rows)), torch.zeros(len(rows)), torch.zeros(len(rows)))
+    for i in range(0, len(data), 64):  # what a fit's batches read
+        total += float(sum(x.sum() for x, _, _ in data.__getitems__(list(range(i, min(i + 64, len(data)))))))
+    print(status("VmRSS") - start, status("VmHWM") - extracted, rows.numel() * 4 / 2**20, total)
+"""
+
+
+def test_a_run_holds_its_frozen_rows_in_a_file_not_in_memory(tmp_path: Path) -> None:
+    """Within a run the frozen rows are written to a mapped file, and the fits and calibration read them a block
+    at a time, dropping the pages read: the process keeps a fraction of the matrix (192 MB here) resident, and reading
+    it all raises its peak by a fraction too, where the rows in memory (as before) stay resident whole: the
+    measurement can fail."""
+    import subprocess
+    import sys
+
+    def run(way: str) -> tuple[float, ...]:
+        done = subprocess.run([sys.executable, "-c", HELD_ROWS_RSS, str(tmp_path / way), way], capture_output=True,
+                              text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, done.stderr[-2000:]
+        return tuple(map(float, done.stdout.split()))
+
+    (mapped_kept, mapped_reads, matrix, mapped_total), (kept, _, _, total) = run("mapped"), run("in-memory")
+    print(f"MiB resident after the reads: mapped {mapped_kept:.0f}, in memory {kept:.0f}; the reads' peak, mapped: "
+          f"{mapped_reads:.0f} (matrix {matrix:.0f})")
+    assert mapped_total == total  # the same numbers read
+    assert kept > 0.9 * matrix
+    assert mapped_kept < 0.35 * matrix and mapped_reads < 0.35 * matrix

@@ -38,6 +38,33 @@ def map_rows(path: Path, rows: int, row_shape: Sequence[int]) -> torch.Tensor:
     return tensor
 
 
+def writable_rows(rows: int, row_shape: Sequence[int], dtype: torch.dtype, cache_dir: Path | None = None) -> torch.Tensor:
+    """A new ``(rows, *row_shape)`` tensor of ``dtype`` over an unnamed file (shared map: what is written goes to the
+    file, and :func:`release` drops it from the process's memory once written or read).
+
+    Why: a training run holds its frozen feature matrix (7 KB an image for the default recipe) from extraction to
+    calibration; in a file, the process's memory holds the blocks being used, not the matrix, and a second read
+    comes from the page cache (memory the kernel may reclaim), not the disk."""
+    shape = (rows, *row_shape)
+    if rows == 0:
+        return torch.empty(shape, dtype=dtype)
+    np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
+    fd, path = anonymous_file(cache_dir, prefix=".supersub-rows-", suffix=".bin")
+    try:
+        os.ftruncate(fd, int(np.prod(shape)) * np_dtype.itemsize)
+    except OSError as e:
+        raise SupersubError(f"{path}: cannot hold the run's feature rows ({e.strerror or e})") from None
+    finally:
+        os.close(fd)
+    try:
+        array = np.memmap(path, dtype=np_dtype, mode="r+", shape=shape)
+    finally:
+        Path(path).unlink(missing_ok=True)
+    tensor = torch.from_numpy(array)
+    _MAPPINGS[tensor.untyped_storage().data_ptr()] = array
+    return tensor
+
+
 def release(tensor: torch.Tensor) -> None:
     """Drop the pages of ``tensor``'s mapping from the process's memory (a no-op for an ordinary tensor)."""
     array = _MAPPINGS.get(tensor.untyped_storage().data_ptr()) if tensor.numel() else None
@@ -61,11 +88,12 @@ def scratch_dir(cache_dir: Path | None) -> Path:
         return Path(tempfile.gettempdir())
 
 
-def anonymous_file(cache_dir: Path | None) -> tuple[int, Path]:
+def anonymous_file(cache_dir: Path | None, prefix: str = ".supersub-images-", suffix: str = ".u8") -> tuple[int, Path]:
     """A new file that disappears with the process: created, to be unlinked once mapped (see :func:`unlinked`)."""
     folder = scratch_dir(cache_dir)
     try:
-        return tempfile.mkstemp(prefix=".supersub-images-", suffix=".u8", dir=folder)
+        fd, path = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
+        return fd, Path(path)
     except OSError as e:
         raise SupersubError(f"{folder}: cannot hold the decoded images ({e.strerror or e})") from None
 

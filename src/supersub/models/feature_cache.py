@@ -16,6 +16,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.cache_limit import default_cache_dir, enforce_limit, touch, writes_enabled  # noqa: F401 - re-exported
-from ..data.mapped import release
+from ..data.mapped import release, writable_rows
 from ..errors import SupersubError
 from ..io import torch_save_atomic
 from ..memory import keep_freed_memory
@@ -63,12 +64,21 @@ def extract_features(
     held_as = (network, hashlib.sha256("\0".join(keys).encode()).hexdigest())
     if _HELD is not None and held_as in _HELD:
         return _HELD[held_as]
+    # a run's rows live in an unnamed file (mapped; released after each block written or read), not in RAM
+    new_rows = partial(writable_rows, cache_dir=cache_dir) if _HELD is not None else _in_memory
     rows = (_compute(backbone, images, normalize, batch_size, torch.device(device), input_size, dtype)
             if cache_dir is None else _read_or_compute(backbone, images, normalize, batch_size, device, input_size,
-                                                       dtype, cache_dir, network, keys))
+                                                       dtype, cache_dir, network, keys, new_rows))
     if _HELD is not None:
         _HELD[held_as] = rows
     return rows
+
+
+NewRows = Callable[[int, Any, torch.dtype], torch.Tensor]  # (rows, row shape, dtype) -> an uninitialised matrix
+
+
+def _in_memory(rows: int, row_shape: Any, dtype: torch.dtype) -> torch.Tensor:
+    return torch.empty((rows, *row_shape), dtype=dtype)
 
 
 # while a run holds its rows (held_for_the_run): {(network digest, digest of the image keys): rows}
@@ -108,7 +118,7 @@ def not_held() -> Iterator[None]:
 
 def _read_or_compute(backbone: nn.Module, images: torch.Tensor, normalize: Normalize, batch_size: int,
                      device: torch.device | str, input_size: int | None, dtype: torch.dtype, cache_dir: Path,
-                     network: str, keys: list[str]) -> torch.Tensor:
+                     network: str, keys: list[str], new_rows: NewRows | None = None) -> torch.Tensor:
     """The rows of ``images`` from the disk cache, computing (and saving) the misses."""
     store = _ShardIndex(Path(cache_dir), network)
     missing = [i for i, key in enumerate(keys) if key not in store]
@@ -121,13 +131,14 @@ def _read_or_compute(backbone: nn.Module, images: torch.Tensor, normalize: Norma
         release(images)
         store.save([keys[i] for i in rows], computed)
         if out is None:
-            out = torch.empty((len(keys), *computed.shape[1:]), dtype=computed.dtype)
+            out = (new_rows or _in_memory)(len(keys), computed.shape[1:], computed.dtype)
         out[rows] = computed
+        release(out)
     # a model that only reads (calibrate re-runs eight models on the same images) says so at debug level only
     log.log(logging.INFO if missing else logging.DEBUG, "backbone outputs of %d images: %d read from the cache in %s, "
             "%d computed", len(images), len(images) - len(missing), cache_dir, len(missing))
     done = set(missing)
-    return store.gather(keys, [i for i in range(len(keys)) if i not in done], out)
+    return store.gather(keys, [i for i in range(len(keys)) if i not in done], out, new_rows or _in_memory)
 
 
 def image_keys(images: torch.Tensor) -> list[str]:
@@ -170,7 +181,8 @@ class _ShardIndex:
         digest = hashlib.sha256("".join(keys).encode()).hexdigest()[:16]
         _save(self.folder / f"features-{self.network[:16]}-{digest}.pt", self.network, keys, rows)
 
-    def gather(self, keys: list[str], wanted: list[int], out: torch.Tensor | None) -> torch.Tensor:
+    def gather(self, keys: list[str], wanted: list[int], out: torch.Tensor | None,
+               new_rows: NewRows | None = None) -> torch.Tensor:
         """``out`` (allocated here when None) with rows ``wanted`` filled from the shards of their keys, one shard at
         a time (each shard is dropped, unmapped, once read); every shard read counts as used now
         (least-recently-used eviction goes by the last use, :mod:`supersub.data.cache_limit`)."""
@@ -182,9 +194,10 @@ class _ShardIndex:
             rows = self.shards[shard]
             assert rows is not None
             if out is None:
-                out = torch.empty((len(keys), *rows.shape[1:]), dtype=rows.dtype)
+                out = (new_rows or _in_memory)(len(keys), rows.shape[1:], rows.dtype)
             pairs = by_shard[shard]
             out[[i for i, _ in pairs]] = rows[[r for _, r in pairs]]
+            release(out)
             self.shards[shard] = None
             touch(self.paths[shard])
         assert out is not None

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..data.mapped import release
+
 
 @dataclass
 class Outputs:
@@ -128,18 +130,18 @@ class RowSelection(Outputs):
 
     @property  # type: ignore[override]
     def features(self) -> torch.Tensor:
-        return self._all_features[self._index]
+        return _gathered(self._all_features, self._index)
 
     @property  # type: ignore[override]
     def layers(self) -> dict[str, torch.Tensor] | None:
-        return None if self._all_layers is None else {k: v[self._index] for k, v in self._all_layers.items()}
+        return None if self._all_layers is None else {k: _gathered(v, self._index) for k, v in self._all_layers.items()}
 
     def layer(self, name: str) -> torch.Tensor | None:
         """One layer's rows only (reading ``layers`` would copy every tapped layer)."""
         if name == "final":
             return self.features
         rows = None if self._all_layers is None else self._all_layers.get(name)
-        return None if rows is None else rows[self._index]
+        return None if rows is None else _gathered(rows, self._index)
 
     def indexed(self, name: str) -> IndexedRows | None:
         """One layer's rows, read in blocks when used (:class:`IndexedRows`): ``final`` as they are, a tapped
@@ -157,6 +159,13 @@ class RowSelection(Outputs):
 
     def __repr__(self) -> str:
         return f"RowSelection({len(self._index)} rows of {len(self._all_features)})"
+
+
+def _gathered(matrix: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``matrix[index]``, the pages read dropped from memory again when ``matrix`` is a run's mapped rows."""
+    rows = matrix[index]
+    release(matrix)
+    return rows
 
 
 class IndexedRows:
@@ -189,10 +198,10 @@ class IndexedRows:
     def blocks(self, size: int) -> Iterator[torch.Tensor]:
         """The rows, ``size`` at a time, in order."""
         for start in range(0, len(self.index), size):
-            block = self.matrix[self.index[start:start + size]]
+            block = _gathered(self.matrix, self.index[start:start + size])
             yield block.float() / block.float().norm(dim=1, keepdim=True).clamp_min(1e-12) if self.unit else block
 
     def gather(self) -> torch.Tensor:
         """All the rows in one matrix (for a detector that needs them at once)."""
-        rows = self.matrix[self.index]
+        rows = _gathered(self.matrix, self.index)
         return rows.float() / rows.float().norm(dim=1, keepdim=True).clamp_min(1e-12) if self.unit else rows

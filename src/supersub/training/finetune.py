@@ -29,6 +29,7 @@ from timm.optim import param_groups_weight_decay
 from ..config import OptimConfig, TrainConfig
 from .. import inference
 from ..inference import Outputs
+from ..data.mapped import release
 from ..models.feature_cache import default_cache_dir, extract_features
 from ..models.ensemble import BaggingEnsemble
 from ..models.hierarchical import HierarchicalClassifier
@@ -218,7 +219,7 @@ def cached_outputs(model: HierarchicalClassifier | BaggingEnsemble, images: torc
     was_training = model.training
     model.to(device).eval()
     try:
-        chunks = (_outputs_of_chunk(model, rows[i:i + batch_size].to(device), splits, columns is None)
+        chunks = (_outputs_of_chunk(model, rows, i, batch_size, device, splits, columns is None)
                   for i in range(0, len(rows), batch_size))
         out = Outputs.gather(chunks, len(rows))
     finally:
@@ -229,8 +230,9 @@ def cached_outputs(model: HierarchicalClassifier | BaggingEnsemble, images: torc
     return out
 
 
-def _outputs_of_chunk(model: HierarchicalClassifier | BaggingEnsemble, rows: torch.Tensor,
-                      splits: Sequence[StageSplit] | None, with_features: bool) -> Outputs:
-    out = model.outputs_from_rows(rows.float(), splits).cpu_float()
+def _outputs_of_chunk(model: HierarchicalClassifier | BaggingEnsemble, rows: torch.Tensor, start: int, size: int,
+                      device: torch.device, splits: Sequence[StageSplit] | None, with_features: bool) -> Outputs:
+    out = model.outputs_from_rows(rows[start:start + size].to(device).float(), splits).cpu_float()
+    release(rows)  # a run's mapped rows: the pages read leave memory again
     # without its features (one empty column kept for the shape gather allocates): the caller points at the rows
     return out if with_features else replace(out, features=out.features[:, :0], layers=None)
