@@ -60,6 +60,11 @@ def writable_rows(rows: int, row_shape: Sequence[int], dtype: torch.dtype, cache
         array = np.memmap(path, dtype=np_dtype, mode="r+", shape=shape)
     finally:
         Path(path).unlink(missing_ok=True)
+    handle = getattr(array, "_mmap", None)
+    if handle is not None and hasattr(mmap, "MADV_RANDOM"):
+        # no read-around on a fault: after a sequential pass the kernel mapped ~70 MB around the first random read
+        # (a fit's shuffled batches) until the next release
+        handle.madvise(mmap.MADV_RANDOM)
     tensor = torch.from_numpy(array)
     _MAPPINGS[tensor.untyped_storage().data_ptr()] = array
     return tensor
