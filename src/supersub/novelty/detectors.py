@@ -92,13 +92,19 @@ class Detector(ABC):
     def _fit(self, logits: Tensor, features: OptTensor, labels: OptTensor, weight: OptTensor, bias: OptTensor) -> None:
         """Logit scores need no fitting."""
 
-    def confidence(self, logits: Tensor, features: OptTensor = None) -> Tensor:
-        """``(N,)`` float32, higher = more seen."""
+    def confidence(self, logits: Tensor, features: Rows | None = None) -> Tensor:
+        """``(N,)`` float32, higher = more seen. Features given as :class:`IndexedRows` (a run's rows where they
+        are) are scored a block of rows at a time: every score is a function of each row alone."""
         _check_logits(self.name, logits, 3 if self.needs_members else 2)
         if not self.is_fitted:
             raise SupersubError(f"score '{self.name}': not fitted (call fit on training outputs first)")
         if self.needs_features:
             _check_features(self.name, features, logits.shape[0])
+        if isinstance(features, IndexedRows):
+            starts = range(0, len(features), CONFIDENCE_BLOCK)
+            parts = [self._confidence(logits[start:start + len(block)], block).float().cpu()
+                     for start, block in zip(starts, features.blocks(CONFIDENCE_BLOCK))]
+            return torch.cat(parts) if parts else torch.empty(0)
         return self._confidence(logits, features).float().cpu()
 
     @abstractmethod
@@ -150,6 +156,7 @@ def _check_logits(score: str, logits: Tensor, ndim: int = 2) -> None:
 
 # rows at a time in the row-wise passes over a whole training matrix (5 MB per float64 temporary at 1,280 columns)
 UNIT_CHUNK = 512
+CONFIDENCE_BLOCK = 1024  # rows a time when scoring a run's rows where they are (IndexedRows)
 PROBE_BLOCK = 1024  # rows a time in each evaluation of the probe's loss (5 MB of unit rows at 1,280 columns)
 
 

@@ -168,10 +168,12 @@ def layer_features(outputs: Outputs, layer: str) -> torch.Tensor:
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
 
 
-def _fit_features(detector: Detector, outputs: Outputs, layer: str) -> torch.Tensor | IndexedRows:
-    """The training features a detector is fitted on: a row selection's rows of one layer left where they are
-    (:class:`IndexedRows`) for a detector that reads them in blocks, else :func:`layer_features`."""
-    if detector.reads_blocks and isinstance(outputs, RowSelection) and "+" not in layer:
+def _fit_features(detector: Detector, outputs: Outputs, layer: str,
+                  scoring: bool = False) -> torch.Tensor | IndexedRows:
+    """The features a detector is fitted on (or, ``scoring``, scores): a row selection's rows of one layer left
+    where they are (:class:`IndexedRows`) for a detector that fits on them in blocks (any detector scores them in
+    blocks), else :func:`layer_features`."""
+    if (scoring or detector.reads_blocks) and isinstance(outputs, RowSelection) and "+" not in layer:
         rows = outputs.indexed(layer)
         if rows is not None:
             return rows
@@ -237,14 +239,14 @@ class NoveltyScorer:
             super_conf = d.super_conf if view.super_seen_mass is None else view.super_seen_mass
         else:
             super_conf = self.super_detector.confidence(_logits_for(self.super_detector, out, "super"),
-                                                        layer_features(out, self.layers[0]))
+                                                        _fit_features(self.super_detector, out, self.layers[0], True))
         if sub_name == "msp":
             assert d is not None
             sub_conf = d.sub_conf
         else:
             # the subclass the rule decides (j*, among the predicted superclass's subclasses) is what is scored
             logits = decided_subclass_logits(_logits_for(self.sub_detector, out, "sub"), out.super_logits, sub_to_super)
-            sub_conf = self.sub_detector.confidence(logits, layer_features(out, self.layers[1]))
+            sub_conf = self.sub_detector.confidence(logits, _fit_features(self.sub_detector, out, self.layers[1], True))
         return Confidences(super_conf.float(), sub_conf.float())
 
     # ---- persistence -----------------------------------------------------------------------------
