@@ -720,7 +720,7 @@ def _centred_blocks(x: Rows, origin: Tensor) -> Iterator[Tensor]:
         yield block.double() - origin
 
 
-LSQ_BLOCK = 4096  # rows a time in the least-squares head's QR updates (10 MB in float64 at 320 columns)
+LSQ_BLOCK = 1024  # rows a time in the least-squares head's QR updates (2.6 MB in float64 at 320 columns)
 
 
 def _least_squares(x: Rows, targets: Tensor) -> Tensor:
