@@ -149,7 +149,7 @@ def resolve_layer(layer: str, level: str, outputs: Outputs) -> str:
     if layer != "auto":
         return layer
     wanted = AUTO_LAYERS[level]
-    return wanted if outputs.layer(wanted) is not None else "final"
+    return wanted if outputs.has_layer(wanted) else "final"  # not layer(): a row selection would gather it
 
 
 def layer_features(outputs: Outputs, layer: str) -> torch.Tensor:

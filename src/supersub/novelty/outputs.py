@@ -8,12 +8,10 @@ the combined ones every other score, the decision rule and the probabilities use
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-
-from ..data.mapped import release
 
 
 @dataclass
@@ -53,6 +51,10 @@ class Outputs:
     def cpu_float(self) -> Outputs:
         layers = None if self.layers is None else {k: v.float().cpu() for k, v in self.layers.items()}
         return Outputs(*(None if t is None else t.float().cpu() for t in self._fields()), layers=layers)
+
+    def has_layer(self, name: str) -> bool:
+        """Whether :meth:`layer` gives ``name`` (without reading it)."""
+        return name == "final" or (self.layers is not None and name in self.layers)
 
     def layer(self, name: str) -> torch.Tensor | None:
         """Features of one layer: ``final`` (the features the heads read) or a tapped block; None if absent."""
@@ -115,56 +117,67 @@ class RowSelection(Outputs):
     """
 
     def __init__(self, logits: Logits, all_features: torch.Tensor, all_layers: dict[str, torch.Tensor] | None,
-                 index: torch.Tensor) -> None:
+                 index: torch.Tensor, after_read: AfterRead | None = None) -> None:
         self.super_logits, self.sub_logits, self.super_members, self.sub_members = logits
         self._all_features, self._all_layers, self._index = all_features, all_layers, index
+        self._after_read = after_read
 
     @classmethod
-    def pick(cls, source: Outputs, rows: Sequence[int]) -> RowSelection:
-        """Rows ``rows`` of ``source`` (an index list, as :meth:`Outputs.select` takes)."""
+    def pick(cls, source: Outputs, rows: Sequence[int], after_read: AfterRead | None = None) -> RowSelection:
+        """Rows ``rows`` of ``source`` (an index list, as :meth:`Outputs.select` takes). ``after_read(matrix)`` is
+        called after rows are gathered from one of the source's matrices (the pipeline drops a mapped file's
+        pages from memory with it)."""
         index = torch.as_tensor(list(rows), dtype=torch.long)
         sm, bm = source.super_members, source.sub_members
         logits = (source.super_logits[index], source.sub_logits[index],
                   None if sm is None else sm[index], None if bm is None else bm[index])
-        return cls(logits, source.features, source.layers, index)
+        return cls(logits, source.features, source.layers, index, after_read)
 
     @property  # type: ignore[override]
     def features(self) -> torch.Tensor:
-        return _gathered(self._all_features, self._index)
+        return _gathered(self._all_features, self._index, self._after_read)
 
     @property  # type: ignore[override]
     def layers(self) -> dict[str, torch.Tensor] | None:
-        return None if self._all_layers is None else {k: _gathered(v, self._index) for k, v in self._all_layers.items()}
+        return None if self._all_layers is None else {k: _gathered(v, self._index, self._after_read)
+                                                 for k, v in self._all_layers.items()}
 
     def layer(self, name: str) -> torch.Tensor | None:
         """One layer's rows only (reading ``layers`` would copy every tapped layer)."""
         if name == "final":
             return self.features
         rows = None if self._all_layers is None else self._all_layers.get(name)
-        return None if rows is None else _gathered(rows, self._index)
+        return None if rows is None else _gathered(rows, self._index, self._after_read)
+
+    def has_layer(self, name: str) -> bool:
+        return name == "final" or (self._all_layers is not None and name in self._all_layers)
 
     def indexed(self, name: str) -> IndexedRows | None:
         """One layer's rows, read in blocks when used (:class:`IndexedRows`): ``final`` as they are, a tapped
         block L2-normalised (as :func:`~supersub.novelty.level_scorer.layer_features` gives it); None if absent."""
         if name == "final":
-            return IndexedRows(self._all_features, self._index)
+            return IndexedRows(self._all_features, self._index, after_read=self._after_read)
         rows = None if self._all_layers is None else self._all_layers.get(name)
-        return None if rows is None else IndexedRows(rows, self._index, unit=True)
+        return None if rows is None else IndexedRows(rows, self._index, unit=True, after_read=self._after_read)
 
     def seen_classes(self, n_super: int, n_sub: int) -> Outputs:
         sm, bm = self.super_members, self.sub_members
         logits = (self.super_logits[:, :n_super], self.sub_logits[:, :n_sub],
                   None if sm is None else sm[..., :n_super], None if bm is None else bm[..., :n_sub])
-        return RowSelection(logits, self._all_features, self._all_layers, self._index)
+        return RowSelection(logits, self._all_features, self._all_layers, self._index, self._after_read)
 
     def __repr__(self) -> str:
         return f"RowSelection({len(self._index)} rows of {len(self._all_features)})"
 
 
-def _gathered(matrix: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``matrix[index]``, the pages read dropped from memory again when ``matrix`` is a run's mapped rows."""
+AfterRead = Callable[[torch.Tensor], None]  # called with a matrix after rows were gathered from it
+
+
+def _gathered(matrix: torch.Tensor, index: torch.Tensor, after_read: AfterRead | None) -> torch.Tensor:
+    """``matrix[index]``, then ``after_read(matrix)`` (the pipeline passes one that drops a mapped file's pages)."""
     rows = matrix[index]
-    release(matrix)
+    if after_read is not None:
+        after_read(matrix)
     return rows
 
 
@@ -177,8 +190,9 @@ class IndexedRows:
     230 MB of final features) next to the run's held matrix; read in blocks, the fit holds one block.
     """
 
-    def __init__(self, matrix: torch.Tensor, index: torch.Tensor, unit: bool = False) -> None:
-        self.matrix, self.index, self.unit = matrix, index, unit
+    def __init__(self, matrix: torch.Tensor, index: torch.Tensor, unit: bool = False,
+                 after_read: AfterRead | None = None) -> None:
+        self.matrix, self.index, self.unit, self.after_read = matrix, index, unit, after_read
 
     @property
     def shape(self) -> torch.Size:
@@ -193,15 +207,15 @@ class IndexedRows:
 
     def __getitem__(self, rows: torch.Tensor) -> IndexedRows:
         """The rows a boolean mask or an index tensor picks (still not gathered)."""
-        return IndexedRows(self.matrix, self.index[rows], self.unit)
+        return IndexedRows(self.matrix, self.index[rows], self.unit, self.after_read)
 
     def blocks(self, size: int) -> Iterator[torch.Tensor]:
         """The rows, ``size`` at a time, in order."""
         for start in range(0, len(self.index), size):
-            block = _gathered(self.matrix, self.index[start:start + size])
+            block = _gathered(self.matrix, self.index[start:start + size], self.after_read)
             yield block.float() / block.float().norm(dim=1, keepdim=True).clamp_min(1e-12) if self.unit else block
 
     def gather(self) -> torch.Tensor:
         """All the rows in one matrix (for a detector that needs them at once)."""
-        rows = _gathered(self.matrix, self.index)
+        rows = _gathered(self.matrix, self.index, self.after_read)
         return rows.float() / rows.float().norm(dim=1, keepdim=True).clamp_min(1e-12) if self.unit else rows

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from ..config import TrainConfig
+from ..data.mapped import release
 from ..errors import SupersubError
 from ..inference import Outputs, pick_device, run_model
 from ..io import load_checkpoint
@@ -135,7 +136,7 @@ def collect_evidence(
         if not idx:
             return None
         if everything is not None:
-            out: Outputs = RowSelection.pick(everything, idx)
+            out: Outputs = RowSelection.pick(everything, idx, after_read=release)  # a mapped matrix's pages go
         else:
             # a block of rows at a time (multiples of run_model's batch: the same batches as all at once), so
             # memory-mapped images are never all copied into memory
