@@ -288,7 +288,8 @@ def test_fits_on_rows_read_in_blocks_are_the_fits_on_the_gathered_rows() -> None
     layer L2-normalised per block) fit the probe and ViM bit for bit as the gathered matrix does, across several
     blocks and with unlabelled rows dropped, and the matrix is left as it was."""
     from supersub.novelty import detectors
-    from supersub.novelty.outputs import IndexedRows
+    from supersub.novelty.level_scorer import layer_features
+    from supersub.novelty.outputs import IndexedRows, Outputs, RowSelection
 
     g = torch.Generator().manual_seed(5)
     y = torch.arange(4).repeat_interleave(40)
@@ -297,13 +298,16 @@ def test_fits_on_rows_read_in_blocks_are_the_fits_on_the_gathered_rows() -> None
     matrix = torch.cat([torch.randn(30, 24, generator=g), x])  # other images' rows around the selection
     index = torch.arange(30, 190)
     logits = torch.nn.functional.one_hot(y.clamp_min(0), 4).float() + 0.1 * torch.randn(160, 4, generator=g)
+    logits_all = torch.zeros(len(matrix), 4)
     before = matrix.clone()
     with pytest.MonkeyPatch.context() as mp:  # several blocks in every pass
         for name, size in (("UNIT_CHUNK", 16), ("PROBE_BLOCK", 32), ("LSQ_BLOCK", 48)):
             mp.setattr(detectors, name, size)
         for unit in (False, True):
             rows = IndexedRows(matrix, index, unit=unit)
-            gathered = rows.gather()
+            # the rows as the scorer read them before (gathered, a tapped layer normalised by layer_features)
+            selection = RowSelection.pick(Outputs(logits_all, logits_all, matrix, layers={"block-1": matrix}), index)
+            gathered = layer_features(selection, "block-1" if unit else "final")
             for name in ("probe", "vim"):
                 options = {"dim": 8} if name == "vim" else {}
                 in_blocks = create_detector(name, **options).fit(logits, rows, y)

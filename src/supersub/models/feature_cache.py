@@ -118,7 +118,7 @@ def not_held() -> Iterator[None]:
 
 def _read_or_compute(backbone: nn.Module, images: torch.Tensor, normalize: Normalize, batch_size: int,
                      device: torch.device | str, input_size: int | None, dtype: torch.dtype, cache_dir: Path,
-                     network: str, keys: list[str], new_rows: NewRows | None = None) -> torch.Tensor:
+                     network: str, keys: list[str], new_rows: NewRows = _in_memory) -> torch.Tensor:
     """The rows of ``images`` from the disk cache, computing (and saving) the misses."""
     store = _ShardIndex(Path(cache_dir), network)
     missing = [i for i, key in enumerate(keys) if key not in store]
@@ -131,14 +131,14 @@ def _read_or_compute(backbone: nn.Module, images: torch.Tensor, normalize: Norma
         release(images)
         store.save([keys[i] for i in rows], computed)
         if out is None:
-            out = (new_rows or _in_memory)(len(keys), computed.shape[1:], computed.dtype)
+            out = new_rows(len(keys), computed.shape[1:], computed.dtype)
         out[rows] = computed
         release(out)
     # a model that only reads (calibrate re-runs eight models on the same images) says so at debug level only
     log.log(logging.INFO if missing else logging.DEBUG, "backbone outputs of %d images: %d read from the cache in %s, "
             "%d computed", len(images), len(images) - len(missing), cache_dir, len(missing))
     done = set(missing)
-    return store.gather(keys, [i for i in range(len(keys)) if i not in done], out, new_rows or _in_memory)
+    return store.gather(keys, [i for i in range(len(keys)) if i not in done], out, new_rows)
 
 
 def image_keys(images: torch.Tensor) -> list[str]:
@@ -182,7 +182,7 @@ class _ShardIndex:
         _save(self.folder / f"features-{self.network[:16]}-{digest}.pt", self.network, keys, rows)
 
     def gather(self, keys: list[str], wanted: list[int], out: torch.Tensor | None,
-               new_rows: NewRows | None = None) -> torch.Tensor:
+               new_rows: NewRows = _in_memory) -> torch.Tensor:
         """``out`` (allocated here when None) with rows ``wanted`` filled from the shards of their keys, one shard at
         a time (each shard is dropped, unmapped, once read); every shard read counts as used now
         (least-recently-used eviction goes by the last use, :mod:`supersub.data.cache_limit`)."""
@@ -194,7 +194,7 @@ class _ShardIndex:
             rows = self.shards[shard]
             assert rows is not None
             if out is None:
-                out = (new_rows or _in_memory)(len(keys), rows.shape[1:], rows.dtype)
+                out = new_rows(len(keys), rows.shape[1:], rows.dtype)
             pairs = by_shard[shard]
             out[[i for i, _ in pairs]] = rows[[r for _, r in pairs]]
             release(out)

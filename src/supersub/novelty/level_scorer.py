@@ -29,7 +29,7 @@ from ..errors import SupersubError
 from ..io import torch_save_atomic
 from ..score_catalog import PAIR_SEPARATOR
 from .decide import decide, subclass_mask
-from .outputs import IndexedRows, Outputs, RowSelection
+from .outputs import IndexedRows, Outputs, RowSelection, unit_rows
 from .detectors import (
     DETECTORS, Detector, FitError, create_detector, detector_from_state, level_scores, options_for_detector,
 )
@@ -164,16 +164,15 @@ def layer_features(outputs: Outputs, layer: str) -> torch.Tensor:
             have = ", ".join(["final", *sorted(outputs.layers or {})])
             raise SupersubError(f"novelty layer {name!r}: this model does not expose it (available: {have}; tapped "
                                 "blocks need a timm backbone and model.tap_blocks > 0)")
-        pieces.append(x.float() / x.float().norm(dim=1, keepdim=True).clamp_min(1e-12))
+        pieces.append(unit_rows(x))
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
 
 
-def _fit_features(detector: Detector, outputs: Outputs, layer: str,
-                  scoring: bool = False) -> torch.Tensor | IndexedRows:
-    """The features a detector is fitted on (or, ``scoring``, scores): a row selection's rows of one layer left
-    where they are (:class:`IndexedRows`) for a detector that fits on them in blocks (any detector scores them in
-    blocks), else :func:`layer_features`."""
-    if (scoring or detector.reads_blocks) and isinstance(outputs, RowSelection) and "+" not in layer:
+def _level_rows(outputs: Outputs, layer: str, in_blocks: bool) -> torch.Tensor | IndexedRows:
+    """A level's features: with ``in_blocks`` a row selection's rows of one layer left where they are
+    (:class:`IndexedRows`: every detector scores them a block at a time, a ``reads_blocks`` one also fits on them),
+    else :func:`layer_features`."""
+    if in_blocks and isinstance(outputs, RowSelection) and "+" not in layer:
         rows = outputs.indexed(layer)
         if rows is not None:
             return rows
@@ -222,7 +221,7 @@ class NoveltyScorer:
             made = create_detector(detector, **options_for_detector(detector, dict(options or {})))
             try:
                 every = bool(keep.all())  # indexing copies: a large run's training matrix is not copied for nothing
-                feats = _fit_features(made, out, layer)
+                feats = _level_rows(out, layer, made.reads_blocks)
                 detectors.append(made.fit(_logits_for(made, out, level)[keep], feats if every else feats[keep],
                                           labels if every else labels[keep], head_weight=weight, head_bias=bias))
                 del feats
@@ -239,14 +238,14 @@ class NoveltyScorer:
             super_conf = d.super_conf if view.super_seen_mass is None else view.super_seen_mass
         else:
             super_conf = self.super_detector.confidence(_logits_for(self.super_detector, out, "super"),
-                                                        _fit_features(self.super_detector, out, self.layers[0], True))
+                                                        _level_rows(out, self.layers[0], True))
         if sub_name == "msp":
             assert d is not None
             sub_conf = d.sub_conf
         else:
             # the subclass the rule decides (j*, among the predicted superclass's subclasses) is what is scored
             logits = decided_subclass_logits(_logits_for(self.sub_detector, out, "sub"), out.super_logits, sub_to_super)
-            sub_conf = self.sub_detector.confidence(logits, _fit_features(self.sub_detector, out, self.layers[1], True))
+            sub_conf = self.sub_detector.confidence(logits, _level_rows(out, self.layers[1], True))
         return Confidences(super_conf.float(), sub_conf.float())
 
     # ---- persistence -----------------------------------------------------------------------------

@@ -173,6 +173,11 @@ class RowSelection(Outputs):
 AfterRead = Callable[[torch.Tensor], None]  # called with a matrix after rows were gathered from it
 
 
+def unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """Each row of ``x`` (as float32) divided by its L2 norm: how a tapped layer's features are read."""
+    return x.float() / x.float().norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
 def _gathered(matrix: torch.Tensor, index: torch.Tensor, after_read: AfterRead | None) -> torch.Tensor:
     """``matrix[index]``, then ``after_read(matrix)`` (the pipeline passes one that drops a mapped file's pages)."""
     rows = matrix[index]
@@ -198,10 +203,6 @@ class IndexedRows:
     def shape(self) -> torch.Size:
         return torch.Size((len(self.index), self.matrix.shape[1]))
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return torch.float32 if self.unit else self.matrix.dtype
-
     def __len__(self) -> int:
         return len(self.index)
 
@@ -213,9 +214,4 @@ class IndexedRows:
         """The rows, ``size`` at a time, in order."""
         for start in range(0, len(self.index), size):
             block = _gathered(self.matrix, self.index[start:start + size], self.after_read)
-            yield block.float() / block.float().norm(dim=1, keepdim=True).clamp_min(1e-12) if self.unit else block
-
-    def gather(self) -> torch.Tensor:
-        """All the rows in one matrix (for a detector that needs them at once)."""
-        rows = _gathered(self.matrix, self.index, self.after_read)
-        return rows.float() / rows.float().norm(dim=1, keepdim=True).clamp_min(1e-12) if self.unit else rows
+            yield unit_rows(block) if self.unit else block
