@@ -331,8 +331,10 @@ class NoveltyConfig(_Strict):
         "uniform", description="outlier exposure: uniform-target loss, or an explicit extra 'novel' class"
     )
     temperature_scaling: bool = Field(True, description="fit a softmax temperature per head on validation logits")
+    # 0.92, not 0.95: the mildest target that flags most of a far domain's new family (the built-in shapes: 70%
+    # against 57% at 0.95) at the same suite accuracy (92.9 against 93.0, docs/results/novelty-suite.md)
     super_recall: float = Field(
-        0.95, gt=0.0, le=1.0,
+        0.92, gt=0.0, le=1.0,
         description="recall protocol/objective: tau_super keeps this share of seen validation images",
     )
     sub_recall: float = Field(
