@@ -46,6 +46,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "cnn": {"model.backbone": "cnn"},
     # the demo's CNN (32 px, 30 epochs; supersub.pipeline.demo.DEMO_CONFIG) without its outlier images and score
     "cnn32": {"model.backbone": "cnn", "optim.epochs": 30, "data.image_size": 32, "model.width": 32},
+    # Lite0's last stage fine-tuned on cached trunk outputs; no LOSO models (each would be another fine-tuning run)
+    "lite0-partial": {"optim.finetune": "partial", "optim.trainable_stages": 1, "novelty.super_protocol": "recall"},
 }
 NOVEL_COUNT = 2000  # outlier images per run with --exposure oe (the protocol's own pool holds 18,600)
 
@@ -71,6 +73,7 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "vim-b1-loso": {"score": "vim+maxlogit", "super_layer": "block-1", "super_protocol": "loso"},
     "knn-b1-loso": {"score": "knn+maxlogit", "super_layer": "block-1", "super_protocol": "loso"},
     "avg-b1": {"score": "knn,maxlogit+maxlogit", "super_layer": "block-1"},
+    "knn-probe-final": {"score": "knn+probe"},
     # subclass level (superclass: the knn-b1 candidate)
     "sub-avg-kc": {"score": "knn+maxlogit,knn-class", "super_layer": "block-1"},
     "sub-avg-kc-vim": {"score": "vim+maxlogit,knn-class", "super_layer": "block-1"},
@@ -188,7 +191,8 @@ def score_split(a: argparse.Namespace, exposure: str, recipe: str, variant: str,
         return
     run, seconds = train_run(a.work, data, seed, exposure, recipe)
     t0 = time.perf_counter()
-    evidence = ss.calibration_evidence(run, loso_config(run))
+    trained_loso = RECIPES[recipe].get("novelty.super_protocol", "loso") == "loso"
+    evidence = ss.calibration_evidence(run, loso_config(run) if trained_loso else None)
     outputs, taxonomy, truth = test_outputs(run, data, a.work)
     print(f"[{exposure} {recipe} {data.name}] trained in {seconds:.0f}s, evidence + test outputs "
           f"{time.perf_counter() - t0:.0f}s", flush=True)
