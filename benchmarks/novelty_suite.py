@@ -48,6 +48,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "cnn32": {"model.backbone": "cnn", "optim.epochs": 30, "data.image_size": 32, "model.width": 32},
     # Lite0's last stage fine-tuned on cached trunk outputs; no LOSO models (each would be another fine-tuning run)
     "lite0-partial": {"optim.finetune": "partial", "optim.trainable_stages": 1, "novelty.super_protocol": "recall"},
+    "lite0-partial2": {"optim.finetune": "partial", "optim.trainable_stages": 2, "novelty.super_protocol": "recall"},
 }
 NOVEL_COUNT = 2000  # outlier images per run with --exposure oe (the protocol's own pool holds 18,600)
 
