@@ -161,3 +161,24 @@ def test_vim_caps_its_subspace_at_the_features_numerical_rank():
     assert torch.isfinite(vim.confidence(logits[:5], x[:5])).all()
     with pytest.raises(SupersubError, match="span 1 direction"):
         create_detector("vim").fit(logits, torch.ones(200, 1) @ torch.randn(1, 16, generator=g))
+
+
+def test_logit_scores_read_no_features_of_a_row_selection():
+    """A logit score (max logit, energy) reads no features: fitting or scoring it on a run's row selection must not
+    gather the rows (a whole training matrix, for nothing); a feature score still reads them."""
+    from supersub.novelty.outputs import RowSelection
+
+    g = torch.Generator().manual_seed(1)
+    n = 40
+    source = _outputs(torch.randn(n, 2, generator=g).tolist(), torch.randn(n, 4, generator=g).tolist(),
+                      torch.randn(n, 5, generator=g), {"block-1": torch.randn(n, 6, generator=g)})
+    y_sub = torch.arange(30) % 4
+    y_super = torch.tensor([SUB_TO_SUPER[j] for j in y_sub])
+    for score, reads in (("maxlogit+energy", False), ("knn+maxlogit", True)):
+        gathers: list[int] = []
+        selection = RowSelection.pick(source, range(30), after_read=lambda m: gathers.append(len(m)))
+        scorer = NoveltyScorer.fit(score, SeenView(selection), y_super, y_sub, layers=("block-1", "final"),
+                                   options={"k": 2} if reads else None)
+        conf = scorer.confidences(SeenView(selection), SUB_TO_SUPER)
+        assert conf.super_conf.shape == (30,) and conf.sub_conf.shape == (30,)
+        assert bool(gathers) == reads, (score, gathers)

@@ -168,6 +168,12 @@ def layer_features(outputs: Outputs, layer: str) -> torch.Tensor:
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
 
 
+def _features_for(detector: Detector, outputs: Outputs, layer: str, in_blocks: bool) -> torch.Tensor | IndexedRows | None:
+    """What ``detector`` reads of ``outputs``: None for a logit score (a row selection would gather its rows, a
+    whole training matrix when fitting, for nothing), else :func:`_level_rows`."""
+    return _level_rows(outputs, layer, in_blocks) if detector.needs_features else None
+
+
 def _level_rows(outputs: Outputs, layer: str, in_blocks: bool) -> torch.Tensor | IndexedRows:
     """A level's features: with ``in_blocks`` a row selection's rows of one layer left where they are
     (:class:`IndexedRows`: every detector scores them a block at a time, a ``reads_blocks`` one also fits on them),
@@ -221,8 +227,9 @@ class NoveltyScorer:
             made = create_detector(detector, **options_for_detector(detector, dict(options or {})))
             try:
                 every = bool(keep.all())  # indexing copies: a large run's training matrix is not copied for nothing
-                feats = _level_rows(out, layer, made.reads_blocks)
-                detectors.append(made.fit(_logits_for(made, out, level)[keep], feats if every else feats[keep],
+                feats = _features_for(made, out, layer, made.reads_blocks)
+                detectors.append(made.fit(_logits_for(made, out, level)[keep],
+                                          feats if every or feats is None else feats[keep],
                                           labels if every else labels[keep], head_weight=weight, head_bias=bias))
                 del feats
             except FitError as e:
@@ -238,14 +245,14 @@ class NoveltyScorer:
             super_conf = d.super_conf if view.super_seen_mass is None else view.super_seen_mass
         else:
             super_conf = self.super_detector.confidence(_logits_for(self.super_detector, out, "super"),
-                                                        _level_rows(out, self.layers[0], True))
+                                                        _features_for(self.super_detector, out, self.layers[0], True))
         if sub_name == "msp":
             assert d is not None
             sub_conf = d.sub_conf
         else:
             # the subclass the rule decides (j*, among the predicted superclass's subclasses) is what is scored
             logits = decided_subclass_logits(_logits_for(self.sub_detector, out, "sub"), out.super_logits, sub_to_super)
-            sub_conf = self.sub_detector.confidence(logits, _level_rows(out, self.layers[1], True))
+            sub_conf = self.sub_detector.confidence(logits, _features_for(self.sub_detector, out, self.layers[1], True))
         return Confidences(super_conf.float(), sub_conf.float())
 
     # ---- persistence -----------------------------------------------------------------------------

@@ -150,6 +150,7 @@ class RowSelection(Outputs):
         return None if rows is None else _gathered(rows, self._index, self._after_read)
 
     def has_layer(self, name: str) -> bool:
+        """As :meth:`Outputs.has_layer`, on the source's matrices (``self.layers`` would gather every one)."""
         return name == "final" or (self._all_layers is not None and name in self._all_layers)
 
     def indexed(self, name: str) -> IndexedRows | None:
