@@ -93,6 +93,8 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     # ranks the new family worst)
     "maxlogit-r92": {"score": "maxlogit+probe", "super_recall": 0.92},
     "energy-r92": {"score": "energy+probe", "super_recall": 0.92},
+    "energy-r90": {"score": "energy+probe", "super_recall": 0.90},
+    "maxlogit-r90": {"score": "maxlogit+probe", "super_recall": 0.90},
     "knn-r92": {"score": "knn+probe", "super_layer": "auto", "super_recall": 0.92},
     "maha-r92": {"score": "mahalanobis+probe", "super_layer": "auto", "super_recall": 0.92},
     # the same with the layer the config resolves (block-1 where the backbone exposes it; final for the scratch CNN)

@@ -140,6 +140,19 @@ def test_the_recipe_score_is_the_same_with_or_without_outlier_images():
     assert build_config({}).novelty.super_layer == "auto" and build_config({}).novelty.sub_layer == "final"
 
 
+def test_an_unset_score_is_energy_for_a_backbone_trained_from_scratch():
+    """ViM reads a principal subspace that pretrained features have; a scratch CNN's energy ranked new families better."""
+    from supersub.config import SCRATCH_SCORE
+
+    assert SCRATCH_SCORE != build_config({}).novelty.score
+    assert build_config({"model": {"backbone": "cnn"}}).novelty.score == SCRATCH_SCORE
+    assert build_config({"model": {"backbone": "resnet18"}}).novelty.score == SCRATCH_SCORE  # no bundled weights
+    for start in ({"pretrained": True}, {"weights": "w.safetensors"}):
+        assert build_config({"model": {"backbone": "resnet18", **start}}).novelty.score == "vim+probe"
+    assert build_config({"model": {"backbone": "cnn"}, "novelty": {"score": "vim"}}).novelty.score == "vim"
+    assert build_config({"model": {"backbone": "cnn"}, "novelty": {"tau_super": 1.0}}).novelty.score == SCRATCH_SCORE
+
+
 def test_the_config_lists_exactly_the_bundled_backbones() -> None:
     from supersub.config import BUNDLED_BACKBONES
 
