@@ -174,7 +174,8 @@ TRAIN_FLAGS: tuple[Flag, ...] = (
     Flag("--ptr-target", ("ptr.target",), "--ptr: random targets drawn from normal or uniform", str, TRAINING),
     Flag("--score", ("novelty.score",), "how \"novel\" is measured: msp, maxlogit, energy, entropy, gen, "
          "mahalanobis, knn, knn-class, vim, probe (bagging also mi, expected-entropy); one per level as SUPER+SUB; "
-         "auto: chosen per level on the run's calibration evidence",
+         "auto: chosen per level on the run's calibration evidence; unset with a backbone from random weights "
+         "(--backbone cnn): energy+probe",
          str, NOVELTY),
     Flag("--score-option", ("novelty.score_options",), SCORE_OPTION_HELP, list, NOVELTY, "none", "k=50"),
     Flag("--objective", ("novelty.objective",), "what the thresholds aim for: balanced (seen and novel accuracy "
