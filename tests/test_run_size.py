@@ -64,6 +64,23 @@ def test_changed_backbone_tensors_are_stored_and_a_changed_package_is_refused(tm
         load_model_file(path)
 
 
+def test_a_partially_trained_run_model_transfers_whole_as_weights(tmp_path: Path) -> None:
+    """``--weights RUN/model.pt`` of a run that stored only its trained backbone tensors (finetune partial on a source
+    dataset) gets the trained ones from the file and the others from the package, not a "225 missing" refusal."""
+    from supersub.models.hub import load_backbone_weights
+
+    cfg, model = _frozen_lite()
+    with torch.no_grad():
+        model.backbone.conv_head.weight.add_(1.0)
+    path = tmp_path / "model.pt"
+    save_model_file(path, model, cfg, TAX)
+    assert "backbone.blocks.0.0.bn1.bias" not in torch.load(path, weights_only=True)["state_dict"]
+    target = create_model(build_config({"model": {"backbone": "efficientnet_lite0", "pretrained": False,
+                                                  "input_size": 32}}).model, TAX).backbone
+    load_backbone_weights(target, path)
+    assert all(torch.equal(target.state_dict()[k], v) for k, v in model.backbone.state_dict().items())
+
+
 def test_a_scratch_backbone_is_stored_whole(tmp_path: Path) -> None:
     cfg = build_config({"model": {"backbone": "cnn", "width": 4, "depth": [1]}})
     model = create_model(cfg.model, TAX)

@@ -176,6 +176,12 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if obj.get("format") == SUPERSUB_MODEL_FORMAT:
         full = obj.get("state_dict")
         full = full if isinstance(full, dict) else {}
+        if obj.get("from_package") is not None:
+            # a model file that leaves its unchanged backbone tensors to the installed weights package (a frozen or
+            # partial run): rebuilt whole, so a source-tuned backbone (finetune partial) transfers with --weights
+            from ..run_dir import load_model_file
+
+            full = load_model_file(path)[0].state_dict()
         state = {k.removeprefix("backbone."): v for k, v in full.items() if k.startswith("backbone.")}
         if not state:
             raise SupersubError(f"{path}: supersub model file holds no backbone weights")
