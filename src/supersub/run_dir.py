@@ -15,10 +15,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ from .io import _first_line, load_checkpoint, torch_save_atomic, write_json_atom
 from .models.build import create_model
 from .models.ensemble import BaggingEnsemble
 from .models.hierarchical import HierarchicalClassifier
+from .models.weight_sources import state_digest
 from .novelty.open_set import OpenSetHead
 from .novelty.level_scorer import NoveltyScorer
 from .novelty.thresholds import Thresholds  # noqa: F401 - re-exported (runs, tests and benchmarks import it here)
@@ -195,7 +194,7 @@ def save_model_file(path: Path, model: nn.Module, cfg: TrainConfig, taxonomy: Ta
         "state_dict": {k: v for k, v in state.items() if k not in omitted},
     }
     if omitted:
-        payload["from_package"] = {"keys": sorted(omitted), "sha256": _digest(state, omitted)}
+        payload["from_package"] = {"keys": sorted(omitted), "sha256": state_digest(state, omitted)}
     torch_save_atomic(payload, path)
 
 
@@ -215,14 +214,6 @@ def _from_package(state: dict[str, torch.Tensor], cfg: TrainConfig, taxonomy: Ta
             and k in fresh and fresh[k].shape == v.shape and fresh[k].dtype == v.dtype and torch.equal(fresh[k], v)}
 
 
-def _digest(state: dict[str, torch.Tensor], keys: Iterable[str]) -> str:
-    h = hashlib.sha256()
-    for key in sorted(keys):
-        h.update(key.encode() + b"\0")
-        h.update(state[key].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 def load_model_file(path: Path) -> tuple[HierarchicalClassifier | BaggingEnsemble, TrainConfig, Taxonomy]:
     """A model written by :func:`save_model_file` (any approach), in eval mode, with its config and taxonomy."""
     where = str(path)
@@ -240,7 +231,7 @@ def load_model_file(path: Path) -> tuple[HierarchicalClassifier | BaggingEnsembl
     if omitted is not None:  # the unchanged backbone tensors come from the installed weights package
         fresh = model.state_dict()
         keys = list(omitted.get("keys", [])) if isinstance(omitted, dict) else []
-        if not all(k in fresh for k in keys) or _digest(fresh, keys) != omitted.get("sha256"):
+        if not all(k in fresh for k in keys) or state_digest(fresh, keys) != omitted.get("sha256"):
             raise SupersubError(f"{where}: its {cfg.model.backbone} backbone weights come from the installed weights "
                                 "package, which now holds other weights; install the version the run was trained "
                                 "with")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,6 +102,15 @@ def create_bundled_backbone(source: WeightSource, pretrained: bool, num_classes:
                                keep_classifier=num_classes == 1000)
         model.load_state_dict(state, strict=True)
     return model
+
+
+def state_digest(state: dict[str, torch.Tensor], keys: Iterable[str]) -> str:
+    """sha256 of the named tensors' bytes: how a model file checks the tensors it left to a weights package."""
+    h = hashlib.sha256()
+    for key in sorted(keys):
+        h.update(key.encode() + b"\0")
+        h.update(state[key].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def weights_digest(source: WeightSource) -> str:
