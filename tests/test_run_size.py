@@ -79,6 +79,11 @@ def test_a_partially_trained_run_model_transfers_whole_as_weights(tmp_path: Path
                                                   "input_size": 32}}).model, TAX).backbone
     load_backbone_weights(target, path)
     assert all(torch.equal(target.state_dict()[k], v) for k, v in model.backbone.state_dict().items())
+    saved = torch.load(path, weights_only=True)
+    saved["from_package"]["sha256"] = "0" * 64  # the package now holds other weights: refused, not mixed in
+    torch.save(saved, path)
+    with pytest.raises(SupersubError, match="which now holds other weights"):
+        load_backbone_weights(target, path)
 
 
 def test_a_scratch_backbone_is_stored_whole(tmp_path: Path) -> None:
