@@ -53,6 +53,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     # the frozen recipe on a Lite0 whose last stage was first trained on Tiny-ImageNet without the competition's
     # classes (a supersub run's model.pt; how it is made: docs/results/novelty-suite.md, "A source-tuned backbone")
     "lite0-tin": {"model.weights": os.environ.get("SUITE_SOURCE_WEIGHTS", "bench-out/tin-src-run/model.pt")},
+    # the same source tuned for 3 epochs instead of 8 (the lighter dose ranked the near family best)
+    "lite0-tin-e3": {"model.weights": os.environ.get("SUITE_SOURCE_WEIGHTS_E3", "bench-out/tin-src-e3-run/model.pt")},
 }
 NOVEL_COUNT = 2000  # outlier images per run with --exposure oe (the protocol's own pool holds 18,600)
 
