@@ -81,6 +81,9 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "knn-b1-loso": {"score": "knn+maxlogit", "super_layer": "block-1", "super_protocol": "loso"},
     "avg-b1": {"score": "knn,maxlogit+maxlogit", "super_layer": "block-1"},
     "knn-probe-final": {"score": "knn+probe"},
+    # the z-average of ViM and kNN at the superclass level (kNN ranked near families best, ViM far domains)
+    "avg-vk-final": {"score": "vim,knn+probe", "super_recall": 0.92},
+    "avg-vk-b1": {"score": "vim,knn+probe", "super_layer": "block-1", "super_recall": 0.92},
     # subclass level (superclass: the knn-b1 candidate)
     "sub-avg-kc": {"score": "knn+maxlogit,knn-class", "super_layer": "block-1"},
     "sub-avg-kc-vim": {"score": "vim+maxlogit,knn-class", "super_layer": "block-1"},
