@@ -31,7 +31,7 @@ from .io import _first_line, load_checkpoint, torch_save_atomic, write_json_atom
 from .models.build import create_model
 from .models.ensemble import BaggingEnsemble
 from .models.hierarchical import HierarchicalClassifier
-from .models.weight_sources import state_digest
+from .models.weight_sources import package_tensors, state_digest
 from .novelty.open_set import OpenSetHead
 from .novelty.level_scorer import NoveltyScorer
 from .novelty.thresholds import Thresholds  # noqa: F401 - re-exported (runs, tests and benchmarks import it here)
@@ -226,16 +226,12 @@ def load_model_file(path: Path) -> tuple[HierarchicalClassifier | BaggingEnsembl
     cfg = build_config(payload["config"], where)
     taxonomy = _taxonomy(payload["taxonomy"], where)
     omitted = payload.get("from_package")
-    model = create_model(cfg.model, taxonomy, load_weights=omitted is not None)
+    model = create_model(cfg.model, taxonomy)
     state = payload["state_dict"]
     if omitted is not None:  # the unchanged backbone tensors come from the installed weights package
-        fresh = model.state_dict()
-        keys = list(omitted.get("keys", [])) if isinstance(omitted, dict) else []
-        if not all(k in fresh for k in keys) or state_digest(fresh, keys) != omitted.get("sha256"):
-            raise SupersubError(f"{where}: its {cfg.model.backbone} backbone weights come from the installed weights "
-                                "package, which now holds other weights; install the version the run was trained "
-                                "with")
-        state = {**{k: fresh[k] for k in keys}, **state}
+        omitted = omitted if isinstance(omitted, dict) else {}
+        keys = [k for k in omitted.get("keys", []) if isinstance(k, str)]
+        state = {**package_tensors(cfg.model.backbone, keys, omitted.get("sha256"), where), **state}
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as e:

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import SupersubError
-from .weight_sources import create_bundled_backbone, state_digest, weight_source
+from .weight_sources import package_tensors
 
 PROBE_TIMEOUT_S = 3.0
 SUPERSUB_MODEL_FORMAT = "supersub-model-1"
@@ -177,8 +177,12 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if obj.get("format") == SUPERSUB_MODEL_FORMAT:
         full = obj.get("state_dict")
         full = full if isinstance(full, dict) else {}
-        if obj.get("from_package") is not None:
-            full = {**_package_tensors(obj, path), **full}
+        omitted = obj.get("from_package")
+        if omitted is not None:  # a frozen or partial run: a source-tuned backbone transfers whole
+            omitted = omitted if isinstance(omitted, dict) else {}
+            name = ((obj.get("config") or {}).get("model") or {}).get("backbone")
+            keys = [k for k in omitted.get("keys", []) if isinstance(k, str)]
+            full = {**package_tensors(str(name), keys, omitted.get("sha256"), str(path)), **full}
         state = {k.removeprefix("backbone."): v for k, v in full.items() if k.startswith("backbone.")}
         if not state:
             raise SupersubError(f"{path}: supersub model file holds no backbone weights")
@@ -192,24 +196,6 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         if not isinstance(value, torch.Tensor):
             raise SupersubError(f"{path}: not a state dict ({key!r} holds a {type(value).__name__}, not a tensor)")
     return state
-
-
-def _package_tensors(obj: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
-    """The backbone tensors a supersub model file (a frozen or partial run) left to the installed weights package,
-    so a source-tuned backbone (``finetune partial`` on another dataset) transfers whole with ``--weights``."""
-    omitted = obj["from_package"] if isinstance(obj.get("from_package"), dict) else {}
-    keys = [k for k in omitted.get("keys", []) if isinstance(k, str)]
-    name = ((obj.get("config") or {}).get("model") or {}).get("backbone")
-    source = weight_source(name) if isinstance(name, str) else None
-    if source is None:
-        raise SupersubError(f"{path}: leaves backbone tensors to a weights package but names none ({name!r})")
-    package = create_bundled_backbone(source, pretrained=True).state_dict()
-    filled = {k: package[k[k.rfind("backbone.") + len("backbone."):]] for k in keys
-              if k[k.rfind("backbone.") + len("backbone."):] in package}
-    if len(filled) != len(keys) or state_digest(filled, keys) != omitted.get("sha256"):
-        raise SupersubError(f"{path}: its {name} backbone weights come from the installed weights package, which now "
-                            "holds other weights; install the version the run was trained with")
-    return filled
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:

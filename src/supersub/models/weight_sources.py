@@ -20,6 +20,7 @@ import importlib.util
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -111,6 +112,24 @@ def state_digest(state: dict[str, torch.Tensor], keys: Iterable[str]) -> str:
         h.update(key.encode() + b"\0")
         h.update(state[key].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def package_tensors(backbone: str, keys: list[str], sha256: Any, where: str) -> dict[str, torch.Tensor]:
+    """The backbone tensors a supersub model file left to the installed weights package (``from_package``: a
+    frozen or partial run stores only what training changed), by their names in the file, checked by its digest.
+
+    One mechanism for loading a run (``run_dir.load_model_file``) and for ``--weights RUN/model.pt`` (``hub``).
+    """
+    source = weight_source(backbone)
+    if source is None:
+        raise SupersubError(f"{where}: leaves backbone tensors to a weights package but names none ({backbone!r})")
+    package = create_bundled_backbone(source, pretrained=True).state_dict()
+    in_package = {k: k[k.rfind("backbone.") + len("backbone."):] for k in keys}  # "members.0.backbone.x" -> "x"
+    filled = {k: package[name] for k, name in in_package.items() if name in package}
+    if len(filled) != len(keys) or state_digest(filled, keys) != sha256:
+        raise SupersubError(f"{where}: its {backbone} backbone weights come from the installed weights package, "
+                            "which now holds other weights; install the version the run was trained with")
+    return filled
 
 
 def weights_digest(source: WeightSource) -> str:
