@@ -16,7 +16,8 @@ from supersub.inference import Outputs
 from supersub.losses import NOVEL_SUB, OUTLIER, HierarchicalLoss
 from supersub.metrics import confusion_matrix, expected_calibration_error, open_set_report
 from supersub.novelty.threshold_search import kept_share, transfer_threshold
-from supersub.data.exposure import read_novel_sub, write_tin_novel_sub, write_tin_outliers
+from supersub.data.exposure import read_novel_sub
+from supersub.data.tiny_imagenet import write_tin_novel_sub, write_tin_outliers, write_tin_source
 from supersub.novelty.head_fit import calibrate_run
 from supersub.pipeline.evidence import collect_evidence
 from supersub.pipeline.stage_plan import EXTRA_CLASS, UNUSED, Pool, plan_stages, stage_targets, with_extra_class
@@ -391,6 +392,15 @@ def test_tiny_imagenet_helpers(tmp_path: Path) -> None:
         "dog/n4/n4_0.JPEG"
     with pytest.raises(SupersubError, match="not empty"):
         write_tin_outliers(tin, tmp_path / "out")
+    # the transfer source: every class the competition lacks (robin is in it), under its superclass or "other"
+    assert write_tin_source(tin, tmp_path / "src", per_class=2) == 8
+    written = sorted(p.relative_to(tmp_path / "src").parent.as_posix() for p in (tmp_path / "src").rglob("*.JPEG"))
+    assert sorted(set(written)) == ["dog/n4", "fish/n2", "other/n1", "reptile/n5"]
+    again = tmp_path / "src-again"
+    assert write_tin_source(tin, again, per_class=2, link=True) == 8  # the same seeded sample, linked
+    assert sorted(p.relative_to(again).as_posix() for p in again.rglob("*.JPEG")) == \
+        sorted(p.relative_to(tmp_path / "src").as_posix() for p in (tmp_path / "src").rglob("*.JPEG"))
+    assert all(p.is_symlink() for p in again.rglob("*.JPEG"))
 
 
 def test_leave_one_superclass_out_sets_tau_super_without_outliers() -> None:

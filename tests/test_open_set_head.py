@@ -1,11 +1,13 @@
 """The open-set head: one object from a model's outputs to decisions, saved as one file, and the runs written
-before it (thresholds.json + detectors.pt) still predict the same bytes."""
+before it (thresholds.json + detectors.pt) still predict the same decisions and probabilities."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -27,11 +29,18 @@ def old_run(tmp_path: Path) -> Path:
     return run
 
 
-def test_a_run_written_before_the_head_was_one_file_predicts_the_same_bytes(old_run: Path, synth_dir: Path,
-                                                                             tmp_path: Path) -> None:
+def test_a_run_written_before_the_head_was_one_file_predicts_the_same(old_run: Path, synth_dir: Path,
+                                                                       tmp_path: Path) -> None:
     out = tmp_path / "p.csv"
     assert run_cli(["predict", str(old_run), str(synth_dir / "test_images"), "--out", str(out), "--probs"]) == 0
-    assert out.read_bytes() == (BEFORE / "predictions.csv").read_bytes()
+    # the same rows, columns and decisions; the probabilities to the float noise of another torch release
+    # (torch 2.13 and 2.14 differ in the sixth significant digit of a few of them)
+    got, want = pd.read_csv(out), pd.read_csv(BEFORE / "predictions.csv")
+    assert list(got.columns) == list(want.columns) and got["image"].tolist() == want["image"].tolist()
+    assert got[["superclass_index", "subclass_index"]].equals(want[["superclass_index", "subclass_index"]])
+    probs = [c for c in want.columns if "_prob_" in c]
+    assert len(probs) > 10
+    np.testing.assert_allclose(got[probs].to_numpy(), want[probs].to_numpy(), rtol=1e-4, atol=1e-7)
     head = RunDir.open(old_run).load_open_set_head()
     assert head.score == "vim+probe" and head.n_super == 3 and head.n_sub == len(head.sub_to_super)
 

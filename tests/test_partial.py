@@ -90,3 +90,40 @@ def test_partial_through_the_cli_predicts_from_raw_images(synth, tmp_path):
                                                                                           "partial", 2)
     preds = api.predict(run, synth / "test_images")
     assert len(preds) == len(list((synth / "test_images").iterdir()))
+
+
+def test_source_tuning_recipe_from_tiny_imagenet(synth, tmp_path):
+    """The README's source tuning: ``data tin-source`` writes a layout ``train`` reads (the classes the competition
+    lacks, under their superclass or "other"), a partial run tunes on it, and its model.pt starts the task's run."""
+    import numpy as np
+    from PIL import Image
+
+    tin = tmp_path / "tin"
+    rows = [("n1", "cat", "", "no"), ("n2", "goldfish", "fish", "no"), ("n3", "robin", "bird", "yes"),
+            ("n4", "husky", "dog", "no")]
+    (tin / "train").mkdir(parents=True)
+    (tin / "classes.csv").write_text("wnid,name,overlaps,in_competition\n" + "".join(",".join(r) + "\n" for r in rows))
+    rng = np.random.default_rng(0)
+    for c, (wnid, *_) in enumerate(rows):
+        (tin / "train" / wnid).mkdir()
+        for i in range(10):
+            pixels = np.clip(rng.normal(60 * c, 25, (16, 16, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(tin / "train" / wnid / f"{wnid}_{i}.JPEG")
+    source, source_run, run = tmp_path / "source", tmp_path / "source-run", tmp_path / "run"
+    assert run_cli(["data", "tin-source", str(tin), str(source), "--per-class", "8"]) == 0
+    assert run_cli(["data", "tin-source", str(tin), str(source)]) == 2  # never writes into a filled folder
+    tiny = ["--no-pretrained", "--input-size", "32", "--image-size", "24", "--batch-size", "8", "--no-progress",
+            "--set", f"data.cache_dir={tmp_path / 'cache'}"]
+    assert run_cli(["train", "--data", str(source), "--out", str(source_run), "--finetune", "partial", "--epochs",
+                    "1", "--tau-super", "0", "--tau-sub", "0", *tiny]) == 0
+    taxonomy = api.RunDir.open(source_run).load_taxonomy()
+    assert sorted(taxonomy.super_names) == ["dog", "fish", "other"] and len(taxonomy.sub_names) == 3
+    assert run_cli(["train", "--data", str(synth), "--out", str(run), "--weights", str(source_run / "model.pt"),
+                    "--epochs", "1", *tiny[1:]]) == 0
+    source_model = api.RunDir.open(source_run).load_model()[0].backbone.state_dict()
+    model = api.RunDir.open(run).load_model()[0].backbone.state_dict()
+    fresh = ModelConfig(pretrained=False, input_size=32)
+    untouched = HierarchicalClassifier(fresh, 2, 3).backbone.state_dict()
+    tuned = [k for k in source_model if k.startswith("blocks.6.") and source_model[k].is_floating_point()]
+    assert tuned and all(torch.equal(source_model[k], model[k]) for k in tuned)  # the frozen run kept them
+    assert any(not torch.equal(source_model[k], untouched[k]) for k in tuned)  # and the source run had moved them

@@ -73,6 +73,22 @@ def _class_folder(root: Path, n_classes: int = 4, per_class: int = 6, seed: int 
     return root
 
 
+def _saved_network_accuracy(saved: dict, root: Path) -> tuple[PretrainNet, float, int]:
+    """The saved network (rebuilt from the checkpoint), its top-1 accuracy in percent on ``root``'s images through a
+    plain forward pass on raw images, and how many images that is."""
+    from supersub.data.cache import decode_images
+
+    cfg = TrainConfig.model_validate(saved["config"])
+    net = PretrainNet(cfg.model, len(saved["classes"]))
+    net.load_state_dict(saved["state_dict"])
+    records = read_class_folder(root, saved["classes"])
+    images = decode_images(records, cfg.data.image_size).images
+    with torch.no_grad():
+        predicted = net.eval()(images)[0].argmax(dim=1)
+    truth = torch.tensor([r.sub_index for r in records])
+    return net, round(100 * float((predicted == truth).float().mean()), 2), len(records)
+
+
 def test_class_folder_reader(tmp_path: Path) -> None:
     root = _class_folder(tmp_path / "data", n_classes=3, per_class=5)
     names = tmp_path / "classes.txt"
@@ -101,19 +117,10 @@ def test_pretrain_checkpoint_round_trips_into_train_weights(tmp_path: Path) -> N
     assert len(saved["partitions"]) == 2
     assert (tmp_path / "pre.pt.json").is_file() and (tmp_path / "pre.pt.d" / "checkpoints" / "last.ckpt").is_file()
 
-    cfg = TrainConfig.model_validate(saved["config"])
-    net = PretrainNet(cfg.model, len(saved["classes"]))
-    net.load_state_dict(saved["state_dict"])
     # the summary's test accuracy is the saved network's, recomputed here by hand on the --test-data images
-    from supersub.data.cache import decode_images
-
-    records = read_class_folder(root, saved["classes"])
-    images = decode_images(records, cfg.data.image_size).images
-    with torch.no_grad():
-        predicted = net.eval()(images)[0].argmax(dim=1)
-    truth = torch.tensor([r.sub_index for r in records])
-    assert saved["summary"]["test_acc"] == round(100 * float((predicted == truth).float().mean()), 2)
-    assert saved["summary"]["n_test_images"] == len(records)
+    net, accuracy, n_images = _saved_network_accuracy(saved, root)
+    assert saved["summary"]["test_acc"] == accuracy
+    assert saved["summary"]["n_test_images"] == n_images
     model_cfg = ModelConfig(backbone="cnn", width=8, depth=[1], weights=out)
     taxonomy = Taxonomy(["a", "b"], ["a1", "b1", "b2"], [0, 1, 1])
     model = build_model(model_cfg, taxonomy, load_weights=True)  # what train --weights does
@@ -153,3 +160,27 @@ def test_pretrain_regime_from_weights_is_discriminative(tmp_path: Path) -> None:
     resolve_regime(scratch, chosen=False)
     assert scratch.optim.finetune == "full"
     assert finetune_chosen(None, {**overrides, "optim.finetune": "full"})
+
+
+def test_partial_pretrain_tunes_only_the_last_stages_on_cached_trunk_outputs(tmp_path: Path) -> None:
+    """The light source tuning of the novelty suite: the trunk stays the starting one, the top moves, and the
+    summary's accuracy (computed from cached float16 trunk rows) is the saved network's on raw images."""
+    root = _class_folder(tmp_path / "data", n_classes=4, per_class=8)
+    two_stages = ["--set", "model.depth=[1,1]"]  # after TINY's depth=[1]: the later --set wins
+    start, tuned = tmp_path / "start.pt", tmp_path / "tuned.pt"
+    assert run_cli(["pretrain", "--data", str(root), "--out", str(start), "--epochs", "1", *TINY, *two_stages]) == 0
+    base = ["pretrain", "--data", str(root), "--out", str(tuned), "--epochs", "3", "--test-data", str(root), *TINY,
+            *two_stages, "--set", "optim.trainable_stages=1", "--set", f"data.cache_dir={tmp_path / 'cache'}"]
+    assert run_cli([*base, "--finetune", "partial"]) == 2  # from random weights: nothing worth keeping frozen
+    assert run_cli([*base, "--weights", str(start), "--finetune", "partial"]) == 0
+    before, after = load_checkpoint(start)["state_dict"], load_checkpoint(tuned)
+    state = after["state_dict"]
+    assert after["summary"]["finetune"] == "partial"
+    trunk = [k for k in before if k.startswith(("backbone.stem.", "backbone.stages.0."))]
+    top = [k for k in before if k.startswith(("backbone.stages.1.", "backbone.final."))
+           and before[k].is_floating_point()]
+    assert trunk and top
+    assert all(torch.equal(before[k], state[k]) for k in trunk)
+    assert any(not torch.equal(before[k], state[k]) for k in top)
+    assert any((tmp_path / "cache").rglob("*")), "the trunk's outputs were not cached"
+    assert after["summary"]["test_acc"] == _saved_network_accuracy(after, root)[1]

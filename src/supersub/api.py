@@ -125,7 +125,9 @@ def pretrain(
     ``pretrain.binary_partition`` (B) and ``pretrain.partitions`` (K); ``pretrain.classes`` restricts the
     classes. With ``test_data`` (same class folder names) the summary holds its accuracy. Given starting
     weights, the run is a fine-tuning: a new class head, the backbone at ``lr`` and the head at
-    ``head_lr_mult`` x ``lr`` (finetune discriminative). Returns the summary (also written to ``out.json``).
+    ``head_lr_mult`` x ``lr`` (finetune discriminative); ``optim.finetune="partial"`` trains only the last
+    ``optim.trainable_stages`` stages, on the cached outputs of the others (a light source tuning: docs/results/
+    novelty-suite.md). Returns the summary (also written to ``out.json``).
     """
     from .pretrain.pretrain_run import pretrain_run  # Lightning and the backbone registry load here
 

@@ -34,7 +34,7 @@ def data_tin_outliers(
     seed: int = typer.Option(0, help="seed of the sample"),
 ) -> None:
     """Outlier-exposure images: Tiny-ImageNet classes that are no bird, dog or reptile (fish counts as novel)."""
-    from .data.exposure import write_tin_outliers
+    from .data.tiny_imagenet import write_tin_outliers
 
     console.print(f"wrote {out}: {write_tin_outliers(tin_dir, out, count, seed)} images")
 
@@ -50,10 +50,24 @@ def data_tin_novel_sub(
     seed: int = typer.Option(0, help="seed of the sample"),
 ) -> None:
     """Novel-subclass images: bird/dog/reptile classes of Tiny-ImageNet that the competition lacks."""
-    from .data.exposure import write_tin_novel_sub
+    from .data.tiny_imagenet import write_tin_novel_sub
 
     keep = [s.strip() for s in superclasses.split(",") if s.strip()] if superclasses else None
     console.print(f"wrote {out}: {write_tin_novel_sub(tin_dir, out, keep, count, seed)} images")
+
+
+@data_app.command("tin-source")
+def data_tin_source(
+    tin_dir: Path = typer.Argument(..., help="Tiny-ImageNet folder (classes.csv, train/<wnid>/)"),
+    out: Path = typer.Argument(..., help="folder to create, OUT/<superclass>/<wnid>/, for train --data"),
+    per_class: Optional[int] = typer.Option(60, min=1, help="a seeded sample of N images per class (none = all)"),
+    seed: int = typer.Option(0, help="seed of the sample"),
+    link: bool = typer.Option(False, "--link/--no-link", help="symlink the images instead of copying them"),
+) -> None:
+    """A transfer source: every Tiny-ImageNet class the competition lacks, to tune the backbone's last stage on first."""
+    from .data.tiny_imagenet import write_tin_source
+
+    console.print(f"wrote {out}: {write_tin_source(tin_dir, out, per_class, seed, link)} images")
 
 
 CACHE_DIR_OPTION = typer.Option(None, "--dir", help="cache folder (a run's data.cache_dir)",

@@ -219,7 +219,8 @@ PRETRAIN_FLAGS: tuple[Flag, ...] = (
     _unpanelled("model.backbone", "as for train: efficientnet_lite0/1/2, 'cnn' or a timm name"),
     _unpanelled("model.pretrained", "start from ImageNet weights", "yes for the bundled backbones"),
     _unpanelled("model.weights", "start from a local backbone state dict"),
-    _unpanelled("optim.finetune", "full, or discriminative (backbone at lr, new head at head_lr_mult x lr)",
+    _unpanelled("optim.finetune", "full, discriminative (backbone at lr, new head at head_lr_mult x lr), or partial "
+                "(only the last optim.trainable_stages stages train, on the cached outputs of the others)",
                 "full from scratch, discriminative from weights"),
     _TRAIN["data.image_size"], _TRAIN["data.val_fraction"], _TRAIN["trainer.accelerator"],
     _TRAIN["trainer.progress"],

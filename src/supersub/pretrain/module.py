@@ -1,4 +1,8 @@
-"""The pretraining LightningModule: class CE, plus seed 002's (1-B) CE + B BCE when binary heads are on."""
+"""The pretraining LightningModule: class CE, plus seed 002's (1-B) CE + B BCE when binary heads are on.
+
+With ``optim.finetune=partial`` its batches are the frozen trunk's cached outputs, not images (as in ``train``):
+only the backbone's last ``optim.trainable_stages`` stages and final conv train, at ``lr / head_lr_mult``.
+"""
 
 from __future__ import annotations
 
@@ -26,17 +30,24 @@ class PretrainModule(L.LightningModule):
         p = self.cfg.pretrain
         k = p.partitions if p.binary_partition > 0 else 0
         self.net = PretrainNet(self.cfg.model, len(classes), k, load_weights)
+        self.on_cache = self.cfg.optim.finetune == "partial"
+        self.split = self.net.stage_split(self.cfg.optim.trainable_stages) if self.on_cache else None
+        if self.split is not None:
+            self.split.trunk.requires_grad_(False)
         self.register_buffer("partitions", random_partitions(len(classes), k, self.cfg.seed) if k else None)
         self.augment = build_augmentation(self.cfg.augment, self.cfg.data.image_size)
         self.val_acc = MulticlassAccuracy(len(classes), average="micro")
         self._seeded_epoch: int | None = None
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        return self.net(images)
+    def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Images, or with finetune=partial the trunk's cached outputs (float16 on disk, float here)."""
+        if self.split is None:
+            return self.net(inputs)
+        return self.net.heads(self.split.top(inputs.float()))
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, y, _ = batch
-        if self.trainer is not None and self.trainer.training:
+        if self.trainer is not None and self.trainer.training and not self.on_cache:
             if self._seeded_epoch != self.current_epoch:  # as HierarchicalModule: resumable random draws
                 L.seed_everything(epoch_seed(self.cfg.seed, self.current_epoch, self.global_rank), verbose=False)
                 self._seeded_epoch = self.current_epoch
@@ -71,6 +82,9 @@ class PretrainModule(L.LightningModule):
         if o.finetune == "discriminative":  # seed 002's fine-tuning: transferred layers slower than new ones
             groups = [{"params": new, "lr": o.lr * o.head_lr_mult, "name": "heads"},
                       {"params": list(self.net.backbone.parameters()), "lr": o.lr, "name": "backbone"}]
+        elif self.split is not None:  # the rates of train's partial regime (supersub.training.finetune)
+            groups = [{"params": new, "lr": o.lr, "name": "heads"},
+                      {"params": list(self.split.top.parameters()), "lr": o.lr / o.head_lr_mult, "name": "backbone-top"}]
         else:
             groups = [{"params": list(self.net.parameters()), "lr": o.lr, "name": "all"}]
         return configure_optimizer(groups, o, self.trainer)

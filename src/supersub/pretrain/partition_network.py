@@ -17,6 +17,7 @@ from ..config import ModelConfig
 from ..io import torch_save_atomic
 from ..models.backbones import create_backbone
 from ..models.hierarchical import prepare_images
+from ..models.trunk_split import StageSplit, split_backbone
 
 PRETRAIN_FORMAT = "supersub-pretrain-1"
 
@@ -35,11 +36,22 @@ class PretrainNet(nn.Module):
         self.classifier = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(feat, n_classes))
         self.binary = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(feat, n_binary)) if n_binary else None
 
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """The backbone's input, exactly as the hierarchical model prepares it (so cached trunk outputs are shared)."""
+        return prepare_images(images, self.mean, self.std, self.input_size)
+
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone(prepare_images(images, self.mean, self.std, self.input_size))
+        return self.backbone(self.prepare(images))
+
+    def stage_split(self, trainable_stages: int) -> StageSplit:
+        """finetune=partial: the frozen trunk (its outputs cached once) and the trained top, views over the backbone."""
+        return split_backbone(self.backbone, trainable_stages)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        f = self.features(images)
+        return self.heads(self.features(images))
+
+    def heads(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Pooled features -> (class logits, binary logits or None, the features)."""
         return self.classifier(f), (self.binary(f) if self.binary is not None else None), f
 
     def new_parameters(self) -> list[nn.Parameter]:

@@ -25,18 +25,20 @@ from ..data.splits import stratified_split
 from ..errors import SupersubError
 from ..io import load_checkpoint, write_json_atomic
 from ..run_config import resolve_config
+from ..models.feature_cache import extract_features
 from ..training.distributed import local_device
+from ..training.finetune import cache_dir, extraction_batch
 from ..training.lightning_fit import (
     EpochTimer, build_trainer, check_resumable, fit_interruptibly, in_scoped_process_state, quiet_lightning,
 )
 from ..training.loggers import keep_csv_history
 from .folder import folder_classes, read_class_folder, read_class_list
-from .partition_network import PretrainNet, save_pretrained
+from .partition_network import save_pretrained
 from .module import PretrainModule
 
 log = logging.getLogger("supersub")
 
-PRETRAIN_REGIMES = ("full", "discriminative")
+PRETRAIN_REGIMES = ("full", "discriminative", "partial")
 
 
 def work_dir(out: Path) -> Path:
@@ -52,8 +54,11 @@ def resolve_regime(cfg: TrainConfig, chosen: bool) -> None:
     discriminative (seed 002: transferred layers slower than the new head) from starting weights."""
     if chosen:
         if cfg.optim.finetune not in PRETRAIN_REGIMES:
-            raise SupersubError(f"optim.finetune: pretrain trains the whole backbone: use full or discriminative, "
+            raise SupersubError(f"optim.finetune: pretrain trains the backbone: use full, discriminative or partial, "
                                 f"not {cfg.optim.finetune}")
+        if cfg.optim.finetune == "partial" and not (cfg.model.pretrained or cfg.model.weights is not None):
+            raise SupersubError("optim.finetune=partial keeps the early stages as they are: start from weights "
+                                "(--pretrained or --weights), not from random ones")
         return
     starts_from_weights = bool(cfg.model.pretrained) or cfg.model.weights is not None
     cfg.optim.finetune = "discriminative" if starts_from_weights else "full"
@@ -70,13 +75,25 @@ def load_images(root: Path, classes: list[str], cfg: TrainConfig, per_class: int
     return decoded.images, labels
 
 
+def model_inputs(module: PretrainModule, images: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """What the module trains on: the images, or with finetune=partial the frozen trunk's outputs (computed once,
+    float16, in the feature cache that train's partial regime shares)."""
+    if module.split is None:
+        return images
+    device = local_device(cfg.trainer.accelerator)
+    log.info("finetune=partial: the trunk's outputs are computed once; augmentation is off")
+    return extract_features(module.split.trunk, images, module.net.prepare, batch_size=extraction_batch(cfg, device),
+                            device=device, cache_dir=cache_dir(cfg), dtype=torch.float16)
+
+
 @torch.no_grad()
-def accuracy(net: PretrainNet, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
+def accuracy(module: PretrainModule, inputs: torch.Tensor, labels: torch.Tensor, device: torch.device,
              batch_size: int = 256) -> float:
-    """Top-1 accuracy (percent) of the class head on ``images``."""
-    net = net.to(device).eval()
-    logits = torch.cat([net(images[i:i + batch_size].to(device))[0].cpu() for i in range(0, len(images), batch_size)])
-    n = net.classifier[-1].out_features
+    """Top-1 accuracy (percent) of the class head on ``inputs`` (what :func:`model_inputs` gives)."""
+    module = module.to(device).eval()
+    logits = torch.cat([module(inputs[i:i + batch_size].to(device))[0].cpu()
+                        for i in range(0, len(inputs), batch_size)])
+    n = module.net.classifier[-1].out_features
     return 100.0 * float(multiclass_accuracy(logits, labels, num_classes=n, average="micro"))
 
 
@@ -125,10 +142,14 @@ def pretrain(data: Path, out: Path, cfg: TrainConfig, test_data: Path | None = N
     last = work / "checkpoints" / "last.ckpt"
     resuming = resume and last.is_file()
     torch.manual_seed(cfg.seed)
-    if resuming:
-        check_resumable(load_checkpoint(last), cfg, last)
     module = PretrainModule(config_to_dict(cfg), classes, load_weights=not resuming)
-    dm = TensorDataModule(images, labels, labels, train_idx, val_idx, cfg.optim.batch_size, cfg.seed,
+    if resuming:  # loaded now, not only at fit start: the trunk's outputs depend on the run's weights
+        checkpoint = load_checkpoint(last)
+        check_resumable(checkpoint, cfg, last)
+        module.load_state_dict(checkpoint["state_dict"])
+    inputs = model_inputs(module, images, cfg)
+    test_inputs = (model_inputs(module, test[0], cfg), test[1]) if test is not None else None
+    dm = TensorDataModule(inputs, labels, labels, train_idx, val_idx, cfg.optim.batch_size, cfg.seed,
                           cfg.data.num_workers)
     monitor = "val_loss" if val_idx else "train_loss"
     ckpt = ModelCheckpoint(dirpath=work / "checkpoints", filename="best", monitor=monitor, mode="min", save_last=True)
@@ -146,7 +167,6 @@ def pretrain(data: Path, out: Path, cfg: TrainConfig, test_data: Path | None = N
     best = Path(ckpt.best_model_path) if ckpt.best_model_path else None
     if best is not None and best.is_file():
         module.load_state_dict(load_checkpoint(best)["state_dict"])
-    net = module.net.cpu().eval()
     device = local_device(cfg.trainer.accelerator)
     summary: dict[str, Any] = {
         "data": str(data), "n_images": len(labels), "n_classes": len(classes), "epochs_run": int(trainer.current_epoch),
@@ -156,12 +176,12 @@ def pretrain(data: Path, out: Path, cfg: TrainConfig, test_data: Path | None = N
     }
     if val_idx:
         idx = torch.as_tensor(val_idx)
-        summary["val_acc"] = round(accuracy(net, images[idx], labels[idx], device), 2)
-    if test is not None:
-        summary["test_data"], summary["n_test_images"] = str(test_data), len(test[1])
-        summary["test_acc"] = round(accuracy(net, test[0], test[1], device), 2)
+        summary["val_acc"] = round(accuracy(module, inputs[idx], labels[idx], device), 2)
+    if test_inputs is not None:
+        summary["test_data"], summary["n_test_images"] = str(test_data), len(test_inputs[1])
+        summary["test_acc"] = round(accuracy(module, *test_inputs, device), 2)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
-    net = net.cpu()
+    net = module.net.cpu().eval()
     partitions = module.partitions.tolist() if module.partitions is not None else []
     save_pretrained(net, out, {"config": config_to_dict(cfg), "classes": classes, "partitions": partitions,
                                "summary": summary})
