@@ -159,7 +159,10 @@ def test_calibrate_rescores_without_retraining(knn_run: Path, synth: Path, tmp_p
     assert run_cli(["calibrate", str(run)]) == 2
 
 
-def test_recall_and_expected_objectives_per_level(knn_run: Path, tmp_path: Path) -> None:
+def test_recall_and_expected_objectives_per_level(knn_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the objectives' mechanics, on a one-epoch CNN whose subclass scores separate by chance at best: every AUROC
+    # above 0.5 counts as separating here (the significance rule has its own test, tests/test_novelty_units.py)
+    monkeypatch.setattr("supersub.novelty.head_fit.NO_SEPARATION_P", 1.0)
     run = Path(shutil.copytree(knn_run, tmp_path / "run"))
     assert run_cli(["calibrate", str(run), "--objective", "recall", "--recall", "1.0,0.5"]) == 0
     novelty = json.loads((run / "metrics.json").read_text())["novelty"]

@@ -471,3 +471,22 @@ def test_outliers_can_only_make_tau_super_stricter_than_the_recall_rule() -> Non
     assert t_outliers < t_recall  # the far outliers' own cut is the laxer one here
     assert t_auto == pytest.approx(t_recall) and s_auto["super_outliers_set_tau"] == 0
     assert s_auto["super_protocol"] == "auto+outliers"
+
+
+def test_a_level_separates_only_beyond_chance() -> None:
+    """The recall cut replaces the objective's when the calibration evidence shows no separation beyond noise: an
+    AUROC of 0.52 on 90 seen / 180 novel images is noise (the demo once flagged 98% of seen subclasses on it), 0.55
+    on 9,000 is a signal, and a clean split of 5 against 5 is one too."""
+    from supersub.novelty.head_fit import separates
+    from supersub.novelty.ood_metrics import open_set_metrics
+
+    def pair(n_seen: int, n_novel: int, shift: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        return torch.randn(n_seen, generator=g) + shift, torch.randn(n_novel, generator=g)
+
+    seen, novel = pair(90, 180, 0.03)
+    assert 0.5 < open_set_metrics(seen, novel)["auroc"] < 0.56 and not separates(seen, novel)
+    seen, novel = pair(4500, 4500, 0.15)
+    assert open_set_metrics(seen, novel)["auroc"] < 0.56 and separates(seen, novel)
+    assert separates(torch.arange(5.0, 10.0), torch.arange(0.0, 5.0))
+    assert not separates(torch.arange(0.0, 5.0), torch.arange(5.0, 10.0))  # inverted

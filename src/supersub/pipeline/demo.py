@@ -20,9 +20,10 @@ log = logging.getLogger("supersub")
 DEMO_MARKER = ".supersub-demo"
 # sized to finish in a few minutes on a 2-core laptop CPU: the built-in shapes are legible at 32 px, which
 # makes an epoch ~4x cheaper than at 64 px and buys 30 epochs for both the calibration and the final model
-# the from-scratch CNN with outlier exposure pairs with energy (docs/results/benchmarks.md, the demo's section)
-DEMO_CONFIG: dict[str, Any] = {"model.backbone": "cnn", "optim.epochs": 30, "data.image_size": 32, "model.width": 32,
-                               "novelty.score": "energy"}
+# the from-scratch CNN (docs/results/benchmarks.md, the demo's section); its novelty score is left to the recipe's
+# default for a backbone from random weights (config.SCRATCH_SCORE, energy+probe; the demo's subclass overall accuracy
+# 67.1% against 65.0% with energy at both levels, torch 2.14)
+DEMO_CONFIG: dict[str, Any] = {"model.backbone": "cnn", "optim.epochs": 30, "data.image_size": 32, "model.width": 32}
 
 
 def run_demo(out: str | Path = "runs/demo", *, overwrite: bool = False, seed: int = 0, **overrides: Any) -> dict[str, Any]:
