@@ -112,18 +112,23 @@ def test_source_tuning_recipe_from_tiny_imagenet(synth, tmp_path):
     source, source_run, run = tmp_path / "source", tmp_path / "source-run", tmp_path / "run"
     assert run_cli(["data", "tin-source", str(tin), str(source), "--per-class", "8"]) == 0
     assert run_cli(["data", "tin-source", str(tin), str(source)]) == 2  # never writes into a filled folder
-    tiny = ["--no-pretrained", "--input-size", "32", "--image-size", "24", "--batch-size", "8", "--no-progress",
+    # the source run starts from a known backbone file (the recipe starts from the bundled ImageNet weights)
+    start = tmp_path / "start.pt"
+    torch.manual_seed(0)
+    torch.save(HierarchicalClassifier(ModelConfig(pretrained=False, input_size=32), 2, 3).backbone.state_dict(), start)
+    tiny = ["--input-size", "32", "--image-size", "24", "--batch-size", "8", "--no-progress",
             "--set", f"data.cache_dir={tmp_path / 'cache'}"]
     assert run_cli(["train", "--data", str(source), "--out", str(source_run), "--finetune", "partial", "--epochs",
-                    "1", "--tau-super", "0", "--tau-sub", "0", *tiny]) == 0
+                    "1", "--tau-super", "0", "--tau-sub", "0", "--weights", str(start), *tiny]) == 0
     taxonomy = api.RunDir.open(source_run).load_taxonomy()
     assert sorted(taxonomy.super_names) == ["dog", "fish", "other"] and len(taxonomy.sub_names) == 3
     assert run_cli(["train", "--data", str(synth), "--out", str(run), "--weights", str(source_run / "model.pt"),
-                    "--epochs", "1", *tiny[1:]]) == 0
+                    "--epochs", "1", *tiny]) == 0
     source_model = api.RunDir.open(source_run).load_model()[0].backbone.state_dict()
     model = api.RunDir.open(run).load_model()[0].backbone.state_dict()
-    fresh = ModelConfig(pretrained=False, input_size=32)
-    untouched = HierarchicalClassifier(fresh, 2, 3).backbone.state_dict()
+    untouched = torch.load(start, weights_only=True)
     tuned = [k for k in source_model if k.startswith("blocks.6.") and source_model[k].is_floating_point()]
+    trunk = [k for k in source_model if k.startswith(("conv_stem.", "blocks.0."))]
     assert tuned and all(torch.equal(source_model[k], model[k]) for k in tuned)  # the frozen run kept them
     assert any(not torch.equal(source_model[k], untouched[k]) for k in tuned)  # and the source run had moved them
+    assert trunk and all(torch.equal(source_model[k], untouched[k]) for k in trunk)  # but not its frozen trunk

@@ -31,7 +31,6 @@ TIN_NOVEL_OVERLAPS = ("", "fish")  # Tiny-ImageNet ``overlaps`` values that are 
 SOURCE_OTHER = "other"  # the source's superclass of the classes that overlap no task superclass
 
 
-
 def _tin_classes(tin: Path) -> list[dict[str, str]]:
     path = Path(tin) / "classes.csv"
     if not path.is_file():
