@@ -83,6 +83,14 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "knn-b1-loso": {"score": "knn+maxlogit", "super_layer": "block-1", "super_protocol": "loso"},
     "avg-b1": {"score": "knn,maxlogit+maxlogit", "super_layer": "block-1"},
     "knn-probe-final": {"score": "knn+probe"},
+    # kNN's cut moved to the final model in its own units (a frozen backbone: the fold's and the final model's
+    # features are the same, only the bank differs), or set by the LOSO models
+    "knn-probe-abs": {"score": "knn+probe", "transfer": "absolute"},
+    "knn-probe-loso": {"score": "knn+probe", "super_protocol": "loso"},
+    # kNN's cut on the final bank (novelty.super_protocol bank: auto's choice for knn since 2026-12-07; before, the
+    # folds' recall cut, which knn-probe-final measured and knn-probe-folds keeps)
+    "knn-probe-bank": {"score": "knn+probe", "super_protocol": "bank", "super_recall": 0.92},
+    "knn-probe-folds": {"score": "knn+probe", "super_protocol": "recall", "super_recall": 0.92},
     # the z-average of ViM and kNN at the superclass level (kNN ranked near families best, ViM far domains)
     "avg-vk-final": {"score": "vim,knn+probe", "super_recall": 0.92},
     "avg-vk-b1": {"score": "vim,knn+probe", "super_layer": "block-1", "super_recall": 0.92},

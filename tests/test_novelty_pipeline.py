@@ -124,6 +124,17 @@ def test_score_options_reach_the_saved_detectors(knn_run: Path, tmp_path: Path) 
     assert run_cli(["calibrate", str(run), "--score-option", "kk=3"]) == 2
 
 
+def test_calibrate_cuts_knn_on_its_final_bank_from_the_cli(knn_run: Path, tmp_path: Path) -> None:
+    run = Path(shutil.copytree(knn_run, tmp_path / "run"))
+    assert run_cli(["calibrate", str(run), "--super-protocol", "bank", "--recall", "0.9,0.5"]) == 0
+    novelty = json.loads((run / "metrics.json").read_text())["novelty"]
+    assert novelty["super_protocol"] == "bank" and "super_tau_per_fold" not in novelty
+    kept = (novelty["super_bank_seen_kept"] + novelty["super_bank_new_subclass_kept"]) / 2
+    assert kept == pytest.approx(90.0, abs=100 / novelty["super_bank_rows"] + 0.01)
+    assert yaml.safe_load((run / "config.yaml").read_text())["novelty"]["super_protocol"] == "bank"
+    assert run_cli(["calibrate", str(run), "--score", "vim+probe", "--super-protocol", "bank"]) == 2
+
+
 def test_evaluate_writes_open_set_metrics_and_confusion_matrices(knn_run: Path, synth: Path) -> None:
     metrics = api.evaluate(knn_run, synth / "test_images", synth / "test_truth.csv")
     for key in ("super_auroc", "super_fpr95", "super_aupr", "sub_auroc", "super_ece", "sub_ece"):

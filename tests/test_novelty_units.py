@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -428,17 +429,24 @@ def test_leave_one_superclass_out_sets_tau_super_without_outliers() -> None:
     assert recall.summary["super_protocol"] == "recall" and recall.summary["super_seen_kept_calibration"] >= 95
 
 
-def test_tau_super_transfers_the_share_of_seen_subclass_validation_images() -> None:
-    """tau_super is chosen with held-out subclasses on the seen side, but the final model's validation split
-    has seen subclasses only: the transferred share must be the calibration model's share of *those* images."""
+def _fold_and_final_without_outliers(cfg: Any) -> tuple[Any, Any, Any]:
+    """The final model's and the calibration model's evidence on the feature pool without its outlier images,
+    and the calibration model's taxonomy."""
     pool = _feature_pool()
     pool = Pool(pool.images[: pool.n_labelled], pool.y_super[: pool.n_labelled], pool.y_sub[: pool.n_labelled],
-                pool.n_labelled)  # no outlier images: tau_super from the recall protocol
-    cfg = build_config({"data": {"val_fraction": 0.25, "holdout_fraction": 0.3}, "novelty": {"score": "knn"}})
+                pool.n_labelled)
     stages = plan_stages(pool, TAX, cfg)
     cal_tax = TAX.subset(stages["calibration"].keep_sub)[0]
     ev_cal = collect_evidence(_Affine(2, cal_tax.n_sub), pool, TAX, stages["calibration"], "cpu")
     ev_final = collect_evidence(_Affine(2, TAX.n_sub), pool, TAX, stages["final"], "cpu")
+    return ev_final, ev_cal, cal_tax
+
+
+def test_tau_super_transfers_the_share_of_seen_subclass_validation_images() -> None:
+    """tau_super is chosen with held-out subclasses on the seen side, but the final model's validation split
+    has seen subclasses only: the transferred share must be the calibration model's share of *those* images."""
+    cfg = build_config({"data": {"val_fraction": 0.25, "holdout_fraction": 0.3}, "novelty": {"score": "knn"}})
+    ev_final, ev_cal, cal_tax = _fold_and_final_without_outliers(cfg)  # tau_super from the recall protocol
     result = calibrate_run("knn", cfg.novelty, ev_final, ev_cal)
     s = result.summary
     scorer = NoveltyScorer.fit("knn", ev_cal.train, ev_cal.train_y_super, ev_cal.train_y_sub)
@@ -490,3 +498,61 @@ def test_a_level_separates_only_beyond_chance() -> None:
     assert open_set_metrics(seen, novel)["auroc"] < 0.56 and separates(seen, novel)
     assert separates(torch.arange(5.0, 10.0), torch.arange(0.0, 5.0))
     assert not separates(torch.arange(0.0, 5.0), torch.arange(5.0, 10.0))  # inverted
+
+
+def test_knn_left_out_confidence_is_a_refit_without_the_rows() -> None:
+    """Each bank row scored with itself left out, and with its whole group left out, equals a kNN refit on the
+    bank without those rows; k is capped by the rows left, and a row with none left scores NaN."""
+    from supersub.novelty.detectors import KNNScore
+
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(40, 6, generator=gen)
+    groups = torch.tensor([0] * 12 + [1] * 12 + [2] * 14 + [3] * 2)
+    knn = KNNScore(k=5).fit(torch.zeros(40, 2), features, torch.zeros(40, dtype=torch.long))
+    alone, others = knn.left_out_confidence(groups, chunk=7)  # chunks that cut across groups
+    for i in (0, 13, 30, 39):
+        rest = torch.arange(40) != i
+        refit = KNNScore(k=5).fit(torch.zeros(39, 2), features[rest], torch.zeros(39, dtype=torch.long))
+        assert alone[i] == pytest.approx(float(refit.confidence(torch.zeros(1, 2), features[i:i + 1])), abs=1e-5)
+        other = groups != groups[i]
+        refit = KNNScore(k=5).fit(torch.zeros(int(other.sum()), 2), features[other],
+                                  torch.zeros(int(other.sum()), dtype=torch.long))
+        assert others[i] == pytest.approx(float(refit.confidence(torch.zeros(1, 2), features[i:i + 1])), abs=1e-5)
+    assert bool((others <= alone + 1e-6).all())  # leaving more rows out never brings a neighbour closer
+    two = KNNScore(k=5).fit(torch.zeros(3, 2), features[:3], torch.zeros(3, dtype=torch.long))
+    a2, o2 = two.left_out_confidence(torch.tensor([0, 0, 1]))
+    far = KNNScore(k=5).fit(torch.zeros(2, 2), features[:2], torch.zeros(2, dtype=torch.long))
+    assert o2[2] == pytest.approx(float(far.confidence(torch.zeros(1, 2), features[2:3])), abs=1e-5)  # k capped: 2
+    assert bool(torch.isnan(KNNScore(k=3).fit(torch.zeros(3, 2), features[:3], torch.zeros(3, dtype=torch.long))
+                            .left_out_confidence(torch.zeros(3, dtype=torch.long))[1]).all())
+    with pytest.raises(SupersubError, match="40 bank rows"):
+        knn.left_out_confidence(groups[:10])
+
+
+def test_bank_protocol_sets_tau_super_on_the_final_bank() -> None:
+    """``super_protocol: bank``: tau_super keeps super_recall of the final bank's rows, half the weight on rows
+    scored with themselves left out and half on rows scored with their subclass left out; only with kNN."""
+    from supersub.novelty.bank_cut import bank_cut
+
+    cfg = build_config({"data": {"val_fraction": 0.25, "holdout_fraction": 0.3},
+                        "novelty": {"score": "knn", "super_protocol": "bank", "super_recall": 0.8}})
+    ev_final, ev_cal, _ = _fold_and_final_without_outliers(cfg)
+    result = calibrate_run("knn", cfg.novelty, ev_final, ev_cal)
+    s = result.summary
+    alone, others = result.scorer.super_detector.left_out_confidence(ev_final.train_y_sub)
+    tau = result.thresholds.tau_super
+    assert s["super_protocol"] == "bank" and s["super_bank_rows"] == len(ev_final.train_y_sub)
+    assert s["super_bank_seen_kept"] / 100 == pytest.approx(kept_share(alone, tau), abs=1e-6)
+    assert s["super_bank_new_subclass_kept"] / 100 == pytest.approx(kept_share(others, tau), abs=1e-6)
+    kept = (kept_share(alone, tau) + kept_share(others, tau)) / 2
+    assert kept == pytest.approx(0.8, abs=1 / len(alone) + 1e-9)
+    assert kept_share(others, tau) < kept_share(alone, tau)  # a left-out subclass lies farther from the bank
+    folds = calibrate_run("knn", build_config({"data": {"val_fraction": 0.25, "holdout_fraction": 0.3},
+                                               "novelty": {"score": "knn", "super_recall": 0.8}}).novelty,
+                          ev_final, ev_cal)
+    assert folds.summary["super_protocol"] == "recall" and folds.thresholds.tau_super != pytest.approx(tau)
+    # all weight on one kind of row: the plain recall cut of that kind
+    cut = bank_cut(result.scorer.super_detector, ev_final.train_y_sub, 0.8, new_subclass_weight=0.0)
+    assert kept_share(alone, cut.tau) == pytest.approx(0.8, abs=1 / len(alone) + 1e-9)
+    with pytest.raises(SupersubError, match="bank needs the knn superclass score"):
+        build_config({"novelty": {"score": "vim+probe", "super_protocol": "bank"}})

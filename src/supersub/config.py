@@ -316,13 +316,14 @@ class NoveltyConfig(_Strict):
         description="expected objective: share of test images from a novel subclass, novel superclasses included "
         "(the competition: about 0.79); must be above novel_share_super",
     )
-    super_protocol: Literal["auto", "outliers", "loso", "recall"] = Field(
+    super_protocol: Literal["auto", "outliers", "loso", "recall", "bank"] = Field(
         "auto",
         description="tau_super from: auto = the recall target, and with data.novel_data the stricter of that and "
         "the cut against the held-back outlier images (outliers unlike your images, e.g. photos against drawings, "
         "would otherwise set a cut that lets a new family of your own kind through); outliers = against the "
         "held-back outliers alone; loso = leave-one-superclass-out models (one extra model per superclass); "
-        "recall = a recall target on seen images",
+        "recall = a recall target on seen images; bank (the knn superclass score only) = the recall target on the "
+        "final kNN bank's own rows, each scored with itself and with its whole subclass left out",
     )
     transfer: Literal["quantile", "absolute"] = Field(
         "quantile",
@@ -357,6 +358,14 @@ class NoveltyConfig(_Strict):
                 f"novel_share_sub ({self.novel_share_sub}) counts novel superclasses too, so it must be above "
                 f"novel_share_super ({self.novel_share_super})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _bank_needs_knn(self) -> NoveltyConfig:
+        """The bank protocol reads the kNN detector's bank: refused before training, not after it."""
+        if self.super_protocol == "bank" and level_scores(self.score)[0] != "knn":
+            raise ValueError(f"super_protocol bank needs the knn superclass score (e.g. knn+probe), not "
+                             f"{level_scores(self.score)[0]}")
         return self
 
     @model_validator(mode="after")
@@ -710,7 +719,7 @@ def _ignored_rules(cfg: TrainConfig) -> Iterator[tuple[dict[str, bool], str]]:
                f"only objective=expected uses them, not {n.objective}")
     if n.objective != "recall":
         yield ({"novelty.sub_recall": True}, f"only objective=recall uses it, not {n.objective}")
-        recall_protocol = n.super_protocol in ("recall", "auto")
+        recall_protocol = n.super_protocol in ("recall", "auto", "bank")
         if not recall_protocol:
             yield ({"novelty.super_recall": True},
                    f"only objective=recall or the recall superclass protocol use it (objective {n.objective}, "

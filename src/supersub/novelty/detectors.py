@@ -474,6 +474,35 @@ class KNNScore(Detector):
         """On the bank's own rows each row is its nearest neighbour: the (k+1)-th is the k-th of the others."""
         return self._confidence(logits, _check_features(self.name, features, logits.shape[0]), self.k + 1).float()
 
+    def left_out_confidence(self, groups: Tensor, chunk: int = 512) -> tuple[Tensor, Tensor]:
+        """Each bank row's confidence against the rest of the bank, and against the rows of other groups only.
+
+        ``groups`` labels the bank's rows (the subclass of each training image, in fit order). The first tensor
+        scores a seen image of a seen class (the row left out, its class still in the bank), the second a new class
+        of a known kind (its whole group left out): the final model's own evidence for a threshold, on the bank
+        the test images meet. NaN where no row is left to compare with. Hand-written masked search: pytorch-ood's
+        ``KNN`` has no way to leave rows out.
+        """
+        assert self.bank is not None
+        if groups.shape != (len(self.bank),):
+            raise SupersubError(f"score '{self.name}': {len(self.bank)} bank rows but {tuple(groups.shape)} groups")
+        groups = groups.detach().cpu().long()
+        n = len(self.bank)
+        alone, others = torch.full((n,), float("nan")), torch.full((n,), float("nan"))
+        for start in range(0, n, chunk):
+            rows = torch.arange(start, min(start + chunk, n))
+            sims = self.bank[rows] @ self.bank.T
+            sims[torch.arange(len(rows)), rows] = float("-inf")
+            for out, masked in ((alone, sims), (others, sims.masked_fill(groups[rows, None] == groups[None, :],
+                                                                          float("-inf")))):
+                available = torch.isfinite(masked).sum(dim=1)
+                full = available >= self.k
+                if full.any():
+                    out[rows[full]] = _sim_to_confidence(masked[full].topk(self.k, dim=1).values[:, -1])
+                for i in torch.nonzero(~full & (available > 0)).flatten().tolist():  # k capped by what is left
+                    out[rows[i]] = _sim_to_confidence(masked[i].topk(int(available[i])).values[-1])
+        return alone, others
+
 
 class KNNClassScore(Detector):
     """Class-conditional kNN: negative distance to the k-th nearest training feature of the predicted class.
@@ -600,6 +629,11 @@ class ProbeScore(Detector):
         z = _unit(features.detach().cpu().float()) * self.scale
         decided = logits.detach().cpu().argmax(dim=1)
         return (z * self.weight[decided]).sum(dim=1) + self.bias[decided]
+
+
+def _sim_to_confidence(cosine: Tensor) -> Tensor:
+    """kNN's confidence, ``-||z - z_(k)||``, from the cosine similarity of unit rows."""
+    return -torch.sqrt(torch.clamp(2 - 2 * cosine.float(), min=0))
 
 
 def _kth_distance(z: Tensor, bank: Tensor, k: int) -> Tensor:

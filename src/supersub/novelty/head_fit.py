@@ -33,6 +33,8 @@ from .probs import fit_slope
 from .level_scorer import (FALLBACK_SCORE, LEVELS, Confidences, Head, LevelFitError, NoveltyScorer, SeenView,
                            with_fallback)
 from .score_choice import ScoreChoice, choose_score
+from .bank_cut import bank_cut, uses_bank
+from .detectors import KNNScore
 from .temperature import fit_temperature
 from .thresholds import Thresholds
 
@@ -331,6 +333,9 @@ def _calibrate_run(
         if len(folds) > 1:
             summary[f"{level}_tau_per_fold"] = [round(tau, 4) for tau, _ in on_final]
         summary[f"final_{level}_seen_kept"] = round(100 * kept_share(f_conf, taus[level]), 2)
+    if cfg.tau_super is None and "super" in chosen and uses_bank(cfg.super_protocol, scorer.super_detector):
+        _cut_on_bank(scorer, final, cfg, taus, summary)
+        summary["final_super_seen_kept"] = round(100 * kept_share(f_val.super_conf, taus["super"]), 2)
     t_super = t_sub = 1.0
     if cfg.temperature_scaling and final.val is not None:
         t_super = fit_temperature(final.val.outputs.super_logits, final.val_y_super)
@@ -343,6 +348,17 @@ def _calibrate_run(
     sweeps = {level: c.sweep for level, c in chosen.items() if c.sweep is not None}
     head = OpenSetHead(scorer, thresholds, final.taxonomy.sub_to_super, final.taxonomy.n_super)
     return Calibration(head, sweeps, summary)
+
+
+def _cut_on_bank(scorer: NoveltyScorer, final: Evidence, cfg: NoveltyConfig, taus: dict[str, float],
+                 summary: dict[str, Any]) -> None:
+    """tau_super from the final kNN bank (:mod:`.bank_cut`) in place of the folds' cut."""
+    assert isinstance(scorer.super_detector, KNNScore)
+    cut = bank_cut(scorer.super_detector, final.train_y_sub[final.train_y_super >= 0], cfg.super_recall)
+    taus["super"] = cut.tau
+    summary.update(cut.summary())
+    summary["super_protocol"] = "bank"
+    summary.pop("super_tau_per_fold", None)  # the folds' kNN cuts are not what the run uses
 
 
 def _on_final_model(

@@ -57,6 +57,10 @@ def calibrate_and_save(run: RunDir, cfg: TrainConfig, evidence: Mapping[str, Evi
         log.info("tau_super: the held-back outlier images made the cut stricter than the %.0f%% recall rule in %d of "
                  "%d calibration folds; elsewhere they would have loosened it (outliers unlike your images), so the "
                  "recall cut was kept", 100 * cfg.novelty.super_recall, used, n)
+    if cal.summary.get("super_protocol") == "bank":
+        log.info("tau_super: kNN cut on the final bank keeps %.1f%% of its rows scored with themselves left out and "
+                 "%.1f%% scored with their subclass left out (new subclasses of known superclasses)",
+                 cal.summary["super_bank_seen_kept"], cal.summary["super_bank_new_subclass_kept"])
     run.save_open_set_head(cal.head)
     save_sweeps(cal, run.path)
     t = cal.thresholds
