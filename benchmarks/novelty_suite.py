@@ -55,6 +55,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "lite0-tin": {"model.weights": os.environ.get("SUITE_SOURCE_WEIGHTS", "bench-out/tin-src-run/model.pt")},
     # the same source tuned for 3 epochs instead of 8 (the lighter dose ranked the near family best)
     "lite0-tin-e3": {"model.weights": os.environ.get("SUITE_SOURCE_WEIGHTS_E3", "bench-out/tin-src-e3-run/model.pt")},
+    # the source run with a cosine subclass head (supersub train --approach cosine on supersub data tin-source)
+    "lite0-tin-cos": {"model.weights": os.environ.get("SUITE_SOURCE_WEIGHTS_COS",
+                                                      "bench-out/tin-source-cos-run/model.pt")},
     # the product path to the same: supersub pretrain --finetune partial on the same classes (benchmarks/tin_source.py)
     "lite0-src": {"model.weights": os.environ.get("SUITE_SOURCE_WEIGHTS_PRE", "bench-out/tin-lite0.pt")},
 }

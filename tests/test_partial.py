@@ -119,7 +119,8 @@ def test_source_tuning_recipe_from_tiny_imagenet(synth, tmp_path):
     tiny = ["--input-size", "32", "--image-size", "24", "--batch-size", "8", "--no-progress",
             "--set", f"data.cache_dir={tmp_path / 'cache'}"]
     assert run_cli(["train", "--data", str(source), "--out", str(source_run), "--finetune", "partial", "--epochs",
-                    "1", "--tau-super", "0", "--tau-sub", "0", "--weights", str(start), *tiny]) == 0
+                    "1", "--approach", "cosine", "--tau-super", "0", "--tau-sub", "0", "--weights", str(start),
+                    *tiny]) == 0
     taxonomy = api.RunDir.open(source_run).load_taxonomy()
     assert sorted(taxonomy.super_names) == ["dog", "fish", "other"] and len(taxonomy.sub_names) == 3
     assert run_cli(["train", "--data", str(synth), "--out", str(run), "--weights", str(source_run / "model.pt"),

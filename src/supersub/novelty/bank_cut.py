@@ -2,11 +2,11 @@
 
 Why: a kNN cut chosen on the calibration folds did not travel to the final model. A fold's bank lacks its held-out
 subclasses and a tenth of the images, so its seen images sit farther from their bank than the test images sit from
-the final one, and the recall cut that kept 92% of a fold's seen images kept 97-98% of the test's (near-amphibian:
-22% of the new family flagged). kNN has no trained part to re-fit: the final bank scored with one row left out stands
-for a seen image of a seen subclass, and with its whole subclass left out for an image of a new subclass of a known
-superclass (seen at the superclass level). On the suite their medians match the test images' to 0.01
-(docs/results/novelty-suite.md, "A kNN cut on the final bank").
+the final one, and the recall cut that kept 92% of a fold's seen images kept 96-98% of the test's. kNN has no
+trained part to re-fit: the final bank scored with one row left out stands for a seen image of a seen subclass, and
+with its whole subclass left out for an image of a new subclass of a known superclass (seen at the superclass level).
+On the suite their medians match the test images' to 0.01 (docs/results/novelty-suite.md, "A kNN cut on the final
+bank").
 """
 
 from __future__ import annotations
