@@ -50,6 +50,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     # Lite0's last stage fine-tuned on cached trunk outputs; no LOSO models (each would be another fine-tuning run)
     "lite0-partial": {"optim.finetune": "partial", "optim.trainable_stages": 1, "novelty.super_protocol": "recall"},
     "lite0-partial2": {"optim.finetune": "partial", "optim.trainable_stages": 2, "novelty.super_protocol": "recall"},
+    # the same with a cosine subclass head (the head that lifted the source run: kNN reads the feature's direction)
+    "lite0-partial-cos": {"optim.finetune": "partial", "optim.trainable_stages": 1, "novelty.super_protocol": "recall",
+                          "model.approach": "cosine"},
     # the frozen recipe on a Lite0 whose last stage was first trained on Tiny-ImageNet without the competition's
     # classes (a supersub run's model.pt; how it is made: docs/results/novelty-suite.md, "A source-tuned backbone")
     "lite0-tin": {"model.weights": os.environ.get("SUITE_SOURCE_WEIGHTS", "bench-out/tin-src-run/model.pt")},
