@@ -56,7 +56,7 @@ def bank_cut(detector: KNNScore, subclass_of_row: torch.Tensor, recall: float,
     alone, others = detector.left_out_confidence(subclass_of_row)
     seen, new = alone[torch.isfinite(alone)].double().numpy(), others[torch.isfinite(others)].double().numpy()
     if len(seen) < 2:
-        raise SupersubError("novelty.super_protocol: bank needs at least 3 training images in the kNN bank")
+        raise SupersubError("novelty.super_protocol: bank needs at least 2 training images in the kNN bank")
     if len(new) == 0:  # one subclass: no row can stand for a new one
         new_subclass_weight = 0.0
     values = np.concatenate([seen, new])
