@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import SupersubError
-from .detectors import Detector, KNNScore
+from .detectors import KNNScore
 
 # the weight of "a new subclass of a known superclass" among the seen-superclass images the cut keeps super_recall
 # of: as likely as a known one (the suite's protocols have 35-50% of them among their seen-superclass test images)
@@ -36,15 +36,6 @@ class BankCut:
     def summary(self) -> dict[str, float | int]:
         return {"super_bank_seen_kept": round(100 * self.seen_kept, 2),
                 "super_bank_new_subclass_kept": round(100 * self.new_subclass_kept, 2), "super_bank_rows": self.rows}
-
-
-def uses_bank(protocol: str, detector: Detector) -> bool:
-    """Whether tau_super comes from the bank (asked for, and only with a kNN superclass score). Not ``auto``'s
-    choice: on the suite the folds' cut had the better superclass accuracy (the numbers page)."""
-    if protocol == "bank" and not isinstance(detector, KNNScore):
-        raise SupersubError(f"novelty.super_protocol: bank needs the knn superclass score, not {detector.name} "
-                            "(e.g. --score knn+probe)")
-    return protocol == "bank"
 
 
 def bank_cut(detector: KNNScore, subclass_of_row: torch.Tensor, recall: float,

@@ -33,7 +33,7 @@ from .probs import fit_slope
 from .level_scorer import (FALLBACK_SCORE, LEVELS, Confidences, Head, LevelFitError, NoveltyScorer, SeenView,
                            with_fallback)
 from .score_choice import ScoreChoice, choose_score
-from .bank_cut import bank_cut, uses_bank
+from .bank_cut import bank_cut
 from .detectors import KNNScore
 from .temperature import fit_temperature
 from .thresholds import Thresholds
@@ -333,7 +333,7 @@ def _calibrate_run(
         if len(folds) > 1:
             summary[f"{level}_tau_per_fold"] = [round(tau, 4) for tau, _ in on_final]
         summary[f"final_{level}_seen_kept"] = round(100 * kept_share(f_conf, taus[level]), 2)
-    if cfg.tau_super is None and "super" in chosen and uses_bank(cfg.super_protocol, scorer.super_detector):
+    if cfg.tau_super is None and cfg.super_protocol == "bank":  # the folds left tau_super to the final bank
         _cut_on_bank(scorer, final, cfg, taus, summary)
         summary["final_super_seen_kept"] = round(100 * kept_share(f_val.super_conf, taus["super"]), 2)
     t_super = t_sub = 1.0
@@ -352,13 +352,14 @@ def _calibrate_run(
 
 def _cut_on_bank(scorer: NoveltyScorer, final: Evidence, cfg: NoveltyConfig, taus: dict[str, float],
                  summary: dict[str, Any]) -> None:
-    """tau_super from the final kNN bank (:mod:`.bank_cut`) in place of the folds' cut."""
-    assert isinstance(scorer.super_detector, KNNScore)
+    """tau_super from the final kNN bank (:mod:`.bank_cut`); the folds chose none."""
+    if not isinstance(scorer.super_detector, KNNScore):  # the config refuses other scores; a fallback lands here
+        raise SupersubError(f"novelty.super_protocol: bank needs the knn superclass score, not "
+                            f"{scorer.super_detector.name}")
     cut = bank_cut(scorer.super_detector, final.train_y_sub[final.train_y_super >= 0], cfg.super_recall)
     taus["super"] = cut.tau
     summary.update(cut.summary())
     summary["super_protocol"] = "bank"
-    summary.pop("super_tau_per_fold", None)  # the folds' kNN cuts are not what the run uses
 
 
 def _on_final_model(
@@ -391,7 +392,7 @@ def _calibrate_levels(
         chosen["sub"] = _choose(c_val.sub_conf, c_held.sub_conf, ok_sub, cfg, cfg.objective, "sub")
     protocol = _super_protocol(cfg, c_novel is not None, by_loso is not None)
     outliers_used: bool | None = None
-    if cfg.tau_super is None:
+    if cfg.tau_super is None and cfg.super_protocol != "bank":  # bank: set on the final model (calibrate_run)
         if protocol == "loso":
             assert by_loso is not None
             pooled = by_loso
