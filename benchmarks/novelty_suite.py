@@ -47,6 +47,15 @@ RECIPES: dict[str, dict[str, Any]] = {
     "cnn": {"model.backbone": "cnn"},
     # the demo's CNN (32 px, 30 epochs; supersub.pipeline.demo.DEMO_CONFIG) without its outlier images and score
     "cnn32": {"model.backbone": "cnn", "optim.epochs": 30, "data.image_size": 32, "model.width": 32},
+    # the default CNN trained twice as long, or on 32 px images: which of cnn32's two changes ranks the new family
+    "cnn-e30": {"model.backbone": "cnn", "optim.epochs": 30},
+    "cnn-px32": {"model.backbone": "cnn", "data.image_size": 32},
+    # the same two on photos without LOSO models (a scratch CNN on 6,000 photos costs ~1 min an epoch here)
+    "cnn-rec": {"model.backbone": "cnn", "novelty.super_protocol": "recall"},
+    "cnn-e30-rec": {"model.backbone": "cnn", "optim.epochs": 30, "novelty.super_protocol": "recall"},
+    # 30 epochs with three calibration models (a bagged cut: one fold's few held-out subclasses set it alone)
+    "cnn-e30-f3": {"model.backbone": "cnn", "optim.epochs": 30, "novelty.calibration_folds": 3,
+                   "novelty.super_protocol": "recall"},
     # Lite0's last stage fine-tuned on cached trunk outputs; no LOSO models (each would be another fine-tuning run)
     "lite0-partial": {"optim.finetune": "partial", "optim.trainable_stages": 1, "novelty.super_protocol": "recall"},
     "lite0-partial2": {"optim.finetune": "partial", "optim.trainable_stages": 2, "novelty.super_protocol": "recall"},
@@ -97,6 +106,13 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     # folds' recall cut, which knn-probe-final measured and knn-probe-folds keeps)
     "knn-probe-bank": {"score": "knn+probe", "super_protocol": "bank", "super_recall": 0.92},
     "knn-probe-folds": {"score": "knn+probe", "super_protocol": "recall", "super_recall": 0.92},
+    # the subclass level on a source-tuned backbone (the folds' cut above): the probe's feature scale, and the
+    # z-average of the probe with class-conditional kNN
+    "knn-probe-s5": {"score": "knn+probe", "super_protocol": "recall", "super_recall": 0.92,
+                     "score_options": {"scale": 5.0}},
+    "knn-probe-s20": {"score": "knn+probe", "super_protocol": "recall", "super_recall": 0.92,
+                      "score_options": {"scale": 20.0}},
+    "knn-probe-kc": {"score": "knn+probe,knn-class", "super_protocol": "recall", "super_recall": 0.92},
     # the z-average of ViM and kNN at the superclass level (kNN ranked near families best, ViM far domains)
     "avg-vk-final": {"score": "vim,knn+probe", "super_recall": 0.92},
     "avg-vk-b1": {"score": "vim,knn+probe", "super_layer": "block-1", "super_recall": 0.92},
@@ -119,6 +135,10 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "maxlogit-r92": {"score": "maxlogit+probe", "super_recall": 0.92},
     "energy-r92": {"score": "energy+probe", "super_recall": 0.92},
     "energy-r90": {"score": "energy+probe", "super_recall": 0.90},
+    "energy-loso": {"score": "energy+probe", "super_protocol": "loso"},
+    # tau_super on the final model's own validation images (novelty.super_protocol val), no calibration cut moved
+    "energy-val92": {"score": "energy+probe", "super_protocol": "val", "super_recall": 0.92},
+    "energy-val90": {"score": "energy+probe", "super_protocol": "val", "super_recall": 0.90},
     "maxlogit-r90": {"score": "maxlogit+probe", "super_recall": 0.90},
     "knn-r92": {"score": "knn+probe", "super_layer": "auto", "super_recall": 0.92},
     "maha-r92": {"score": "mahalanobis+probe", "super_layer": "auto", "super_recall": 0.92},

@@ -122,7 +122,7 @@ def folded_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert run_cli(["train", "--data", str(root / "data"), "--out", str(run), "--epochs", "1", "--image-size", "24",
                     "--batch-size", "16", "--no-progress", "--val-fraction", "0.25", "--backbone", "cnn",
                     "--set", "model.width=4", "--set", "model.depth=[1]", "--set", "novelty.calibration_folds=3",
-                    "--set", "data.holdout_fraction=0.34"]) == 0
+                    "--set", "data.holdout_fraction=0.34", "--set", "novelty.super_protocol=recall"]) == 0  # folds set both cuts
     return run
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -527,6 +528,28 @@ def test_knn_left_out_confidence_is_a_refit_without_the_rows() -> None:
                             .left_out_confidence(torch.zeros(3, dtype=torch.long))[1]).all())
     with pytest.raises(SupersubError, match="40 bank rows"):
         knn.left_out_confidence(groups[:10])
+
+
+def test_val_protocol_sets_tau_super_on_the_final_models_validation_images() -> None:
+    """``super_protocol: val``: tau_super keeps super_recall of the final model's own validation images, whatever
+    the calibration model's cut (no fold chooses one); refused without validation images."""
+    cfg = build_config({"data": {"val_fraction": 0.25, "holdout_fraction": 0.3},
+                        "novelty": {"score": "energy", "super_protocol": "val", "super_recall": 0.8}})
+    ev_final, ev_cal, _ = _fold_and_final_without_outliers(cfg)
+    result = calibrate_run("energy", cfg.novelty, ev_final, ev_cal)
+    s = result.summary
+    val = result.scorer.confidences(ev_final.val, TAX.sub_to_super).super_conf
+    tau = result.thresholds.tau_super
+    assert s["super_protocol"] == "val" and "super_tau_calibration" not in s
+    assert kept_share(val, tau) == pytest.approx(0.8, abs=1 / len(val) + 1e-9)
+    assert s["final_super_seen_kept"] / 100 == pytest.approx(kept_share(val, tau), abs=1e-6)
+    assert "sub_tau_calibration" in s  # the folds still choose tau_sub
+    recall = calibrate_run("energy", build_config({"data": {"val_fraction": 0.25, "holdout_fraction": 0.3},
+                                                   "novelty": {"score": "energy", "super_recall": 0.8}}).novelty,
+                           ev_final, ev_cal)
+    assert recall.summary["super_protocol"] == "recall" and recall.thresholds.tau_super != pytest.approx(tau)
+    with pytest.raises(SupersubError, match="val needs the final model's validation images"):
+        calibrate_run("energy", cfg.novelty, replace(ev_final, val=None), ev_cal)
 
 
 def test_bank_protocol_sets_tau_super_on_the_final_bank() -> None:

@@ -153,6 +153,23 @@ def test_an_unset_score_is_energy_for_a_backbone_trained_from_scratch():
     assert build_config({"model": {"backbone": "cnn"}, "novelty": {"tau_super": 1.0}}).novelty.score == SCRATCH_SCORE
 
 
+def test_a_backbone_trained_from_scratch_trains_longer_and_cuts_on_its_own_validation_images():
+    """From scratch: 30 epochs and tau_super on the final model's validation images when unset; a value the user
+    sets wins; with outlier images the auto protocol (their cut) stays; pretrained recipes keep theirs."""
+    from supersub.config import SCRATCH_EPOCHS, SCRATCH_SUPER_PROTOCOL
+
+    pretrained = build_config({})
+    assert (pretrained.optim.epochs, pretrained.novelty.super_protocol) != (SCRATCH_EPOCHS, SCRATCH_SUPER_PROTOCOL)
+    scratch = build_config({"model": {"backbone": "cnn"}})
+    assert (scratch.optim.epochs, scratch.novelty.super_protocol) == (SCRATCH_EPOCHS, SCRATCH_SUPER_PROTOCOL)
+    assert build_config({"model": {"backbone": "resnet18"}}).optim.epochs == SCRATCH_EPOCHS
+    assert build_config({"model": {"backbone": "resnet18", "pretrained": True}}).optim.epochs == pretrained.optim.epochs
+    mine = build_config({"model": {"backbone": "cnn"}, "optim": {"epochs": 4}, "novelty": {"super_protocol": "recall"}})
+    assert (mine.optim.epochs, mine.novelty.super_protocol) == (4, "recall")
+    exposed = build_config({"model": {"backbone": "cnn"}, "data": {"novel_data": "pool.csv"}})
+    assert (exposed.optim.epochs, exposed.novelty.super_protocol) == (SCRATCH_EPOCHS, "auto")
+
+
 def test_the_config_lists_exactly_the_bundled_backbones() -> None:
     from supersub.config import BUNDLED_BACKBONES
 

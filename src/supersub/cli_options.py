@@ -234,8 +234,8 @@ CALIBRATE_FLAGS: tuple[Flag, ...] = (  # novelty keys; calibrate passes them wit
     _unpanelled("novelty.novel_share_super", NOVEL_SHARE_HELP, THE_RUNS),
     _unpanelled("novelty.super_recall", RECALL_HELP, THE_RUNS),
     Flag("--transfer", ("novelty.transfer",), "quantile or absolute", shown=THE_RUNS),
-    Flag("--super-protocol", ("novelty.super_protocol",), "auto, outliers, recall, bank (knn superclass score) or "
-         "loso (needs a run trained with loso)", shown=THE_RUNS),
+    Flag("--super-protocol", ("novelty.super_protocol",), "auto, outliers, recall, bank (knn superclass score), "
+         "val (the final model's validation images) or loso (needs a run trained with loso)", shown=THE_RUNS),
     _unpanelled("novelty.tau_super", "hand-set superclass threshold"),
     _unpanelled("novelty.tau_sub", "hand-set subclass threshold"),
 )

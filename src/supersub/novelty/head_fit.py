@@ -65,6 +65,8 @@ class Evidence:
 # and 180 held-out images (the demo's CNN under torch 2.14) let the balanced objective flag 98% of seen subclasses
 NO_SEPARATION_P = 0.05
 DEFAULT_Z_SLOPE = 3.0  # novel-probability slope per standard deviation of seen confidences, when not fitted
+# superclass protocols whose cut is set on the final model itself: the calibration folds choose tau_sub only
+FINAL_MODEL_PROTOCOLS = ("bank", "val")
 
 
 @dataclass
@@ -336,6 +338,10 @@ def _calibrate_run(
     if cfg.tau_super is None and cfg.super_protocol == "bank":  # the folds left tau_super to the final bank
         _cut_on_bank(scorer, final, cfg, taus, summary)
         summary["final_super_seen_kept"] = round(100 * kept_share(f_val.super_conf, taus["super"]), 2)
+    if cfg.tau_super is None and cfg.super_protocol == "val":  # ... or to the final model's validation images
+        taus["super"] = _cut_on_final_validation(f_val.super_conf, final, cfg)
+        summary["super_protocol"] = "val"
+        summary["final_super_seen_kept"] = round(100 * kept_share(f_val.super_conf, taus["super"]), 2)
     t_super = t_sub = 1.0
     if cfg.temperature_scaling and final.val is not None:
         t_super = fit_temperature(final.val.outputs.super_logits, final.val_y_super)
@@ -360,6 +366,18 @@ def _cut_on_bank(scorer: NoveltyScorer, final: Evidence, cfg: NoveltyConfig, tau
     taus["super"] = cut.tau
     summary.update(cut.summary())
     summary["super_protocol"] = "bank"
+
+
+def _cut_on_final_validation(val_conf: torch.Tensor, final: Evidence, cfg: NoveltyConfig) -> float:
+    """tau_super keeping ``super_recall`` of the final model's validation images. Why: a calibration model's cut
+    is set where its few held-out subclasses fall and moved by the share of validation images it keeps; when it
+    keeps them all (held-out subclasses far below them, as on a CNN trained from scratch) that share carries no
+    distance and the final cut lands under every validation image (built-in shapes: 15% of a new family flagged
+    at 96% seen; docs/results/novelty-suite.md, "A backbone trained from scratch")."""
+    if final.val is None:
+        raise SupersubError("novelty.super_protocol: val needs the final model's validation images (data.val_fraction "
+                            "above 0)")
+    return transfer_threshold(cfg.super_recall, val_conf)
 
 
 def _on_final_model(
@@ -392,7 +410,7 @@ def _calibrate_levels(
         chosen["sub"] = _choose(c_val.sub_conf, c_held.sub_conf, ok_sub, cfg, cfg.objective, "sub")
     protocol = _super_protocol(cfg, c_novel is not None, by_loso is not None)
     outliers_used: bool | None = None
-    if cfg.tau_super is None and cfg.super_protocol != "bank":  # bank: set on the final model (calibrate_run)
+    if cfg.tau_super is None and cfg.super_protocol not in FINAL_MODEL_PROTOCOLS:  # set in calibrate_run
         if protocol == "loso":
             assert by_loso is not None
             pooled = by_loso

@@ -61,6 +61,8 @@ def calibrate_and_save(run: RunDir, cfg: TrainConfig, evidence: Mapping[str, Evi
         log.info("tau_super: kNN cut on the final bank keeps %.1f%% of its rows scored with themselves left out and "
                  "%.1f%% scored with their subclass left out (new subclasses of known superclasses)",
                  cal.summary["super_bank_seen_kept"], cal.summary["super_bank_new_subclass_kept"])
+    if cal.summary.get("super_protocol") == "val":
+        log.info("tau_super: keeps %.0f%% of the final model's own validation images", 100 * cfg.novelty.super_recall)
     run.save_open_set_head(cal.head)
     save_sweeps(cal, run.path)
     t = cal.thresholds
