@@ -135,6 +135,17 @@ def test_calibrate_cuts_knn_on_its_final_bank_from_the_cli(knn_run: Path, tmp_pa
     assert run_cli(["calibrate", str(run), "--score", "vim+probe", "--super-protocol", "bank"]) == 2
 
 
+def test_calibrate_cuts_on_the_final_models_validation_images_from_the_cli(knn_run: Path, tmp_path: Path) -> None:
+    run = Path(shutil.copytree(knn_run, tmp_path / "run"))
+    assert run_cli(["calibrate", str(run), "--score", "energy+probe", "--super-protocol", "val", "--recall",
+                    "0.8,0.5"]) == 0
+    novelty = json.loads((run / "metrics.json").read_text())["novelty"]
+    assert novelty["super_protocol"] == "val" and "super_tau_calibration" not in novelty
+    n_val = novelty["n_seen_val"]  # the calibration model's; the final model's split is as large or larger
+    assert novelty["final_super_seen_kept"] == pytest.approx(80.0, abs=100 / n_val + 0.01)
+    assert yaml.safe_load((run / "config.yaml").read_text())["novelty"]["super_protocol"] == "val"
+
+
 def test_evaluate_writes_open_set_metrics_and_confusion_matrices(knn_run: Path, synth: Path) -> None:
     metrics = api.evaluate(knn_run, synth / "test_images", synth / "test_truth.csv")
     for key in ("super_auroc", "super_fpr95", "super_aupr", "sub_auroc", "super_ece", "sub_ece"):
