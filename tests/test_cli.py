@@ -176,6 +176,11 @@ def test_the_train_table_lists_every_calibration_model_and_the_logged_accuracy()
     text = console.export_text()
     assert all(f"calibration-{k} " in text for k in range(2, 8)) and "calibration " in text
     assert "83.33" in text and "tau_super=-192.3" in text and "mean over the calibration models" in text
+    assert "tau_super: on the final model" not in text
+    summary["calibration"]["super_protocol"] = "val"  # the superclass cut was taken on the final model
+    console = Console(width=200, record=True)
+    console.print(_train_table(summary, Path("run")))
+    assert "tau_super: on the final model" in console.export_text()
 
 
 def test_evaluate_names_every_unmatched_folder_and_strict_refuses_them(

@@ -120,6 +120,8 @@ def _train_table(summary: dict[str, Any], out: Path) -> Any:
     then the thresholds. Validation accuracy is the closed-set one the epoch log shows, at the kept (best) epoch."""
     from rich.table import Table
 
+    from .config import FINAL_MODEL_PROTOCOLS
+
     table = Table(title=f"trained {out} in {summary['seconds']}s", title_justify="left")
     for column in ("model", "epochs", "best loss", "s/epoch", "val acc super %", "val acc sub %"):
         table.add_column(column, justify="left" if column == "model" else "right")
@@ -131,8 +133,12 @@ def _train_table(summary: dict[str, Any], out: Path) -> Any:
                       str(stage.get("seconds_per_epoch") or "-"), str(stage.get("val_acc_super", "-")),
                       str(stage.get("val_acc_sub", "-")))
     t = summary["thresholds"]
-    table.caption = (f"{t['score']}: tau_super={t['tau_super']:.4g} tau_sub={t['tau_sub']:.4g} (the mean over the "
-                     f"calibration models); val acc: each head's argmax, before the novelty thresholds")
+    calibration = summary.get("calibration")
+    protocol = calibration.get("super_protocol") if isinstance(calibration, dict) else None
+    where = ("tau_sub: the mean over the calibration models, tau_super: on the final model"
+             if protocol in FINAL_MODEL_PROTOCOLS else "the mean over the calibration models")
+    table.caption = (f"{t['score']}: tau_super={t['tau_super']:.4g} tau_sub={t['tau_sub']:.4g} ({where}); val acc: each "
+                     "head's argmax, before the novelty thresholds")
     table.caption_justify = "left"
     return table
 

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from scipy.stats import mannwhitneyu
 
-from ..config import NoveltyConfig
+from ..config import FINAL_MODEL_PROTOCOLS, NoveltyConfig
 from ..errors import SupersubError
 from ..score_catalog import AUTO, AUTO_CANDIDATES, PAIR_SEPARATOR, level_scores
 from ..taxonomy import Taxonomy
@@ -65,8 +65,6 @@ class Evidence:
 # and 180 held-out images (the demo's CNN under torch 2.14) let the balanced objective flag 98% of seen subclasses
 NO_SEPARATION_P = 0.05
 DEFAULT_Z_SLOPE = 3.0  # novel-probability slope per standard deviation of seen confidences, when not fitted
-# superclass protocols whose cut is set on the final model itself: the calibration folds choose tau_sub only
-FINAL_MODEL_PROTOCOLS = ("bank", "val")
 
 
 @dataclass
