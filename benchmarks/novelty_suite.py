@@ -139,6 +139,7 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     # tau_super on the final model's own validation images (novelty.super_protocol val), no calibration cut moved
     "energy-val92": {"score": "energy+probe", "super_protocol": "val", "super_recall": 0.92},
     "energy-val90": {"score": "energy+probe", "super_protocol": "val", "super_recall": 0.90},
+    "probe-val92": {"score": "vim+probe", "super_layer": "block-1", "super_protocol": "val", "super_recall": 0.92},
     "maxlogit-r90": {"score": "maxlogit+probe", "super_recall": 0.90},
     "knn-r92": {"score": "knn+probe", "super_layer": "auto", "super_recall": 0.92},
     "maha-r92": {"score": "mahalanobis+probe", "super_layer": "auto", "super_recall": 0.92},
